@@ -1,0 +1,41 @@
+"""
+### market_candles_1h
+
+Every hour: **reconcile** the previous hour for every configured market (re-fetch all of its
+1-minute candles, so anything the minute runs missed or the exchange corrected lands), then
+**build the dbt marts** (`ohlcv_1m`, `latest_price`, `markets`, ...) with astronomer-cosmos, one
+task per model with its tests right after it.
+
+* Catch-up runs one hour at a time (`max_active_runs=1`) from `defaults.schedule_start`.
+* Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
+  load or reprocess any window; each market's window is clipped to its configured history.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import CronDataIntervalTimetable, dag
+
+from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, dbt_marts, prepare_storage
+from marketflow.config import load_config
+
+CONFIG = load_config()
+
+
+@dag(
+    dag_id="market_candles_1h",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=CONFIG.schedule_start,
+    catchup=True,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["marketflow", "extract", "dbt", "1h"],
+    doc_md=__doc__,
+)
+def market_candles_1h() -> None:
+    storage = prepare_storage()
+    marts = dbt_marts()
+    for exchange in CONFIG.enabled_exchanges:
+        storage >> candle_pipeline(exchange, "1m", with_ticker=False) >> marts
+
+
+market_candles_1h()

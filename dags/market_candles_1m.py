@@ -1,0 +1,43 @@
+"""
+### market_candles_1m
+
+Every minute, for every configured market (`include/config/markets.yml`, or `MARKETFLOW_CONFIG`):
+**extract** the minute that just closed (plus a small overlap) with ccxt into MongoDB
+`raw_market_payload`, then **load** it into Postgres `staging.ohlcv` (rejects into
+`staging.ohlcv_rejects`). Live markets also get a ticker snapshot into `staging.ticker`.
+
+* One mapped task per market, grouped per exchange; each exchange has its own pool.
+* Catch-up is bounded: after downtime the DAG resumes at the current minute (`catchup=False`);
+  the hourly `market_candles_1h` run re-fetches each whole hour, which repairs missed minutes.
+* Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
+  reprocess any window from the UI.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import CronDataIntervalTimetable, dag
+
+from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, prepare_storage
+from marketflow.config import load_config
+
+CONFIG = load_config()
+
+
+@dag(
+    dag_id="market_candles_1m",
+    schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
+    start_date=CONFIG.schedule_start,
+    catchup=False,
+    max_active_runs=2,
+    default_args=DEFAULT_ARGS,
+    dagrun_timeout=None,
+    tags=["marketflow", "extract", "1m"],
+    doc_md=__doc__,
+)
+def market_candles_1m() -> None:
+    storage = prepare_storage()
+    for exchange in CONFIG.enabled_exchanges:
+        storage >> candle_pipeline(exchange, "1m", with_ticker=True)
+
+
+market_candles_1m()

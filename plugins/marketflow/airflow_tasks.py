@@ -1,0 +1,135 @@
+"""Task factories the DAG files wire together. Airflow-specific glue only; the work is in pipeline.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, TaskGroup, get_current_context, task
+
+from marketflow import PROJECT_ROOT
+from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+
+log = logging.getLogger(__name__)
+
+# Asset URIs name the warehouse logically (Airflow's postgres scheme wants host/db/schema/table).
+STAGING_OHLCV = Asset(name="staging.ohlcv", uri="postgres://warehouse:5432/marketflow/staging/ohlcv",
+                      group="marketflow")
+MART_OHLCV_1M = Asset(name="marts.ohlcv_1m", uri="postgres://warehouse:5432/marketflow/marts/ohlcv_1m",
+                      group="marketflow")
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "marketflow",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
+
+
+def _attempt():
+    from marketflow.pipeline import Attempt
+
+    ctx = get_current_context()
+    ti = ctx["ti"]
+    return Attempt(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1,
+                   ti.try_number or 1), ctx
+
+
+def _run_window(ctx: dict[str, Any], config: MarketflowConfig, timeframe: str):
+    from marketflow.pipeline import plan_window
+
+    conf = ctx["dag_run"].conf or {}
+    return plan_window(timeframe, ctx.get("data_interval_start"), ctx.get("data_interval_end"), conf,
+                       config.overlap_minutes), conf
+
+
+@task(task_id="prepare_storage", retries=2)
+def prepare_storage() -> None:
+    """Apply the staging DDL and the raw collections' indexes (both idempotent)."""
+    from marketflow.connections import raw_database, warehouse_connection
+    from marketflow.raw_store import RawStore
+    from marketflow.schema import apply_ddl
+
+    config = load_config()
+    conn = warehouse_connection()
+    try:
+        apply_ddl(conn)
+    finally:
+        conn.close()
+    RawStore(raw_database()).ensure_indexes(config.raw_retention_days)
+
+
+def candle_pipeline(exchange: ExchangeConfig, timeframe: str, with_ticker: bool) -> TaskGroup:
+    """extract -> load for every market of one exchange, mapped one task per market, in the exchange's pool."""
+    symbols = [m.symbol for m in exchange.markets if timeframe in m.timeframes]
+
+    @task(task_id="extract", pool=exchange.pool, map_index_template="{{ task.op_kwargs['symbol'] }}")
+    def extract(symbol: str, exchange_name: str) -> dict[str, Any]:
+        from marketflow.connections import raw_database
+        from marketflow.pipeline import extract_market, selected
+        from marketflow.raw_store import RawStore
+
+        config = load_config()
+        attempt, ctx = _attempt()
+        window, conf = _run_window(ctx, config, timeframe)
+        market = config.market(exchange_name, symbol)
+        if not selected(market, conf):
+            log.info("%s %s is not selected by dag_run.conf %s; skipping", exchange_name, symbol, conf)
+            return {"exchange": exchange_name, "symbol": symbol, "timeframe": timeframe, "payload_ids": [],
+                    "window_start_ms": window.start_ms, "window_end_ms": window.start_ms, "skipped": True}
+        # Tickers only make sense for the live edge, not for a historical window.
+        live = with_ticker and not conf.get("start") and market.history_end is None
+        return extract_market(config, market, timeframe, window, RawStore(raw_database()), attempt, with_ticker=live)
+
+    @task(task_id="load", pool=exchange.pool, outlets=[STAGING_OHLCV],
+          map_index_template="{{ task.op_kwargs['extracted']['symbol'] }}")
+    def load(extracted: dict[str, Any]) -> dict[str, Any]:
+        from marketflow.connections import raw_database, warehouse_connection
+        from marketflow.pipeline import load_market
+        from marketflow.raw_store import RawStore
+
+        attempt, _ = _attempt()
+        if extracted.get("skipped"):
+            return {"skipped": True}
+        conn = warehouse_connection()
+        try:
+            return load_market(conn, RawStore(raw_database()), extracted, attempt)
+        finally:
+            conn.close()
+
+    with TaskGroup(group_id=exchange.name, tooltip=f"{exchange.name}: {', '.join(symbols)}") as group:
+        load.expand(extracted=extract.partial(exchange_name=exchange.name).expand(symbol=symbols))
+    return group
+
+
+def dbt_marts(group_id: str = "dbt_marts") -> TaskGroup:
+    """The dbt project as an Airflow task group (cosmos): one task per model, its tests right after it."""
+    from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+    from cosmos.constants import InvocationMode, LoadMode
+    from cosmos.profiles import PostgresUserPasswordProfileMapping
+
+    from marketflow.connections import POSTGRES_CONN_ID
+
+    project_dir = Path(os.environ.get("MARKETFLOW_DBT_PROJECT_DIR", PROJECT_ROOT / "dbt"))
+    manifest = project_dir / "target" / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"dbt manifest {manifest} is missing; run `make dbt-parse` (dbt parse) first")
+    dbt = os.environ.get("MARKETFLOW_DBT_EXECUTABLE", str(PROJECT_ROOT / ".local" / "dbt-venv" / "bin" / "dbt"))
+    return DbtTaskGroup(
+        group_id=group_id,
+        project_config=ProjectConfig(dbt_project_path=project_dir, manifest_path=manifest),
+        profile_config=ProfileConfig(
+            profile_name="marketflow", target_name="airflow",
+            profile_mapping=PostgresUserPasswordProfileMapping(conn_id=POSTGRES_CONN_ID,
+                                                               profile_args={"schema": "marts"}),
+        ),
+        execution_config=ExecutionConfig(dbt_executable_path=dbt, invocation_mode=InvocationMode.SUBPROCESS),
+        # A test over two models (relationships) runs as its own task after both are built.
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, should_detach_multiple_parents_tests=True),
+        operator_args={"install_deps": False, "outlets": [MART_OHLCV_1M]},
+        default_args={"retries": 1},
+    )

@@ -1,0 +1,322 @@
+"""The markets file: which exchanges, markets and timeframes marketflow extracts.
+
+Read once at DAG parse time (a local file, no network), so a bad file fails the DAG import with
+one message naming the file, the key and the fix. ``${VAR}`` and ``${VAR:default}`` are
+substituted from the environment before anything else is checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from marketflow import PROJECT_ROOT
+from marketflow.timeframes import SUPPORTED_TIMEFRAMES
+
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "markets.yml"
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+_SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class ConfigError(ValueError):
+    """The markets file is wrong; the message names the file, the key and how to fix it."""
+
+    def __init__(self, path: Path | str, key: str, problem: str, fix: str) -> None:
+        self.path, self.key, self.problem, self.fix = str(path), key, problem, fix
+        super().__init__(f"{path}: {key}: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    exchange: str
+    symbol: str
+    timeframes: tuple[str, ...]
+    history_start: datetime
+    history_end: datetime | None = None  # None = up to now (live market)
+
+    @property
+    def base(self) -> str:
+        return self.symbol.split("/")[0]
+
+    @property
+    def quote(self) -> str:
+        return self.symbol.split("/")[1]
+
+
+@dataclass(frozen=True)
+class ExchangeConfig:
+    name: str
+    ccxt_id: str
+    enabled: bool
+    markets: tuple[MarketConfig, ...]
+    api_base_url: str | None = None  # replaces the scheme+host of every ccxt API url (mirror, emulator)
+    options: dict[str, Any] = field(default_factory=dict)
+    pool_slots: int = 2
+    timeout_ms: int = 10_000
+
+    @property
+    def pool(self) -> str:
+        return f"exchange_{self.name}"
+
+
+@dataclass(frozen=True)
+class MarketflowConfig:
+    source: Path
+    exchanges: tuple[ExchangeConfig, ...]
+    raw_retention_days: int = 30
+    overlap_minutes: int = 2
+    schedule_start: datetime = datetime(2026, 11, 1, tzinfo=UTC)
+
+    @property
+    def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
+        return tuple(e for e in self.exchanges if e.enabled)
+
+    def exchange(self, name: str) -> ExchangeConfig:
+        for ex in self.exchanges:
+            if ex.name == name:
+                return ex
+        raise KeyError(f"exchange {name!r} is not in {self.source}")
+
+    def market(self, exchange: str, symbol: str) -> MarketConfig:
+        for m in self.exchange(exchange).markets:
+            if m.symbol == symbol:
+                return m
+        raise KeyError(f"market {exchange}:{symbol} is not in {self.source}")
+
+    def markets(self, timeframe: str | None = None) -> list[MarketConfig]:
+        """Markets of enabled exchanges, optionally only those that extract ``timeframe``."""
+        return [m for ex in self.enabled_exchanges for m in ex.markets
+                if timeframe is None or timeframe in m.timeframes]
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("MARKETFLOW_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path | str | None = None, env: dict[str, str] | None = None, deep: bool = False
+                ) -> MarketflowConfig:
+    """Parse and check the markets file. ``deep`` also checks every timeframe against what the
+    exchange's ccxt class offers; that imports ccxt (~2 s), so DAG parsing leaves it to the tasks
+    and to ``python -m marketflow.cli check-config``."""
+    path = Path(path) if path else config_path()
+    env = dict(os.environ) if env is None else env
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(path, "<file>", "the markets file does not exist",
+                          "create it (see include/config/markets.yml) or point MARKETFLOW_CONFIG at it") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "<file>", f"not valid YAML ({exc})", "correct the YAML syntax") from None
+    data = _substitute(data, env, path, "")
+    config = _parse(data, path)
+    if deep:
+        check_exchange_timeframes(config)
+    return config
+
+
+def check_exchange_timeframes(config: MarketflowConfig) -> None:
+    for ex in config.exchanges:
+        for i, m in enumerate(ex.markets):
+            offered = _exchange_timeframes(ex.ccxt_id)
+            for tf in m.timeframes:
+                if tf not in offered:
+                    raise ConfigError(config.source, f"exchanges.{ex.name}.markets[{i}].timeframes",
+                                      f"timeframe {tf!r} is not offered by {ex.ccxt_id}",
+                                      f"use one of {', '.join(t for t in SUPPORTED_TIMEFRAMES if t in offered)}")
+
+
+def _substitute(node: Any, env: dict[str, str], path: Path, key: str) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, env, path, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, env, path, f"{key}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(path, key, f"environment variable {name} is not set and has no default",
+                          f"export {name}=... or write ${{{name}:default}}")
+
+    return _VAR.sub(repl, node)
+
+
+def _parse(data: Any, path: Path) -> MarketflowConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(path, "<root>", "expected a mapping with an 'exchanges' key",
+                          "start the file with 'exchanges:'")
+    _only_keys(data, {"defaults", "exchanges"}, path, "<root>")
+    defaults = data.get("defaults") or {}
+    _only_keys(defaults, {"timeframes", "history_start", "raw_retention_days", "overlap_minutes",
+                          "schedule_start"}, path, "defaults")
+    default_tfs = _timeframes(defaults.get("timeframes", ["1m"]), path, "defaults.timeframes")
+    default_start = _timestamp(defaults.get("history_start", "2024-01-01T00:00:00Z"), path, "defaults.history_start")
+    retention = _positive_int(defaults.get("raw_retention_days", 30), path, "defaults.raw_retention_days")
+    overlap = _positive_int(defaults.get("overlap_minutes", 2), path, "defaults.overlap_minutes", allow_zero=True)
+    schedule_start = _timestamp(defaults.get("schedule_start", "2026-11-01T00:00:00Z"), path,
+                                "defaults.schedule_start")
+
+    exchanges_node = data.get("exchanges")
+    if not isinstance(exchanges_node, dict) or not exchanges_node:
+        raise ConfigError(path, "exchanges", "no exchanges configured",
+                          "add at least one exchange, e.g. 'exchanges: {binance: {markets: [{symbol: BTC/USDT}]}}'")
+    exchanges = [
+        _exchange(name, node or {}, path, default_tfs, default_start) for name, node in exchanges_node.items()
+    ]
+    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start)
+
+
+def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], default_start: datetime
+              ) -> ExchangeConfig:
+    key = f"exchanges.{name}"
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(path, key, "exchange names must be lower-case letters, digits and '_'",
+                          "rename the key, e.g. 'binance' or 'okx_eu' (set ccxt_id when it differs)")
+    if not isinstance(node, dict):
+        raise ConfigError(path, key, "expected a mapping", "give the exchange a 'markets:' list")
+    _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "timeout_ms",
+                      "timeframes", "history_start", "markets"}, path, key)
+    ccxt_id = str(node.get("ccxt_id", name))
+    _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
+    enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
+    tfs = _timeframes(node.get("timeframes", default_tfs), path, f"{key}.timeframes")
+    start = _timestamp(node.get("history_start", default_start), path, f"{key}.history_start")
+    base_url = node.get("api_base_url") or None
+    if base_url is not None and not re.match(r"^https?://[^/\s]+", str(base_url)):
+        raise ConfigError(path, f"{key}.api_base_url", f"{base_url!r} is not an http(s) URL",
+                          "use e.g. http://127.0.0.1:8765, or leave it empty for the live exchange")
+    options = node.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(path, f"{key}.options", "expected a mapping of ccxt options",
+                          "e.g. 'options: {fetchMarkets: {types: [spot]}}'")
+
+    markets_node = node.get("markets")
+    if not isinstance(markets_node, list) or not markets_node:
+        raise ConfigError(path, f"{key}.markets", "no markets listed", "add e.g. '- symbol: BTC/USDT'")
+    markets: list[MarketConfig] = []
+    seen: dict[str, int] = {}
+    for i, m in enumerate(markets_node):
+        mkey = f"{key}.markets[{i}]"
+        if isinstance(m, str):
+            m = {"symbol": m}
+        if not isinstance(m, dict) or "symbol" not in m:
+            raise ConfigError(path, mkey, "expected a symbol or a mapping with 'symbol'", "write '- symbol: BTC/USDT'")
+        _only_keys(m, {"symbol", "timeframes", "history_start", "history_end"}, path, mkey)
+        symbol = str(m["symbol"])
+        if not _SYMBOL.match(symbol):
+            raise ConfigError(path, f"{mkey}.symbol", f"malformed symbol {symbol!r}",
+                              "use ccxt's unified form BASE/QUOTE in upper case, e.g. BTC/USDT")
+        if symbol in seen:
+            raise ConfigError(path, f"{mkey}.symbol", f"duplicate market {symbol} (also at markets[{seen[symbol]}])",
+                              "list each market once per exchange")
+        seen[symbol] = i
+        m_start = _timestamp(m.get("history_start", start), path, f"{mkey}.history_start")
+        m_end = _timestamp(m["history_end"], path, f"{mkey}.history_end") if m.get("history_end") else None
+        if m_end is not None and m_end <= m_start:
+            raise ConfigError(path, f"{mkey}.history_end", "history_end is not after history_start",
+                              "set history_end later than history_start, or remove it for a live market")
+        m_tfs = _timeframes(m.get("timeframes", tfs), path, f"{mkey}.timeframes")
+        markets.append(MarketConfig(name, symbol, m_tfs, m_start, m_end))
+
+    return ExchangeConfig(
+        name=name, ccxt_id=ccxt_id, enabled=enabled, markets=tuple(markets), api_base_url=base_url,
+        options=options, pool_slots=_positive_int(node.get("pool_slots", 2), path, f"{key}.pool_slots"),
+        timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
+    )
+
+
+def _only_keys(node: dict, allowed: set[str], path: Path, key: str) -> None:
+    unknown = sorted(set(map(str, node)) - allowed)
+    if unknown:
+        raise ConfigError(path, f"{key}.{unknown[0]}" if key != "<root>" else unknown[0], "unknown key",
+                          f"remove it or use one of: {', '.join(sorted(allowed))}")
+
+
+@functools.cache
+def ccxt_exchange_ids() -> frozenset[str]:
+    """ccxt's exchange ids, read from its package directory: `import ccxt` loads every exchange
+    (~2 s), too slow for DAG parsing, where this check runs."""
+    spec = importlib.util.find_spec("ccxt")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("ccxt is not installed; pip install -r requirements.txt")
+    return frozenset(p.stem for p in Path(spec.origin).parent.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _check_ccxt_id(ccxt_id: str, path: Path, key: str) -> None:
+    if ccxt_id not in ccxt_exchange_ids():
+        close = sorted(e for e in ccxt_exchange_ids() if e.startswith(ccxt_id[:3]))[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(path, key, f"unknown ccxt exchange id {ccxt_id!r}{hint}",
+                          "use an id from ccxt.exchanges, e.g. binance or okx")
+
+
+def _timeframes(value: Any, path: Path, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(path, key, "expected a non-empty list of timeframes", "e.g. 'timeframes: [1m]'")
+    for tf in value:
+        if tf not in SUPPORTED_TIMEFRAMES:
+            raise ConfigError(path, key, f"unsupported timeframe {tf!r}",
+                              f"use one of {', '.join(SUPPORTED_TIMEFRAMES)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(path, key, "a timeframe is listed twice", "list each timeframe once")
+    return tuple(value)
+
+
+@functools.cache
+def _exchange_timeframes(ccxt_id: str) -> frozenset[str]:
+    import ccxt
+
+    return frozenset(getattr(ccxt, ccxt_id)().timeframes or {})
+
+
+def _timestamp(value: Any, path: Path, key: str) -> datetime:
+    if isinstance(value, datetime):
+        ts = value
+    else:
+        try:
+            ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(path, key, f"{value!r} is not an ISO-8601 timestamp",
+                              "write e.g. 2024-01-01T00:00:00Z") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def _positive_int(value: Any, path: Path, key: str, allow_zero: bool = False) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise ConfigError(path, key, f"{value!r} is not an integer", "write a whole number") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ConfigError(path, key, f"{number} is out of range", "use a positive number")
+    return number
+
+
+def _bool(value: Any, path: Path, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "yes", "1", "on"}:
+        return True
+    if text in {"false", "no", "0", "off"}:
+        return False
+    raise ConfigError(path, key, f"{value!r} is not a boolean", "write true or false")

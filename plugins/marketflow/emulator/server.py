@@ -1,0 +1,532 @@
+"""HTTP server: routing, rate limiting, fault injection, admin API and the CLI entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from marketflow.emulator.binance_api import BinanceApi, BinanceError, request_weight
+from marketflow.emulator.faults import (
+    BODY_KINDS,
+    DELAY_KINDS,
+    ROW_KINDS,
+    TERMINAL_KINDS,
+    Fault,
+    FaultBook,
+    FaultError,
+    RequestContext,
+    apply_row_fault,
+    corrupt_body,
+)
+from marketflow.emulator.markets import DEFAULT_LISTING, Registry
+from marketflow.emulator.okx_api import OkxApi, OkxError
+from marketflow.emulator.ratelimit import BinanceWeights, OkxLimiter
+
+log = logging.getLogger("marketflow.emulator")
+
+BINANCE_PREFIXES = ("/api/v1/", "/api/v3/", "/sapi/", "/fapi/", "/dapi/", "/eapi/", "/papi/", "/futures/")
+OKX_PREFIX = "/api/v5/"
+CANDLE_PATHS = (
+    "/api/v3/klines",
+    "/api/v3/uiKlines",
+    "/api/v5/market/candles",
+    "/api/v5/market/history-candles",
+)
+BINANCE_CT = "application/json;charset=UTF-8"
+OKX_CT = "application/json"
+
+_BINANCE_5XX = {
+    500: (-1001, "Internal error; unable to process your request. Please try again."),
+    502: (-1001, "Internal error; unable to process your request. Please try again."),
+    503: (-1008, "Server is currently overloaded with other requests. Please try again in a few minutes."),
+    504: (
+        -1007,
+        "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+    ),
+}
+_OKX_5XX = {
+    500: ("50026", "System error. Try again later."),
+    502: ("50013", "Systems are busy. Please try again later."),
+    503: ("50001", "Service temporarily unavailable. Try again later"),
+    504: ("50004", "Endpoint request timeout. "),
+}
+
+
+def exchange_of(path: str) -> str:
+    if path.startswith(OKX_PREFIX):
+        return "okx"
+    if path.startswith(BINANCE_PREFIXES):
+        return "binance"
+    return ""
+
+
+class Stats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.started = time.time()
+            self.requests: dict[str, Counter] = defaultdict(Counter)
+            self.statuses: Counter = Counter()
+            self.sent_429: Counter = Counter()
+            self.sent_418: Counter = Counter()
+            self.faults_by_kind: Counter = Counter()
+            self.faults_by_id: Counter = Counter()
+
+    def request(self, exchange: str, path: str) -> None:
+        with self._lock:
+            self.requests[exchange or "other"][path] += 1
+
+    def response(self, status: int | str, cause: str = "") -> None:
+        with self._lock:
+            self.statuses[str(status)] += 1
+            if status == 429:
+                self.sent_429[cause or "rate_limit"] += 1
+            elif status == 418:
+                self.sent_418[cause or "ban"] += 1
+
+    def fault(self, f: Fault) -> None:
+        with self._lock:
+            self.faults_by_kind[f.kind] += 1
+            self.faults_by_id[f.id] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "uptime_s": round(time.time() - self.started, 3),
+                "requests_total": sum(sum(c.values()) for c in self.requests.values()),
+                "requests": {ex: dict(c) for ex, c in self.requests.items()},
+                "requests_by_exchange": {ex: sum(c.values()) for ex, c in self.requests.items()},
+                "responses_by_status": dict(self.statuses),
+                "http_429_sent": sum(self.sent_429.values()),
+                "http_429_by_cause": dict(self.sent_429),
+                "http_418_sent": sum(self.sent_418.values()),
+                "http_418_by_cause": dict(self.sent_418),
+                "faults_fired": {
+                    "total": sum(self.faults_by_kind.values()),
+                    "by_kind": dict(self.faults_by_kind),
+                    "by_id": dict(self.faults_by_id),
+                },
+            }
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+    declared_length: int | None = None  # > len(body): announce more bytes, then hang up
+
+
+class Emulator:
+    """All server state; the HTTP handler is a thin adapter around :meth:`dispatch`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        seed: int = 42,
+        binance_weight_limit: int = 6000,
+        ban_seconds: float = 120.0,
+        ban_after: int = 3,
+        okx_rate_limit_factor: float = 1.0,
+        clock: Any = time.time,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.binance = BinanceApi(registry, binance_weight_limit)
+        self.okx = OkxApi(registry)
+        self.weights = BinanceWeights(binance_weight_limit, ban_seconds, ban_after)
+        self.okx_limits = OkxLimiter(okx_rate_limit_factor)
+        self.faults = FaultBook(seed, registry.unified_symbol)
+        self.stats = Stats()
+
+    # ---- config -------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "binance_weight_limit": self.weights.limit,
+            "ban_seconds": self.weights.ban_seconds,
+            "ban_after": self.weights.ban_after,
+            "okx_rate_limit_factor": self.okx_limits.factor,
+        }
+
+    def set_config(self, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(values) - set(self.config())
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        if "binance_weight_limit" in values:
+            self.weights.limit = int(values["binance_weight_limit"])
+            self.binance.weight_limit = self.weights.limit
+        if "ban_seconds" in values:
+            self.weights.ban_seconds = float(values["ban_seconds"])
+        if "ban_after" in values:
+            self.weights.ban_after = max(1, int(values["ban_after"]))
+        if "okx_rate_limit_factor" in values:
+            self.okx_limits.factor = float(values["okx_rate_limit_factor"])
+        return self.config()
+
+    def reset(self) -> None:
+        self.stats.reset()
+        self.weights.reset()
+        self.okx_limits.reset()
+
+    # ---- exchange requests ----------------------------------------------------------------------
+    @staticmethod
+    def _json(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _error(
+        self, exchange: str, status: int, body: dict, headers: dict[str, str] | None = None
+    ) -> Response:
+        ct = OKX_CT if exchange == "okx" else BINANCE_CT
+        return Response(status, self._json(body), ct, headers or {})
+
+    def _throttle_response(
+        self, exchange: str, status: int, retry_after: int, banned_until_ms: int = 0
+    ) -> Response:
+        headers = {"Retry-After": str(retry_after)}
+        if exchange == "okx":
+            return self._error("okx", status, {"msg": "Too Many Requests", "code": "50011"}, headers)
+        if status == 418:
+            until = banned_until_ms or int((self.clock() + retry_after) * 1000)
+            msg = (
+                f"Way too much request weight used; IP banned until {until}. "
+                "Please use WebSocket Streams for live updates to avoid bans."
+            )
+        else:
+            msg = (
+                f"Too much request weight used; current limit is {self.weights.limit} request weight per "
+                "1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
+            )
+        return self._error("binance", status, {"code": -1003, "msg": msg}, headers)
+
+    def _fault_response(self, f: Fault, exchange: str) -> Response | None:
+        if f.kind == "http_429":
+            return self._throttle_response(exchange, 429, f.args["retry_after"])
+        if f.kind == "http_418":
+            return self._throttle_response(exchange, 418, f.args["retry_after"])
+        if f.kind == "http_5xx":
+            status = f.args["status"]
+            if exchange == "okx":
+                code, msg = _OKX_5XX[status]
+                return self._error("okx", status, {"code": code, "msg": msg, "data": []})
+            bcode, bmsg = _BINANCE_5XX[status]
+            return self._error(exchange, status, {"code": bcode, "msg": bmsg})
+        return None  # timeout: no response at all
+
+    def dispatch(self, method: str, raw_path: str, client_ip: str) -> Response | None:
+        """Answer one exchange request; None means 'drop the connection without answering'."""
+        url = urlsplit(raw_path)
+        path = url.path
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        exchange = exchange_of(path)
+        self.stats.request(exchange, path)
+        raw_symbol = params.get("symbol") or params.get("instId")
+        ctx = RequestContext(
+            exchange,
+            path,
+            self.registry.unified_symbol(exchange or None, raw_symbol) if raw_symbol else None,
+            path in CANDLE_PATHS,
+        )
+        for f in self.faults.fire(DELAY_KINDS, ctx):
+            self.stats.fault(f)
+            time.sleep(f.args["ms"] / 1000)
+        for f in self.faults.fire(TERMINAL_KINDS, ctx):
+            self.stats.fault(f)
+            resp = self._fault_response(f, exchange)
+            if resp is None:
+                time.sleep(f.args["seconds"])
+                self.stats.response("timeout")
+                return None
+            if exchange == "binance":
+                resp.headers["X-MBX-USED-WEIGHT-1M"] = str(self.weights.used(client_ip, self.clock()))
+            self.stats.response(resp.status, "fault")
+            return resp
+        resp = self._serve(method, path, params, exchange, client_ip, ctx)
+        self.stats.response(resp.status)
+        return resp
+
+    def _serve(
+        self, method: str, path: str, params: dict[str, str], exchange: str, ip: str, ctx: RequestContext
+    ) -> Response:
+        now = self.clock()
+        now_ms = int(now * 1000)
+        weight_headers: dict[str, str] = {}
+        if exchange == "binance":
+            verdict = self.weights.check(ip, request_weight(path, params), now)
+            weight_headers["X-MBX-USED-WEIGHT-1M"] = str(verdict.used)
+            if verdict.status != 200:
+                resp = self._throttle_response(
+                    "binance", verdict.status, verdict.retry_after, verdict.banned_until_ms
+                )
+                resp.headers.update(weight_headers)
+                return resp
+        elif exchange == "okx":
+            verdict = self.okx_limits.check(ip, path, now)
+            if verdict.status != 200:
+                return self._throttle_response("okx", 429, verdict.retry_after)
+        if method != "GET" or not exchange:
+            body = {"code": -1, "msg": f"emulator: {method} {path} is not emulated"}
+            if exchange == "okx":
+                body = {"code": "50000", "msg": f"emulator: {method} {path} is not emulated", "data": []}
+            return self._error(exchange, 404, body, weight_headers)
+        try:
+            if exchange == "binance":
+                payload = self.binance.handle(path, params, now_ms)
+            else:
+                payload = self.okx.handle(path, params, now_ms)
+        except (BinanceError, OkxError) as exc:
+            return self._error(exchange, exc.status, exc.body, weight_headers)
+        except LookupError:
+            body = {"code": -1, "msg": f"emulator: {path} is not emulated"}
+            if exchange == "okx":
+                body = {"code": "50000", "msg": f"emulator: {path} is not emulated", "data": []}
+            return self._error(exchange, 404, body, weight_headers)
+        if ctx.candles:
+            rows = payload if exchange == "binance" else payload["data"]
+            for f in self.faults.fire(ROW_KINDS, ctx, first_only=False, rows=rows):
+                self.stats.fault(f)
+                rows = apply_row_fault(f, rows, exchange)
+            if exchange == "binance":
+                payload = rows
+            else:
+                payload["data"] = rows
+        body = self._json(payload)
+        declared = None
+        for f in self.faults.fire(BODY_KINDS, ctx):
+            self.stats.fault(f)
+            if f.kind == "truncated_json" and f.args["cut_connection"]:
+                declared = len(body)  # a transfer cut short: Content-Length of the full body
+            body = corrupt_body(f, body)
+        return Response(200, body, OKX_CT if exchange == "okx" else BINANCE_CT, weight_headers, declared)
+
+    # ---- admin -------------------------------------------------------------------------------------
+    def admin(self, method: str, raw_path: str, body: bytes) -> Response:
+        path = urlsplit(raw_path).path.rstrip("/")
+        try:
+            payload = json.loads(body) if body.strip() else None
+        except ValueError:
+            return self._admin(400, {"error": "request body is not valid JSON"})
+        try:
+            if path == "/__admin/health":
+                return self._admin(200, {"ok": True})
+            if path == "/__admin/faults":
+                if method == "GET":
+                    return self._admin(200, {"faults": self.faults.describe()})
+                if method == "POST":
+                    if payload is None:
+                        return self._admin(400, {"error": "POST a fault object or a list of them"})
+                    added = self.faults.add(payload)
+                    return self._admin(
+                        200, {"added": [f.describe() for f in added], "faults": self.faults.describe()}
+                    )
+                if method == "DELETE":
+                    self.faults.clear()
+                    return self._admin(200, {"faults": []})
+            if path == "/__admin/stats" and method == "GET":
+                snap = self.stats.snapshot()
+                snap["binance_weight"] = self.weights.snapshot(self.clock())
+                snap["faults"] = self.faults.describe()
+                return self._admin(200, snap)
+            if path == "/__admin/reset" and method == "POST":
+                self.reset()
+                return self._admin(200, {"reset": True})
+            if path == "/__admin/config":
+                if method == "POST":
+                    return self._admin(200, self.set_config(payload or {}))
+                return self._admin(200, self.config())
+            if path == "/__admin/markets" and method == "GET":
+                return self._admin(
+                    200,
+                    {
+                        "markets": [
+                            {
+                                "exchange": m.exchange,
+                                "symbol": m.symbol,
+                                "id": m.id,
+                                "recorded": m.recorded,
+                                "listing_ms": m.listing_ms,
+                                "tick": str(m.tick),
+                                "lot": str(m.lot),
+                            }
+                            for m in self.registry.markets.values()
+                        ]
+                    },
+                )
+        except (FaultError, ValueError, TypeError) as exc:
+            return self._admin(400, {"error": str(exc)})
+        return self._admin(404, {"error": f"no admin endpoint {method} {path}"})
+
+    def _admin(self, status: int, obj: Any) -> Response:
+        return Response(status, self._json(obj), "application/json", {})
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as ccxt's requests session expects
+    disable_nagle_algorithm = True  # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
+    server_version = "marketflow-emulator"
+    sys_version = ""
+    emulator: Emulator
+    access_log = False
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.access_log:
+            log.info("%s %s", self.address_string(), format % args)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        try:
+            if self.path.startswith("/__admin"):
+                resp = self.emulator.admin(method, self.path, body)
+            else:
+                resp = self.emulator.dispatch(method, self.path, self.client_address[0])
+        except Exception as exc:  # an emulator bug must show up as a loud 500, not a dropped connection
+            log.exception("internal error on %s %s", method, self.path)
+            self.emulator.stats.response(500, "internal")
+            msg = f"emulator internal error: {type(exc).__name__}: {exc}"
+            resp = Response(500, json.dumps({"code": -1000, "msg": msg}).encode(), "application/json", {})
+        if resp is None:
+            self.close_connection = True  # timeout fault: hang up without a response
+            return
+        self.send_response(resp.status)
+        self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(resp.declared_length or len(resp.body)))
+        if resp.declared_length:
+            self.close_connection = True
+        for key, value in resp.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(resp.body)
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+
+def build_server(emulator: Emulator, host: str, port: int, access_log: bool = False) -> EmulatorHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"emulator": emulator, "access_log": access_log})
+    return EmulatorHTTPServer((host, port), handler)
+
+
+def _parse_faults(raw: str | None) -> Any:
+    if not raw:
+        return []
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text(encoding="utf-8")
+    return json.loads(raw)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m marketflow.emulator", description="Offline Binance/OKX spot emulator"
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="recorded candles: DIR/<exchange>/<BASE-QUOTE>/<tf>/*"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765, help="0 = pick a free port (printed on start)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--synthetic-markets",
+        default="",
+        help="comma list of exchange:BASE/QUOTE[@YYYY-MM-DD], e.g. binance:BTC/USDT,okx:ETH/USDT",
+    )
+    p.add_argument(
+        "--no-default-markets",
+        action="store_true",
+        help="do not add the default synthetic BTC/ETH/SOL/XRP-USDT markets",
+    )
+    p.add_argument("--synthetic-start", default=DEFAULT_LISTING, help="listing date of synthetic markets")
+    p.add_argument(
+        "--binance-weight-limit", type=int, default=6000, help="request weight per minute, 0 = unlimited"
+    )
+    p.add_argument(
+        "--ban-seconds", type=float, default=120.0, help="first 418 ban length; doubles per repeat"
+    )
+    p.add_argument("--ban-after", type=int, default=3, help="requests ignoring a 429 before the IP is banned")
+    p.add_argument(
+        "--okx-rate-limit-factor",
+        type=float,
+        default=1.0,
+        help="scales OKX per-endpoint request limits, 0 = unlimited",
+    )
+    p.add_argument(
+        "--faults", default=None, help="JSON fault list/object (or @file); default: $EMULATOR_FAULTS"
+    )
+    p.add_argument("--access-log", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = Registry(
+        args.data_dir,
+        seed=args.seed,
+        synthetic=args.synthetic_markets.split(",") if args.synthetic_markets else [],
+        default_synthetic=not args.no_default_markets,
+        listing=args.synthetic_start,
+    )
+    emulator = Emulator(
+        registry,
+        seed=args.seed,
+        binance_weight_limit=args.binance_weight_limit,
+        ban_seconds=args.ban_seconds,
+        ban_after=args.ban_after,
+        okx_rate_limit_factor=args.okx_rate_limit_factor,
+    )
+    faults = _parse_faults(args.faults if args.faults is not None else os.environ.get("EMULATOR_FAULTS"))
+    if faults:
+        emulator.faults.add(faults)
+    server = build_server(emulator, args.host, args.port, args.access_log)
+    host, port = server.server_address[:2]
+    recorded, synthetic = registry.counts()
+    print(
+        f"emulator listening on http://{host}:{port} (data dir {args.data_dir}, "
+        f"{recorded} recorded markets, {synthetic} synthetic)",
+        flush=True,
+    )
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,168 @@
+"""ccxt clients and the raw HTTP exchanges they make.
+
+ccxt builds every request (endpoint, parameters, signing, its own rate limiter); marketflow
+keeps what came back over the wire. A recorder hooked into ccxt's response path captures each
+response body exactly as received, so the raw layer stores the exchange's words, not ccxt's
+normalised arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import ccxt
+
+from marketflow.config import ExchangeConfig
+from marketflow.timeframes import Window, iso, timeframe_ms
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OHLCV_LIMIT = 500
+_URL_HOST = re.compile(r"^https?://[^/]+")
+
+
+@dataclass
+class HttpExchange:
+    """One HTTP response as ccxt received it."""
+
+    method: str
+    url: str
+    status: int
+    headers: dict[str, str]
+    body: str
+    received_at_ms: int
+
+    @property
+    def endpoint(self) -> str:
+        return urlsplit(self.url).path
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
+
+
+@dataclass
+class ResponseRecorder:
+    """Wraps ccxt's ``on_rest_response`` hook to keep every response it sees."""
+
+    responses: list[HttpExchange] = field(default_factory=list)
+
+    def install(self, exchange: ccxt.Exchange) -> None:
+        original = exchange.on_rest_response
+
+        def record(code, reason, url, method, headers, body, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.responses.append(HttpExchange(method, url, int(code), dict(headers or {}), body or "",
+                                               int(time.time() * 1000)))
+            return original(code, reason, url, method, headers, body, *args, **kwargs)
+
+        exchange.on_rest_response = record
+
+    def take(self) -> list[HttpExchange]:
+        taken, self.responses = self.responses, []
+        return taken
+
+
+def rewrite_hosts(urls: Any, base_url: str) -> Any:
+    """Point every ccxt API url at ``base_url`` (a mirror, a proxy, the emulator), keeping its path."""
+    if isinstance(urls, dict):
+        return {k: rewrite_hosts(v, base_url) for k, v in urls.items()}
+    if isinstance(urls, str):
+        return _URL_HOST.sub(base_url.rstrip("/"), urls)
+    return urls
+
+
+def build_exchange(cfg: ExchangeConfig) -> ccxt.Exchange:
+    """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings."""
+    klass = getattr(ccxt, cfg.ccxt_id)
+    params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options)}
+    if cfg.api_base_url:
+        params["urls"] = {**klass().urls, "api": rewrite_hosts(klass().urls["api"], cfg.api_base_url)}
+    exchange = klass(params)
+    # Numbers stay the exchange's decimal strings all the way to Postgres NUMERIC.
+    exchange.number = str
+    exchange.recorder = ResponseRecorder()
+    exchange.recorder.install(exchange)
+    return exchange
+
+
+def parser_for(ccxt_id: str) -> ccxt.Exchange:
+    """An offline ccxt instance used only for its response parsers."""
+    exchange = _PARSERS.get(ccxt_id)
+    if exchange is None:
+        exchange = getattr(ccxt, ccxt_id)()
+        exchange.number = str
+        _PARSERS[ccxt_id] = exchange
+    return exchange
+
+
+_PARSERS: dict[str, ccxt.Exchange] = {}
+
+
+def ohlcv_page_limit(exchange: ccxt.Exchange) -> int:
+    """The exchange's per-call candle maximum, as ccxt documents it in ``features``."""
+    spot = (exchange.features or {}).get("spot") or {}
+    limit = (spot.get("fetchOHLCV") or {}).get("limit")
+    return int(limit) if limit else DEFAULT_OHLCV_LIMIT
+
+
+@dataclass
+class OhlcvPage:
+    """One page of candles: the HTTP exchange(s) behind it and the open times ccxt parsed from it."""
+
+    responses: list[HttpExchange]
+    request: dict[str, Any]
+    open_times: list[int]
+
+
+def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, window: Window) -> Iterator[OhlcvPage]:
+    """Page through ``window`` with the exchange's per-call maximum, oldest first.
+
+    The cursor advances past the newest candle of each page (or past the span of an empty
+    page), so pages never overlap and the loop ends at the window's end.
+    """
+    step = timeframe_ms(timeframe)
+    page_max = ohlcv_page_limit(exchange)
+    cursor = window.start_ms
+    while cursor < window.end_ms:
+        # Ask for exactly what is left of the window: no exchange-specific "until" semantics needed
+        # (OKX's `after` would otherwise return the newest page of the window first).
+        limit = min(page_max, Window(cursor, window.end_ms).candles(timeframe))
+        request = {"symbol": symbol, "timeframe": timeframe, "since": cursor, "limit": limit}
+        exchange.recorder.take()
+        try:
+            rows = exchange.fetch_ohlcv(symbol, timeframe, since=cursor, limit=limit)
+        except Exception as exc:
+            exc.responses = exchange.recorder.take()  # type: ignore[attr-defined]
+            exc.request = request  # type: ignore[attr-defined]
+            raise
+        open_times = sorted(int(r[0]) for r in rows)
+        yield OhlcvPage(exchange.recorder.take(), request, open_times)
+        in_window = [t for t in open_times if cursor <= t < window.end_ms]
+        # An empty page is a hole in the exchange's data (or before its listing): step over the span
+        # it covered instead of stopping, so candles after the hole are still fetched.
+        cursor = in_window[-1] + step if in_window else cursor + limit * step
+    log.debug("paged %s %s %s up to %s", exchange.id, symbol, timeframe, iso(cursor))
+
+
+def fetch_ticker_response(exchange: ccxt.Exchange, symbol: str) -> tuple[dict[str, Any], list[HttpExchange]]:
+    exchange.recorder.take()
+    try:
+        ticker = exchange.fetch_ticker(symbol)
+    except Exception as exc:
+        exc.responses = exchange.recorder.take()  # type: ignore[attr-defined]
+        raise
+    return ticker, exchange.recorder.take()
+
+
+def market_info(exchange: ccxt.Exchange, symbol: str) -> dict[str, Any]:
+    """The unified market ccxt loaded, JSON-safe, stored with raw payloads so parsing needs no network."""
+    market = exchange.market(symbol)
+    keep = ("id", "symbol", "base", "quote", "baseId", "quoteId", "type", "spot", "active", "precision", "limits")
+    return json.loads(json.dumps({k: market.get(k) for k in keep}, default=str))

@@ -1,0 +1,189 @@
+"""What the extract and load tasks do, free of Airflow so tests can call it with real databases.
+
+extract: exchange -> MongoDB raw (one document per response) -> returns the payload ids.
+load:    payload ids -> parse, validate -> Postgres staging in one transaction.
+Both record one raw_ingestion_log document per attempt, success or failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from marketflow.config import MarketConfig, MarketflowConfig
+from marketflow.exchanges import build_exchange, fetch_ohlcv_pages, fetch_ticker_response, market_info
+from marketflow.raw_store import PayloadContext, RawStore
+from marketflow.staging_load import load_candle_payloads, load_ticker_payloads
+from marketflow.timeframes import Window, floor_ms, iso, timeframe_ms, to_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Identity of one task attempt, for lineage and the ingestion log."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1
+
+    @property
+    def attempt_id(self) -> str:
+        return f"{self.dag_id}/{self.run_id}/{self.task_id}/{self.map_index}/{self.try_number}"
+
+
+def parse_time(value: Any, name: str) -> datetime:
+    if isinstance(value, datetime):
+        ts = value
+    else:
+        try:
+            ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not an ISO-8601 time; pass e.g. 2024-01-01T00:00:00Z") from None
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def plan_window(timeframe: str, interval_start: datetime | None, interval_end: datetime | None,
+                conf: dict[str, Any] | None, overlap_minutes: int, now: datetime | None = None) -> Window:
+    """The window a run extracts.
+
+    ``dag_run.conf`` start/end win (reprocess any window from the UI); else the run's data
+    interval widened by the overlap (late corrections of the last minutes are re-read); a run
+    without a logical date takes the last closed interval before now.
+    """
+    conf = conf or {}
+    step = timeframe_ms(timeframe)
+    if conf.get("start") or conf.get("end"):
+        if not (conf.get("start") and conf.get("end")):
+            raise ValueError("dag_run.conf needs both 'start' and 'end' (ISO-8601, UTC) to override the window")
+        start = floor_ms(to_ms(parse_time(conf["start"], "start")), timeframe)
+        end = -(-to_ms(parse_time(conf["end"], "end")) // step) * step
+        if end <= start:
+            raise ValueError(f"dag_run.conf end {conf['end']} is not after start {conf['start']}")
+        return Window(start, end)
+    overlap = overlap_minutes * 60_000
+    if interval_start is not None and interval_end is not None and interval_end > interval_start:
+        return Window(floor_ms(to_ms(interval_start) - overlap, timeframe), floor_ms(to_ms(interval_end), timeframe))
+    end = floor_ms(to_ms(now or datetime.now(UTC)), timeframe)
+    if interval_end is not None:  # a zero-length interval (trigger timetable): up to its point in time
+        end = floor_ms(to_ms(interval_end), timeframe)
+    return Window(floor_ms(end - step - overlap, timeframe), end)
+
+
+def market_window(market: MarketConfig, timeframe: str, window: Window, now_ms: int) -> Window:
+    """Clip a run's window to the market's configured history and to closed candles."""
+    end_bound = floor_ms(now_ms, timeframe)
+    if market.history_end is not None:
+        end_bound = min(end_bound, to_ms(market.history_end))
+    return window.clip(floor_ms(to_ms(market.history_start), timeframe), end_bound)
+
+
+def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
+    """``dag_run.conf`` may narrow a run to some exchanges and/or symbols."""
+    conf = conf or {}
+    exchanges, symbols = conf.get("exchanges") or [], conf.get("symbols") or []
+    return (not exchanges or market.exchange in exchanges) and (not symbols or market.symbol in symbols)
+
+
+def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
+                   raw: RawStore, attempt: Attempt, with_ticker: bool = False) -> dict[str, Any]:
+    """Fetch the market's closed candles for the window into raw; returns ids for the load task."""
+    exchange_cfg = config.exchange(market.exchange)
+    now_ms = int(time.time() * 1000)
+    window = market_window(market, timeframe, run_window, now_ms)
+    result: dict[str, Any] = {
+        "exchange": market.exchange, "symbol": market.symbol, "timeframe": timeframe,
+        "window_start_ms": window.start_ms, "window_end_ms": window.end_ms,
+        "payload_ids": [], "ticker_payload_ids": [], "pages": 0, "candles_fetched": 0,
+    }
+    started = time.monotonic()
+    log_fields = {"stage": "extract", "exchange": market.exchange, "symbol": market.symbol, "timeframe": timeframe,
+                  "dag_id": attempt.dag_id, "run_id": attempt.run_id, "task_id": attempt.task_id,
+                  "map_index": attempt.map_index, "try_number": attempt.try_number,
+                  "window_start": iso(window.start_ms), "window_end": iso(window.end_ms),
+                  "started_at": datetime.now(UTC), "status": "running"}
+    raw.log_attempt(attempt.attempt_id, log_fields)
+    if window.empty and not with_ticker:
+        log.info("%s %s %s: run window %s is outside the market's history (%s to %s); nothing to fetch",
+                 market.exchange, market.symbol, timeframe, run_window, market.history_start.isoformat(),
+                 market.history_end.isoformat() if market.history_end else "now")
+        raw.log_attempt(attempt.attempt_id, {"status": "skipped", "finished_at": datetime.now(UTC),
+                                             "duration_s": time.monotonic() - started})
+        return result
+
+    exchange = build_exchange(exchange_cfg)
+    ctx = PayloadContext(market.exchange, exchange_cfg.ccxt_id, market.symbol, timeframe, "ohlcv", window,
+                         attempt.run_id, attempt.try_number, {})
+    try:
+        exchange.load_markets()
+        ctx = PayloadContext(**{**ctx.__dict__, "market": market_info(exchange, market.symbol)})
+        expected = window.candles(timeframe)
+        if not window.empty:
+            for page in fetch_ohlcv_pages(exchange, market.symbol, timeframe, window):
+                result["payload_ids"] += raw.save_responses(ctx, page.responses, page.request)
+                result["pages"] += 1
+                result["candles_fetched"] += sum(1 for t in page.open_times if window.start_ms <= t < window.end_ms)
+                elapsed = max(time.monotonic() - started, 1e-6)
+                log.info("%s %s %s: page %d, %d/%d candles (%.0f candles/s)", market.exchange, market.symbol,
+                         timeframe, result["pages"], result["candles_fetched"], expected,
+                         result["candles_fetched"] / elapsed)
+        if with_ticker:
+            _, responses = fetch_ticker_response(exchange, market.symbol)
+            ticker_ctx = PayloadContext(**{**ctx.__dict__, "kind": "ticker", "timeframe": None, "window": None})
+            result["ticker_payload_ids"] = raw.save_responses(ticker_ctx, responses)
+    except Exception as exc:
+        stored = raw.save_responses(ctx, getattr(exc, "responses", []), getattr(exc, "request", None),
+                                    error=f"{type(exc).__name__}: {exc}")
+        raw.log_attempt(attempt.attempt_id, {
+            "status": "failed", "finished_at": datetime.now(UTC), "duration_s": time.monotonic() - started,
+            "error_class": type(exc).__name__, "error_message": str(exc)[:2000], "pages": result["pages"],
+            "payload_ids": result["payload_ids"] + stored,
+        })
+        log.error("%s %s %s: extract failed after %d pages: %s: %s", market.exchange, market.symbol, timeframe,
+                  result["pages"], type(exc).__name__, exc)
+        raise
+    duration = time.monotonic() - started
+    raw.log_attempt(attempt.attempt_id, {
+        "status": "success", "finished_at": datetime.now(UTC), "duration_s": duration, "pages": result["pages"],
+        "candles_fetched": result["candles_fetched"], "payload_ids": result["payload_ids"],
+        "ticker_payload_ids": result["ticker_payload_ids"],
+    })
+    log.info("%s %s %s: fetched %d candles in %d pages for %s in %.1fs", market.exchange, market.symbol, timeframe,
+             result["candles_fetched"], result["pages"], window, duration)
+    return result
+
+
+def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    """Load the payloads an extract stored into staging; safe to run any number of times."""
+    window = Window(extracted["window_start_ms"], extracted["window_end_ms"])
+    started = time.monotonic()
+    base = {"stage": "load", "exchange": extracted["exchange"], "symbol": extracted["symbol"],
+            "timeframe": extracted["timeframe"], "dag_id": attempt.dag_id, "run_id": attempt.run_id,
+            "task_id": attempt.task_id, "map_index": attempt.map_index, "try_number": attempt.try_number,
+            "window_start": iso(window.start_ms), "window_end": iso(window.end_ms),
+            "started_at": datetime.now(UTC), "status": "running"}
+    raw.log_attempt(attempt.attempt_id, base)
+    try:
+        docs = raw.get_payloads(extracted["payload_ids"])
+        result = load_candle_payloads(conn, docs, extracted["exchange"], extracted["symbol"],
+                                      extracted["timeframe"], attempt.run_id, window)
+        tickers, ticker_problems = load_ticker_payloads(
+            conn, raw.get_payloads(extracted.get("ticker_payload_ids") or []), attempt.run_id)
+    except Exception as exc:
+        raw.log_attempt(attempt.attempt_id, {"status": "failed", "finished_at": datetime.now(UTC),
+                                             "duration_s": time.monotonic() - started,
+                                             "error_class": type(exc).__name__, "error_message": str(exc)[:2000]})
+        raise
+    for problem in ticker_problems:
+        log.warning("ticker payload not loaded: %s", problem)
+    raw.log_attempt(attempt.attempt_id, {"status": "success", "finished_at": datetime.now(UTC),
+                                         "duration_s": time.monotonic() - started, **result.as_dict(),
+                                         "tickers": tickers, "ticker_problems": ticker_problems})
+    log.info("%s %s %s %s: %s", extracted["exchange"], extracted["symbol"], extracted["timeframe"], window,
+             result.summary())
+    return {**result.as_dict(), "tickers": tickers}

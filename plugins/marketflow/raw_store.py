@@ -1,0 +1,130 @@
+"""MongoDB raw layer: what the exchange said, when, and what each task attempt did.
+
+``raw_market_payload`` holds one document per API response, body untouched. Its ``_id`` is
+derived from the request and the content hash, so fetching the same answer twice (a retry, an
+overlapping run) updates ``last_fetched_at`` instead of storing a copy, and staging lineage
+(``raw_payload_id``) stays stable across re-runs. A changed answer is a new document.
+``raw_ingestion_log`` holds one document per task attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, UpdateOne
+from pymongo.database import Database
+
+from marketflow.exchanges import HttpExchange
+from marketflow.timeframes import Window, from_ms
+
+log = logging.getLogger(__name__)
+
+PAYLOADS = "raw_market_payload"
+INGESTION_LOG = "raw_ingestion_log"
+# Headers worth keeping: rate-limit state and request ids; the rest is noise.
+_KEPT_HEADERS = ("content-type", "date", "retry-after", "x-mbx-used-weight", "x-mbx-used-weight-1m",
+                 "x-ratelimit-remaining", "x-request-id")
+
+
+@dataclass(frozen=True)
+class PayloadContext:
+    """Who asked for a response and why; stored beside the body."""
+
+    exchange: str
+    ccxt_id: str
+    symbol: str
+    timeframe: str | None
+    kind: str  # "ohlcv" | "ticker"
+    window: Window | None
+    run_id: str
+    try_number: int
+    market: dict[str, Any]
+
+
+def content_hash(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def payload_id(ctx: PayloadContext, response: HttpExchange) -> str:
+    identity = json.dumps([ctx.exchange, ctx.symbol, ctx.timeframe, ctx.kind, response.method, response.endpoint,
+                           sorted(response.params.items()), response.status, content_hash(response.body)])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+class RawStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.payloads = db[PAYLOADS]
+        self.attempts = db[INGESTION_LOG]
+
+    def ensure_indexes(self, retention_days: int) -> None:
+        self.payloads.create_index([("exchange", ASCENDING), ("symbol", ASCENDING), ("window_start", ASCENDING)],
+                                   name="market_window")
+        # Raw is a short-term system of record; staging and marts keep the typed data.
+        self.payloads.create_index("last_fetched_at", name="retention_ttl",
+                                   expireAfterSeconds=retention_days * 86_400)
+        self.attempts.create_index([("exchange", ASCENDING), ("symbol", ASCENDING), ("started_at", ASCENDING)],
+                                   name="market_started")
+        self.attempts.create_index("started_at", name="retention_ttl", expireAfterSeconds=retention_days * 86_400)
+
+    def save_responses(self, ctx: PayloadContext, responses: Iterable[HttpExchange],
+                       request: dict[str, Any] | None = None, error: str | None = None) -> list[str]:
+        """Store responses (one document each); returns their ids in order."""
+        ops, ids = [], []
+        for response in responses:
+            pid = payload_id(ctx, response)
+            fetched_at = from_ms(response.received_at_ms)
+            doc = {
+                "exchange": ctx.exchange, "ccxt_id": ctx.ccxt_id, "symbol": ctx.symbol, "timeframe": ctx.timeframe,
+                "kind": ctx.kind, "market": ctx.market,
+                "endpoint": response.endpoint, "method": response.method, "url": response.url,
+                "request_params": response.params, "request": request or {},
+                "window_start": from_ms(ctx.window.start_ms) if ctx.window else None,
+                "window_end": from_ms(ctx.window.end_ms) if ctx.window else None,
+                "http_status": response.status,
+                "headers": {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS},
+                "body": response.body, "content_hash": content_hash(response.body), "body_bytes": len(response.body),
+                "fetched_at": fetched_at, "run_id": ctx.run_id, "try_number": ctx.try_number, "error": error,
+            }
+            ops.append(UpdateOne(
+                {"_id": pid},
+                {"$setOnInsert": doc, "$set": {"last_fetched_at": fetched_at, "last_run_id": ctx.run_id},
+                 "$inc": {"fetch_count": 1}},
+                upsert=True,
+            ))
+            ids.append(pid)
+        if ops:
+            self.payloads.bulk_write(ops, ordered=True)
+        return ids
+
+    def get_payloads(self, ids: list[str], batch: int = 50) -> list[dict[str, Any]]:
+        """Fetch documents by id in batches, returned in the order of ``ids``; a missing id is an error."""
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(ids), batch):
+            for doc in self.payloads.find({"_id": {"$in": ids[i:i + batch]}}):
+                found[doc["_id"]] = doc
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise LookupError(f"{len(missing)} raw payload(s) not found in {self.db.name}.{PAYLOADS}, e.g. "
+                              f"{missing[0]}; they may have expired (raw_retention_days) — re-extract the window")
+        return [found[i] for i in ids]
+
+    def find_payload_ids(self, exchange: str, symbol: str, timeframe: str, window: Window) -> list[str]:
+        """Ids of the successful candle responses stored for a window, oldest fetch first (reprocess path)."""
+        cursor = self.payloads.find(
+            {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "kind": "ohlcv", "http_status": 200,
+             "window_start": {"$lt": from_ms(window.end_ms)}, "window_end": {"$gt": from_ms(window.start_ms)}},
+            {"_id": 1, "fetched_at": 1},
+        )
+        return [d["_id"] for d in sorted(cursor, key=lambda d: (d["fetched_at"], d["_id"]))]
+
+    def log_attempt(self, attempt_id: str, fields: dict[str, Any]) -> None:
+        """Create or update the ingestion-log document of one task attempt."""
+        self.attempts.update_one({"_id": attempt_id}, {"$set": {**fields, "updated_at": datetime.now(UTC)}},
+                                 upsert=True)

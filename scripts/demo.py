@@ -1,0 +1,175 @@
+"""`make demo`: the whole pipeline offline, through Airflow, on the bundled real candles.
+
+1. start Postgres, MongoDB (mongod or nx-27017), the exchange emulator and Airflow standalone;
+2. create one pool per exchange, unpause the hourly DAG and trigger it with a conf window
+   spanning the recorded days (each market's window is clipped to its recording);
+3. show progress until the run ends, then print rows per mart, latest prices, table checksums
+   (compared with the previous demo run: a re-run must change nothing), the UI and SQL access.
+
+EMULATOR_DATA_DIR and MARKETFLOW_CONFIG point it at another dataset / markets file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
+
+import stack
+
+from marketflow.config import load_config
+from marketflow.staging_load import table_checksum
+
+DAG_ID = "market_candles_1h"
+TIMEOUT_S = 30 * 60
+TABLE_KEYS = {
+    "staging.ohlcv": ["exchange", "symbol", "timeframe", "open_time"],
+    "staging.ohlcv_rejects": ["raw_payload_id", "row_index"],
+    "staging.ticker": ["exchange", "symbol", "ts"],
+    "marts.ohlcv_1m": ["exchange", "symbol", "open_time"],
+    "marts.latest_price": ["exchange", "symbol"],
+    "marts.markets": ["exchange", "symbol"],
+}
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def airflow(env: dict[str, str], *args: str, capture: bool = False) -> str:
+    res = subprocess.run([str(stack.VENV_BIN / "airflow"), *args], env={**os.environ, **env}, text=True,
+                         capture_output=True)
+    if res.returncode != 0:
+        raise SystemExit(f"`airflow {' '.join(args)}` failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+    return res.stdout if capture else ""
+
+
+def metadata(st: stack.Stack):
+    return psycopg2.connect(st.postgres.dsn(stack.AIRFLOW_DB))
+
+
+def wait_for_dag(st: stack.Stack, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with metadata(st) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM dag WHERE dag_id = %s", (DAG_ID,))
+            if cur.fetchone()[0]:
+                return
+        time.sleep(3)
+    raise SystemExit(f"Airflow did not parse {DAG_ID} within {timeout:.0f}s; see {st.run_dir / 'airflow.log'}")
+
+
+def trigger_window(config) -> dict[str, str]:
+    """One window covering every configured market's bounded history."""
+    markets = config.markets("1m")
+    start = min(m.history_start for m in markets)
+    ends = [m.history_end for m in markets]
+    if any(e is None for e in ends):
+        raise SystemExit("make demo backfills bounded recordings; every market in MARKETFLOW_CONFIG needs "
+                         "history_end (see include/config/markets.demo.yml)")
+    return {"start": start.isoformat().replace("+00:00", "Z"), "end": max(ends).isoformat().replace("+00:00", "Z")}
+
+
+def progress(st: stack.Stack, run_id: str, warehouse_dsn: str) -> tuple[str, str]:
+    with metadata(st) as conn, conn.cursor() as cur:
+        cur.execute("SELECT state, count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s GROUP BY state",
+                    (DAG_ID, run_id))
+        states = {s or "scheduled": n for s, n in cur.fetchall()}
+        cur.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (DAG_ID, run_id))
+        row = cur.fetchone()
+    run_state = row[0] if row else "queued"
+    try:
+        with psycopg2.connect(warehouse_dsn) as wconn, wconn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM staging.ohlcv")
+            candles = cur.fetchone()[0]
+    except psycopg2.Error:
+        candles = 0
+    done = sum(n for s, n in states.items() if s in ("success", "skipped", "failed", "upstream_failed"))
+    detail = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    total = sum(states.values())
+    return run_state, f"run {run_state}: {done}/{total} tasks done ({detail}); {candles} candles in staging"
+
+
+def report(warehouse_dsn: str, st: stack.Stack) -> None:
+    checksum_file = st.state_dir / "demo-checksums.json"
+    previous = json.loads(checksum_file.read_text()) if checksum_file.exists() else None
+    current: dict[str, list] = {}
+    with psycopg2.connect(warehouse_dsn) as conn:
+        print("\nRows and checksums (md5 over rows in key order):")
+        for table, key in TABLE_KEYS.items():
+            count, digest = table_checksum(conn, table, key)
+            current[table] = [count, digest]
+            same = ""
+            if previous and table in previous:
+                same = "  unchanged since the last demo run" if previous[table] == current[table] else \
+                    f"  CHANGED (was {previous[table][0]} rows, {previous[table][1][:12]})"
+            print(f"  {table:<24} {count:>7} rows  {digest[:12]}{same}")
+        with conn.cursor() as cur:
+            cur.execute("SELECT exchange, symbol, price, as_of, staleness_seconds FROM marts.latest_price "
+                        "ORDER BY exchange, symbol")
+            print("\nLatest prices (marts.latest_price):")
+            for ex, sym, price, as_of, stale in cur.fetchall():
+                print(f"  {ex:<8} {sym:<10} {price}  as of {as_of:%Y-%m-%d %H:%M} UTC ({int(stale)} s old)")
+    checksum_file.write_text(json.dumps(current, indent=2))
+    if previous and any(previous.get(t) != v for t, v in current.items() if t in previous):
+        print("\nWARNING: a table changed between two demo runs of the same window.")
+
+
+def main() -> int:
+    st = stack.Stack()
+    env = st.env()
+    os.environ.update(env)
+    config = load_config(env["MARKETFLOW_CONFIG"], env={**os.environ, **env})
+    say(f"markets file {env['MARKETFLOW_CONFIG']}; emulator data {st.emulator_data_dir}")
+    stack.up(st, with_airflow=False)
+    say("preparing the Airflow metadata database and pools")
+    (st.airflow_home).mkdir(parents=True, exist_ok=True)
+    airflow(env, "db", "migrate")
+    pools = subprocess.run([str(stack.VENV_BIN / "python"), "-m", "marketflow.cli", "pools", "--format", "json"],
+                           env={**os.environ, **env}, check=True, capture_output=True, text=True).stdout
+    (st.airflow_home / "pools.json").write_text(pools)
+    airflow(env, "pools", "import", str(st.airflow_home / "pools.json"))
+    stack.up(st, with_airflow=True)
+    say(f"Airflow is up at http://127.0.0.1:{st.airflow_port}; waiting for it to parse {DAG_ID}")
+    wait_for_dag(st)
+    airflow(env, "dags", "unpause", DAG_ID)
+    window = trigger_window(config)
+    run_id = f"demo__{time.strftime('%Y%m%dT%H%M%S')}"
+    airflow(env, "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps(window))
+    say(f"triggered {DAG_ID} run {run_id} for {window['start']} .. {window['end']}")
+
+    warehouse = env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
+    deadline, last = time.monotonic() + TIMEOUT_S, ""
+    state = "queued"
+    while time.monotonic() < deadline:
+        state, line = progress(st, run_id, warehouse)
+        if line != last:
+            say(line)
+            last = line
+        if state in ("success", "failed"):
+            break
+        time.sleep(5)
+    if state != "success":
+        say(f"the run ended {state}; task logs are in {st.airflow_home / 'logs'} and the Airflow UI")
+        return 1
+    report(warehouse, st)
+    print(f"""
+Airflow UI     http://127.0.0.1:{st.airflow_port}   login admin / admin   (DAGs: market_candles_1h, market_candles_1m)
+SQL            psql '{warehouse}'
+               e.g. SELECT * FROM marts.ohlcv_1m ORDER BY open_time DESC LIMIT 5;
+Raw payloads   {env['MONGO_URI']}  (collections raw_market_payload, raw_ingestion_log)
+Stop           make down   (data stays in {st.state_dir}; make demo again re-runs the same window)
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

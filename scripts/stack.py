@@ -1,0 +1,419 @@
+"""Start and stop marketflow's local services: PostgreSQL, MongoDB, the exchange emulator, Airflow.
+
+Used by the Makefile (``make demo`` / ``make down``) and by the test suite, which starts its own
+throwaway instances on free ports. Every server runs in its own process session and is stopped
+by the PID recorded when it was started, never by name.
+
+    python scripts/stack.py up        # postgres + mongodb + emulator (+ airflow with --airflow)
+    python scripts/stack.py down      # stop what `up` started, keep the data
+    python scripts/stack.py env       # print the environment the services are reachable with
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LOCAL = Path(os.environ.get("MARKETFLOW_LOCAL_DIR", REPO / ".local"))
+VENV_BIN = LOCAL / "venv" / "bin"
+
+DB_USER = "marketflow"
+DB_PASSWORD = "marketflow"
+WAREHOUSE_DB = "marketflow"
+AIRFLOW_DB = "airflow"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie that still looks alive."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; these machines run everything as root.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _pg_bindir() -> Path:
+    return Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
+
+
+def _make_traversable(path: Path) -> None:
+    """The postgres user must be able to reach its data directory through every parent."""
+    for parent in [path, *path.parents]:
+        if parent == Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+@dataclass
+class PostgresServer:
+    root: Path
+    port: int
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "postgres.log"
+
+    def dsn(self, database: str = WAREHOUSE_DB) -> str:
+        return f"postgresql://{DB_USER}:{DB_PASSWORD}@{self.host}:{self.port}/{database}"
+
+    def _pg(self, tool: str) -> str:
+        return str(_pg_bindir() / tool)
+
+    def initdb(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            shutil.chown(self.data_dir, "postgres", "postgres")
+            _make_traversable(self.root)
+        subprocess.run(
+            _as_postgres_user([self._pg("initdb"), "-D", str(self.data_dir), "-U", "postgres",
+                               "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                               "--locale=C.UTF-8"]),
+            check=True, stdout=subprocess.DEVNULL,
+        )
+
+    def is_running(self) -> bool:
+        res = subprocess.run(_as_postgres_user([self._pg("pg_ctl"), "status", "-D", str(self.data_dir)]),
+                             capture_output=True)
+        return res.returncode == 0
+
+    def start(self) -> None:
+        self.initdb()
+        if not self.is_running():
+            opts = (f"-p {self.port} -c listen_addresses={self.host} -k {self.data_dir} "
+                    "-c max_connections=100 -c shared_buffers=256MB")
+            subprocess.run(
+                _as_postgres_user([self._pg("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
+                                   "-l", str(self.log_file), "-o", opts]),
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        self._bootstrap()
+
+    def psql_admin(self, sql: str, database: str = "postgres") -> str:
+        out = subprocess.run(
+            _as_postgres_user([self._pg("psql"), "-h", str(self.data_dir), "-p", str(self.port), "-U", "postgres",
+                               "-d", database, "-v", "ON_ERROR_STOP=1", "-Atqc", sql]),
+            check=True, capture_output=True, text=True,
+        )
+        return out.stdout.strip()
+
+    def create_database(self, name: str) -> None:
+        if not self.psql_admin(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+            self.psql_admin(f'CREATE DATABASE "{name}" OWNER {DB_USER}')
+
+    def drop_database(self, name: str) -> None:
+        self.psql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _bootstrap(self) -> None:
+        if not self.psql_admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'"):
+            self.psql_admin(f"CREATE ROLE {DB_USER} LOGIN CREATEDB CREATEROLE PASSWORD '{DB_PASSWORD}'")
+        for db in (WAREHOUSE_DB, AIRFLOW_DB):
+            self.create_database(db)
+
+    def stop(self) -> None:
+        if self.data_dir.exists() and self.is_running():
+            subprocess.run(_as_postgres_user([self._pg("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast",
+                                              "-w"]), check=True, stdout=subprocess.DEVNULL)
+
+
+@dataclass
+class ManagedProcess:
+    """A server we start in its own session and stop by its recorded process group."""
+
+    name: str
+    run_dir: Path
+    argv: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 60.0
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+        try:
+            proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **self.env}, start_new_session=True, cwd=REPO)
+        finally:
+            log.close()
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            wait_for_port(self.port, self.name, self.ready_timeout, proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed to start; see {self.log_file}") from None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        # The pid is the session leader we started, so its pgid is its pid.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                _reap(pid)
+                try:
+                    os.killpg(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                continue
+            break
+        self.pid_file.unlink(missing_ok=True)
+
+
+def mongo_server(state_dir: Path, run_dir: Path, port: int) -> ManagedProcess:
+    """Real mongod when it is installed, else the nx-27017 wire-protocol emulator."""
+    data = state_dir / "mongo"
+    data.mkdir(parents=True, exist_ok=True)
+    mongod = shutil.which("mongod")
+    if mongod:
+        argv = [mongod, "--dbpath", str(data), "--port", str(port), "--bind_ip", "127.0.0.1", "--quiet"]
+    else:
+        nx = str(VENV_BIN / "nx-27017") if (VENV_BIN / "nx-27017").exists() else "nx-27017"
+        argv = [nx, "--data-dir", str(data), "--port", str(port), "--host", "127.0.0.1",
+                "--log-file", str(run_dir / "nx-27017.internal.log"), "--pid-file", str(run_dir / "nx-27017.pid")]
+    return ManagedProcess("mongodb", run_dir, argv, port)
+
+
+def emulator_server(run_dir: Path, port: int, data_dir: Path, extra: list[str] | None = None) -> ManagedProcess:
+    python = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+    argv = [python, "-m", "marketflow.emulator", "--data-dir", str(data_dir), "--port", str(port),
+            "--host", "127.0.0.1", *(extra or [])]
+    return ManagedProcess("emulator", run_dir, argv, port, env={"PYTHONPATH": str(REPO / "plugins")})
+
+
+@dataclass
+class Stack:
+    """The demo stack: fixed ports, state under .local/ (git-ignored)."""
+
+    pg_port: int = int(os.environ.get("MARKETFLOW_PG_PORT", "55432"))
+    mongo_port: int = int(os.environ.get("MARKETFLOW_MONGO_PORT", "27027"))
+    emulator_port: int = int(os.environ.get("MARKETFLOW_EMULATOR_PORT", "8765"))
+    airflow_port: int = int(os.environ.get("MARKETFLOW_AIRFLOW_PORT", "8080"))
+    emulator_data_dir: Path = Path(os.environ.get("EMULATOR_DATA_DIR", REPO / "include" / "sample_data"))
+    state_dir: Path = LOCAL / "state"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def postgres(self) -> PostgresServer:
+        return PostgresServer(self.state_dir / "postgres", self.pg_port)
+
+    @property
+    def mongo(self) -> ManagedProcess:
+        return mongo_server(self.state_dir, self.run_dir, self.mongo_port)
+
+    @property
+    def emulator(self) -> ManagedProcess:
+        return emulator_server(self.run_dir, self.emulator_port, self.emulator_data_dir)
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.state_dir / "airflow"
+
+    @property
+    def airflow(self) -> ManagedProcess:
+        return ManagedProcess("airflow", self.run_dir, [str(VENV_BIN / "airflow"), "standalone"],
+                              self.airflow_port, env=self.env(), ready_timeout=240)
+
+    def schedule_start(self) -> str:
+        """The hour the stack first started, kept so the hourly DAG never catches up on older hours."""
+        path = self.state_dir / "schedule_start"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            now = time.gmtime()
+            path.write_text(time.strftime("%Y-%m-%dT%H:00:00Z", now))
+        return path.read_text().strip()
+
+    def env(self) -> dict[str, str]:
+        pg, mongo_uri = self.postgres, f"mongodb://127.0.0.1:{self.mongo_port}/marketflow"
+        env = service_env(pg, mongo_uri, f"http://127.0.0.1:{self.emulator_port}")
+        env["MARKETFLOW_CONFIG"] = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
+        env["MARKETFLOW_SCHEDULE_START"] = os.environ.get("MARKETFLOW_SCHEDULE_START", self.schedule_start())
+        return env | airflow_env(self.airflow_home, pg, self.airflow_port)
+
+
+def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database: str = WAREHOUSE_DB) -> dict[str, str]:
+    """Environment through which every component reaches the services (no code reads ports directly)."""
+    host, _, rest = mongo_uri.removeprefix("mongodb://").partition("/")
+    return {
+        "MONGO_URI": mongo_uri,
+        "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pg.dsn(database),
+        "AIRFLOW_CONN_MARKETFLOW_MONGO": f"mongo://{host}/{rest or 'marketflow'}",
+        "MARKETFLOW_PG_HOST": pg.host,
+        "MARKETFLOW_PG_PORT": str(pg.port),
+        "MARKETFLOW_PG_USER": DB_USER,
+        "MARKETFLOW_PG_PASSWORD": DB_PASSWORD,
+        "MARKETFLOW_PG_DATABASE": database,
+        "MARKETFLOW_EXCHANGE_URL": emulator_url,
+        "MARKETFLOW_DBT_EXECUTABLE": str(LOCAL / "dbt-venv" / "bin" / "dbt"),
+        "MARKETFLOW_DBT_PROJECT_DIR": str(REPO / "dbt"),
+        "MARKETFLOW_CONFIG": os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include" / "config" / "markets.yml")),
+        "PYTHONPATH": str(REPO / "plugins"),
+        # No phoning home from an offline stack.
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
+        "SCARF_ANALYTICS": "false",
+    }
+
+
+def airflow_env(home: Path, pg: PostgresServer, port: int) -> dict[str, str]:
+    return {
+        "AIRFLOW_HOME": str(home),
+        # standalone starts its components as `airflow ...` subprocesses, found on PATH.
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # The default of 32 costs ~1.8 GiB here; the demo needs a handful of slots.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        # Each task process re-parses its DAG file; on a busy 2-core machine that can pass 30 s.
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.dsn(AIRFLOW_DB).replace("postgresql://", "postgresql+psycopg2://"),
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+
+
+def up(stack: Stack, with_airflow: bool) -> None:
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"postgres   starting on 127.0.0.1:{stack.pg_port} (data {stack.postgres.data_dir})", flush=True)
+    stack.postgres.start()
+    print(f"mongodb    starting on 127.0.0.1:{stack.mongo_port} ({Path(stack.mongo.argv[0]).name})", flush=True)
+    stack.mongo.start()
+    print(f"emulator   starting on 127.0.0.1:{stack.emulator_port} (data {stack.emulator_data_dir})", flush=True)
+    stack.emulator.start()
+    if with_airflow:
+        stack.airflow_home.mkdir(parents=True, exist_ok=True)
+        passwords = stack.airflow_home / "passwords.json"
+        passwords.write_text(json.dumps({"admin": "admin"}))
+        print(f"airflow    starting standalone on http://127.0.0.1:{stack.airflow_port}", flush=True)
+        stack.airflow.start()
+
+
+def down(stack: Stack) -> None:
+    for proc in (stack.airflow, stack.emulator, stack.mongo):
+        if proc.pid() is not None:
+            print(f"stopping {proc.name} (pid {proc.pid()})", flush=True)
+        proc.stop()
+    pg = stack.postgres
+    if pg.data_dir.exists() and pg.is_running():
+        print("stopping postgres", flush=True)
+        pg.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="start the services (idempotent)")
+    p_up.add_argument("--airflow", action="store_true", help="also start airflow standalone")
+    sub.add_parser("down", help="stop every service this script started; data is kept")
+    sub.add_parser("env", help="print shell exports for the running stack")
+    sub.add_parser("status", help="which services are running")
+    args = parser.parse_args(argv)
+    stack = Stack()
+    if args.cmd == "up":
+        up(stack, args.airflow)
+    elif args.cmd == "down":
+        down(stack)
+    elif args.cmd == "status":
+        for proc in (stack.postgres, stack.mongo, stack.emulator, stack.airflow):
+            if isinstance(proc, PostgresServer):
+                state = "running" if proc.data_dir.exists() and proc.is_running() else "stopped"
+                print(f"postgres   {state}  127.0.0.1:{proc.port}")
+            else:
+                pid = proc.pid()
+                print(f"{proc.name:<10} {f'running (pid {pid})' if pid else 'stopped'}  127.0.0.1:{proc.port}")
+    elif args.cmd == "env":
+        for key, value in stack.env().items():
+            print(f"export {key}='{value}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Shared fixtures: the test run starts its own real PostgreSQL and MongoDB-protocol server.
+
+Nothing here mocks a database. Set MARKETFLOW_TEST_PG_DSN / MONGO_URI to run the same tests
+against servers you already have (e.g. a real mongod).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pymongo
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import stack  # noqa: E402  (scripts/stack.py)
+
+from marketflow.schema import apply_ddl  # noqa: E402
+
+TEST_ROOT = Path(os.environ.get("MARKETFLOW_TEST_DIR", REPO / ".local" / "test"))
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def test_root() -> Path:
+    root = TEST_ROOT / f"run-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(test_root: Path) -> Iterator[stack.PostgresServer]:
+    server = stack.PostgresServer(test_root / "postgres", stack.free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def warehouse_dsn(pg_server: stack.PostgresServer) -> Iterator[str]:
+    """A fresh warehouse database with include/sql applied, dropped after the test."""
+    name = f"mf_test_{os.getpid()}_{next(_counter)}"
+    pg_server.create_database(name)
+    dsn = pg_server.dsn(name)
+    conn = psycopg2.connect(dsn)
+    try:
+        apply_ddl(conn)
+    finally:
+        conn.close()
+    yield dsn
+    pg_server.drop_database(name)
+
+
+@pytest.fixture
+def pg_conn(warehouse_dsn: str) -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(warehouse_dsn)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(test_root: Path) -> Iterator[str]:
+    if os.environ.get("MONGO_URI"):
+        yield os.environ["MONGO_URI"]
+        return
+    port = stack.free_port()
+    proc = stack.mongo_server(test_root, test_root / "run", port)
+    proc.start()
+    yield f"mongodb://127.0.0.1:{port}"
+    proc.stop()
+
+
+@pytest.fixture
+def mongo_db(mongo_uri: str) -> Iterator[pymongo.database.Database]:
+    client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+    name = f"mf_test_{os.getpid()}_{next(_counter)}"
+    yield client[name]
+    client.drop_database(name)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sample_data_dir() -> Path:
+    return REPO / "include" / "sample_data"
+
+
+@pytest.fixture(scope="session")
+def emulator_url(test_root: Path, sample_data_dir: Path) -> Iterator[str]:
+    """The exchange emulator on the bundled real sample data (plus its synthetic markets)."""
+    port = stack.free_port()
+    proc = stack.emulator_server(test_root / "run", port, sample_data_dir, ["--binance-weight-limit", "0"])
+    proc.start()
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()

@@ -1,0 +1,166 @@
+"""Malformed payloads and candles: each is rejected with a reason, raw is kept, nothing is half-written."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from marketflow import staging_load
+from marketflow.exchanges import HttpExchange
+from marketflow.raw_store import PayloadContext, RawStore
+from marketflow.staging_load import load_candle_payloads, table_checksum
+from marketflow.timeframes import Window
+
+T0 = 1_660_435_200_000  # 2022-08-14 00:00 UTC
+MIN = 60_000
+BINANCE_MARKET = {"id": "ETHUSDT", "symbol": "ETH/USDT", "base": "ETH", "quote": "USDT", "type": "spot"}
+OKX_MARKET = {"id": "BTC-USDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "type": "spot"}
+
+
+def kline(ts: int, o="10.0", h="11.0", low="9.0", c="10.5", v="5.0") -> list:
+    return [ts, o, h, low, c, v, ts + MIN - 1, "50.0", 7, "2.0", "20.0", "0"]
+
+
+def store(raw: RawStore, body: str, *, exchange="binance", symbol="ETH/USDT", status=200,
+          params: dict | None = None) -> dict:
+    market = BINANCE_MARKET if exchange == "binance" else OKX_MARKET
+    ctx = PayloadContext(exchange, exchange, symbol, "1m", "ohlcv", Window(T0, T0 + 60 * MIN), "run-1", 1, market)
+    query = "&".join(f"{k}={v}" for k, v in (params or {"symbol": market["id"], "interval": "1m"}).items())
+    url = f"http://emulator/api/v3/klines?{query}"
+    [pid] = raw.save_responses(ctx, [HttpExchange("GET", url, status, {}, body, int(time.time() * 1000))])
+    return raw.get_payloads([pid])[0]
+
+
+def rejects(conn) -> list[tuple[int, str]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT row_index, reason FROM staging.ohlcv_rejects ORDER BY raw_payload_id, row_index")
+        return cur.fetchall()
+
+
+def ohlcv_count(conn) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM staging.ohlcv")
+        return cur.fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("", "empty response body"),
+        ("<html>502 Bad Gateway</html>", "not valid JSON"),
+        (json.dumps([kline(T0)])[:40], "not valid JSON"),  # truncated
+        ('{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "error code 51001"),
+        ('{"unexpected": true}', "expected a list of kline rows"),
+        ('"just a string"', "expected a list of kline rows"),
+    ],
+)
+def test_unusable_payload_is_rejected_whole(mongo_db, pg_conn, body: str, reason: str) -> None:
+    raw = RawStore(mongo_db)
+    doc = store(raw, body)
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert result.payloads_rejected == 1 and result.inserted == 0
+    [(row_index, why)] = rejects(pg_conn)
+    assert row_index == -1 and reason in why
+    assert mongo_db.raw_market_payload.find_one({"_id": doc["_id"]})["body"] == body  # raw kept as received
+
+
+BAD_ROWS = [
+    (kline(T0 + MIN, h="8.0"), "high 8.0 is below low 9.0"),
+    (kline(T0 + 2 * MIN, h="10.2"), "high 10.2 is below open/close"),
+    (kline(T0 + 3 * MIN, low="10.4"), "low 10.4 is above open/close"),
+    (kline(T0 + 4 * MIN, v="-1"), "volume is negative"),
+    (kline(T0 + 5 * MIN, c="NaN"), "close is not a finite number"),
+    (kline(T0 + 6 * MIN, o="Infinity", h="Infinity"), "open is not a finite number"),
+    (kline(T0 + 7 * MIN + 30_000), "not aligned to the 1m timeframe"),
+    (kline(T0 + 8 * MIN, o="ten"), "unparseable row"),
+    ([T0 + 9 * MIN, "1", "2"], "unparseable row"),
+    (kline(T0 + 10 * MIN, v=None), "unparseable row"),
+    (kline(int(time.time() * 1000) // MIN * MIN + 10 * MIN), "closes after the response was received"),
+    (kline(T0 + 11 * MIN, h="1e25", c="1e25"), "too large"),
+    ("not a row", "unparseable row"),
+]
+
+
+def test_bad_rows_rejected_good_rows_loaded(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    good = [kline(T0), kline(T0 + 20 * MIN)]
+    rows = [good[0], *(r for r, _ in BAD_ROWS), good[1]]
+    doc = store(raw, json.dumps(rows))
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert (result.inserted, result.rejected) == (2, len(BAD_ROWS))
+    got = rejects(pg_conn)
+    assert [i for i, _ in got] == list(range(1, len(BAD_ROWS) + 1))
+    for (_, reason), (_, expected) in zip(got, BAD_ROWS, strict=True):
+        assert expected in reason
+    # Re-loading the same payload records nothing new.
+    before = table_checksum(pg_conn, "staging.ohlcv_rejects", ["raw_payload_id", "row_index"])
+    again = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-2")
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 2)
+    assert table_checksum(pg_conn, "staging.ohlcv_rejects", ["raw_payload_id", "row_index"]) == before
+
+
+def test_payload_for_another_market_is_rejected(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    doc = store(raw, json.dumps([kline(T0)]), params={"symbol": "BTCUSDT", "interval": "1m"})
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert result.payloads_rejected == 1 and ohlcv_count(pg_conn) == 0
+    assert "request asked for ['BTCUSDT']" in rejects(pg_conn)[0][1]
+    other = store(raw, json.dumps([kline(T0 + MIN)]))
+    result = load_candle_payloads(pg_conn, [other], "binance", "BTC/USDT", "1m", "run-1")
+    assert result.payloads_rejected == 1 and ohlcv_count(pg_conn) == 0
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT reason FROM staging.ohlcv_rejects WHERE raw_payload_id = %s", (other["_id"],))
+        assert "payload is for binance ETH/USDT 1m, expected binance BTC/USDT 1m" in cur.fetchone()[0]
+
+
+def test_error_responses_are_evidence_not_data(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    doc = store(raw, '{"code":-1003,"msg":"Too much request weight used"}', status=429)
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert (result.payloads_skipped, result.inserted, result.rejected) == (1, 0, 0)
+
+
+def test_open_candles_wait_and_duplicates_collapse(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    now = int(time.time() * 1000) // MIN * MIN
+    okx_rows = [  # newest first, all strings, confirm flag last, like OKX
+        [str(now), "10", "11", "9", "10.5", "1", "10", "10", "0"],
+        [str(now - MIN), "10", "11", "9", "10.5", "1", "10", "10", "1"],
+        [str(now - MIN), "10", "11", "9", "10.5", "1", "10", "10", "1"],
+    ]
+    doc = store(raw, json.dumps({"code": "0", "msg": "", "data": okx_rows}), exchange="okx", symbol="BTC/USDT",
+                params={"instId": "BTC-USDT", "bar": "1m"})
+    result = load_candle_payloads(pg_conn, [doc], "okx", "BTC/USDT", "1m", "run-1")
+    assert (result.still_open, result.duplicates_in_batch, result.inserted, result.rejected) == (1, 1, 1, 0)
+
+
+def test_corrected_candle_updates_row_and_lineage(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    first = store(raw, json.dumps([kline(T0), kline(T0 + MIN)]))
+    load_candle_payloads(pg_conn, [first], "binance", "ETH/USDT", "1m", "run-1")
+    corrected = store(raw, json.dumps([kline(T0), kline(T0 + MIN, c="10.75")]))
+    result = load_candle_payloads(pg_conn, [corrected], "binance", "ETH/USDT", "1m", "run-2")
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT open_time, close::text, raw_payload_id, run_id FROM staging.ohlcv ORDER BY open_time")
+        (_, c0, p0, r0), (_, c1, p1, r1) = cur.fetchall()
+    assert (c0, p0, r0) == ("10.5", first["_id"], "run-1")  # untouched row keeps its lineage
+    assert (c1, p1, r1) == ("10.75", corrected["_id"], "run-2")
+
+
+def test_failure_mid_load_leaves_nothing_half_written(mongo_db, pg_conn, monkeypatch) -> None:
+    raw = RawStore(mongo_db)
+    doc = store(raw, json.dumps([kline(T0), kline(T0 + MIN, h="1")]))
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("database went away after the upsert")
+
+    monkeypatch.setattr(staging_load, "insert_rejects", broken)
+    with pytest.raises(ConnectionError):
+        load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert ohlcv_count(pg_conn) == 0  # the upserted candle was rolled back with the rest
+    monkeypatch.undo()
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert (result.inserted, result.rejected) == (1, 1)
