@@ -31,12 +31,13 @@ from marketflow.staging_load import table_checksum
 DAG_ID = "market_candles_1h"
 TIMEOUT_S = 30 * 60
 TABLE_KEYS = {
-    "staging.ohlcv": ["exchange", "symbol", "timeframe", "open_time"],
-    "staging.ohlcv_rejects": ["raw_payload_id", "row_index"],
-    "staging.ticker": ["exchange", "symbol", "ts"],
-    "marts.ohlcv_1m": ["exchange", "symbol", "open_time"],
-    "marts.latest_price": ["exchange", "symbol"],
-    "marts.markets": ["exchange", "symbol"],
+    "staging.ohlcv": (["exchange", "symbol", "timeframe", "open_time"], []),
+    "staging.ohlcv_rejects": (["raw_payload_id", "row_index"], []),
+    "staging.ticker": (["exchange", "symbol", "ts"], []),
+    "marts.ohlcv_1m": (["exchange", "symbol", "open_time"], []),
+    # Views evaluated when queried: staleness and is_active move with the clock, the rest must not.
+    "marts.latest_price": (["exchange", "symbol"], ["staleness_seconds"]),
+    "marts.markets": (["exchange", "symbol"], ["is_active"]),
 }
 
 
@@ -104,14 +105,14 @@ def report(warehouse_dsn: str, st: stack.Stack) -> None:
     current: dict[str, list] = {}
     with psycopg2.connect(warehouse_dsn) as conn:
         print("\nRows and checksums (md5 over rows in key order):")
-        for table, key in TABLE_KEYS.items():
-            count, digest = table_checksum(conn, table, key)
+        for table, (key, computed) in TABLE_KEYS.items():
+            count, digest = table_checksum(conn, table, key, computed)
             current[table] = [count, digest]
             same = ""
             if previous and table in previous:
                 same = "  unchanged since the last demo run" if previous[table] == current[table] else \
                     f"  CHANGED (was {previous[table][0]} rows, {previous[table][1][:12]})"
-            print(f"  {table:<24} {count:>7} rows  {digest[:12]}{same}")
+            print(f"  {table:<24} {count:>7} rows  {digest[:12] or '(empty)':<12}{same}")
         with conn.cursor() as cur:
             cur.execute("SELECT exchange, symbol, price, as_of, staleness_seconds FROM marts.latest_price "
                         "ORDER BY exchange, symbol")

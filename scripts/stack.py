@@ -362,18 +362,20 @@ def airflow_env(home: Path, pg: PostgresServer, port: int) -> dict[str, str]:
 
 def up(stack: Stack, with_airflow: bool) -> None:
     stack.run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"postgres   starting on 127.0.0.1:{stack.pg_port} (data {stack.postgres.data_dir})", flush=True)
-    stack.postgres.start()
-    print(f"mongodb    starting on 127.0.0.1:{stack.mongo_port} ({Path(stack.mongo.argv[0]).name})", flush=True)
-    stack.mongo.start()
-    print(f"emulator   starting on 127.0.0.1:{stack.emulator_port} (data {stack.emulator_data_dir})", flush=True)
-    stack.emulator.start()
+    pg = stack.postgres
+    print(f"postgres   {'running' if pg.data_dir.exists() and pg.is_running() else 'starting'} on "
+          f"127.0.0.1:{stack.pg_port} (data {pg.data_dir})", flush=True)
+    pg.start()
+    procs = [(stack.mongo, f"({Path(stack.mongo.argv[0]).name})"),
+             (stack.emulator, f"(data {stack.emulator_data_dir})")]
     if with_airflow:
         stack.airflow_home.mkdir(parents=True, exist_ok=True)
-        passwords = stack.airflow_home / "passwords.json"
-        passwords.write_text(json.dumps({"admin": "admin"}))
-        print(f"airflow    starting standalone on http://127.0.0.1:{stack.airflow_port}", flush=True)
-        stack.airflow.start()
+        (stack.airflow_home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
+        procs.append((stack.airflow, "standalone"))
+    for proc, what in procs:
+        state = f"running (pid {proc.pid()})" if proc.pid() else "starting"
+        print(f"{proc.name:<10} {state} on 127.0.0.1:{proc.port} {what}", flush=True)
+        proc.start()
 
 
 def down(stack: Stack) -> None:

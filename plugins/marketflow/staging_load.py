@@ -215,13 +215,18 @@ def load_ticker_payloads(conn, docs: list[dict[str, Any]], run_id: str) -> tuple
     return len(rows), problems
 
 
-def table_checksum(conn, table: str, key: Sequence[str]) -> tuple[int, str]:
-    """(row count, md5 over the rows in key order): how tests and the demo prove a re-run changed nothing."""
+def table_checksum(conn, table: str, key: Sequence[str], exclude: Sequence[str] = ()) -> tuple[int, str]:
+    """(row count, md5 over the rows in key order): how tests and the demo prove a re-run changed nothing.
+
+    ``exclude`` drops columns that are computed when queried (e.g. staleness), not stored.
+    """
     from psycopg2 import sql
 
     schema, _, name = table.partition(".")
-    query = sql.SQL("SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {order})), '') "
-                    "FROM {table} t").format(order=sql.SQL(", ").join(map(sql.Identifier, key)),
+    row = sql.SQL("(to_jsonb(t) - {cols})::text").format(cols=sql.Literal(list(exclude))) if exclude \
+        else sql.SQL("t::text")
+    query = sql.SQL("SELECT count(*), coalesce(md5(string_agg({row}, E'\\n' ORDER BY {order})), '') "
+                    "FROM {table} t").format(row=row, order=sql.SQL(", ").join(map(sql.Identifier, key)),
                                              table=sql.Identifier(schema, name))
     with conn.cursor() as cur:
         cur.execute(query)
