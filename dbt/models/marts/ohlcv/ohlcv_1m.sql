@@ -1,0 +1,67 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['exchange', 'symbol', 'open_time'],
+        on_schema_change='fail',
+        post_hook="analyze {{ this }}",
+        indexes=[
+            {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
+            {'columns': ['ingested_at']},
+        ],
+    )
+}}
+
+{#-
+  1-minute candles, one row per (exchange, symbol, open_time).
+
+  Incremental runs read only staging rows written since the newest ingested_at already merged,
+  minus a lookback (var ohlcv_lookback_minutes): a loader transaction that started earlier can
+  commit after dbt read that maximum, and its rows carry the earlier ingested_at. MERGE on the
+  key makes re-reading the overlap idempotent; rows already merged with the same ingested_at are
+  skipped (the loader bumps ingested_at whenever it changes values), so an incremental run
+  without new staging data writes nothing.
+
+  Indexes: the unique (exchange, symbol, open_time desc) index is both the key and the "latest
+  candle of a market" lookup (latest_price); ranges in ascending order scan it backwards.
+  ingested_at is indexed so the watermark's max() is an index probe, not a scan; the watermark
+  is inlined as a constant so the planner uses staging's ingested_at index (macro
+  incremental_watermark). The post-hook ANALYZE (a fixed-size sample, ~0.3 s at 20M rows) keeps
+  row estimates right after a full refresh, so latest_price's probes are planned as index scans.
+-#}
+
+with candles as (
+    select *
+    from {{ ref('stg_ohlcv') }}
+    where timeframe = '1m'
+    {% if is_incremental() %}
+      and ingested_at > {{ incremental_watermark('ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    {% endif %}
+)
+
+select
+    candles.exchange,
+    candles.symbol,
+    candles.open_time,
+    candles.open,
+    candles.high,
+    candles.low,
+    candles.close,
+    candles.volume,
+    candles.quote_volume,
+    candles.trades,
+    candles.close_time,
+    candles.raw_payload_id,
+    candles.run_id,
+    candles.ingested_at
+from candles
+{% if is_incremental() %}
+where not exists (
+    select 1
+    from {{ this }} as merged
+    where merged.exchange = candles.exchange
+      and merged.symbol = candles.symbol
+      and merged.open_time = candles.open_time
+      and merged.ingested_at = candles.ingested_at
+)
+{% endif %}

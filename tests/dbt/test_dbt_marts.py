@@ -1,0 +1,404 @@
+"""`dbt build` on the real sample candles in a throwaway warehouse: exact values, incrementality,
+corrections, full-refresh equivalence, and the data tests actually failing on bad data."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from dbt_helpers import Candle, DbtRunner, checksums, dec, query
+
+INSERT_OHLCV = (
+    "insert into staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close,"
+    " volume, quote_volume, trades, raw_payload_id, run_id)"
+)
+OHLCV_1M_COLUMNS = [
+    "exchange", "symbol", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
+    "close_time", "raw_payload_id", "run_id", "ingested_at",
+]  # fmt: skip
+
+
+def _last_by_market(candles: list[Candle]) -> dict[tuple[str, str], Candle]:
+    last: dict[tuple[str, str], Candle] = {}
+    for c in candles:
+        key = (c.exchange, c.symbol)
+        if key not in last or c.open_time > last[key].open_time:
+            last[key] = c
+    return last
+
+
+def _ohlcv_row(conn, exchange: str, symbol: str, open_time: datetime) -> dict:
+    with conn.cursor() as cur:
+        cur.execute(
+            "select * from marts.ohlcv_1m where exchange = %s and symbol = %s and open_time = %s",
+            (exchange, symbol, open_time),
+        )
+        names = [d.name for d in cur.description]
+        row = cur.fetchone()
+    conn.commit()
+    assert row is not None, (exchange, symbol, open_time)
+    return dict(zip(names, row, strict=True))
+
+
+def _row_versions(conn) -> str:
+    """md5 over every ohlcv_1m row's physical version: changes if a run rewrites any row."""
+    ((digest,),) = query(
+        conn,
+        "select md5(string_agg(ctid::text || ':' || xmin::text, ',' order by exchange, symbol, open_time))"
+        " from marts.ohlcv_1m",
+    )
+    return digest
+
+
+def test_build_reproduces_the_exchange_numbers(dbt: DbtRunner, loaded_warehouse, sample_candles) -> None:
+    conn = loaded_warehouse
+    result = dbt("build")
+    print(f"dbt build (5,760 candles, fresh database): {result.seconds:.1f} s")
+
+    # ohlcv_1m: one row per candle, columns in the documented order, values == the CSV strings
+    columns = [
+        r[0]
+        for r in query(
+            conn,
+            "select column_name from information_schema.columns"
+            " where table_schema = 'marts' and table_name = 'ohlcv_1m' order by ordinal_position",
+        )
+    ]
+    assert columns == OHLCV_1M_COLUMNS
+    rows = query(
+        conn,
+        "select exchange, symbol, open_time, open, high, low, close, volume, quote_volume, trades, close_time"
+        " from marts.ohlcv_1m",
+    )
+    assert len(rows) == 5760
+    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    assert len(by_key) == 5760
+    for c in sample_candles:
+        row = by_key[(c.exchange, c.symbol, c.open_time)]
+        expected = (
+            dec(c.open), dec(c.high), dec(c.low), dec(c.close), dec(c.volume), dec(c.quote_volume),
+            int(c.trades) if c.trades else None,
+        )  # fmt: skip
+        assert row[3:10] == expected, (c, row)
+        assert row[10] == c.open_time + timedelta(minutes=1)
+    # exact decimals, not just equal values: the exchange's strings survive to the mart
+    eth = next(c for c in sample_candles if c.exchange == "binance")
+    ((open_text,),) = query(
+        conn,
+        "select open::text from marts.ohlcv_1m where exchange = 'binance' and open_time = %s",
+        (eth.open_time,),
+    )
+    assert open_text == eth.open
+
+    # markets
+    markets = query(
+        conn,
+        "select exchange, symbol, base, quote, first_candle_at, last_candle_at, candle_count, has_ticker,"
+        " is_active from marts.markets order by exchange, symbol",
+    )
+    assert markets == [
+        (
+            "binance", "ETH/USDT", "ETH", "USDT", datetime(2022, 8, 14, tzinfo=UTC),
+            datetime(2022, 8, 15, 23, 59, tzinfo=UTC), 2880, False, False,
+        ),
+        (
+            "okx", "BTC/USDT", "BTC", "USDT", datetime(2025, 11, 23, 16, tzinfo=UTC),
+            datetime(2025, 11, 25, 15, 59, tzinfo=UTC), 2880, False, False,
+        ),
+    ]  # fmt: skip
+
+    # latest_price: no tickers loaded, so the last close of each market
+    latest = query(
+        conn,
+        "select exchange, symbol, candle_open_time, candle_close, price, price_source, as_of,"
+        " staleness_seconds from marts.latest_price order by exchange, symbol",
+    )
+    last = _last_by_market(sample_candles)
+    assert len(latest) == len(last) == 2
+    for exchange, symbol, candle_open_time, candle_close, price, source, as_of, staleness in latest:
+        expected = last[(exchange, symbol)]
+        assert candle_open_time == expected.open_time
+        assert candle_close == price == Decimal(expected.close)
+        assert source == "candle"
+        assert as_of == expected.open_time + timedelta(minutes=1)
+        age = (datetime.now(UTC) - as_of).total_seconds()
+        assert abs(float(staleness) - age) < 60
+
+    # every built column is documented (the manifest of this very build)
+    manifest = json.loads((dbt.env_path("DBT_TARGET_PATH") / "manifest.json").read_text())
+    relations = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    for name, node in relations.items():
+        built = {
+            r[0]
+            for r in query(
+                conn,
+                "select column_name from information_schema.columns"
+                " where table_schema = %s and table_name = %s",
+                (node["schema"], name),
+            )
+        }
+        assert built, f"{node['schema']}.{name} was not built"
+        assert built == set(node["columns"]), f"{name}: documented {set(node['columns'])} != built {built}"
+
+
+def test_docs_generate(dbt: DbtRunner, loaded_warehouse) -> None:
+    dbt("run")
+    dbt("docs", "generate")
+    catalog = json.loads((dbt.env_path("DBT_TARGET_PATH") / "catalog.json").read_text())
+    names = {n["metadata"]["name"] for n in catalog["nodes"].values()}
+    assert {"ohlcv_1m", "markets", "latest_price", "stg_ohlcv", "stg_ticker", "int_markets"} <= names
+    assert {"ohlcv", "ticker", "ohlcv_rejects"} <= {
+        s["metadata"]["name"] for s in catalog["sources"].values()
+    }
+    assert not catalog.get("errors")
+
+
+def test_second_build_is_a_no_op(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build")
+    before, versions_before = checksums(conn), _row_versions(conn)
+    result = dbt("build")
+    print(f"incremental dbt build, nothing new: {result.seconds:.1f} s")
+    assert checksums(conn) == before
+    assert before["ohlcv_1m"][0] == 5760
+    # not even rewritten with the same values: the merge had nothing to merge
+    assert _row_versions(conn) == versions_before
+
+
+def _max_ingested_at(conn) -> datetime:
+    ((value,),) = query(conn, "select max(ingested_at) from marts.ohlcv_1m")
+    return value
+
+
+def test_corrected_and_new_candles_flow_in_incrementally(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build")
+    t0 = datetime(2022, 8, 14, 12, 0, tzinfo=UTC)
+    late = datetime(2025, 11, 24, 1, 0, tzinfo=UTC)
+    old = datetime(2025, 11, 24, 2, 0, tzinfo=UTC)
+    newest = datetime(2022, 8, 16, tzinfo=UTC)
+    watermark = _max_ingested_at(conn)
+    with conn.cursor() as cur:
+        # 1. the exchange corrected a candle: the loader rewrites values, raw id and ingested_at
+        cur.execute(
+            "update staging.ohlcv set high = 2000.00000000, close = 1999.99000000, raw_payload_id = 'fix',"
+            " run_id = 'run-2', ingested_at = now()"
+            " where exchange = 'binance' and symbol = 'ETH/USDT' and timeframe = '1m' and open_time = %s",
+            (t0,),
+        )
+        # 2. a new minute
+        cur.execute(
+            INSERT_OHLCV
+            + " values ('binance', 'ETH/USDT', '1m', %s, 1800.1, 1801, 1799.5, 1800.5, 12.5, 22506.25, 42,"
+            " 'new', 'run-2')",
+            (newest,),
+        )
+        # 3. a load transaction that committed late: ingested_at before dbt's watermark, within lookback
+        cur.execute(
+            "update staging.ohlcv set close = high, raw_payload_id = 'late', ingested_at = %s"
+            " where exchange = 'okx' and timeframe = '1m' and open_time = %s",
+            (watermark - timedelta(minutes=10), late),
+        )
+        # 4. a change stamped before the lookback window: invisible to incremental runs by design
+        cur.execute(
+            "update staging.ohlcv set close = high, raw_payload_id = 'too-old', ingested_at = %s"
+            " where exchange = 'okx' and timeframe = '1m' and open_time = %s",
+            (watermark - timedelta(hours=3), old),
+        )
+        # 5. other timeframes never reach ohlcv_1m
+        cur.execute(
+            INSERT_OHLCV
+            + " values ('binance', 'ETH/USDT', '1h', %s, 1, 2, 1, 2, 3, null, null, 'h', 'run-2')",
+            (newest,),
+        )
+    conn.commit()
+
+    dbt("build")
+
+    fixed = _ohlcv_row(conn, "binance", "ETH/USDT", t0)
+    assert (fixed["high"], fixed["close"], fixed["raw_payload_id"], fixed["run_id"]) == (
+        Decimal("2000"), Decimal("1999.99"), "fix", "run-2",
+    )  # fmt: skip
+    new = _ohlcv_row(conn, "binance", "ETH/USDT", newest)
+    assert (new["close"], new["trades"], new["close_time"]) == (
+        Decimal("1800.5"), 42, newest + timedelta(minutes=1),
+    )  # fmt: skip
+    assert _ohlcv_row(conn, "okx", "BTC/USDT", late)["raw_payload_id"] == "late"
+    assert _ohlcv_row(conn, "okx", "BTC/USDT", old)["raw_payload_id"] != "too-old"
+    assert query(conn, "select count(*) from marts.ohlcv_1m") == [(5761,)]
+
+    # downstream marts follow
+    assert query(
+        conn,
+        "select last_candle_at, candle_count from marts.markets where exchange = 'binance'",
+    ) == [(newest, 2881)]
+    assert query(conn, "select price, as_of from marts.latest_price where exchange = 'binance'") == [
+        (Decimal("1800.5"), newest + timedelta(minutes=1))
+    ]
+
+    # a full refresh re-reads everything, including the change stamped outside the lookback
+    dbt("build", "--full-refresh")
+    assert _ohlcv_row(conn, "okx", "BTC/USDT", old)["raw_payload_id"] == "too-old"
+
+
+def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build")
+    with conn.cursor() as cur:
+        # corrections, new minutes for both markets, a new market, tickers (older and newer than candles)
+        cur.execute(
+            "update staging.ohlcv set low = low - 1, raw_payload_id = 'fix', ingested_at = now()"
+            " where exchange = 'okx' and open_time < '2025-11-23 17:00+00'"
+        )
+        cur.execute(
+            INSERT_OHLCV
+            + " select exchange, symbol, '1m', open_time + interval '2 days', open, high, low, close, volume,"
+            " quote_volume, trades, 'next', 'run-2' from staging.ohlcv where open_time::time < '01:00'"
+        )
+        cur.execute(
+            INSERT_OHLCV + " values ('kraken', 'BTC/EUR', '1m', '2025-11-25 00:00+00', 80000, 80010,"
+            " 79990, 80005, 0.5, null, null, 'k', 'run-2')"
+        )
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id) values"
+            " ('binance', 'ETH/USDT', '2022-08-18 00:00:30+00', 1850.5, 1850.4, 1850.6, 't1', 'run-2'),"
+            " ('okx', 'BTC/USDT', '2025-11-20 00:00:00+00', 90000, 89999, 90001, 't2', 'run-2'),"
+            " ('okx', 'ETH/USDT', '2025-11-25 00:00:00+00', 3000, 2999, 3001, 't3', 'run-2')"
+        )
+    conn.commit()
+    dbt("build")
+    incremental = checksums(conn)
+    assert incremental["ohlcv_1m"][0] == 5760 + 4 * 60 + 1  # 4 sample days, first hour again
+    assert incremental["markets"][0] == 4  # binance ETH, okx BTC, kraken BTC/EUR, okx ETH (ticker only)
+    dbt("build", "--full-refresh")
+    assert checksums(conn) == incremental
+    prices = dict(
+        ((e, s), (p, src))
+        for e, s, p, src in query(
+            conn, "select exchange, symbol, price, price_source from marts.latest_price"
+        )
+    )
+    assert prices == {
+        ("binance", "ETH/USDT"): (Decimal("1850.5"), "ticker"),
+        ("okx", "BTC/USDT"): (query(conn, "select close from marts.ohlcv_1m where exchange = 'okx'"
+                                   " order by open_time desc limit 1")[0][0], "candle"),
+        ("kraken", "BTC/EUR"): (Decimal("80005"), "candle"),
+        ("okx", "ETH/USDT"): (Decimal("3000"), "ticker"),
+    }  # fmt: skip
+
+
+def test_latest_price_sees_new_tickers_without_a_dbt_run(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build")
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id)"
+            " values ('okx', 'BTC/USDT', now() - interval '5 seconds', 91000.5, 91000.4, 91000.6, 't', 'r')"
+        )
+    conn.commit()
+    ((price, source, bid, ask, staleness),) = query(
+        conn,
+        "select price, price_source, ticker_bid, ticker_ask, staleness_seconds"
+        " from marts.latest_price where exchange = 'okx'",
+    )
+    assert (price, source, bid, ask) == (Decimal("91000.5"), "ticker", Decimal("91000.4"), Decimal("91000.6"))
+    assert 4 <= staleness < 60
+
+
+BAD_CANDLES = {
+    # label: (open, high, low, close, volume, expected violations)
+    "high below close": (100, 101, 99, 102, 1, ["high < greatest(open, close)"]),
+    "high below open": (103, 102, 99, 101, 1, ["high < greatest(open, close)"]),
+    "low above open": (100, 105, 101, 102, 1, ["low > least(open, close)"]),
+    "low above close": (102, 105, 101, 100, 1, ["low > least(open, close)"]),
+    "high below low": (100, 100, 101, 100, 1, ["low > least(open, close)", "high < low"]),
+    "negative volume": (100, 101, 99, 100, -1, ["negative volume"]),
+    "negative prices": (-2, -1, -3, -2, 0, ["negative price"]),
+}
+
+
+def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build")
+    select = ("--select", "ohlcv_1m,test_name:ohlcv_consistency")
+    assert "PASS=1" in dbt("test", *select).output
+    # staging's CHECK constraints refuse such rows, so they go straight into the mart, one per minute
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    with conn.cursor() as cur:
+        for i, (label, (o, h, lo, c, v, _)) in enumerate(BAD_CANDLES.items()):
+            cur.execute(
+                "insert into marts.ohlcv_1m (exchange, symbol, open_time, open, high, low, close, volume,"
+                " close_time, raw_payload_id, run_id, ingested_at)"
+                " values ('binance', 'ETH/USDT', %s, %s, %s, %s, %s, %s, %s, %s, 'bad', now())",
+                (start + timedelta(minutes=i), o, h, lo, c, v, start + timedelta(minutes=i + 1), label),
+            )
+    conn.commit()
+    result = dbt("test", *select, "--store-failures", expect_success=False)
+    assert f"Got {len(BAD_CANDLES)} results" in result.output, result.output
+    failures = dict(
+        query(
+            conn,
+            "select raw_payload_id, violations"
+            " from dbt_test__audit.ohlcv_consistency_ohlcv_1m_quote_volume__trades",
+        )
+    )
+    assert failures == {label: spec[-1] for label, spec in BAD_CANDLES.items()}
+
+    # data tests on the big tables only look at rows written within data_test_window_hours (48);
+    # a bad row merged long ago is found by the full check (window 0)
+    with conn.cursor() as cur:
+        cur.execute(
+            "update marts.ohlcv_1m set ingested_at = now() - interval '30 days' where raw_payload_id = %s",
+            ("negative volume",),
+        )
+    conn.commit()
+    result = dbt("test", *select, expect_success=False)
+    assert f"Got {len(BAD_CANDLES) - 1} results" in result.output, result.output
+    result = dbt("test", *select, "--vars", "{data_test_window_hours: 0}", expect_success=False)
+    assert f"Got {len(BAD_CANDLES)} results" in result.output, result.output
+
+
+def test_latest_price_is_index_probes_per_market(dbt: DbtRunner, loaded_warehouse) -> None:
+    """No scan of ohlcv_1m or staging.ticker: one index probe per market into each."""
+    conn = loaded_warehouse
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, raw_payload_id, run_id)"
+            " select 'okx', 'BTC/USDT', t, 90000, 't', 'r'"
+            " from generate_series(now() - interval '2 days', now(), interval '10 seconds') t"
+        )
+        cur.execute("analyze staging.ticker")
+    conn.commit()
+    dbt("build")
+    ((plan,),) = query(conn, "explain (format json) select * from marts.latest_price")
+
+    def scans(node: dict):
+        yield node["Node Type"], node.get("Relation Name"), node.get("Index Name")
+        for child in node.get("Plans", []):
+            yield from scans(child)
+
+    nodes = list(scans(plan[0]["Plan"]))
+    by_relation = {rel: (kind, index) for kind, rel, index in nodes if rel in ("ohlcv_1m", "ticker")}
+    assert by_relation["ohlcv_1m"][0] in ("Index Scan", "Index Only Scan"), nodes
+    assert by_relation["ticker"] == ("Index Scan", "ticker_pk"), nodes
+    assert not [n for n in nodes if n[0] in ("Seq Scan", "Sort", "WindowAgg") and n[1] != "int_markets"], (
+        nodes
+    )
+
+
+def test_source_freshness(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, raw_payload_id, run_id)"
+            " values ('okx', 'BTC/USDT', now(), 91000, 't', 'r')"
+        )
+    conn.commit()
+    dbt("source", "freshness")
+    # the loader stopped three hours ago
+    with conn.cursor() as cur:
+        cur.execute("update staging.ohlcv set ingested_at = now() - interval '3 hours'")
+    conn.commit()
+    result = dbt("source", "freshness", expect_success=False)
+    assert "ERROR STALE" in result.output and "staging.ohlcv" in result.output, result.output

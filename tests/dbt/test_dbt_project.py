@@ -1,0 +1,116 @@
+"""The dbt project's shape, checked from `dbt parse` alone (no database: cosmos parses the same way)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from dbt_helpers import DBT_EXECUTABLE, DBT_PROJECT_DIR, DbtRunner, dbt_env_for
+
+EXPECTED_MODELS = {
+    # name: (schema, materialization)
+    "stg_ohlcv": ("dbt_staging", "view"),
+    "stg_ticker": ("dbt_staging", "view"),
+    "int_markets": ("dbt_intermediate", "table"),
+    "ohlcv_1m": ("marts", "incremental"),
+    "markets": ("marts", "view"),
+    "latest_price": ("marts", "view"),
+}
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """manifest.json from `dbt parse` with the profile pointing at a port nothing listens on."""
+    work = tmp_path_factory.mktemp("dbt-parse")
+    env = dbt_env_for(f"postgresql://nobody:secret@127.0.0.1:{_unused_port()}/nowhere", work)
+    if not Path(DBT_EXECUTABLE).exists():
+        pytest.skip(f"dbt executable not found: {DBT_EXECUTABLE}")
+    DbtRunner(env)("parse", "--no-partial-parse")
+    return json.loads((work / "target" / "manifest.json").read_text())
+
+
+def _nodes(manifest: dict, resource_type: str) -> dict[str, dict]:
+    return {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == resource_type}
+
+
+def test_no_packages_needed() -> None:
+    # dbt deps cannot reach the hub offline (and in the image build): everything is in-project.
+    assert not (DBT_PROJECT_DIR / "packages.yml").exists()
+    assert not (DBT_PROJECT_DIR / "dependencies.yml").exists()
+
+
+def test_models_schemas_and_materializations(manifest: dict) -> None:
+    models = _nodes(manifest, "model")
+    assert set(models) == set(EXPECTED_MODELS)
+    for name, (schema, materialized) in EXPECTED_MODELS.items():
+        assert models[name]["schema"] == schema, name
+        assert models[name]["config"]["materialized"] == materialized, name
+
+
+def test_ohlcv_1m_is_an_incremental_merge_on_the_candle_key(manifest: dict) -> None:
+    config = _nodes(manifest, "model")["ohlcv_1m"]["config"]
+    assert config["incremental_strategy"] == "merge"
+    assert config["unique_key"] == ["exchange", "symbol", "open_time"]
+    indexes = {(tuple(i["columns"]), bool(i.get("unique"))) for i in config["indexes"]}
+    assert (("exchange", "symbol", "open_time desc"), True) in indexes
+    assert (("ingested_at",), False) in indexes
+
+
+def test_every_model_and_column_is_described(manifest: dict) -> None:
+    for name, node in _nodes(manifest, "model").items():
+        assert node["description"].strip(), f"{name} has no description"
+        assert node["columns"], f"{name} documents no columns"
+        for column, spec in node["columns"].items():
+            assert spec["description"].strip(), f"{name}.{column} has no description"
+
+
+def test_sources_have_described_columns_and_freshness(manifest: dict) -> None:
+    sources = {s["name"]: s for s in manifest["sources"].values()}
+    assert set(sources) == {"ohlcv", "ticker", "ohlcv_rejects"}
+    for name, source in sources.items():
+        assert source["schema"] == "staging"
+        assert source["columns"] and all(c["description"].strip() for c in source["columns"].values()), name
+    for name in ("ohlcv", "ticker"):
+        assert sources[name]["loaded_at_field"] == "ingested_at"
+        freshness = sources[name]["freshness"]
+        assert freshness["warn_after"]["count"] and freshness["error_after"]["count"], name
+
+
+def test_generic_tests_are_attached(manifest: dict) -> None:
+    tests = [n for n in manifest["nodes"].values() if n["resource_type"] == "test"]
+    by_model: dict[str, set[str]] = {}
+    for t in tests:
+        name = t["test_metadata"]["name"]
+        for dep in t["depends_on"]["nodes"]:
+            by_model.setdefault(dep.split(".")[-1], set()).add(name)
+    assert {
+        "unique_combination_of_columns",
+        "ohlcv_consistency",
+        "relationships_multi_column",
+        "not_null",
+    } <= (by_model["ohlcv_1m"])
+    for model in ("markets", "latest_price", "int_markets"):
+        assert "unique_combination_of_columns" in by_model[model], model
+
+
+def test_unit_tests_and_exposure(manifest: dict) -> None:
+    unit_tests = {u["name"]: u for u in manifest["unit_tests"].values()}
+    models_tested = {u["model"] for u in unit_tests.values()}
+    assert {"ohlcv_1m", "latest_price", "markets", "int_markets"} <= models_tested
+    assert any(
+        u["model"] == "ohlcv_1m" and u["overrides"]["macros"].get("is_incremental")
+        for u in unit_tests.values()
+    )
+    exposures = list(manifest["exposures"].values())
+    assert exposures, "no exposure declared"
+    assert {"model.marketflow.ohlcv_1m", "model.marketflow.latest_price"} <= set(
+        exposures[0]["depends_on"]["nodes"]
+    )
