@@ -124,6 +124,17 @@ def report(warehouse_dsn: str, st: stack.Stack) -> None:
         print("\nWARNING: a table changed between two demo runs of the same window.")
 
 
+def generate_dbt_docs(st: stack.Stack, env: dict[str, str]) -> Path:
+    """dbt docs (lineage, column docs) into the directory cosmos' Airflow plugin serves."""
+    target = st.state_dir / "dbt-docs"
+    res = subprocess.run([env["MARKETFLOW_DBT_EXECUTABLE"], "docs", "generate", "--quiet", "--profiles-dir", ".",
+                          "--target-path", str(target)], cwd=env["MARKETFLOW_DBT_PROJECT_DIR"],
+                         env={**os.environ, **env}, capture_output=True, text=True)
+    if res.returncode != 0:
+        say(f"dbt docs generate failed (the marts are fine):\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return target
+
+
 def main() -> int:
     st = stack.Stack()
     env = st.env()
@@ -162,8 +173,10 @@ def main() -> int:
         say(f"the run ended {state}; task logs are in {st.airflow_home / 'logs'} and the Airflow UI")
         return 1
     report(warehouse, st)
+    generate_dbt_docs(st, env)
     print(f"""
 Airflow UI     http://127.0.0.1:{st.airflow_port}   login admin / admin   (DAGs: market_candles_1h, market_candles_1m)
+dbt docs       http://127.0.0.1:{st.airflow_port}/cosmos/marketflow/dbt_docs_index.html  (Browse > dbt docs)
 SQL            psql '{warehouse}'
                e.g. SELECT * FROM marts.ohlcv_1m ORDER BY open_time DESC LIMIT 5;
 Raw payloads   {env['MONGO_URI']}  (collections raw_market_payload, raw_ingestion_log)

@@ -357,6 +357,9 @@ def airflow_env(home: Path, pg: PostgresServer, port: int) -> dict[str, str]:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "10",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        # cosmos' Airflow plugin serves the generated dbt docs under Browse > "dbt docs".
+        "AIRFLOW__COSMOS__DBT_DOCS_PROJECTS": json.dumps(
+            {"marketflow": {"dir": str(home.parent / "dbt-docs"), "index": "index.html", "name": "dbt docs"}}),
     }
 
 

@@ -49,8 +49,10 @@ def _run_window(ctx: dict[str, Any], config: MarketflowConfig, timeframe: str):
 
 @task(task_id="prepare_storage", retries=2)
 def prepare_storage() -> None:
-    """Apply the staging DDL and the raw collections' indexes (both idempotent)."""
+    """Apply the staging DDL, mirror the markets file into ops.market_config, index the raw collections.
+    All idempotent."""
     from marketflow.connections import raw_database, warehouse_connection
+    from marketflow.ops import sync_market_config
     from marketflow.raw_store import RawStore
     from marketflow.schema import apply_ddl
 
@@ -58,6 +60,7 @@ def prepare_storage() -> None:
     conn = warehouse_connection()
     try:
         apply_ddl(conn)
+        sync_market_config(conn, config)
     finally:
         conn.close()
     RawStore(raw_database()).ensure_indexes(config.raw_retention_days)
@@ -106,13 +109,83 @@ def candle_pipeline(exchange: ExchangeConfig, timeframe: str, with_ticker: bool)
     return group
 
 
-def dbt_marts(group_id: str = "dbt_marts") -> TaskGroup:
-    """The dbt project as an Airflow task group (cosmos): one task per model, its tests right after it."""
+def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> TaskGroup:
+    """Queue re-fetches for open gaps, run them per exchange (in its pool), record each outcome."""
+
+    @task(task_id="schedule")
+    def schedule() -> int:
+        from marketflow.connections import warehouse_connection
+        from marketflow.ops import schedule_gap_repairs
+
+        attempt, _ = _attempt()
+        conn = warehouse_connection()
+        try:
+            queued = schedule_gap_repairs(conn, config.gap_repair_max_tasks, config.gap_repair_max_attempts,
+                                          attempt.run_id)
+        finally:
+            conn.close()
+        log.info("queued %d gap re-fetches (at most %d per run, most recent first)", queued,
+                 config.gap_repair_max_tasks)
+        return queued
+
+    def exchange_repairs(exchange: ExchangeConfig):
+        @task(task_id=f"claim_{exchange.name}", pool=exchange.pool)
+        def claim() -> list[dict[str, Any]]:
+            from marketflow.connections import warehouse_connection
+            from marketflow.ops import claim_tasks
+
+            attempt, _ = _attempt()
+            conn = warehouse_connection()
+            try:
+                tasks = claim_tasks(conn, exchange.name, config.gap_repair_max_tasks, attempt.run_id)
+            finally:
+                conn.close()
+            log.info("%s: %d gap windows to re-fetch", exchange.name, len(tasks))
+            return [t.as_dict() for t in tasks]
+
+        @task(task_id=f"repair_{exchange.name}", pool=exchange.pool,
+              map_index_template="{{ task.op_kwargs['gap']['symbol'] }} {{ task.op_kwargs['gap']['task_id'] }}")
+        def repair(gap: dict[str, Any]) -> str:
+            from marketflow.connections import raw_database, warehouse_connection
+            from marketflow.ops import BackfillTask
+            from marketflow.pipeline import repair_gap
+            from marketflow.raw_store import RawStore
+
+            attempt, _ = _attempt()
+            conn = warehouse_connection()
+            try:
+                return repair_gap(load_config(), BackfillTask(**gap), RawStore(raw_database()), conn, attempt)
+            finally:
+                conn.close()
+
+        claimed = claim()
+        return claimed, repair.expand(gap=claimed)
+
+    @task.short_circuit(task_id="anything_repaired", trigger_rule="all_done")
+    def anything_repaired(*claimed: list[dict[str, Any]]) -> bool:
+        return any(claimed)
+
+    with TaskGroup(group_id=group_id, tooltip="re-fetch open gaps from marts.data_quality_gaps") as group:
+        queued = schedule()
+        claims, repairs = [], []
+        for exchange in config.enabled_exchanges:
+            claimed, repaired = exchange_repairs(exchange)
+            queued >> claimed
+            claims.append(claimed)
+            repairs.append(repaired)
+        # Waits for every repair (failed ones too), then skips the rebuild when nothing was claimed.
+        anything_repaired(*claims) << repairs
+    return group
+
+
+def dbt_marts(group_id: str = "dbt_marts", select: list[str] | None = None) -> TaskGroup:
+    """The dbt project (or the ``select``ed part) as a task group: one task per model, its tests after it."""
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
     from cosmos.constants import InvocationMode, LoadMode
     from cosmos.profiles import PostgresUserPasswordProfileMapping
 
     from marketflow.connections import POSTGRES_CONN_ID
+    from marketflow.dbt_failures import DbtRetryPolicy, log_failing_tests
 
     project_dir = Path(os.environ.get("MARKETFLOW_DBT_PROJECT_DIR", PROJECT_ROOT / "dbt"))
     manifest = project_dir / "target" / "manifest.json"
@@ -129,7 +202,8 @@ def dbt_marts(group_id: str = "dbt_marts") -> TaskGroup:
         ),
         execution_config=ExecutionConfig(dbt_executable_path=dbt, invocation_mode=InvocationMode.SUBPROCESS),
         # A test over two models (relationships) runs as its own task after both are built.
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, should_detach_multiple_parents_tests=True),
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, should_detach_multiple_parents_tests=True,
+                                   select=select or []),
         operator_args={"install_deps": False, "outlets": [MART_OHLCV_1M]},
-        default_args={"retries": 1},
+        default_args={"retries": 2, "retry_policy": DbtRetryPolicy(), "on_failure_callback": log_failing_tests},
     )

@@ -76,6 +76,8 @@ class MarketflowConfig:
     raw_retention_days: int = 30
     overlap_minutes: int = 2
     schedule_start: datetime = datetime(2026, 11, 1, tzinfo=UTC)
+    gap_repair_max_tasks: int = 20  # re-fetches queued per hourly run, most recent gaps first
+    gap_repair_max_attempts: int = 3  # an empty answer this many times = confirmed empty at the source
 
     @property
     def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
@@ -164,7 +166,7 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     _only_keys(data, {"defaults", "exchanges"}, path, "<root>")
     defaults = data.get("defaults") or {}
     _only_keys(defaults, {"timeframes", "history_start", "raw_retention_days", "overlap_minutes",
-                          "schedule_start"}, path, "defaults")
+                          "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts"}, path, "defaults")
     default_tfs = _timeframes(defaults.get("timeframes", ["1m"]), path, "defaults.timeframes")
     default_start = _timestamp(defaults.get("history_start", "2024-01-01T00:00:00Z"), path, "defaults.history_start")
     retention = _positive_int(defaults.get("raw_retention_days", 30), path, "defaults.raw_retention_days")
@@ -179,7 +181,10 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     exchanges = [
         _exchange(name, node or {}, path, default_tfs, default_start) for name, node in exchanges_node.items()
     ]
-    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start)
+    repair_tasks = _positive_int(defaults.get("gap_repair_max_tasks", 20), path, "defaults.gap_repair_max_tasks")
+    repair_attempts = _positive_int(defaults.get("gap_repair_max_attempts", 3), path,
+                                    "defaults.gap_repair_max_attempts")
+    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts)
 
 
 def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], default_start: datetime

@@ -25,11 +25,12 @@ class KlineLayout:
     trades: int | None = None
     close_time: int | None = None  # Binance: the in-progress candle closes in the future
     confirm: int | None = None  # OKX: "0" while the candle is still open
+    newest_first: bool = False  # the documented row order, to spot rows out of order
 
 
 KLINE_LAYOUTS: dict[str, KlineLayout] = {
     "binance": KlineLayout(quote_volume=7, trades=8, close_time=6),
-    "okx": KlineLayout(quote_volume=7, confirm=8),
+    "okx": KlineLayout(quote_volume=7, confirm=8, newest_first=True),
 }
 
 
@@ -64,6 +65,7 @@ class ParsedCandles:
     candles: list[Candle] = field(default_factory=list)
     rejects: list[RowReject] = field(default_factory=list)
     still_open: int = 0  # in-progress candles, left for a later run
+    out_of_order: list[int] = field(default_factory=list)  # open times of rows breaking the documented order
 
 
 def decode_body(body: str) -> Any:
@@ -99,6 +101,7 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
     step = timeframe_ms(doc["timeframe"])
     received_ms = utc_ms(doc["fetched_at"])
     out = ParsedCandles()
+    previous: int | None = None
     for index, row in enumerate(rows):
         raw_row = json.dumps(row, default=str)
         try:
@@ -115,6 +118,12 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
         except (TypeError, ValueError, IndexError, KeyError, InvalidOperation) as exc:
             out.rejects.append(RowReject(index, raw_row, f"unparseable row: {exc}"))
             continue
+        # A row is out of order when it steps backwards against the documented order
+        # (equal open times are duplicates, counted by the loader).
+        if previous is not None and (candle.open_time_ms > previous if layout.newest_first
+                                     else candle.open_time_ms < previous):
+            out.out_of_order.append(candle.open_time_ms)
+        previous = candle.open_time_ms
         if _still_open(row, layout, candle.open_time_ms, step, received_ms):
             out.still_open += 1
             continue

@@ -15,6 +15,7 @@ from typing import Any
 
 from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.exchanges import build_exchange, fetch_ohlcv_pages, fetch_ticker_response, market_info
+from marketflow.ops import BackfillTask, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
 from marketflow.staging_load import load_candle_payloads, load_ticker_payloads
 from marketflow.timeframes import Window, floor_ms, iso, timeframe_ms, to_ms
@@ -187,3 +188,22 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
     log.info("%s %s %s %s: %s", extracted["exchange"], extracted["symbol"], extracted["timeframe"], window,
              result.summary())
     return {**result.as_dict(), "tickers": tickers}
+
+
+def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt) -> str:
+    """Re-fetch one gap window and record the outcome on its ops.backfill_tasks row."""
+    try:
+        market = config.market(task.exchange, task.symbol)
+        extracted = extract_market(config, market, task.timeframe, task.window, raw, attempt)
+        load_market(conn, raw, extracted, attempt)
+    except Exception as exc:
+        state = finish_task(conn, task, 0, error=f"{type(exc).__name__}: {exc}"[:2000])
+        log.error("gap %s %s %s %s: attempt %d/%d failed (%s); task now %s", task.exchange, task.symbol,
+                  task.timeframe, task.window, task.attempts, task.max_attempts, exc, state)
+        raise
+    present = count_present(conn, task.exchange, task.symbol, task.timeframe, task.window)
+    state = finish_task(conn, task, present)
+    log.info("gap %s %s %s %s: %d of %d candles present after attempt %d/%d; task now %s", task.exchange,
+             task.symbol, task.timeframe, task.window, present, task.window.candles(task.timeframe), task.attempts,
+             task.max_attempts, state)
+    return state

@@ -26,6 +26,8 @@ _OHLCV_COLUMNS = ("exchange", "symbol", "timeframe", "open_time", "open", "high"
                   "quote_volume", "trades", "raw_payload_id", "run_id")
 _REJECT_COLUMNS = ("raw_payload_id", "row_index", "exchange", "symbol", "timeframe", "open_time", "raw_row",
                    "reason", "run_id")
+_ANOMALY_COLUMNS = ("raw_payload_id", "kind", "open_time", "exchange", "symbol", "timeframe", "detail", "run_id")
+_VALUE_COLUMNS = ("open", "high", "low", "close", "volume", "quote_volume", "trades")
 # A whole-payload reject keeps the body as received, capped so a multi-megabyte error page stays storable.
 MAX_REJECT_BODY = 1_000_000
 
@@ -39,6 +41,8 @@ class LoadResult:
     still_open: int = 0
     outside_window: int = 0
     duplicates_in_batch: int = 0
+    out_of_order: int = 0
+    revised: int = 0
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
@@ -90,7 +94,12 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
     started = time.monotonic()
     result = LoadResult(payloads=len(docs))
     rejects: list[tuple[Any, ...]] = []
+    anomalies: dict[tuple[str, str, int], tuple[Any, ...]] = {}
     latest: dict[int, tuple[Candle, str]] = {}
+
+    def anomaly(payload: str, kind: str, ts: int, detail: str) -> None:
+        anomalies[(payload, kind, ts)] = (payload, kind, from_ms(ts), exchange, symbol, timeframe, detail, run_id)
+
     for doc in docs:
         if doc.get("http_status") != 200:
             result.payloads_skipped += 1
@@ -105,6 +114,9 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
                             f"payload rejected: {exc}", run_id))
             continue
         result.still_open += parsed.still_open
+        for ts in parsed.out_of_order:
+            anomaly(doc["_id"], "out_of_order", ts, "row breaks the exchange's documented order")
+        result.out_of_order += len(parsed.out_of_order)
         for bad in parsed.rejects:
             rejects.append((doc["_id"], bad.row_index, exchange, symbol, timeframe,
                             from_ms(bad.open_time_ms) if bad.open_time_ms is not None else None, bad.raw_row,
@@ -121,6 +133,14 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
                 continue
             if candle.open_time_ms in latest:
                 result.duplicates_in_batch += 1
+                seen, seen_payload = latest[candle.open_time_ms]
+                same = _values(seen) == _values(candle)
+                if seen_payload == doc["_id"]:
+                    anomaly(doc["_id"], "duplicate_identical" if same else "duplicate_conflict",
+                            candle.open_time_ms, f"rows {seen.row_index} and {candle.row_index}")
+                elif not same:
+                    anomaly(doc["_id"], "revised", candle.open_time_ms,
+                            f"payload {seen_payload} said {_values(seen)}, this one {_values(candle)}")
             latest[candle.open_time_ms] = (candle, doc["_id"])
 
     rows = [
@@ -130,8 +150,10 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
     ]
     try:
         with conn.cursor() as cur:
-            inserted, updated = upsert_ohlcv(cur, rows)
-            result.rejected = insert_rejects(cur, rejects)
+            revisions = record_revisions(cur, rows)
+            inserted, updated = upsert_ohlcv(cur, rows, staged=bool(rows))
+            insert_rejects(cur, rejects)
+            insert_anomalies(cur, [*anomalies.values(), *revisions])
         conn.commit()
     except Exception:
         conn.rollback()
@@ -139,18 +161,51 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
     result.inserted, result.updated = inserted, updated
     result.unchanged = len(rows) - inserted - updated
     result.rejected = len(rejects)
+    result.revised = sum(1 for a in anomalies.values() if a[1] == "revised") + len(revisions)
     result.seconds = time.monotonic() - started
     return result
 
 
-def upsert_ohlcv(cur, rows: list[tuple[Any, ...]]) -> tuple[int, int]:
-    """COPY rows into a temp table, then upsert; returns (inserted, updated). Caller owns the transaction."""
+def _values(c: Candle) -> tuple[Any, ...]:
+    return (c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
+
+
+def _stage_rows(cur, rows: list[tuple[Any, ...]]) -> None:
+    """COPY rows into the session's temp table (emptied at commit)."""
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv (LIKE staging.ohlcv INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS")
+    cur.execute("TRUNCATE tmp_ohlcv")
+    cur.copy_expert(f"COPY tmp_ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _copy_buffer(rows))
+
+
+def record_revisions(cur, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Stage ``rows`` and return an anomaly for each one whose values differ from what staging holds."""
+    if not rows:
+        return []
+    _stage_rows(cur, rows)
+    old = ", ".join(f"t.{c}" for c in _VALUE_COLUMNS)
+    new = ", ".join(f"s.{c}" for c in _VALUE_COLUMNS)
+    cur.execute(
+        f"""
+        SELECT s.raw_payload_id, s.open_time, t.raw_payload_id, ({old})::text, ({new})::text
+        FROM tmp_ohlcv s
+        JOIN staging.ohlcv t USING (exchange, symbol, timeframe, open_time)
+        WHERE ({old}) IS DISTINCT FROM ({new})
+        """
+    )
+    ex, sym, tf, run_id = rows[0][0], rows[0][1], rows[0][2], rows[0][12]
+    return [(payload, "revised", open_time, ex, sym, tf, f"payload {was_payload} said {was}, this one {now}", run_id)
+            for payload, open_time, was_payload, was, now in cur.fetchall()]
+
+
+def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tuple[int, int]:
+    """COPY rows into a temp table (unless ``staged``), then upsert; returns (inserted, updated).
+    The caller owns the transaction."""
     if not rows:
         return 0, 0
     cols = ", ".join(_OHLCV_COLUMNS)
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv (LIKE staging.ohlcv INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS")
-    cur.copy_expert(f"COPY tmp_ohlcv ({cols}) FROM STDIN", _copy_buffer(rows))
+    if not staged:
+        _stage_rows(cur, rows)
     cur.execute(
         f"""
         WITH upserted AS (
@@ -184,6 +239,17 @@ def insert_rejects(cur, rejects: list[tuple[Any, ...]]) -> int:
     cur.execute(f"INSERT INTO staging.ohlcv_rejects ({cols}) SELECT {cols} FROM tmp_ohlcv_rejects "
                 f"ON CONFLICT (raw_payload_id, row_index) DO NOTHING")
     return cur.rowcount
+
+
+def insert_anomalies(cur, anomalies: list[tuple[Any, ...]]) -> None:
+    if not anomalies:
+        return
+    cols = ", ".join(_ANOMALY_COLUMNS)
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv_anomalies (LIKE staging.ohlcv_anomalies INCLUDING DEFAULTS) "
+                "ON COMMIT DELETE ROWS")
+    cur.copy_expert(f"COPY tmp_ohlcv_anomalies ({cols}) FROM STDIN", _copy_buffer(anomalies))
+    cur.execute(f"INSERT INTO staging.ohlcv_anomalies ({cols}) SELECT {cols} FROM tmp_ohlcv_anomalies "
+                f"ON CONFLICT (raw_payload_id, kind, open_time) DO NOTHING")
 
 
 def load_ticker_payloads(conn, docs: list[dict[str, Any]], run_id: str) -> tuple[int, list[str]]:

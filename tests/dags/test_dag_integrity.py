@@ -110,3 +110,18 @@ def test_bad_config_fails_the_import_with_the_config_message(tmp_path: Path) -> 
     assert {Path(p).name for p in out["errors"]} == {"market_candles_1m.py", "market_candles_1h.py"}
     for message in out["errors"].values():
         assert f"{bad}: exchanges.binance.markets[0].symbol: malformed symbol 'BTC-USDT'" in message
+
+
+def test_hourly_dag_repairs_gaps_after_the_marts(parsed: dict) -> None:
+    tasks = parsed["dags"]["market_candles_1h"]["tasks"]
+    schedule = tasks["gap_repairs.schedule"]
+    assert any(u.startswith("dbt_marts.") for u in schedule["upstream"])
+    for exchange in ("binance", "okx"):
+        assert tasks[f"gap_repairs.claim_{exchange}"]["upstream"] == ["gap_repairs.schedule"]
+        repair = tasks[f"gap_repairs.repair_{exchange}"]
+        assert repair["mapped"] and repair["pool"] == f"exchange_{exchange}"
+    gate = tasks["gap_repairs.anything_repaired"]
+    assert {"gap_repairs.repair_binance", "gap_repairs.repair_okx"} <= set(gate["upstream"])
+    rebuild_roots = [t for t, v in tasks.items() if t.startswith("dbt_after_repairs.")
+                     and not any(u.startswith("dbt_after_repairs.") for u in v["upstream"])]
+    assert rebuild_roots and all(tasks[t]["upstream"] == ["gap_repairs.anything_repaired"] for t in rebuild_roots)

@@ -164,3 +164,46 @@ def test_failure_mid_load_leaves_nothing_half_written(mongo_db, pg_conn, monkeyp
     monkeypatch.undo()
     result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
     assert (result.inserted, result.rejected) == (1, 1)
+
+
+def anomalies(conn) -> list[tuple[str, int]]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT kind, (extract(epoch from open_time) * 1000)::bigint FROM staging.ohlcv_anomalies "
+                    "ORDER BY kind, open_time")
+        return [(k, int(t)) for k, t in cur.fetchall()]
+
+
+def test_duplicates_revisions_and_disorder_are_recorded_once(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    rows = [kline(T0), kline(T0 + 2 * MIN), kline(T0 + MIN),  # T0+MIN arrives after T0+2m: out of order
+            kline(T0 + 3 * MIN), kline(T0 + 3 * MIN),  # identical duplicate
+            kline(T0 + 4 * MIN), kline(T0 + 4 * MIN, c="10.9")]  # conflicting duplicate: the later row wins
+    doc = store(raw, json.dumps(rows))
+    result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
+    assert (result.inserted, result.out_of_order, result.duplicates_in_batch) == (5, 1, 2)
+    assert anomalies(pg_conn) == [("duplicate_conflict", T0 + 4 * MIN), ("duplicate_identical", T0 + 3 * MIN),
+                                  ("out_of_order", T0 + MIN)]
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT close::text FROM staging.ohlcv WHERE open_time = to_timestamp(%s / 1000.0)",
+                    (T0 + 4 * MIN,))
+        assert cur.fetchone()[0] == "10.9"
+
+    # The exchange corrects a candle later: a revision, recorded against the new payload.
+    fix = store(raw, json.dumps([kline(T0, c="10.25")]))
+    result = load_candle_payloads(pg_conn, [fix], "binance", "ETH/USDT", "1m", "run-2")
+    assert (result.updated, result.revised) == (1, 1)
+    assert ("revised", T0) in anomalies(pg_conn)
+    before = anomalies(pg_conn)
+    load_candle_payloads(pg_conn, [doc, fix], "binance", "ETH/USDT", "1m", "run-3")  # reprocess: no new facts
+    assert anomalies(pg_conn) == before
+
+
+def test_okx_newest_first_is_in_order(mongo_db, pg_conn) -> None:
+    raw = RawStore(mongo_db)
+    okx = [[str(T0 + i * MIN), "10", "11", "9", "10.5", "1", "10", "10", "1"] for i in (3, 2, 1, 0)]
+    okx[1], okx[2] = okx[2], okx[1]  # one swap: one row breaks the newest-first order
+    doc = store(raw, json.dumps({"code": "0", "msg": "", "data": okx}), exchange="okx", symbol="BTC/USDT",
+                params={"instId": "BTC-USDT", "bar": "1m"})
+    result = load_candle_payloads(pg_conn, [doc], "okx", "BTC/USDT", "1m", "run-1")
+    assert (result.inserted, result.out_of_order) == (4, 1)
+    assert anomalies(pg_conn) == [("out_of_order", T0 + 2 * MIN)]

@@ -1,0 +1,169 @@
+"""Postgres ops tables: the configured markets, and the queue of windows to re-fetch.
+
+ops.backfill_tasks is a small work queue. Tasks are claimed with FOR UPDATE SKIP LOCKED, so
+overlapping runs never take the same window; a task left `running` by a worker that died is
+claimable again after ``STALE_AFTER``. Every transition is one UPDATE, so a crash between two
+of them leaves a state the next run can continue from.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from psycopg2.extras import execute_values
+
+from marketflow.config import MarketflowConfig
+from marketflow.timeframes import Window, to_ms
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = "30 minutes"
+
+
+def sync_market_config(conn, config: MarketflowConfig) -> int:
+    """Mirror the markets file into ops.market_config; markets no longer configured are disabled."""
+    rows = [(m.exchange, m.symbol, tf, ex.ccxt_id, m.history_start, m.history_end, ex.enabled)
+            for ex in config.exchanges for m in ex.markets for tf in m.timeframes]
+    with conn.cursor() as cur:
+        execute_values(cur, """
+            INSERT INTO ops.market_config (exchange, symbol, timeframe, ccxt_id, history_start, history_end, enabled)
+            VALUES %s
+            ON CONFLICT (exchange, symbol, timeframe) DO UPDATE SET
+                ccxt_id = EXCLUDED.ccxt_id, history_start = EXCLUDED.history_start,
+                history_end = EXCLUDED.history_end, enabled = EXCLUDED.enabled, synced_at = now()
+            WHERE (market_config.ccxt_id, market_config.history_start, market_config.history_end,
+                   market_config.enabled)
+                IS DISTINCT FROM (EXCLUDED.ccxt_id, EXCLUDED.history_start, EXCLUDED.history_end, EXCLUDED.enabled)
+            """, rows)
+        cur.execute(
+            "UPDATE ops.market_config SET enabled = false, synced_at = now() "
+            "WHERE enabled AND (exchange, symbol, timeframe) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[], "
+            "%s::text[]))",
+            ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+        )
+    conn.commit()
+    return len(rows)
+
+
+@dataclass(frozen=True)
+class BackfillTask:
+    task_id: int
+    exchange: str
+    symbol: str
+    timeframe: str
+    window_start_ms: int
+    window_end_ms: int
+    attempts: int
+    max_attempts: int
+
+    @property
+    def window(self) -> Window:
+        return Window(self.window_start_ms, self.window_end_ms)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> int:
+    """Queue a re-fetch for the most recent open gaps in marts.data_quality_gaps; returns how many.
+
+    A gap whose earlier task failed is re-queued while it has attempts left; one confirmed empty
+    at the source is not `open` any more, so it is never queued again.
+    """
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('marts.data_quality_gaps') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            log.info("marts.data_quality_gaps does not exist yet (dbt has not run); nothing to schedule")
+            return 0
+        cur.execute(
+            """
+            INSERT INTO ops.backfill_tasks AS t (exchange, symbol, timeframe, window_start, window_end, reason,
+                                                 priority, max_attempts, last_run_id)
+            SELECT exchange, symbol, timeframe, gap_start, gap_end, 'gap',
+                   (extract(epoch FROM gap_end) * 1000)::bigint, %(max_attempts)s, %(run_id)s
+            FROM marts.data_quality_gaps
+            WHERE status = 'open'
+            ORDER BY gap_end DESC
+            LIMIT %(limit)s
+            ON CONFLICT (exchange, symbol, timeframe, window_start, window_end) DO UPDATE
+                SET status = 'pending', last_run_id = EXCLUDED.last_run_id, updated_at = now()
+                WHERE t.status = 'failed' AND t.attempts < t.max_attempts
+            RETURNING task_id
+            """,
+            {"limit": limit, "max_attempts": max_attempts, "run_id": run_id},
+        )
+        scheduled = cur.rowcount
+    conn.commit()
+    return scheduled
+
+
+def claim_tasks(conn, exchange: str, limit: int, run_id: str) -> list[BackfillTask]:
+    """Mark up to ``limit`` pending tasks of one exchange running (most recent window first)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""
+            UPDATE ops.backfill_tasks SET status = 'running', attempts = attempts + 1, last_run_id = %(run_id)s,
+                                          updated_at = now()
+            WHERE task_id IN (
+                SELECT task_id FROM ops.backfill_tasks
+                WHERE exchange = %(exchange)s
+                  AND (status = 'pending' OR (status = 'running' AND updated_at < now() - interval '{STALE_AFTER}'))
+                ORDER BY priority DESC, task_id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING task_id, exchange, symbol, timeframe, window_start, window_end, attempts, max_attempts
+            """,
+            {"exchange": exchange, "limit": limit, "run_id": run_id},
+        )
+        tasks = [BackfillTask(tid, ex, sym, tf, to_ms(ws), to_ms(we), att, mx)
+                 for tid, ex, sym, tf, ws, we, att, mx in cur.fetchall()]
+    conn.commit()
+    return sorted(tasks, key=lambda t: -t.window_end_ms)
+
+
+def finish_task(conn, task: BackfillTask, present: int, error: str | None = None) -> str:
+    """Record an attempt's outcome from the candles now present in the (formerly empty) window.
+
+    candles landed                -> completed / repaired (what the exchange still lacks inside the
+                                     window shows up as a new, smaller gap)
+    the exchange returned nothing -> pending again, or completed / confirmed_empty after max_attempts
+    an error                      -> pending again, or failed after max_attempts
+    Returns the new status (and outcome) in words.
+    """
+    exhausted = task.attempts >= task.max_attempts
+    if error is not None:
+        status, outcome = ("failed" if exhausted else "pending"), None
+    elif present > 0:
+        status, outcome = "completed", "repaired"
+    else:
+        status, outcome = ("completed", "confirmed_empty") if exhausted else ("pending", None)
+    with conn.cursor() as cur:
+        cur.execute(
+            "UPDATE ops.backfill_tasks SET status = %s, outcome = %s, candles_found = %s, last_error = %s, "
+            "updated_at = now() WHERE task_id = %s",
+            (status, outcome, present, error, task.task_id),
+        )
+    conn.commit()
+    return f"{status}/{outcome}" if outcome else status
+
+
+def count_present(conn, exchange: str, symbol: str, timeframe: str, window: Window) -> int:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM staging.ohlcv WHERE exchange = %s AND symbol = %s AND timeframe = %s "
+            "AND open_time >= to_timestamp(%s / 1000.0) AND open_time < to_timestamp(%s / 1000.0)",
+            (exchange, symbol, timeframe, window.start_ms, window.end_ms),
+        )
+        return int(cur.fetchone()[0])
+
+
+def task_rows(conn) -> list[tuple[Any, ...]]:
+    """All tasks, for logs and tests: (exchange, symbol, window_start, window_end, status, outcome, attempts)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT exchange, symbol, window_start, window_end, status, outcome, attempts "
+                    "FROM ops.backfill_tasks ORDER BY window_start")
+        return cur.fetchall()
+
