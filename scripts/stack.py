@@ -363,6 +363,47 @@ def airflow_env(home: Path, pg: PostgresServer, port: int) -> dict[str, str]:
     }
 
 
+def _pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (Postgres buffers, forked workers) counted once overall."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def stack_pids(stack: Stack) -> dict[str, list[int]]:
+    """Every process of the stack, by service: each managed process group, and the postmaster's tree."""
+    groups: dict[str, list[int]] = {}
+    by_pgid: dict[int, list[int]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ppid, pgid = int(fields[1]), int(fields[2])
+        by_pgid.setdefault(pgid, []).append(int(entry.name))
+        children.setdefault(ppid, []).append(int(entry.name))
+    for proc in (stack.mongo, stack.emulator, stack.airflow):
+        pid = proc.pid()
+        if pid:
+            groups[proc.name] = by_pgid.get(pid, [pid])
+    pg_pid_file = stack.postgres.data_dir / "postmaster.pid"
+    if pg_pid_file.exists():
+        postmaster = int(pg_pid_file.read_text().split()[0])
+        groups["postgres"] = [postmaster, *children.get(postmaster, [])]
+    return groups
+
+
+def memory_mib(stack: Stack) -> dict[str, float]:
+    return {name: sum(_pss_kib(p) for p in pids) / 1024 for name, pids in stack_pids(stack).items()}
+
+
 def up(stack: Stack, with_airflow: bool) -> None:
     stack.run_dir.mkdir(parents=True, exist_ok=True)
     pg = stack.postgres
@@ -400,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every service this script started; data is kept")
     sub.add_parser("env", help="print shell exports for the running stack")
     sub.add_parser("status", help="which services are running")
+    mem = sub.add_parser("memory", help="memory (PSS) of the running stack; --watch N samples for N s, prints the peak")
+    mem.add_argument("--watch", type=float, default=0)
     args = parser.parse_args(argv)
     stack = Stack()
     if args.cmd == "up":
@@ -414,6 +457,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 pid = proc.pid()
                 print(f"{proc.name:<10} {f'running (pid {pid})' if pid else 'stopped'}  127.0.0.1:{proc.port}")
+    elif args.cmd == "memory":
+        peak: dict[str, float] = {}
+        peak_total = 0.0
+        deadline = time.monotonic() + args.watch
+        while True:
+            now = memory_mib(stack)
+            peak_total = max(peak_total, sum(now.values()))
+            for name, mib in now.items():
+                peak[name] = max(peak.get(name, 0.0), mib)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(1)
+        for name, mib in sorted(peak.items()):
+            print(f"{name:<10} {mib:8.1f} MiB")
+        print(f"{'total':<10} {peak_total:8.1f} MiB{' (peak)' if args.watch else ''}")
     elif args.cmd == "env":
         for key, value in stack.env().items():
             print(f"export {key}='{value}'")

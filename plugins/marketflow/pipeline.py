@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from marketflow.config import MarketConfig, MarketflowConfig
+from marketflow.errors import classify
 from marketflow.exchanges import build_exchange, fetch_ohlcv_pages, fetch_ticker_response, market_info
 from marketflow.ops import BackfillTask, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
@@ -138,15 +139,19 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
             ticker_ctx = PayloadContext(**{**ctx.__dict__, "kind": "ticker", "timeframe": None, "window": None})
             result["ticker_payload_ids"] = raw.save_responses(ticker_ctx, responses)
     except Exception as exc:
-        stored = raw.save_responses(ctx, getattr(exc, "responses", []), getattr(exc, "request", None),
+        responses = getattr(exc, "responses", [])
+        error_class = classify(exc, responses[-1].status if responses else None)
+        stored = raw.save_responses(ctx, responses, getattr(exc, "request", None),
                                     error=f"{type(exc).__name__}: {exc}")
         raw.log_attempt(attempt.attempt_id, {
             "status": "failed", "finished_at": datetime.now(UTC), "duration_s": time.monotonic() - started,
-            "error_class": type(exc).__name__, "error_message": str(exc)[:2000], "pages": result["pages"],
+            "error_class": error_class.value, "exception": type(exc).__name__, "error_message": str(exc)[:2000],
+            "http_status": responses[-1].status if responses else None, "pages": result["pages"],
             "payload_ids": result["payload_ids"] + stored,
         })
-        log.error("%s %s %s: extract failed after %d pages: %s: %s", market.exchange, market.symbol, timeframe,
-                  result["pages"], type(exc).__name__, exc)
+        log.error("%s %s %s: extract failed after %d pages with an error of class %s (%s: %s); %s", market.exchange,
+                  market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, exc,
+                  error_class.advice)
         raise
     duration = time.monotonic() - started
     raw.log_attempt(attempt.attempt_id, {
@@ -178,7 +183,8 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
     except Exception as exc:
         raw.log_attempt(attempt.attempt_id, {"status": "failed", "finished_at": datetime.now(UTC),
                                              "duration_s": time.monotonic() - started,
-                                             "error_class": type(exc).__name__, "error_message": str(exc)[:2000]})
+                                             "error_class": classify(exc).value, "exception": type(exc).__name__,
+                                             "error_message": str(exc)[:2000]})
         raise
     for problem in ticker_problems:
         log.warning("ticker payload not loaded: %s", problem)

@@ -111,3 +111,28 @@ def test_plan_window_rules() -> None:
         plan_window("1m", h, h1, {"start": "2024-01-01T00:00:00Z"}, 2)
     with pytest.raises(ValueError, match="not an ISO-8601 time"):
         plan_window("1m", h, h1, {"start": "soon", "end": "later"}, 2)
+
+
+def test_failed_extract_is_classified_logged_and_its_response_kept(demo_config, emulator_url, mongo_db) -> None:
+    import json
+    import urllib.request
+
+    def admin(method: str, body: object | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{emulator_url}/__admin/faults", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+
+    raw = RawStore(mongo_db)
+    market = demo_config.market("binance", "ETH/USDT")
+    admin("POST", {"kind": "http_5xx", "status": 503, "exchange": "binance", "path": "/api/v3/klines", "count": 5})
+    try:
+        with pytest.raises(Exception, match="overloaded"):
+            extract_market(demo_config, market, "1m", plan_window("1m", None, None, SPAN, 0), raw,
+                           Attempt("test", "run-err", "extract", 0))
+    finally:
+        admin("DELETE")
+    [entry] = list(mongo_db.raw_ingestion_log.find({"run_id": "run-err"}))
+    assert entry["status"] == "failed" and entry["error_class"] == "exchange_unavailable"
+    [kept] = list(mongo_db.raw_market_payload.find({"http_status": 503}))
+    assert kept["_id"] in entry["payload_ids"] and "overloaded" in kept["body"] and entry["http_status"] == 503

@@ -1,0 +1,101 @@
+"""Every failure gets one class, from ccxt's exception hierarchy and the database drivers.
+
+Transient classes are worth retrying (with backoff); permanent ones fail the task at once with
+a message that says what to fix. The class is what raw_ingestion_log and ops.api_errors record.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from datetime import timedelta
+from enum import StrEnum
+
+import ccxt
+
+
+class ErrorClass(StrEnum):
+    NETWORK = "network"
+    TIMEOUT = "timeout"
+    RATE_LIMIT = "rate_limit"
+    EXCHANGE_UNAVAILABLE = "exchange_unavailable"
+    BAD_REQUEST = "bad_request"
+    BAD_SYMBOL = "bad_symbol"
+    AUTH = "auth"
+    DATA = "data"
+    DATABASE = "database"
+
+    @property
+    def transient(self) -> bool:
+        return self in TRANSIENT
+
+    @property
+    def advice(self) -> str:
+        return ADVICE[self]
+
+
+TRANSIENT = frozenset({ErrorClass.NETWORK, ErrorClass.TIMEOUT, ErrorClass.RATE_LIMIT,
+                       ErrorClass.EXCHANGE_UNAVAILABLE, ErrorClass.DATABASE})
+
+ADVICE = {
+    ErrorClass.NETWORK: "the exchange could not be reached; retried with backoff",
+    ErrorClass.TIMEOUT: "the exchange did not answer in time; retried with backoff (timeout_ms in the markets file)",
+    ErrorClass.RATE_LIMIT: "the exchange asked us to slow down; calls pause for its Retry-After, then retry",
+    ErrorClass.EXCHANGE_UNAVAILABLE: "the exchange is down or in maintenance; retried with backoff",
+    ErrorClass.BAD_REQUEST: "the exchange rejected the request; check the market and timeframe in the markets file",
+    ErrorClass.BAD_SYMBOL: "the exchange does not list this symbol; fix or remove it in the markets file",
+    ErrorClass.AUTH: "the exchange refused our credentials; check the Airflow connection's API key",
+    ErrorClass.DATA: "the exchange's answer could not be used; it is kept in raw and rejected with a reason",
+    ErrorClass.DATABASE: "Postgres or MongoDB was unavailable; retried with backoff",
+}
+
+# Order matters: the first matching base class wins (subclasses before their parents).
+_CCXT_CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
+    (ccxt.RequestTimeout, ErrorClass.TIMEOUT),
+    (ccxt.RateLimitExceeded, ErrorClass.RATE_LIMIT),  # OKX 50011
+    (ccxt.DDoSProtection, ErrorClass.RATE_LIMIT),  # Binance 429 and 418
+    (ccxt.ExchangeNotAvailable, ErrorClass.EXCHANGE_UNAVAILABLE),  # includes OnMaintenance, HTTP 5xx
+    (ccxt.NetworkError, ErrorClass.NETWORK),
+    (ccxt.BadSymbol, ErrorClass.BAD_SYMBOL),
+    (ccxt.AuthenticationError, ErrorClass.AUTH),  # includes PermissionDenied, AccountSuspended
+    (ccxt.BadResponse, ErrorClass.DATA),  # includes NullResponse
+    (ccxt.ExchangeError, ErrorClass.BAD_REQUEST),
+    (ccxt.OperationFailed, ErrorClass.NETWORK),
+)
+
+
+def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
+    """The failure's class. The HTTP status, when there was a response, wins over ccxt's mapping of
+    the body: e.g. Binance answers an overload with HTTP 503 and code -1008, which ccxt raises as a
+    plain ExchangeError."""
+    if http_status is not None:
+        if http_status in (418, 429):
+            return ErrorClass.RATE_LIMIT
+        if http_status >= 500:
+            return ErrorClass.EXCHANGE_UNAVAILABLE
+    for klass, error_class in _CCXT_CLASSES:
+        if isinstance(exc, klass):
+            return error_class
+    module = type(exc).__module__.split(".")[0]
+    if module in ("psycopg2", "psycopg", "pymongo", "bson", "sqlalchemy"):
+        return ErrorClass.DATABASE
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return ErrorClass.TIMEOUT
+    if isinstance(exc, ConnectionError | OSError):
+        return ErrorClass.NETWORK
+    # Anything else (ValueError, KeyError, a parser surprise) is about the data we were given.
+    return ErrorClass.DATA
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
+    ceiling = min(cap, base * (2 ** max(0, attempt)))
+    return timedelta(seconds=(rng or random).uniform(0, ceiling))
+
+
+class PermanentError(RuntimeError):
+    """A failure retrying cannot fix; the message says what to change."""
+
+    def __init__(self, error_class: ErrorClass, message: str) -> None:
+        self.error_class = error_class
+        super().__init__(f"{error_class}: {message} ({error_class.advice})")

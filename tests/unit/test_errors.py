@@ -1,0 +1,61 @@
+"""Failure classes from ccxt's exception hierarchy and the database drivers."""
+
+from __future__ import annotations
+
+import random
+
+import ccxt
+import psycopg2
+import pymongo.errors
+import pytest
+
+from marketflow.errors import ErrorClass, backoff, classify
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (ccxt.RequestTimeout("binance GET /api/v3/klines"), ErrorClass.TIMEOUT),
+        (ccxt.DDoSProtection("418 banned until ..."), ErrorClass.RATE_LIMIT),
+        (ccxt.RateLimitExceeded("50011 too many requests"), ErrorClass.RATE_LIMIT),
+        (ccxt.OnMaintenance("system maintenance"), ErrorClass.EXCHANGE_UNAVAILABLE),
+        (ccxt.ExchangeNotAvailable("503"), ErrorClass.EXCHANGE_UNAVAILABLE),
+        (ccxt.NetworkError("connection reset"), ErrorClass.NETWORK),
+        (ccxt.BadSymbol("binance does not have market symbol FOO/BAR"), ErrorClass.BAD_SYMBOL),
+        (ccxt.BadRequest("-1100 illegal characters"), ErrorClass.BAD_REQUEST),
+        (ccxt.ExchangeError("-1000 unknown"), ErrorClass.BAD_REQUEST),
+        (ccxt.AuthenticationError("invalid api key"), ErrorClass.AUTH),
+        (ccxt.PermissionDenied("ip not whitelisted"), ErrorClass.AUTH),
+        (ccxt.BadResponse("not json"), ErrorClass.DATA),
+        (psycopg2.OperationalError("server closed the connection"), ErrorClass.DATABASE),
+        (pymongo.errors.ServerSelectionTimeoutError("no servers"), ErrorClass.DATABASE),
+        (ConnectionRefusedError(111, "refused"), ErrorClass.NETWORK),
+        (TimeoutError(), ErrorClass.TIMEOUT),
+        (ValueError("close 'abc' is not a number"), ErrorClass.DATA),
+    ],
+)
+def test_classify(exc: BaseException, expected: ErrorClass) -> None:
+    assert classify(exc) is expected
+
+
+def test_http_status_wins_over_the_body_mapping() -> None:
+    overloaded = ccxt.ExchangeError('binance {"code":-1008,"msg":"Server is currently overloaded"}')
+    assert classify(overloaded) is ErrorClass.BAD_REQUEST
+    assert classify(overloaded, 503) is ErrorClass.EXCHANGE_UNAVAILABLE
+    assert classify(ccxt.ExchangeError("banned"), 418) is ErrorClass.RATE_LIMIT
+    assert classify(ccxt.BadSymbol("invalid symbol"), 400) is ErrorClass.BAD_SYMBOL
+
+
+def test_transient_and_permanent_classes() -> None:
+    assert {c for c in ErrorClass if c.transient} == {ErrorClass.NETWORK, ErrorClass.TIMEOUT, ErrorClass.RATE_LIMIT,
+                                                      ErrorClass.EXCHANGE_UNAVAILABLE, ErrorClass.DATABASE}
+    assert all(c.advice for c in ErrorClass)
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    rng = random.Random(7)
+    delays = [backoff(a, base=1, cap=8, rng=rng).total_seconds() for a in range(6) for _ in range(200)]
+    for attempt in range(6):
+        chunk = delays[attempt * 200:(attempt + 1) * 200]
+        assert min(chunk) >= 0 and max(chunk) <= min(8, 2 ** attempt)
+        assert len(set(chunk)) > 150  # jittered, not a fixed schedule
