@@ -72,7 +72,7 @@ def candle_pipeline(exchange: ExchangeConfig, timeframe: str, with_ticker: bool)
 
     @task(task_id="extract", pool=exchange.pool, map_index_template="{{ task.op_kwargs['symbol'] }}")
     def extract(symbol: str, exchange_name: str) -> dict[str, Any]:
-        from marketflow.connections import raw_database
+        from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import extract_market, selected
         from marketflow.raw_store import RawStore
 
@@ -86,7 +86,13 @@ def candle_pipeline(exchange: ExchangeConfig, timeframe: str, with_ticker: bool)
                     "window_start_ms": window.start_ms, "window_end_ms": window.start_ms, "skipped": True}
         # Tickers only make sense for the live edge, not for a historical window.
         live = with_ticker and not conf.get("start") and market.history_end is None
-        return extract_market(config, market, timeframe, window, RawStore(raw_database()), attempt, with_ticker=live)
+        limiter_conn = warehouse_connection()
+        limiter_conn.autocommit = True
+        try:
+            return extract_market(config, market, timeframe, window, RawStore(raw_database()), attempt,
+                                  with_ticker=live, limiter_conn=limiter_conn)
+        finally:
+            limiter_conn.close()
 
     @task(task_id="load", pool=exchange.pool, outlets=[STAGING_OHLCV],
           map_index_template="{{ task.op_kwargs['extracted']['symbol'] }}")

@@ -63,6 +63,7 @@ class ExchangeConfig:
     options: dict[str, Any] = field(default_factory=dict)
     pool_slots: int = 2
     timeout_ms: int = 10_000
+    rate_limit_share: float = 0.9  # of the exchange's limit, shared by all workers (ops.rate_limit_buckets)
 
     @property
     def pool(self) -> str:
@@ -196,7 +197,7 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
     if not isinstance(node, dict):
         raise ConfigError(path, key, "expected a mapping", "give the exchange a 'markets:' list")
     _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "timeout_ms",
-                      "timeframes", "history_start", "markets"}, path, key)
+                      "rate_limit_share", "timeframes", "history_start", "markets"}, path, key)
     ccxt_id = str(node.get("ccxt_id", name))
     _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
     enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
@@ -243,6 +244,7 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
         name=name, ccxt_id=ccxt_id, enabled=enabled, markets=tuple(markets), api_base_url=base_url,
         options=options, pool_slots=_positive_int(node.get("pool_slots", 2), path, f"{key}.pool_slots"),
         timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
+        rate_limit_share=_share(node.get("rate_limit_share", 0.9), path, f"{key}.rate_limit_share"),
     )
 
 
@@ -314,6 +316,17 @@ def _positive_int(value: Any, path: Path, key: str, allow_zero: bool = False) ->
     if number < 0 or (number == 0 and not allow_zero):
         raise ConfigError(path, key, f"{number} is out of range", "use a positive number")
     return number
+
+
+def _share(value: Any, path: Path, key: str) -> float:
+    try:
+        share = float(str(value))
+    except ValueError:
+        raise ConfigError(path, key, f"{value!r} is not a number", "write a fraction such as 0.9") from None
+    if not 0 < share <= 1:
+        raise ConfigError(path, key, f"{share} is outside (0, 1]",
+                          "use the fraction of the exchange's rate limit to spend, e.g. 0.9")
+    return share
 
 
 def _bool(value: Any, path: Path, key: str) -> bool:

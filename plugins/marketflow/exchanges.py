@@ -78,8 +78,11 @@ def rewrite_hosts(urls: Any, base_url: str) -> Any:
     return urls
 
 
-def build_exchange(cfg: ExchangeConfig) -> ccxt.Exchange:
-    """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings."""
+def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
+    """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings.
+
+    With ``limiter_conn`` (an autocommit Postgres connection) every request also draws on the
+    exchange's bucket shared by all workers (rate_limit.py)."""
     klass = getattr(ccxt, cfg.ccxt_id)
     params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options)}
     if cfg.api_base_url:
@@ -89,7 +92,75 @@ def build_exchange(cfg: ExchangeConfig) -> ccxt.Exchange:
     exchange.number = str
     exchange.recorder = ResponseRecorder()
     exchange.recorder.install(exchange)
+    exchange.shared_limiter = None
+    if limiter_conn is not None:
+        from marketflow.rate_limit import SharedRateLimiter, install
+
+        limiter = SharedRateLimiter(limiter_conn, cfg.name, per_minute=60_000 / exchange.rateLimit,
+                                    share=cfg.rate_limit_share)
+        limiter.ensure_bucket()
+        install(exchange, limiter)
     return exchange
+
+
+# In-task retries before the task fails to Airflow (which retries again with its own backoff).
+MAX_CALL_ATTEMPTS = 4
+# A pause longer than this (e.g. a long ban) is left to Airflow's retry instead of a sleeping worker.
+MAX_IN_TASK_PAUSE_S = 300.0
+
+
+def retry_after_seconds(response: HttpExchange | None, default: float) -> float:
+    if response is not None:
+        for key, value in response.headers.items():
+            if key.lower() == "retry-after":
+                try:
+                    return max(float(value), 0.0)
+                except ValueError:
+                    break
+    return default
+
+
+def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, list[HttpExchange]]:
+    """Run one ccxt call; retry transient failures. Returns its result and every response seen,
+    failed attempts included, so raw keeps the whole conversation.
+
+    429/418: the exchange's Retry-After pauses the shared bucket (every worker), then retry.
+    network, timeout, 5xx: exponential backoff with jitter. Anything else: raise at once.
+    """
+    from marketflow.errors import ErrorClass, backoff, classify
+
+    seen: list[HttpExchange] = []
+    for attempt in range(1, MAX_CALL_ATTEMPTS + 1):
+        exchange.recorder.take()
+        try:
+            result = call()
+        except Exception as exc:
+            responses = exchange.recorder.take()
+            seen += responses
+            last = responses[-1] if responses else None
+            error_class = classify(exc, last.status if last else None)
+            if not error_class.transient or attempt == MAX_CALL_ATTEMPTS:
+                exc.responses = seen  # type: ignore[attr-defined]
+                raise
+            if error_class is ErrorClass.RATE_LIMIT:
+                status = last.status if last else None
+                wait = retry_after_seconds(last, 60.0 if status == 418 else 10.0)
+                reason = f"HTTP {status} on {what}"
+                if exchange.shared_limiter is not None:
+                    exchange.shared_limiter.pause(wait, reason, status)
+                if wait > MAX_IN_TASK_PAUSE_S:
+                    exc.responses = seen  # type: ignore[attr-defined]
+                    raise
+                if exchange.shared_limiter is None:
+                    time.sleep(wait)  # with a shared limiter the next acquire waits out the pause
+            else:
+                wait = backoff(attempt).total_seconds()
+                time.sleep(wait)
+            log.warning("%s %s: %s (%s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
+                        error_class.value, type(exc).__name__, attempt, MAX_CALL_ATTEMPTS, wait)
+            continue
+        return result, seen + exchange.recorder.take()
+    raise AssertionError("unreachable")
 
 
 def parser_for(ccxt_id: str) -> ccxt.Exchange:
@@ -135,15 +206,15 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
         # (OKX's `after` would otherwise return the newest page of the window first).
         limit = min(page_max, Window(cursor, window.end_ms).candles(timeframe))
         request = {"symbol": symbol, "timeframe": timeframe, "since": cursor, "limit": limit}
-        exchange.recorder.take()
         try:
-            rows = exchange.fetch_ohlcv(symbol, timeframe, since=cursor, limit=limit)
+            rows, responses = call_with_retries(
+                exchange, lambda c=cursor, n=limit: exchange.fetch_ohlcv(symbol, timeframe, since=c, limit=n),
+                f"{symbol} {timeframe} candles from {iso(cursor)}")
         except Exception as exc:
-            exc.responses = exchange.recorder.take()  # type: ignore[attr-defined]
             exc.request = request  # type: ignore[attr-defined]
             raise
         open_times = sorted(int(r[0]) for r in rows)
-        yield OhlcvPage(exchange.recorder.take(), request, open_times)
+        yield OhlcvPage(responses, request, open_times)
         in_window = [t for t in open_times if cursor <= t < window.end_ms]
         # An empty page is a hole in the exchange's data (or before its listing): step over the span
         # it covered instead of stopping, so candles after the hole are still fetched.
@@ -152,13 +223,7 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
 
 
 def fetch_ticker_response(exchange: ccxt.Exchange, symbol: str) -> tuple[dict[str, Any], list[HttpExchange]]:
-    exchange.recorder.take()
-    try:
-        ticker = exchange.fetch_ticker(symbol)
-    except Exception as exc:
-        exc.responses = exchange.recorder.take()  # type: ignore[attr-defined]
-        raise
-    return ticker, exchange.recorder.take()
+    return call_with_retries(exchange, lambda: exchange.fetch_ticker(symbol), f"{symbol} ticker")
 
 
 def market_info(exchange: ccxt.Exchange, symbol: str) -> dict[str, Any]:

@@ -15,7 +15,13 @@ from typing import Any
 
 from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import classify
-from marketflow.exchanges import build_exchange, fetch_ohlcv_pages, fetch_ticker_response, market_info
+from marketflow.exchanges import (
+    build_exchange,
+    call_with_retries,
+    fetch_ohlcv_pages,
+    fetch_ticker_response,
+    market_info,
+)
 from marketflow.ops import BackfillTask, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
 from marketflow.staging_load import load_candle_payloads, load_ticker_payloads
@@ -93,8 +99,10 @@ def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
 
 
 def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
-                   raw: RawStore, attempt: Attempt, with_ticker: bool = False) -> dict[str, Any]:
-    """Fetch the market's closed candles for the window into raw; returns ids for the load task."""
+                   raw: RawStore, attempt: Attempt, with_ticker: bool = False, limiter_conn=None) -> dict[str, Any]:
+    """Fetch the market's closed candles for the window into raw; returns ids for the load task.
+
+    ``limiter_conn`` (autocommit Postgres) makes every call draw on the exchange's shared bucket."""
     exchange_cfg = config.exchange(market.exchange)
     now_ms = int(time.time() * 1000)
     window = market_window(market, timeframe, run_window, now_ms)
@@ -118,11 +126,11 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
                                              "duration_s": time.monotonic() - started})
         return result
 
-    exchange = build_exchange(exchange_cfg)
+    exchange = build_exchange(exchange_cfg, limiter_conn)
     ctx = PayloadContext(market.exchange, exchange_cfg.ccxt_id, market.symbol, timeframe, "ohlcv", window,
                          attempt.run_id, attempt.try_number, {})
     try:
-        exchange.load_markets()
+        call_with_retries(exchange, exchange.load_markets, "market list")
         ctx = PayloadContext(**{**ctx.__dict__, "market": market_info(exchange, market.symbol)})
         expected = window.candles(timeframe)
         if not window.empty:
@@ -153,6 +161,9 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
                   market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, exc,
                   error_class.advice)
         raise
+    finally:
+        if exchange.shared_limiter is not None:
+            exchange.shared_limiter.flush()
     duration = time.monotonic() - started
     raw.log_attempt(attempt.attempt_id, {
         "status": "success", "finished_at": datetime.now(UTC), "duration_s": duration, "pages": result["pages"],

@@ -1,0 +1,185 @@
+"""A token bucket per exchange in Postgres, shared by every worker process.
+
+ccxt paces calls inside one process; with several Airflow workers each would go at full speed.
+This bucket holds one exchange's budget for all of them. Its unit is ccxt's own request cost
+(Binance: `rateLimit` 50 ms, klines cost 0.4 -> 3,000 calls/min, i.e. Binance's 6,000 weight per
+minute at weight 2), so it works for any ccxt exchange without a table of weights.
+
+Acquisition is one atomic UPDATE (refill by elapsed time, then take) — no lock held between
+calls. A 429 pauses the whole exchange for its Retry-After; a 418 (ban) pauses it until the ban
+ends. Tokens used, denials and time waited are counted per exchange and minute in
+ops.rate_limit_metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Minute:
+    tokens: float = 0.0
+    acquisitions: int = 0
+    denied: int = 0
+    wait_seconds: float = 0.0
+    http_429: int = 0
+    http_418: int = 0
+
+
+@dataclass
+class SharedRateLimiter:
+    """``conn`` must be a dedicated autocommit psycopg2 connection (acquisitions commit at once)."""
+
+    conn: object
+    exchange: str
+    per_minute: float  # cost units per minute the exchange allows (60000 / ccxt rateLimit)
+    share: float = 0.9  # fraction of the exchange's limit we use, leaving room for clock skew and others
+    burst_seconds: float = 2.0
+    max_wait_seconds: float = 900.0
+    _pending: dict[datetime, _Minute] = field(default_factory=dict)
+
+    @property
+    def refill_per_second(self) -> float:
+        return self.per_minute * self.share / 60.0
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.refill_per_second * self.burst_seconds)
+
+    def ensure_bucket(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                INSERT INTO ops.rate_limit_buckets (exchange, capacity, refill_per_second, tokens)
+                VALUES (%s, %s, %s, %s)
+                ON CONFLICT (exchange) DO UPDATE
+                    SET capacity = EXCLUDED.capacity, refill_per_second = EXCLUDED.refill_per_second
+                    WHERE (rate_limit_buckets.capacity, rate_limit_buckets.refill_per_second)
+                          IS DISTINCT FROM (EXCLUDED.capacity, EXCLUDED.refill_per_second)
+                """,
+                (self.exchange, self.capacity, self.refill_per_second, self.capacity),
+            )
+
+    def acquire(self, cost: float) -> float:
+        """Take ``cost`` tokens, waiting as long as needed; returns the seconds waited."""
+        cost = max(float(cost or 1), 1e-6)
+        started = time.monotonic()
+        denied = 0
+        while True:
+            wait = self._try_take(cost)
+            if wait <= 0:
+                break
+            denied += 1
+            waited = time.monotonic() - started
+            if waited + wait > self.max_wait_seconds:
+                raise TimeoutError(f"{self.exchange}: no rate-limit budget after {waited:.0f}s "
+                                   f"(paused or saturated); see ops.rate_limit_buckets")
+            time.sleep(min(wait, 5.0))
+        waited = time.monotonic() - started
+        self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited)
+        return waited
+
+    def _try_take(self, cost: float) -> float:
+        """Take the tokens if they are there (returns 0), else the seconds until they could be.
+
+        The refill and the take are computed from the row inside the UPDATE itself: concurrent
+        workers queue on the row lock and Postgres re-evaluates both against the newest version,
+        so no take is lost (a CTE read first would hand two workers the same tokens).
+        """
+        available = ("least(capacity, tokens + extract(epoch FROM clock_timestamp() - refilled_at) "
+                     "* refill_per_second)")
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"""
+                UPDATE ops.rate_limit_buckets
+                SET tokens = {available} - %(cost)s, refilled_at = clock_timestamp()
+                WHERE exchange = %(ex)s AND {available} >= %(cost)s
+                  AND (paused_until IS NULL OR paused_until <= clock_timestamp())
+                RETURNING 1
+                """,
+                {"ex": self.exchange, "cost": cost},
+            )
+            if cur.fetchone():
+                return 0.0
+            cur.execute(
+                f"""
+                SELECT greatest(extract(epoch FROM paused_until - clock_timestamp()), 0),
+                       greatest((%(cost)s - {available}) / refill_per_second, 0)
+                FROM ops.rate_limit_buckets WHERE exchange = %(ex)s
+                """,
+                {"ex": self.exchange, "cost": cost},
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise LookupError(f"no rate-limit bucket for {self.exchange}; call ensure_bucket() first")
+        paused_for, refill_wait = row
+        return max(float(paused_for or 0), float(refill_wait or 0), 0.01)
+
+    def pause(self, seconds: float, reason: str, status: int | None = None) -> None:
+        """Stop every worker's calls to this exchange for ``seconds`` (429 Retry-After, 418 ban)."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                """
+                UPDATE ops.rate_limit_buckets
+                SET paused_until = greatest(coalesce(paused_until, clock_timestamp()),
+                                            clock_timestamp() + make_interval(secs => %s)),
+                    pause_reason = %s, tokens = 0, refilled_at = clock_timestamp()
+                WHERE exchange = %s
+                """,
+                (seconds, reason, self.exchange),
+            )
+        if status == 429:
+            self._count(http_429=1)
+        elif status == 418:
+            self._count(http_418=1)
+        log.warning("%s: all calls paused for %.0fs: %s", self.exchange, seconds, reason)
+
+    def _count(self, **amounts: float) -> None:
+        minute = datetime.now(UTC).replace(second=0, microsecond=0)
+        bucket = self._pending.setdefault(minute, _Minute())
+        for key, value in amounts.items():
+            setattr(bucket, key, getattr(bucket, key) + value)
+        if len(self._pending) > 1 or bucket.acquisitions % 50 == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add the counted figures to ops.rate_limit_metrics."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        with self.conn.cursor() as cur:
+            for minute, m in pending.items():
+                cur.execute(
+                    """
+                    INSERT INTO ops.rate_limit_metrics AS r (exchange, minute, tokens_used, acquisitions, denied,
+                                                             wait_seconds, http_429, http_418)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                    ON CONFLICT (exchange, minute) DO UPDATE SET
+                        tokens_used = r.tokens_used + EXCLUDED.tokens_used,
+                        acquisitions = r.acquisitions + EXCLUDED.acquisitions, denied = r.denied + EXCLUDED.denied,
+                        wait_seconds = r.wait_seconds + EXCLUDED.wait_seconds,
+                        http_429 = r.http_429 + EXCLUDED.http_429, http_418 = r.http_418 + EXCLUDED.http_418
+                    """,
+                    (self.exchange, minute, m.tokens, m.acquisitions, m.denied, m.wait_seconds, m.http_429,
+                     m.http_418),
+                )
+
+
+def install(exchange, limiter: SharedRateLimiter) -> None:
+    """Make every ccxt request of ``exchange`` take its cost from the shared bucket first.
+
+    ccxt's own throttle still runs after it, keeping one process's calls evenly spaced.
+    """
+    original = exchange.throttle
+
+    def throttle(cost=None):  # type: ignore[no-untyped-def]
+        limiter.acquire(cost if cost is not None else 1)
+        return original(cost)
+
+    exchange.throttle = throttle
+    exchange.shared_limiter = limiter
