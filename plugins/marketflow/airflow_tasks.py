@@ -86,13 +86,13 @@ def candle_pipeline(exchange: ExchangeConfig, timeframe: str, with_ticker: bool)
                     "window_start_ms": window.start_ms, "window_end_ms": window.start_ms, "skipped": True}
         # Tickers only make sense for the live edge, not for a historical window.
         live = with_ticker and not conf.get("start") and market.history_end is None
-        limiter_conn = warehouse_connection()
-        limiter_conn.autocommit = True
+        ops_conn = warehouse_connection()
+        ops_conn.autocommit = True  # bucket takes and error rows commit at once
         try:
             return extract_market(config, market, timeframe, window, RawStore(raw_database()), attempt,
-                                  with_ticker=live, limiter_conn=limiter_conn)
+                                  with_ticker=live, ops_conn=ops_conn)
         finally:
-            limiter_conn.close()
+            ops_conn.close()
 
     @task(task_id="load", pool=exchange.pool, outlets=[STAGING_OHLCV],
           map_index_template="{{ task.op_kwargs['extracted']['symbol'] }}")

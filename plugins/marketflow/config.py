@@ -79,6 +79,7 @@ class MarketflowConfig:
     schedule_start: datetime = datetime(2026, 11, 1, tzinfo=UTC)
     gap_repair_max_tasks: int = 20  # re-fetches queued per hourly run, most recent gaps first
     gap_repair_max_attempts: int = 3  # an empty answer this many times = confirmed empty at the source
+    alert_after_failures: int = 3  # consecutive failed extracts of one market before an alert
 
     @property
     def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
@@ -167,7 +168,8 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     _only_keys(data, {"defaults", "exchanges"}, path, "<root>")
     defaults = data.get("defaults") or {}
     _only_keys(defaults, {"timeframes", "history_start", "raw_retention_days", "overlap_minutes",
-                          "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts"}, path, "defaults")
+                          "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts",
+                          "alert_after_failures"}, path, "defaults")
     default_tfs = _timeframes(defaults.get("timeframes", ["1m"]), path, "defaults.timeframes")
     default_start = _timestamp(defaults.get("history_start", "2024-01-01T00:00:00Z"), path, "defaults.history_start")
     retention = _positive_int(defaults.get("raw_retention_days", 30), path, "defaults.raw_retention_days")
@@ -185,7 +187,9 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     repair_tasks = _positive_int(defaults.get("gap_repair_max_tasks", 20), path, "defaults.gap_repair_max_tasks")
     repair_attempts = _positive_int(defaults.get("gap_repair_max_attempts", 3), path,
                                     "defaults.gap_repair_max_attempts")
-    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts)
+    alert_after = _positive_int(defaults.get("alert_after_failures", 3), path, "defaults.alert_after_failures")
+    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts,
+                            alert_after)
 
 
 def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], default_start: datetime

@@ -93,6 +93,7 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     exchange.recorder = ResponseRecorder()
     exchange.recorder.install(exchange)
     exchange.shared_limiter = None
+    exchange.error_sink = None  # called with each failed call's details (ops.api_errors)
     if limiter_conn is not None:
         from marketflow.rate_limit import SharedRateLimiter, install
 
@@ -139,7 +140,13 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
             seen += responses
             last = responses[-1] if responses else None
             error_class = classify(exc, last.status if last else None)
-            if not error_class.transient or attempt == MAX_CALL_ATTEMPTS:
+            will_retry = error_class.transient and attempt < MAX_CALL_ATTEMPTS
+            if exchange.error_sink is not None:
+                exchange.error_sink({"endpoint": last.endpoint if last else None,
+                                     "http_status": last.status if last else None, "error_class": error_class.value,
+                                     "exception": type(exc).__name__, "message": str(exc)[:2000],
+                                     "attempt": attempt, "will_retry": will_retry})
+            if not will_retry:
                 exc.responses = seen  # type: ignore[attr-defined]
                 raise
             if error_class is ErrorClass.RATE_LIMIT:

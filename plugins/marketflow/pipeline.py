@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from marketflow.alerts import record_api_error, record_market_outcome
 from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import classify
 from marketflow.exchanges import (
@@ -99,10 +100,12 @@ def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
 
 
 def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
-                   raw: RawStore, attempt: Attempt, with_ticker: bool = False, limiter_conn=None) -> dict[str, Any]:
+                   raw: RawStore, attempt: Attempt, with_ticker: bool = False, ops_conn=None) -> dict[str, Any]:
     """Fetch the market's closed candles for the window into raw; returns ids for the load task.
 
-    ``limiter_conn`` (autocommit Postgres) makes every call draw on the exchange's shared bucket."""
+    With ``ops_conn`` (an autocommit Postgres connection) every call draws on the exchange's shared
+    rate-limit bucket, each failed call is written to ops.api_errors, and the market's consecutive
+    failures are counted (alerting at ``alert_after_failures``)."""
     exchange_cfg = config.exchange(market.exchange)
     now_ms = int(time.time() * 1000)
     window = market_window(market, timeframe, run_window, now_ms)
@@ -126,7 +129,11 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
                                              "duration_s": time.monotonic() - started})
         return result
 
-    exchange = build_exchange(exchange_cfg, limiter_conn)
+    exchange = build_exchange(exchange_cfg, ops_conn)
+    if ops_conn is not None:
+        exchange.error_sink = lambda fields: record_api_error(ops_conn, {
+            **fields, "exchange": market.exchange, "symbol": market.symbol, "dag_id": attempt.dag_id,
+            "run_id": attempt.run_id, "task_id": attempt.task_id, "try_number": attempt.try_number})
     ctx = PayloadContext(market.exchange, exchange_cfg.ccxt_id, market.symbol, timeframe, "ohlcv", window,
                          attempt.run_id, attempt.try_number, {})
     try:
@@ -160,10 +167,15 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         log.error("%s %s %s: extract failed after %d pages with an error of class %s (%s: %s); %s", market.exchange,
                   market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, exc,
                   error_class.advice)
+        if ops_conn is not None:
+            record_market_outcome(ops_conn, market.exchange, market.symbol, error_class.value, str(exc),
+                                  config.alert_after_failures, attempt.dag_id, attempt.run_id)
         raise
     finally:
         if exchange.shared_limiter is not None:
             exchange.shared_limiter.flush()
+    if ops_conn is not None:
+        record_market_outcome(ops_conn, market.exchange, market.symbol, None, None, config.alert_after_failures)
     duration = time.monotonic() - started
     raw.log_attempt(attempt.attempt_id, {
         "status": "success", "finished_at": datetime.now(UTC), "duration_s": duration, "pages": result["pages"],

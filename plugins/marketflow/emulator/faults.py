@@ -22,12 +22,23 @@ malformed_json      answer 200 with a complete body that is not valid JSON
 truncated_json      answer 200 with the first half of the real body; cut_connection (default
                     true): Content-Length announces the full body and the connection is closed
                     after the half (a transfer cut short), false: a complete short response
-duplicate_rows      n (default 1) candle rows repeated; conflicting: true alters one copy
-out_of_order_rows   candle rows shuffled
+duplicate_rows      n (default 1) candle rows repeated; conflicting: true alters one copy;
+                    or open_times: [ms, ...] exactly those rows repeated once (conflicting:
+                    every copy altered)
+out_of_order_rows   candle rows shuffled; or open_times: [ms, ...] each of those rows swapped
+                    with the row served after it (one row out of order per open time)
 missing_minutes     open_times: [ms, ...] rows dropped, or n (default 1) random rows dropped
+price_spike         open_times: [ms, ...] (required) close multiplied by factor (default 1.05),
+                    high/low widened to keep the candle consistent; the next candle is untouched,
+                    so the price jumps and reverts (a bad print)
+volume_spike        open_times: [ms, ...] (required) every volume field (and the trade count)
+                    multiplied by factor (default 50); factor 0 = a zero-volume candle
 ==================  =============================================================
 
-Row kinds only match candle endpoints (/api/v3/klines, /api/v5/market/*candles).
+Row kinds only match candle endpoints (/api/v3/klines, /api/v5/market/*candles). With
+``open_times`` a row fault only fires on a response that holds at least one of those rows, so
+planting by open time does not depend on how a client pages; give it a ``count`` of at least the
+number of pages the times may span (or ``probability: 1`` for every matching response).
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from typing import Any
 TERMINAL_KINDS = ("http_429", "http_418", "http_5xx", "timeout")
 DELAY_KINDS = ("slow",)
 BODY_KINDS = ("malformed_json", "truncated_json")
-ROW_KINDS = ("duplicate_rows", "out_of_order_rows", "missing_minutes")
+ROW_KINDS = ("duplicate_rows", "out_of_order_rows", "missing_minutes", "price_spike", "volume_spike")
 KINDS = TERMINAL_KINDS + DELAY_KINDS + BODY_KINDS + ROW_KINDS
 _COMMON = {"kind", "exchange", "path", "symbol", "count", "probability", "id"}
 _ARGS = {
@@ -52,10 +63,14 @@ _ARGS = {
     "slow": {"ms"},
     "malformed_json": set(),
     "truncated_json": {"cut_connection"},
-    "duplicate_rows": {"n", "conflicting"},
-    "out_of_order_rows": set(),
+    "duplicate_rows": {"n", "conflicting", "open_times"},
+    "out_of_order_rows": {"open_times"},
     "missing_minutes": {"open_times", "n"},
+    "price_spike": {"open_times", "factor"},
+    "volume_spike": {"open_times", "factor"},
 }
+# Row kinds that can target rows by open time instead of picking them at random.
+_BY_OPEN_TIME = ("duplicate_rows", "out_of_order_rows", "missing_minutes", "price_spike", "volume_spike")
 
 
 class FaultError(ValueError):
@@ -172,14 +187,25 @@ class FaultBook:
         elif kind == "duplicate_rows":
             args["n"] = int(_number(spec, "n", 1, 1, 10**6))
             args["conflicting"] = bool(spec.get("conflicting", False))
-        elif kind == "missing_minutes":
-            if "open_times" in spec:
-                times = spec["open_times"]
-                if not isinstance(times, list) or not all(isinstance(t, int) for t in times):
-                    raise FaultError("missing_minutes open_times must be a list of ms timestamps")
-                args["open_times"] = list(times)
-            else:
-                args["n"] = int(_number(spec, "n", 1, 1, 10**6))
+        elif kind == "missing_minutes" and "open_times" not in spec:
+            args["n"] = int(_number(spec, "n", 1, 1, 10**6))
+        elif kind == "price_spike":
+            args["factor"] = _number(spec, "factor", 1.05, 0.001, 1000)
+            if args["factor"] == 1:
+                raise FaultError("price_spike factor must not be 1")
+        elif kind == "volume_spike":
+            args["factor"] = _number(spec, "factor", 50, 0, 10**6)
+        if kind in _BY_OPEN_TIME and "open_times" in spec:
+            times = spec["open_times"]
+            if (
+                not isinstance(times, list)
+                or not times
+                or not all(isinstance(t, int) and not isinstance(t, bool) for t in times)
+            ):
+                raise FaultError(f"{kind} open_times must be a non-empty list of ms timestamps")
+            args["open_times"] = list(times)
+        elif kind in ("price_spike", "volume_spike"):
+            raise FaultError(f"{kind} needs open_times: [ms, ...]")
         with self._lock:
             fid = str(spec.get("id") or f"f{self._next}")
             self._next += 1
@@ -228,7 +254,7 @@ def _row_ts(row: list, exchange: str) -> int:
 
 
 def _applicable(f: Fault, rows: list, exchange: str) -> bool:
-    if f.kind == "missing_minutes" and "open_times" in f.args:
+    if "open_times" in f.args:
         wanted = set(f.args["open_times"])
         return any(_row_ts(r, exchange) in wanted for r in rows)
     if f.kind == "out_of_order_rows":
@@ -242,7 +268,72 @@ def _bump(value: str) -> str:
     return format(d + Decimal(1).scaleb(d.as_tuple().exponent), "f")  # type: ignore[arg-type]
 
 
+def _scale(value: str, factor: Decimal) -> str:
+    """``value * factor`` rounded to ``value``'s own number of decimals (its tick or lot)."""
+    d = Decimal(value)
+    exponent = d.as_tuple().exponent
+    return format((d * factor).quantize(Decimal(1).scaleb(exponent)), "f")  # type: ignore[arg-type]
+
+
+def _price_spike(row: list, factor: Decimal) -> list:
+    row = list(row)
+    close = _scale(row[4], factor)
+    if Decimal(close) == Decimal(row[4]):  # factor below one tick: move by one tick
+        tick = Decimal(_bump(row[4])) - Decimal(row[4])
+        close = format(Decimal(row[4]) + (tick if factor > 1 else -tick), "f")
+    row[4] = close
+    row[2] = max(row[2], close, key=Decimal)  # high >= close
+    row[3] = min(row[3], close, key=Decimal)  # low <= close
+    return row
+
+
+def _volume_spike(row: list, exchange: str, factor: Decimal) -> list:
+    row = list(row)
+    # binance: volume, quote volume, taker base, taker quote (+ trades); okx: vol, volCcy, volCcyQuote
+    fields = (5, 7, 9, 10) if exchange == "binance" else (5, 6, 7)
+    for i in fields:
+        if i < len(row) and isinstance(row[i], str):
+            row[i] = _scale(row[i], factor)
+    if exchange == "binance" and len(row) > 8 and isinstance(row[8], int):
+        row[8] = int((row[8] * factor).to_integral_value())
+    return row
+
+
+def _apply_by_open_time(f: Fault, rows: list[list], exchange: str) -> list[list]:
+    wanted = set(f.args["open_times"])
+    if f.kind == "missing_minutes":
+        return [r for r in rows if _row_ts(r, exchange) not in wanted]
+    if f.kind == "duplicate_rows":
+        out = []
+        for r in rows:
+            out.append(r)
+            if _row_ts(r, exchange) in wanted:
+                copy = list(r)
+                if f.args["conflicting"]:
+                    copy[4] = _bump(copy[4])  # close
+                    copy[2] = max(copy[2], copy[4], key=Decimal)  # keep high >= close
+                    copy[5] = _bump(copy[5])  # volume
+                out.append(copy)
+        return out
+    if f.kind == "out_of_order_rows":
+        rows = list(rows)
+        for ts in f.args["open_times"]:
+            i = next((k for k, r in enumerate(rows) if _row_ts(r, exchange) == ts), None)
+            if i is None:
+                continue
+            j = i + 1 if i + 1 < len(rows) else i - 1  # the last row swaps with the one before it
+            if j >= 0:
+                rows[i], rows[j] = rows[j], rows[i]
+        return rows
+    factor = Decimal(str(f.args["factor"]))
+    if f.kind == "price_spike":
+        return [_price_spike(r, factor) if _row_ts(r, exchange) in wanted else r for r in rows]
+    return [_volume_spike(r, exchange, factor) if _row_ts(r, exchange) in wanted else r for r in rows]
+
+
 def apply_row_fault(f: Fault, rows: list[list], exchange: str) -> list[list]:
+    if "open_times" in f.args:
+        return _apply_by_open_time(f, rows, exchange)
     rows = list(rows)
     rng = f.rng
     if f.kind == "duplicate_rows":
@@ -261,13 +352,9 @@ def apply_row_fault(f: Fault, rows: list[list], exchange: str) -> list[list]:
         if rows == original:
             rows[0], rows[1] = rows[1], rows[0]
     elif f.kind == "missing_minutes":
-        if "open_times" in f.args:
-            drop = set(f.args["open_times"])
-            rows = [r for r in rows if _row_ts(r, exchange) not in drop]
-        else:
-            n = min(f.args["n"], len(rows))
-            gone = set(rng.sample(range(len(rows)), n))
-            rows = [r for i, r in enumerate(rows) if i not in gone]
+        n = min(f.args["n"], len(rows))
+        gone = set(rng.sample(range(len(rows)), n))
+        rows = [r for i, r in enumerate(rows) if i not in gone]
     return rows
 
 

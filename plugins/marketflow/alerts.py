@@ -1,0 +1,90 @@
+"""Alerts: a row in ops.alerts, a log line, and (when configured) a webhook POST.
+
+Raised when a market fails `alert_after_failures` extracts in a row, and by the deadline
+callbacks of the DAGs (Airflow 3's DeadlineAlert). MARKETFLOW_ALERT_WEBHOOK, when set, receives
+`{"kind", "subject", "message", "dag_id", "run_id"}` as JSON; a failed delivery is recorded on the
+alert row and never fails the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.request
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def raise_alert(conn, kind: str, subject: str, message: str, dag_id: str | None = None,
+                run_id: str | None = None, webhook: str | None = None) -> int:
+    webhook = webhook if webhook is not None else os.environ.get("MARKETFLOW_ALERT_WEBHOOK") or None
+    delivered, delivery_error = False, None
+    if webhook:
+        payload = {"kind": kind, "subject": subject, "message": message, "dag_id": dag_id, "run_id": run_id}
+        try:
+            req = urllib.request.Request(webhook, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                delivered = 200 <= resp.status < 300
+                delivery_error = None if delivered else f"HTTP {resp.status}"
+        except Exception as exc:  # an unreachable webhook must not fail the pipeline
+            delivery_error = f"{type(exc).__name__}: {exc}"
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO ops.alerts (kind, subject, message, dag_id, run_id, delivered, delivery_error) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING alert_id",
+            (kind, subject, message, dag_id, run_id, delivered, delivery_error),
+        )
+        alert_id = int(cur.fetchone()[0])
+    conn.commit()
+    log.error("ALERT %s [%s] %s%s", kind, subject, message,
+              f" (webhook not delivered: {delivery_error})" if delivery_error else "")
+    return alert_id
+
+
+def record_api_error(conn, fields: dict[str, Any]) -> None:
+    cols = ("exchange", "symbol", "endpoint", "http_status", "error_class", "exception", "message", "attempt",
+            "will_retry", "dag_id", "run_id", "task_id", "try_number")
+    with conn.cursor() as cur:
+        cur.execute(f"INSERT INTO ops.api_errors ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+                    [fields.get(c) for c in cols])
+    conn.commit()
+
+
+def record_market_outcome(conn, exchange: str, symbol: str, error_class: str | None, error: str | None,
+                          alert_after: int, dag_id: str | None = None, run_id: str | None = None) -> int:
+    """Count consecutive failed extracts of a market; alert once when the count reaches ``alert_after``.
+
+    Returns the current count (0 after a success).
+    """
+    with conn.cursor() as cur:
+        if error_class is None:
+            cur.execute(
+                "INSERT INTO ops.market_health (exchange, symbol, consecutive_failures, last_success_at) "
+                "VALUES (%s, %s, 0, now()) ON CONFLICT (exchange, symbol) DO UPDATE "
+                "SET consecutive_failures = 0, last_success_at = now(), alerted_at = NULL",
+                (exchange, symbol))
+            conn.commit()
+            return 0
+        cur.execute(
+            """
+            INSERT INTO ops.market_health AS h (exchange, symbol, consecutive_failures, last_error_class, last_error,
+                                                last_failure_at)
+            VALUES (%s, %s, 1, %s, %s, now())
+            ON CONFLICT (exchange, symbol) DO UPDATE SET consecutive_failures = h.consecutive_failures + 1,
+                last_error_class = EXCLUDED.last_error_class, last_error = EXCLUDED.last_error,
+                last_failure_at = now()
+            RETURNING consecutive_failures, alerted_at IS NOT NULL
+            """,
+            (exchange, symbol, error_class, (error or "")[:2000]))
+        failures, alerted = cur.fetchone()
+        if failures >= alert_after and not alerted:
+            cur.execute("UPDATE ops.market_health SET alerted_at = now() WHERE exchange = %s AND symbol = %s",
+                        (exchange, symbol))
+    conn.commit()
+    if failures >= alert_after and not alerted:
+        raise_alert(conn, "consecutive_failures", f"{exchange} {symbol}",
+                    f"{failures} extracts in a row failed; last: {error_class}: {error}", dag_id, run_id)
+    return int(failures)

@@ -1,0 +1,96 @@
+"""Failed calls land in ops.api_errors; consecutive failures of a market raise one alert (and a webhook)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from marketflow import exchanges
+from marketflow.alerts import raise_alert
+from marketflow.config import load_config
+from marketflow.pipeline import Attempt, extract_market, plan_window
+from marketflow.raw_store import RawStore
+
+REPO = Path(__file__).resolve().parents[2]
+WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2022-08-14T01:00:00Z"}
+
+
+def faults(emulator_url: str, method: str, body: object | None = None) -> None:
+    req = urllib.request.Request(f"{emulator_url}/__admin/faults", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+@pytest.fixture
+def ops_conn(warehouse_dsn: str):
+    conn = psycopg2.connect(warehouse_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def test_errors_recorded_and_alert_after_consecutive_failures(tmp_path, emulator_url, mongo_db, ops_conn,
+                                                              monkeypatch) -> None:
+    monkeypatch.setattr(exchanges, "MAX_CALL_ATTEMPTS", 2)
+    text = (REPO / "include/config/markets.demo.yml").read_text().replace(
+        "  overlap_minutes: 2", "  overlap_minutes: 2\n  alert_after_failures: 2")
+    (tmp_path / "m.yml").write_text(text)
+    config = load_config(tmp_path / "m.yml", env={"MARKETFLOW_EXCHANGE_URL": emulator_url})
+    market, raw = config.market("binance", "ETH/USDT"), RawStore(mongo_db)
+    window = plan_window("1m", None, None, WINDOW, 0)
+
+    faults(emulator_url, "POST", {"kind": "http_5xx", "status": 502, "exchange": "binance",
+                                  "path": "/api/v3/klines", "count": 4})
+    try:
+        for run in ("r1", "r2"):
+            with pytest.raises(Exception, match="Internal error"):
+                extract_market(config, market, "1m", window, raw, Attempt("t", run, "extract"), ops_conn=ops_conn)
+    finally:
+        faults(emulator_url, "DELETE")
+    with ops_conn.cursor() as cur:
+        cur.execute("SELECT http_status, error_class, attempt, will_retry FROM ops.api_errors ORDER BY error_id")
+        assert cur.fetchall() == [(502, "exchange_unavailable", 1, True), (502, "exchange_unavailable", 2, False)] * 2
+        cur.execute("SELECT consecutive_failures, alerted_at IS NOT NULL FROM ops.market_health")
+        assert cur.fetchone() == (2, True)
+        cur.execute("SELECT kind, subject FROM ops.alerts")
+        assert cur.fetchall() == [("consecutive_failures", "binance ETH/USDT")]
+
+    extract_market(config, market, "1m", window, raw, Attempt("t", "r3", "extract"), ops_conn=ops_conn)
+    with ops_conn.cursor() as cur:
+        cur.execute("SELECT consecutive_failures, alerted_at FROM ops.market_health")
+        assert cur.fetchone() == (0, None)  # a success resets the count and re-arms the alert
+
+
+def test_alert_webhook_delivery_and_failure_are_recorded(ops_conn) -> None:
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        raise_alert(ops_conn, "deadline_missed", "market_candles_1m", "run not done in 5 min", "market_candles_1m",
+                    "run-1", webhook=f"http://127.0.0.1:{server.server_port}/hook")
+    finally:
+        server.shutdown()
+    raise_alert(ops_conn, "deadline_missed", "market_candles_1h", "late", webhook="http://127.0.0.1:9/nothing")
+    assert received == [{"kind": "deadline_missed", "subject": "market_candles_1m", "message": "run not done in 5 min",
+                         "dag_id": "market_candles_1m", "run_id": "run-1"}]
+    with ops_conn.cursor() as cur:
+        cur.execute("SELECT subject, delivered, delivery_error IS NOT NULL FROM ops.alerts ORDER BY alert_id")
+        assert cur.fetchall() == [("market_candles_1m", True, False), ("market_candles_1h", False, True)]
