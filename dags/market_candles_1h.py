@@ -10,6 +10,7 @@ queue re-fetches for the most recent open gaps in `marts.data_quality_gaps` (bou
 the exchange keeps answering empty becomes `confirmed_empty_at_source` after
 `gap_repair_max_attempts` and is not retried.
 
+* A run not finished 45 minutes after it was queued raises a deadline alert (ops.alerts).
 * Catch-up runs one hour at a time (`max_active_runs=1`) from `defaults.schedule_start`.
 * Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
   load or reprocess any window; each market's window is clipped to its configured history.
@@ -17,9 +18,11 @@ the exchange keeps answering empty becomes `confirmed_empty_at_source` after
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, dbt_marts, gap_repairs, prepare_storage
+from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, dbt_marts, deadline, gap_repairs, prepare_storage
 from marketflow.config import load_config
 
 CONFIG = load_config()
@@ -32,6 +35,7 @@ CONFIG = load_config()
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=deadline("market_candles_1h", timedelta(minutes=45)),
     tags=["marketflow", "extract", "dbt", "1h"],
     doc_md=__doc__,
 )

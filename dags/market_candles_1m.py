@@ -9,15 +9,18 @@ Every minute, for every configured market (`include/config/markets.yml`, or `MAR
 * One mapped task per market, grouped per exchange; each exchange has its own pool.
 * Catch-up is bounded: after downtime the DAG resumes at the current minute (`catchup=False`);
   the hourly `market_candles_1h` run re-fetches each whole hour, which repairs missed minutes.
+* A run not finished 5 minutes after it was queued raises a deadline alert (ops.alerts).
 * Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
   reprocess any window from the UI.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, prepare_storage
+from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, deadline, prepare_storage
 from marketflow.config import load_config
 
 CONFIG = load_config()
@@ -30,6 +33,7 @@ CONFIG = load_config()
     catchup=False,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,
+    deadline=deadline("market_candles_1m", timedelta(minutes=5)),
     dagrun_timeout=None,
     tags=["marketflow", "extract", "1m"],
     doc_md=__doc__,

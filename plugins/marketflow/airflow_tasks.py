@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, TaskGroup, get_current_context, task
+from airflow.sdk import Asset, DeadlineAlert, DeadlineReference, SyncCallback, TaskGroup, get_current_context, task
 
 from marketflow import PROJECT_ROOT
 from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
@@ -28,6 +28,21 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
 }
+
+
+def deadline(dag_id: str, limit: timedelta) -> DeadlineAlert:
+    """Alert (ops.alerts, log, optional webhook) when a run is not done ``limit`` after being queued.
+
+    Airflow 3's replacement for SLAs. Note apache/airflow#73428: `airflow dags test` crashes at the
+    end of a run of a DAG with a deadline; the tests exercise the callback directly.
+    """
+    words = f"{int(limit.total_seconds() // 60)} minutes"
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=limit,
+        callback=SyncCallback("marketflow.alerts.deadline_missed", kwargs={"dag_id": dag_id, "limit": words}),
+        name=f"{dag_id} not done within {words}",
+    )
 
 
 def _attempt():
@@ -185,9 +200,9 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
 
 
 def dbt_marts(group_id: str = "dbt_marts", select: list[str] | None = None) -> TaskGroup:
-    """The dbt project (or the ``select``ed part) as a task group: one task per model, its tests after it."""
+    """The dbt project (or the ``select``ed part) as a task group: one `dbt build` task per model."""
     from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-    from cosmos.constants import InvocationMode, LoadMode
+    from cosmos.constants import InvocationMode, LoadMode, TestBehavior
     from cosmos.profiles import PostgresUserPasswordProfileMapping
 
     from marketflow.connections import POSTGRES_CONN_ID
@@ -207,9 +222,99 @@ def dbt_marts(group_id: str = "dbt_marts", select: list[str] | None = None) -> T
                                                                profile_args={"schema": "marts"}),
         ),
         execution_config=ExecutionConfig(dbt_executable_path=dbt, invocation_mode=InvocationMode.SUBPROCESS),
-        # A test over two models (relationships) runs as its own task after both are built.
-        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, should_detach_multiple_parents_tests=True,
-                                   select=select or []),
+        # One `dbt build` per model (its run and its tests in one dbt process: half the process start-ups
+        # of run-then-test); a failing test fails the model's task, so nothing downstream runs. A test
+        # over two models (relationships) runs as its own task after both are built.
+        render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD,
+                                   should_detach_multiple_parents_tests=True, select=select or []),
         operator_args={"install_deps": False, "outlets": [MART_OHLCV_1M]},
         default_args={"retries": 2, "retry_policy": DbtRetryPolicy(), "on_failure_callback": log_failing_tests},
     )
+
+
+def backfill_pipeline(exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
+    """plan -> extract -> load over the chunks of a `market_backfill` request, in the exchange's pool.
+
+    Returns the group (to order it after other tasks) and the mapped load output (for the summary).
+    """
+
+    @task(task_id="plan")
+    def plan() -> list[dict[str, Any]]:
+        from marketflow.pipeline import plan_chunks
+
+        ctx = get_current_context()
+        chunks = plan_chunks(load_config(), exchange.name, dict(ctx["params"]))
+        log.info("%s: %d chunks to %s", exchange.name, len(chunks),
+                 "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
+        return chunks
+
+    @task(task_id="extract", pool=exchange.pool,
+          map_index_template="{{ task.op_kwargs['chunk']['symbol'] }} "
+                             "{{ task.op_kwargs['chunk']['chunk'] }}/{{ task.op_kwargs['chunk']['chunks'] }}")
+    def extract(chunk: dict[str, Any]) -> dict[str, Any]:
+        from marketflow.connections import raw_database, warehouse_connection
+        from marketflow.pipeline import extract_market
+        from marketflow.raw_store import RawStore
+        from marketflow.timeframes import Window
+
+        attempt, ctx = _attempt()
+        if ctx["params"].get("from_raw"):
+            return {**chunk, "from_raw": True}
+        config = load_config()
+        ops_conn = warehouse_connection()
+        ops_conn.autocommit = True
+        try:
+            out = extract_market(config, config.market(exchange.name, chunk["symbol"]), chunk["timeframe"],
+                                 Window(chunk["window_start_ms"], chunk["window_end_ms"]), RawStore(raw_database()),
+                                 attempt, ops_conn=ops_conn)
+        finally:
+            ops_conn.close()
+        log.info("chunk %d/%d of %s extracted", chunk["chunk"], chunk["chunks"], exchange.name)
+        return {**chunk, **out}
+
+    @task(task_id="load", pool=exchange.pool, outlets=[STAGING_OHLCV],
+          map_index_template="{{ task.op_kwargs['extracted']['symbol'] }} "
+                             "{{ task.op_kwargs['extracted']['chunk'] }}/{{ task.op_kwargs['extracted']['chunks'] }}")
+    def load(extracted: dict[str, Any]) -> dict[str, Any]:
+        from marketflow.connections import raw_database, warehouse_connection
+        from marketflow.pipeline import load_market, reprocess_from_raw, window_coverage
+        from marketflow.raw_store import RawStore
+        from marketflow.timeframes import Window
+
+        attempt, _ = _attempt()
+        conn = warehouse_connection()
+        try:
+            raw = RawStore(raw_database())
+            result = (reprocess_from_raw(conn, raw, extracted, attempt) if extracted.get("from_raw")
+                      else load_market(conn, raw, extracted, attempt))
+            coverage = window_coverage(conn, exchange.name, extracted["symbol"], extracted["timeframe"],
+                                       Window(extracted["window_start_ms"], extracted["window_end_ms"]))
+        finally:
+            conn.close()
+        return {"exchange": exchange.name, "symbol": extracted["symbol"], "chunk": extracted["chunk"],
+                "chunks": extracted["chunks"], **result, **coverage}
+
+    with TaskGroup(group_id=exchange.name, tooltip=f"backfill {exchange.name} in chunks") as group:
+        loaded = load.expand(extracted=extract.expand(chunk=plan()))
+    return group, loaded
+
+
+@task(task_id="summary", trigger_rule="all_done")
+def backfill_summary(*per_exchange: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the backfill loaded, rejected, and left missing, per market, in words and numbers."""
+    totals: dict[str, dict[str, int]] = {}
+    for results in per_exchange:
+        for r in results or []:
+            m = totals.setdefault(f"{r['exchange']} {r['symbol']}", {"chunks": 0, "inserted": 0, "updated": 0,
+                                                                    "unchanged": 0, "rejected": 0, "expected": 0,
+                                                                    "present": 0, "missing": 0})
+            m["chunks"] += 1
+            for key in ("inserted", "updated", "unchanged", "rejected", "expected", "present", "missing"):
+                m[key] += int(r.get(key) or 0)
+    if not totals:
+        log.warning("backfill loaded nothing: no chunk finished (see the failed tasks) or no market matched")
+    for market, m in sorted(totals.items()):
+        log.info("%s: %d chunks; %d inserted, %d updated, %d unchanged, %d rejected; %d of %d candles present, "
+                 "%d missing (left as gaps for the repair loop)", market, m["chunks"], m["inserted"], m["updated"],
+                 m["unchanged"], m["rejected"], m["present"], m["expected"], m["missing"])
+    return totals

@@ -88,3 +88,29 @@ def record_market_outcome(conn, exchange: str, symbol: str, error_class: str | N
         raise_alert(conn, "consecutive_failures", f"{exchange} {symbol}",
                     f"{failures} extracts in a row failed; last: {error_class}: {error}", dag_id, run_id)
     return int(failures)
+
+
+def deadline_missed(dag_id: str, limit: str, context: dict[str, Any] | None = None) -> None:
+    """DeadlineAlert callback: a DAG run is still not done ``limit`` after it was queued.
+
+    Runs outside any task, so the warehouse is reached from the environment when the Airflow
+    connection cannot be resolved there.
+    """
+    import psycopg2
+
+    from marketflow.cli import warehouse_dsn
+
+    dag_run = (context or {}).get("dag_run") or {}
+    run_id = dag_run.get("dag_run_id") or dag_run.get("run_id")
+    message = (f"run {run_id} of {dag_id} is not finished {limit} after it was queued "
+               f"(state {dag_run.get('state')}, queued at {dag_run.get('queued_at')})")
+    try:
+        from marketflow.connections import warehouse_connection
+
+        conn = warehouse_connection()
+    except Exception:
+        conn = psycopg2.connect(warehouse_dsn())
+    try:
+        raise_alert(conn, "deadline_missed", dag_id, message, dag_id, run_id)
+    finally:
+        conn.close()

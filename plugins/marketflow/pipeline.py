@@ -236,3 +236,47 @@ def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn
              task.symbol, task.timeframe, task.window, present, task.window.candles(task.timeframe), task.attempts,
              task.max_attempts, state)
     return state
+
+
+def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any], now_ms: int | None = None
+                ) -> list[dict[str, Any]]:
+    """Split a backfill request into per-market windows of ``chunk_hours`` (each clipped to the
+    market's history and to closed candles), oldest first."""
+    timeframe = params.get("timeframe") or "1m"
+    if not params.get("start") or not params.get("end"):
+        raise ValueError("a backfill needs 'start' and 'end' (ISO-8601, UTC), e.g. 2024-01-01T00:00:00Z")
+    window = plan_window(timeframe, None, None, {"start": params["start"], "end": params["end"]}, 0)
+    chunk_ms = int(params.get("chunk_hours") or 24) * 3_600_000
+    if chunk_ms <= 0:
+        raise ValueError("chunk_hours must be a positive number of hours")
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    chunks = []
+    for market in config.exchange(exchange).markets:
+        if timeframe not in market.timeframes or not selected(market, params):
+            continue
+        clipped = market_window(market, timeframe, window, now_ms)
+        start = clipped.start_ms
+        while start < clipped.end_ms:
+            end = min(start + chunk_ms, clipped.end_ms)
+            chunks.append({"exchange": exchange, "symbol": market.symbol, "timeframe": timeframe,
+                           "window_start_ms": start, "window_end_ms": end})
+            start = end
+    for i, chunk in enumerate(chunks, 1):
+        chunk["chunk"], chunk["chunks"] = i, len(chunks)
+    return chunks
+
+
+def reprocess_from_raw(conn, raw: RawStore, chunk: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    """Rebuild staging for a window from what MongoDB already holds; the exchange is not called."""
+    window = Window(chunk["window_start_ms"], chunk["window_end_ms"])
+    ids = raw.find_payload_ids(chunk["exchange"], chunk["symbol"], chunk["timeframe"], window)
+    log.info("%s %s %s %s: reprocessing %d stored payloads without calling the exchange", chunk["exchange"],
+             chunk["symbol"], chunk["timeframe"], window, len(ids))
+    return load_market(conn, raw, {**chunk, "payload_ids": ids, "ticker_payload_ids": []}, attempt)
+
+
+def window_coverage(conn, exchange: str, symbol: str, timeframe: str, window: Window) -> dict[str, int]:
+    """Expected vs present candles in a window (what a backfill summary reports as left missing)."""
+    present = count_present(conn, exchange, symbol, timeframe, window)
+    expected = window.candles(timeframe)
+    return {"expected": expected, "present": present, "missing": max(expected - present, 0)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,12 +66,30 @@ def airflow_env(tmp_path_factory, pg_server, mongo_uri, emulator_url) -> dict[st
     pg_server.drop_database(name)
 
 
+# apache/airflow#73428: `airflow dags test` crashes while finishing a run of a DAG with `deadline=`
+# (a dict is bound where the deadline alert's UUID belongs). Only that exact crash is tolerated; the
+# run is judged by its task instances in the metadata database instead of the exit code.
+KNOWN_DEADLINE_CRASH = ("FROM deadline_alert", "'dict' object has no attribute 'hex'")
+
+
 def dags_test(env: dict[str, str], log: Path) -> None:
     res = subprocess.run([str(VENV_BIN / "airflow"), "dags", "test", "market_candles_1h", "-c", json.dumps(WINDOW)],
                          env=env, capture_output=True, text=True, timeout=1800)
-    log.write_text(res.stdout + res.stderr)
-    assert res.returncode == 0 and "state=success" in res.stdout + res.stderr, (
-        f"market_candles_1h failed; full log in {log}:\n{(res.stdout + res.stderr)[-6000:]}")
+    output = res.stdout + res.stderr
+    log.write_text(output)
+    if res.returncode != 0:
+        assert all(sign in output for sign in KNOWN_DEADLINE_CRASH), (
+            f"market_candles_1h failed; full log in {log}:\n{output[-6000:]}")
+    db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+    try:
+        [run_id] = db.execute("SELECT run_id FROM dag_run WHERE dag_id = 'market_candles_1h' "
+                              "ORDER BY id DESC LIMIT 1").fetchone()
+        states = dict(db.execute("SELECT state, count(*) FROM task_instance WHERE dag_id = 'market_candles_1h' "
+                                 "AND run_id = ? GROUP BY state", (run_id,)).fetchall())
+    finally:
+        db.close()
+    # Everything succeeded; the post-repair rebuild is skipped when no gap needed repairing.
+    assert set(states) <= {"success", "skipped"} and states.get("success", 0) >= 10, (states, str(log))
 
 
 def checksums(dsn: str) -> dict[str, tuple[int, str]]:

@@ -34,6 +34,8 @@ PARSE_SCRIPT = textwrap.dedent(
         out["dags"][dag_id] = {
             "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md), "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs, "owner": dag.owner,
+            "deadlines": [d.name for d in (dag.deadline if isinstance(dag.deadline, list) else [dag.deadline])
+                          if d is not None],
             "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "mapped": hasattr(t, "expand_input"),
                                   "owner": t.owner, "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
         }
@@ -67,35 +69,46 @@ def parsed(tmp_path_factory) -> dict:
 
 def test_dags_import_without_errors_or_parse_time_io(parsed: dict) -> None:
     assert parsed["errors"] == {}
-    assert set(parsed["dags"]) == {"market_candles_1m", "market_candles_1h"}
+    assert set(parsed["dags"]) == {"market_candles_1m", "market_candles_1h", "market_backfill"}
 
 
-@pytest.mark.parametrize("dag_id", ["market_candles_1m", "market_candles_1h"])
+@pytest.mark.parametrize("dag_id", ["market_candles_1m", "market_candles_1h", "market_backfill"])
 def test_operational_settings(parsed: dict, dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
     assert "marketflow" in dag["tags"] and dag["doc_md"]
     assert dag["owner"] == "marketflow"
     assert dag["max_active_runs"] <= 2  # catch-up is bounded
+    assert len(dag["deadlines"]) == 1 and dag["deadlines"][0].startswith(f"{dag_id} not done within")
     for task_id, task in dag["tasks"].items():
         assert task["retries"] >= 1, task_id
         assert task["owner"] == "marketflow", task_id
 
 
 def test_extract_and_load_are_mapped_per_exchange_in_its_pool(parsed: dict) -> None:
-    for dag in parsed["dags"].values():
+    for dag_id, dag in parsed["dags"].items():
+        first = "prepare_storage" if dag_id != "market_backfill" else None
         for exchange in ("binance", "okx"):
             for step in ("extract", "load"):
                 task = dag["tasks"][f"{exchange}.{step}"]
                 assert task["mapped"], (exchange, step)
                 assert task["pool"] == f"exchange_{exchange}"
-            assert dag["tasks"][f"{exchange}.extract"]["upstream"] == ["prepare_storage"]
+            if first:
+                assert dag["tasks"][f"{exchange}.extract"]["upstream"] == [first]
             assert dag["tasks"][f"{exchange}.load"]["upstream"] == [f"{exchange}.extract"]
+
+
+def test_backfill_dag_plans_chunks_then_summarises(parsed: dict) -> None:
+    tasks = parsed["dags"]["market_backfill"]["tasks"]
+    for exchange in ("binance", "okx"):
+        assert tasks[f"{exchange}.plan"]["upstream"] == ["prepare_storage"]
+        assert tasks[f"{exchange}.extract"]["upstream"] == [f"{exchange}.plan"]
+    assert set(tasks["summary"]["upstream"]) == {"binance.load", "okx.load"}
 
 
 def test_hourly_dag_builds_marts_after_every_load(parsed: dict) -> None:
     tasks = parsed["dags"]["market_candles_1h"]["tasks"]
     dbt_tasks = [t for t in tasks if t.startswith("dbt_marts.")]
-    assert "dbt_marts.ohlcv_1m.run" in dbt_tasks and "dbt_marts.latest_price.run" in dbt_tasks
+    assert "dbt_marts.ohlcv_1m_model_build" in dbt_tasks and "dbt_marts.latest_price_model_build" in dbt_tasks
     roots = [t for t in dbt_tasks if not any(u.startswith("dbt_marts.") for u in tasks[t]["upstream"])]
     for root in roots:
         assert {"binance.load", "okx.load"} <= set(tasks[root]["upstream"]), root
@@ -107,7 +120,8 @@ def test_bad_config_fails_the_import_with_the_config_message(tmp_path: Path) -> 
     bad = tmp_path / "markets.yml"
     bad.write_text("exchanges:\n  binance:\n    markets:\n      - symbol: BTC-USDT\n")
     out = parse_dags(tmp_path, MARKETFLOW_CONFIG=str(bad))
-    assert {Path(p).name for p in out["errors"]} == {"market_candles_1m.py", "market_candles_1h.py"}
+    assert {Path(p).name for p in out["errors"]} == {"market_candles_1m.py", "market_candles_1h.py",
+                                                     "market_backfill.py"}
     for message in out["errors"].values():
         assert f"{bad}: exchanges.binance.markets[0].symbol: malformed symbol 'BTC-USDT'" in message
 

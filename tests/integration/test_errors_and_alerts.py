@@ -94,3 +94,18 @@ def test_alert_webhook_delivery_and_failure_are_recorded(ops_conn) -> None:
     with ops_conn.cursor() as cur:
         cur.execute("SELECT subject, delivered, delivery_error IS NOT NULL FROM ops.alerts ORDER BY alert_id")
         assert cur.fetchall() == [("market_candles_1m", True, False), ("market_candles_1h", False, True)]
+
+
+def test_deadline_callback_records_an_alert(warehouse_dsn: str, ops_conn, monkeypatch) -> None:
+    from marketflow.alerts import deadline_missed
+
+    monkeypatch.setenv("AIRFLOW_CONN_MARKETFLOW_POSTGRES", warehouse_dsn)
+    monkeypatch.delenv("MARKETFLOW_ALERT_WEBHOOK", raising=False)
+    context = {"dag_run": {"dag_run_id": "scheduled__2026-11-20T10:00:00+00:00", "state": "running",
+                           "queued_at": "2026-11-20T11:00:05Z"}, "deadline": {"id": "x"}}
+    deadline_missed("market_candles_1h", "45 minutes", context=context)
+    with ops_conn.cursor() as cur:
+        cur.execute("SELECT kind, subject, run_id, message FROM ops.alerts")
+        [(kind, subject, run_id, message)] = cur.fetchall()
+    assert (kind, subject, run_id) == ("deadline_missed", "market_candles_1h", "scheduled__2026-11-20T10:00:00+00:00")
+    assert "not finished 45 minutes after it was queued" in message
