@@ -64,7 +64,8 @@ def _copy_value(value: Any) -> str:
         return "\\N"
     if isinstance(value, datetime):
         return value.isoformat()
-    text = str(value)
+    # Postgres text cannot hold NUL; a payload full of binary garbage is still kept as a reject.
+    text = str(value).replace("\x00", "\\u0000")
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
