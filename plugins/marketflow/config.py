@@ -64,6 +64,7 @@ class ExchangeConfig:
     pool_slots: int = 2
     timeout_ms: int = 10_000
     rate_limit_share: float = 0.9  # of the exchange's limit, shared by all workers (ops.rate_limit_buckets)
+    credentials_conn_id: str | None = None  # Airflow connection with API key/secret; never keys in this file
 
     @property
     def pool(self) -> str:
@@ -200,8 +201,13 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
                           "rename the key, e.g. 'binance' or 'okx_eu' (set ccxt_id when it differs)")
     if not isinstance(node, dict):
         raise ConfigError(path, key, "expected a mapping", "give the exchange a 'markets:' list")
+    for secret_key in ("apiKey", "api_key", "secret", "password", "apikey"):
+        if secret_key in node or secret_key in (node.get("options") or {}):
+            raise ConfigError(path, f"{key}.{secret_key}", "API credentials do not belong in the markets file",
+                              f"put them in an Airflow connection and set credentials_conn_id, or export "
+                              f"MARKETFLOW_{name.upper()}_API_KEY / _SECRET")
     _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "timeout_ms",
-                      "rate_limit_share", "timeframes", "history_start", "markets"}, path, key)
+                      "rate_limit_share", "credentials_conn_id", "timeframes", "history_start", "markets"}, path, key)
     ccxt_id = str(node.get("ccxt_id", name))
     _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
     enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
@@ -249,6 +255,7 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
         options=options, pool_slots=_positive_int(node.get("pool_slots", 2), path, f"{key}.pool_slots"),
         timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
         rate_limit_share=_share(node.get("rate_limit_share", 0.9), path, f"{key}.rate_limit_share"),
+        credentials_conn_id=node.get("credentials_conn_id") or None,
     )
 
 

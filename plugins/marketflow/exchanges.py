@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import ccxt
 
 from marketflow.config import ExchangeConfig
+from marketflow.secrets import exchange_credentials, redact
 from marketflow.timeframes import Window, iso, timeframe_ms
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ class ResponseRecorder:
         original = exchange.on_rest_response
 
         def record(code, reason, url, method, headers, body, *args, **kwargs):  # type: ignore[no-untyped-def]
-            self.responses.append(HttpExchange(method, url, int(code), dict(headers or {}), body or "",
-                                               int(time.time() * 1000)))
+            # Credentials and signatures never reach raw: redacted the moment a response is seen.
+            self.responses.append(HttpExchange(method, exchange.redact(url), int(code), dict(headers or {}),
+                                               exchange.redact(body or ""), int(time.time() * 1000)))
             return original(code, reason, url, method, headers, body, *args, **kwargs)
 
         exchange.on_rest_response = record
@@ -84,12 +86,16 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     With ``limiter_conn`` (an autocommit Postgres connection) every request also draws on the
     exchange's bucket shared by all workers (rate_limit.py)."""
     klass = getattr(ccxt, cfg.ccxt_id)
-    params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options)}
+    credentials = exchange_credentials(cfg.name, cfg.credentials_conn_id)
+    params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options),
+                              **credentials}
     if cfg.api_base_url:
         params["urls"] = {**klass().urls, "api": rewrite_hosts(klass().urls["api"], cfg.api_base_url)}
     exchange = klass(params)
     # Numbers stay the exchange's decimal strings all the way to Postgres NUMERIC.
     exchange.number = str
+    secrets = tuple(credentials.values())
+    exchange.redact = lambda text: redact(text, secrets)
     exchange.recorder = ResponseRecorder()
     exchange.recorder.install(exchange)
     exchange.shared_limiter = None
@@ -144,7 +150,7 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
             if exchange.error_sink is not None:
                 exchange.error_sink({"endpoint": last.endpoint if last else None,
                                      "http_status": last.status if last else None, "error_class": error_class.value,
-                                     "exception": type(exc).__name__, "message": str(exc)[:2000],
+                                     "exception": type(exc).__name__, "message": exchange.redact(str(exc))[:2000],
                                      "attempt": attempt, "will_retry": will_retry})
             if not will_retry:
                 exc.responses = seen  # type: ignore[attr-defined]
@@ -163,8 +169,9 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
             else:
                 wait = backoff(attempt).total_seconds()
                 time.sleep(wait)
-            log.warning("%s %s: %s (%s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
-                        error_class.value, type(exc).__name__, attempt, MAX_CALL_ATTEMPTS, wait)
+            log.warning("%s %s: %s (%s: %s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
+                        error_class.value, type(exc).__name__, exchange.redact(str(exc))[:300], attempt,
+                        MAX_CALL_ATTEMPTS, wait)
             continue
         return result, seen + exchange.recorder.take()
     raise AssertionError("unreachable")

@@ -156,19 +156,20 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     except Exception as exc:
         responses = getattr(exc, "responses", [])
         error_class = classify(exc, responses[-1].status if responses else None)
+        message = exchange.redact(str(exc))
         stored = raw.save_responses(ctx, responses, getattr(exc, "request", None),
-                                    error=f"{type(exc).__name__}: {exc}")
+                                    error=f"{type(exc).__name__}: {message}")
         raw.log_attempt(attempt.attempt_id, {
             "status": "failed", "finished_at": datetime.now(UTC), "duration_s": time.monotonic() - started,
-            "error_class": error_class.value, "exception": type(exc).__name__, "error_message": str(exc)[:2000],
+            "error_class": error_class.value, "exception": type(exc).__name__, "error_message": message[:2000],
             "http_status": responses[-1].status if responses else None, "pages": result["pages"],
             "payload_ids": result["payload_ids"] + stored,
         })
         log.error("%s %s %s: extract failed after %d pages with an error of class %s (%s: %s); %s", market.exchange,
-                  market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, exc,
+                  market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, message,
                   error_class.advice)
         if ops_conn is not None:
-            record_market_outcome(ops_conn, market.exchange, market.symbol, error_class.value, str(exc),
+            record_market_outcome(ops_conn, market.exchange, market.symbol, error_class.value, message,
                                   config.alert_after_failures, attempt.dag_id, attempt.run_id)
         raise
     finally:
