@@ -65,6 +65,9 @@ class ExchangeConfig:
     timeout_ms: int = 10_000
     rate_limit_share: float = 0.9  # of the exchange's limit, shared by all workers (ops.rate_limit_buckets)
     credentials_conn_id: str | None = None  # Airflow connection with API key/secret; never keys in this file
+    # The exchange's limit in ccxt cost units per minute; default 60000 / ccxt's rateLimit, which is the
+    # exchange's published limit (Binance: 1200 units = 6000 weight; klines cost 0.4 = weight 2).
+    rate_limit_per_minute: float | None = None
 
     @property
     def pool(self) -> str:
@@ -207,7 +210,8 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
                               f"put them in an Airflow connection and set credentials_conn_id, or export "
                               f"MARKETFLOW_{name.upper()}_API_KEY / _SECRET")
     _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "timeout_ms",
-                      "rate_limit_share", "credentials_conn_id", "timeframes", "history_start", "markets"}, path, key)
+                      "rate_limit_share", "credentials_conn_id", "rate_limit_per_minute", "timeframes",
+                      "history_start", "markets"}, path, key)
     ccxt_id = str(node.get("ccxt_id", name))
     _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
     enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
@@ -256,6 +260,8 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
         timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
         rate_limit_share=_share(node.get("rate_limit_share", 0.9), path, f"{key}.rate_limit_share"),
         credentials_conn_id=node.get("credentials_conn_id") or None,
+        rate_limit_per_minute=float(_positive_int(node["rate_limit_per_minute"], path, f"{key}.rate_limit_per_minute"))
+        if node.get("rate_limit_per_minute") else None,
     )
 
 

@@ -103,7 +103,8 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     if limiter_conn is not None:
         from marketflow.rate_limit import SharedRateLimiter, install
 
-        limiter = SharedRateLimiter(limiter_conn, cfg.name, per_minute=60_000 / exchange.rateLimit,
+        limiter = SharedRateLimiter(limiter_conn, cfg.name,
+                                    per_minute=cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit,
                                     share=cfg.rate_limit_share)
         limiter.ensure_bucket()
         install(exchange, limiter)

@@ -122,3 +122,17 @@ def test_hourly_dag_lands_every_sample_candle_exactly_and_reruns_change_nothing(
     first = checksums(dsn)
     dags_test(airflow_env, tmp_path / "second.log")
     assert checksums(dsn) == first
+
+
+@pytest.mark.airflow
+def test_airflow_backfill_create_plans_one_hourly_run_per_hour(airflow_env) -> None:
+    """History through Airflow's own backfill over the hourly DAG (README): each hour is one run."""
+    airflow = str(VENV_BIN / "airflow")
+    subprocess.run([airflow, "dags", "reserialize"], env=airflow_env, check=True, capture_output=True, timeout=600)
+    res = subprocess.run([airflow, "backfill", "create", "--dag-id", "market_candles_1h",
+                          "--from-date", "2026-11-02T00:00:00+00:00", "--to-date", "2026-11-02T05:00:00+00:00",
+                          "--dry-run"], env=airflow_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    planned = [line for line in res.stdout.splitlines() if line.startswith("| 2026-11-02")]
+    assert [line.split("|")[1].strip() for line in planned] == [
+        f"2026-11-02 0{h}:00:00+00:00" for h in range(6)]
