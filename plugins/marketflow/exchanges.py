@@ -128,6 +128,21 @@ def retry_after_seconds(response: HttpExchange | None, default: float) -> float:
     return default
 
 
+class MalformedResponse(ccxt.ExchangeNotAvailable):
+    """HTTP 200 with a body that is not JSON (an error page from a proxy, a cut-off body). ccxt hands
+    such text to its parsers without raising; treated as a transient outage and retried."""
+
+
+def _require_json(responses: list[HttpExchange]) -> None:
+    for response in responses:
+        if response.status == 200:
+            try:
+                json.loads(response.body)
+            except ValueError:
+                raise MalformedResponse(f"{response.endpoint} answered HTTP 200 with a body that is not JSON "
+                                        f"({len(response.body)} bytes, starts {response.body[:60]!r})") from None
+
+
 def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, list[HttpExchange]]:
     """Run one ccxt call; retry transient failures. Returns its result and every response seen,
     failed attempts included, so raw keeps the whole conversation.
@@ -142,6 +157,7 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
         exchange.recorder.take()
         try:
             result = call()
+            _require_json(exchange.recorder.responses)
         except Exception as exc:
             responses = exchange.recorder.take()
             seen += responses

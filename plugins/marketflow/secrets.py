@@ -11,6 +11,7 @@ Everything that leaves a ccxt call (recorded URL and body, error messages) goes 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -35,7 +36,27 @@ def exchange_credentials(name: str, conn_id: str | None = None) -> dict[str, str
                  "password": os.environ.get(prefix + "PASSWORD", "")}
     creds = {k: v for k, v in creds.items() if v}
     _mask_in_airflow_logs(creds.values())
+    _LOG_FILTER.secrets.update(v for v in creds.values() if len(v) >= 4)
     return creds
+
+
+class _RedactingFilter(logging.Filter):
+    """ccxt's debug log prints request headers (Binance's X-MBX-APIKEY) and signed URLs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets or "signature=" in str(record.msg):
+            record.msg = redact(record.getMessage(), self.secrets)
+            record.args = None
+        return True
+
+
+_LOG_FILTER = _RedactingFilter()
+for _name in ("ccxt.base.exchange", "ccxt"):
+    logging.getLogger(_name).addFilter(_LOG_FILTER)
 
 
 def _mask_in_airflow_logs(values: Iterable[str]) -> None:

@@ -37,7 +37,16 @@ def test_keys_in_the_markets_file_are_refused(tmp_path) -> None:
         load_config(path, env={})
 
 
-def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mongo_db, monkeypatch, caplog) -> None:
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mongo_db, monkeypatch) -> None:
     monkeypatch.setenv("MARKETFLOW_BINANCE_API_KEY", KEY)
     monkeypatch.setenv("MARKETFLOW_BINANCE_SECRET", SECRET)
     path = tmp_path / "m.yml"
@@ -45,7 +54,11 @@ def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mon
     cfg = load_config(path, env={}).exchange("binance")
     exchange = build_exchange(cfg)
     assert exchange.apiKey == KEY  # the credentials did reach ccxt
-    caplog.set_level(logging.DEBUG)
+    collected = Collect()
+    ccxt_log = logging.getLogger("ccxt.base.exchange")  # ccxt logs request headers at DEBUG
+    ccxt_log.addHandler(collected)
+    monkeypatch.setattr(ccxt_log, "level", logging.DEBUG)
+    monkeypatch.setattr(ccxt_log, "disabled", False)
     with pytest.raises(Exception) as err:  # the emulator serves no private endpoints: a signed call fails
         call_with_retries(exchange, exchange.fetch_balance, "balance")
     responses = err.value.responses
@@ -54,7 +67,9 @@ def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mon
     ctx = PayloadContext("binance", "binance", "BTC/USDT", None, "account", None, "run-1", 1, {})
     raw.save_responses(ctx, responses, error=exchange.redact(str(err.value)))
     stored = json.dumps(list(mongo_db.raw_market_payload.find()), default=str)
-    logged = caplog.text
+    ccxt_log.removeHandler(collected)
+    logged = "\n".join(collected.lines)
+    assert "X-MBX-APIKEY" in logged  # the request headers were logged, with the key masked
     for secret in (KEY, SECRET):
         assert secret not in stored and secret not in logged
     sent_signature = exchange.last_request_url.split("signature=")[1]
