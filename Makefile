@@ -11,7 +11,7 @@ DBT_VENV := $(LOCAL)/dbt-venv
 export PYTHONPATH := $(CURDIR)/plugins
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
-.PHONY: help install demo down status test lint dbt-parse lock clean
+.PHONY: help install demo down status test lint dbt-parse lock clean faults
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
@@ -56,6 +56,10 @@ lint: $(VENV)/.installed
 
 test: install dbt-parse lint
 	$(VENV)/bin/pytest
+
+# Fault-injection suite (faults/): every case, the results table, docs/faults.md rewritten.
+faults: $(VENV)/.installed
+	$(VENV)/bin/python -m faults
 
 lock:
 	@echo "Edit the direct pins in requirements*.txt, then regenerate the full lists with uv pip compile."

@@ -157,7 +157,8 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
             insert_anomalies(cur, [*anomalies.values(), *revisions])
         conn.commit()
     except Exception:
-        conn.rollback()
+        if not conn.closed:  # on a dead connection rollback() would replace the real error
+            conn.rollback()
         raise
     result.inserted, result.updated = inserted, updated
     result.unchanged = len(rows) - inserted - updated

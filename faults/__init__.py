@@ -1,0 +1,18 @@
+"""marketflow's fault-injection suite: every fault a run can meet, and proof that the data survives it.
+
+``python -m faults`` (``make faults``) runs every case in faults/cases.py against a dedicated exchange
+emulator, a real PostgreSQL and a real MongoDB (or nx-27017), prints the results table and rewrites
+docs/faults.md. tests/faults/test_quick_faults.py runs the quick subset inside ``make test``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The suite drives the pipeline package (plugins/) and the service helpers (scripts/stack.py) directly.
+for _path in (REPO / "scripts", REPO / "plugins"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))

@@ -1,0 +1,239 @@
+"""Run the fault suite: ``python -m faults`` (``make faults``) or ``python faults/run.py``.
+
+    python -m faults                    every case; prints the table, rewrites docs/faults.md
+    python -m faults --quick            the subset `make test` runs (tests/faults/test_quick_faults.py)
+    python -m faults --case http_5xx    named cases only (see --list)
+
+Exits 1 when any case lost or duplicated a candle, got the pipeline banned, failed a check or errored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python faults/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from faults import REPO
+from faults.cases import CASES, QUICK, by_slug
+from faults.harness import (
+    CLIENT_TIMEOUT_MS,
+    EMULATOR_CONFIG,
+    MARKETS,
+    RETRY_DELAY_S,
+    TASK_TRIES,
+    Case,
+    CaseResult,
+    Services,
+    Suite,
+)
+
+LOCAL = REPO / ".local" / "faults"
+DOCS = REPO / "docs" / "faults.md"
+COLUMNS = ("case", "faults injected", "candles expected", "landed", "lost", "duplicated", "bans")
+
+
+def table_rows(results: list[CaseResult]) -> list[tuple[str, ...]]:
+    return [(r.name if r.ok else f"{r.name} (FAILED)", r.faults, str(r.expected), str(r.landed), str(r.lost),
+             str(r.duplicated), str(r.bans)) for r in results]
+
+
+def text_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    numeric = [i >= 2 for i in range(len(columns))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric,
+                                                                                   strict=True)).rstrip()
+
+    return "\n".join([line(columns), "-+-".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def markdown_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> str:
+    def esc(cell: str) -> str:
+        return cell.replace("|", "\\|")
+
+    align = ["---" if i < 2 else "---:" for i in range(len(columns))]
+    return "\n".join(["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|",
+                      *("| " + " | ".join(esc(c) for c in r) + " |" for r in rows)])
+
+
+def summary_line(results: list[CaseResult]) -> str:
+    return (f"{len(results)} cases, {sum(r.lost for r in results)} lost, "
+            f"{sum(r.duplicated for r in results)} duplicated, {sum(r.bans for r in results)} bans")
+
+
+DOC = """\
+# Fault-injection suite
+
+`make faults` (`.local/venv/bin/python -m faults`) runs every fault below against the real pipeline
+code and rewrites this file with the results; `make test` runs the quick subset
+(`tests/faults/test_quick_faults.py`: {quick}). The cases are defined in `faults/cases.py`, the
+machinery in `faults/harness.py`.
+
+**The claim under test**: whatever a case does to the exchange, MongoDB, PostgreSQL or the worker,
+once the run's retries are done `staging.ohlcv` holds exactly the candles of the fault-free run:
+the same rows with the same values (compared candle by candle, and by
+`marketflow.staging_load.table_checksum` over every column but the lineage columns
+`raw_payload_id`, `run_id`, `ingested_at`), none twice, and the pipeline's own pacing never got it
+banned.
+
+## Results
+
+Last full run: {when}, {n} cases in {seconds:.0f} s.
+
+{table}
+
+{summary}
+{failures}
+| case | tries beyond the first | in-task retries | case checks | seconds |
+|---|---|---:|---|---:|
+{details}
+
+Columns: *faults injected* = what the emulator's `/__admin/stats` counted as fired (`faults_fired`,
+and 429s it sent for an exhausted weight budget) plus the suite's own outages, kills and concurrent
+runs; *candles expected* = the fault-free run's rows; *landed* = candles present with exactly the
+fault-free values; *lost* = expected - landed (missing or with other values); *duplicated* = rows
+for a key twice, or for a key the fault-free run does not have; *bans* = 418s the emulator sent on
+its own because requests ignored a Retry-After (injected 418s are faults, listed as such);
+*in-task retries* = `ops.api_errors` rows with `will_retry`. A case fails on any lost, duplicated
+or ban, a checksum difference, a failed case check, or an error.
+
+## The cases
+
+{cases}
+
+## How a case runs
+
+* **Data**: the bundled real recordings (`include/sample_data`), {markets}. The markets file the
+  suite writes points both exchanges at the emulator with `timeout_ms: {timeout}`.
+* **Services**: a dedicated exchange emulator (`marketflow.emulator.testing.EmulatorProcess`, Binance
+  weight budget {weight}/min, bans of {ban} s after {ban_after} strikes), PostgreSQL
+  (`stack.PostgresServer`) and MongoDB (`stack.mongo_server`: mongod, else nx-27017), all started
+  under `.local/faults/` on free ports and stopped by their recorded PIDs. Each case gets a fresh
+  warehouse database (include/sql applied) and MongoDB database; the emulator's faults, statistics,
+  weights and bans are reset.
+* **Airflow's retries**: a run is, per market, the extract task then the load task, like
+  `candle_pipeline` in `airflow_tasks.py`. Each task gets up to {tries} tries (a failed try is run again
+  with `try_number + 1` on fresh connections, {delay:.0f} s later instead of Airflow's 20 s), and inside
+  each try the pipeline does its own retries (`exchanges.call_with_retries`: 4 attempts, backoff with
+  jitter, Retry-After honoured through the shared rate-limit bucket in Postgres).
+* **Outages and kills** are aimed at a fixed point: MongoDB goes down as soon as the first page is
+  in raw while the next one is in flight; PostgreSQL goes down, and the load worker is SIGKILLed,
+  while the load's upsert transaction is open with its rows inserted (an `AFTER INSERT` trigger
+  created in the case's database holds it open, only for sessions whose `application_name` the
+  suite sets). The service comes back once the try has failed; before the retry the case checks
+  that staging holds exactly what it held before the interrupted try.
+"""
+
+
+def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, path: Path = DOCS) -> None:
+    details = "\n".join(
+        f"| {r.name} | {r.tries} | {r.in_task_retries} | "
+        + ("; ".join(f"{'ok' if c.ok else 'FAILED'}: {c.what}" for c in r.checks) or "-").replace("|", "\\|")
+        + f" | {r.seconds:.1f} |" for r in results)
+    windows = ", ".join(f"{ex} {sym} {start[:16].replace('T', ' ')} to {end[:16].replace('T', ' ')} UTC"
+                        for ex, sym, start, end in MARKETS)
+    failed = [r for r in results if not r.ok]
+    failures = ("\nFailed:\n\n" + "\n".join(f"* **{r.name}**: " + "; ".join(r.problems()) for r in failed) + "\n"
+                if failed else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DOC.format(failures=failures,
+        quick=", ".join(c.name for c in QUICK), when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        n=len(results), seconds=seconds, table=markdown_table(table_rows(results)), summary=summary_line(results),
+        details=details, cases="\n".join(f"* **{c.name}** (`{c.slug}`{', quick' if c.quick else ''}): {c.summary}"
+                                         for c in cases),
+        markets=windows, timeout=CLIENT_TIMEOUT_MS, weight=EMULATOR_CONFIG["binance_weight_limit"],
+        ban=EMULATOR_CONFIG["ban_seconds"], ban_after=EMULATOR_CONFIG["ban_after"], tries=TASK_TRIES,
+        delay=RETRY_DELAY_S))
+
+
+def run_cases(suite: Suite, cases: list[Case], out=sys.stdout) -> list[CaseResult]:
+    baseline = suite.run_baseline()
+    print(f"fault-free run: {len(baseline.rows)} candles in {baseline.seconds:.1f}s "
+          f"(staging checksum {baseline.state[1]})", file=out, flush=True)
+    results = []
+    for i, case in enumerate(cases, 1):
+        print(f"[{i:>2}/{len(cases)}] {case.name} ...", end=" ", file=out, flush=True)
+        result = suite.run_case(case)
+        results.append(result)
+        print(f"{'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s ({result.tries})", file=out, flush=True)
+        for problem in result.problems():
+            print(f"        {problem}", file=out, flush=True)
+    return results
+
+
+def configure_logging(log_file: Path, verbose: bool) -> None:
+    """Everything to ``log_file`` (and the console with -v). The pipeline imports Airflow on its first
+    ccxt client (secrets masking), and importing Airflow configures logging: import it first, with its
+    home under .local/ instead of ~/airflow, then take the handlers back."""
+    os.environ.setdefault("AIRFLOW_HOME", str(LOCAL / "airflow-home"))
+    with contextlib.suppress(ImportError):
+        import airflow  # noqa: F401
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file, mode="w")]
+    if verbose:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pymongo").setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Airflow prints warnings itself; route them to the log as well
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", action="append", default=[], metavar="SLUG", help="run only this case (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="only the quick subset make test runs")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--tries", type=int, default=TASK_TRIES, help="task tries per task (Airflow retries + 1)")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/faults.md")
+    parser.add_argument("--keep", action="store_true", help="keep the services' data and the case databases")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to the console too")
+    args = parser.parse_args(argv)
+
+    cases = list(QUICK) if args.quick else by_slug(args.case) if args.case else list(CASES)
+    if args.list:
+        for case in CASES:
+            print(f"{case.slug:<22} {case.name}{'  [quick]' if case.quick else ''}")
+        return 0
+    full = len(cases) == len(CASES)
+
+    LOCAL.mkdir(parents=True, exist_ok=True)
+    log_file = LOCAL / "faults.log"
+    configure_logging(log_file, args.verbose)
+
+    started = time.monotonic()
+    workdir = LOCAL / f"run-{os.getpid()}"
+    print(f"fault suite: {len(cases)} cases, log {log_file.relative_to(REPO)}", flush=True)
+    services = Services.start(workdir)
+    services.owns_workdir = not args.keep
+    try:
+        suite = Suite(services, tries=args.tries, keep=args.keep)
+        results = run_cases(suite, cases)
+    finally:
+        services.close()
+    seconds = time.monotonic() - started
+
+    rows = table_rows(results)
+    print()
+    print(text_table(rows))
+    print()
+    print(f"wall time {seconds:.0f}s" + (f"; data kept in {workdir}" if args.keep else ""))
+    if full and not args.no_docs:
+        write_docs(results, cases, seconds)
+        print(f"wrote {DOCS.relative_to(REPO)}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"FAILED {r.name}: " + "; ".join(r.problems()))
+    print(summary_line(results))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
