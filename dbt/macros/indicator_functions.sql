@@ -1,0 +1,123 @@
+{#-
+  Running-state aggregates for the indicator marts (models/marts/indicators), created in their own
+  schema (var `indicator_function_schema`, default `dbt_functions`) by the pre-hook of the view
+  model int_indicator_functions, which every indicator model depends on (so dbt, and cosmos' task
+  graph, create them before any indicator model or its unit tests run), and referenced by the
+  models as indicator_function('ema') etc.
+
+  Why aggregates: an EMA or a Wilder average depends on every earlier value. Used as window
+  functions over `ORDER BY open_time ROWS UNBOUNDED PRECEDING`, PostgreSQL keeps the transition
+  state from row to row and emits it for every row: one pass, O(n), no recursive CTE.
+
+    ema(x, warm, alpha, seed)     state := (x - state) * alpha + state
+    wilder(x, warm, n, seed)      state := (state * (n - 1) + x) / n
+
+  Both are double precision. Until the state exists it is taken from the arguments:
+    * seed is not null -> the state of the row BEFORE the first aggregated row (an incremental
+      run continuing from the stored value of the last row it keeps); the first row is then a
+      regular step from that seed;
+    * seed is null     -> the state is `warm` as soon as warm is not null (the warm-up value the
+      model computes: SMA of the first n values at row n), and stays null before.
+  A null x leaves the state unchanged. The state is the value itself (EMA / average), which the
+  marts store, so "continue from the stored row" and "recompute from the first row" run exactly
+  the same floating-point operations: incremental and full builds agree bit for bit.
+
+  Idempotent and safe for concurrent dbt processes (cosmos runs one per model): the DDL's md5 is
+  kept as the schema's comment; when it matches, the hook only reads the catalog. Otherwise it
+  takes a transaction-level advisory lock, checks again and (re)creates everything: CREATE OR
+  REPLACE on the same function from two sessions at once would fail with "tuple concurrently
+  updated". The hook is one DO statement inside the model's transaction (a view: the lock, only
+  taken when something changes, is released a moment later when dbt commits).
+
+  Not an on-run-start hook: cosmos runs every model as its own dbt invocation, and a project hook
+  would run (and be reported) in each of them, `dbt test` included.
+-#}
+
+{% macro indicator_function_schema() -%}
+    {{ return(var('indicator_function_schema', 'dbt_functions')) }}
+{%- endmacro %}
+
+{% macro indicator_function(name) -%}
+    {{ indicator_function_schema() }}.{{ name }}
+{%- endmacro %}
+
+{% macro indicator_functions_ddl() -%}
+{%- set s = indicator_function_schema() -%}
+create schema if not exists {{ s }};
+
+create or replace function {{ s }}.ema_step(
+    state double precision, x double precision, warm double precision,
+    alpha double precision, seed double precision
+) returns double precision
+language plpgsql immutable parallel safe as $fn$
+begin
+    if state is null then
+        if seed is null then
+            return warm;
+        end if;
+        state := seed;
+    end if;
+    if x is null then
+        return state;
+    end if;
+    return (x - state) * alpha + state;
+end
+$fn$;
+
+create or replace aggregate {{ s }}.ema(double precision, double precision, double precision, double precision) (
+    sfunc = {{ s }}.ema_step,
+    stype = double precision
+);
+
+create or replace function {{ s }}.wilder_step(
+    state double precision, x double precision, warm double precision,
+    n integer, seed double precision
+) returns double precision
+language plpgsql immutable parallel safe as $fn$
+begin
+    if state is null then
+        if seed is null then
+            return warm;
+        end if;
+        state := seed;
+    end if;
+    if x is null then
+        return state;
+    end if;
+    return (state * (n - 1) + x) / n;
+end
+$fn$;
+
+create or replace aggregate {{ s }}.wilder(double precision, double precision, integer, double precision) (
+    sfunc = {{ s }}.wilder_step,
+    stype = double precision
+);
+
+comment on function {{ s }}.ema_step(double precision, double precision, double precision, double precision, double precision)
+    is 'Transition of marketflow''s ema aggregate: (x - state) * alpha + state; see dbt/macros/indicator_functions.sql.';
+comment on function {{ s }}.wilder_step(double precision, double precision, double precision, integer, double precision)
+    is 'Transition of marketflow''s wilder aggregate: (state * (n - 1) + x) / n; see dbt/macros/indicator_functions.sql.';
+{%- endmacro %}
+
+{% macro create_indicator_functions() -%}
+{%- set s = indicator_function_schema() -%}
+{%- set ddl = indicator_functions_ddl() -%}
+{%- set version = indicator_functions_version() -%}
+do $create_indicator_functions$
+begin
+    if (select obj_description(oid, 'pg_namespace') from pg_namespace where nspname = '{{ s }}')
+       is distinct from '{{ version }}' then
+        perform pg_advisory_xact_lock(hashtext('marketflow.create_indicator_functions'));
+        if (select obj_description(oid, 'pg_namespace') from pg_namespace where nspname = '{{ s }}')
+           is distinct from '{{ version }}' then
+{{ ddl | indent(12, true) }}
+            comment on schema {{ s }} is '{{ version }}';
+        end if;
+    end if;
+end
+$create_indicator_functions$
+{%- endmacro %}
+
+{% macro indicator_functions_version() -%}
+    {{ return('marketflow indicator functions ' ~ local_md5(indicator_functions_ddl())) }}
+{%- endmacro %}

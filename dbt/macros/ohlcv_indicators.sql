@@ -1,0 +1,271 @@
+{#-
+  Technical indicators of one candle table (ohlcv_1m or a rollup), one row per candle, computed
+  over the market's PRESENT candles in open_time order (a gap is not filled: the row before a gap
+  is simply the previous row). Conventions (TA-Lib style), n = the period, k = the candle's
+  1-based position in its market's series (column candle_index):
+
+    sma_n          mean of the last n closes; NULL while k < n. Computed exactly in numeric
+                   (PostgreSQL numeric division, >= 16 significant digits), then double.
+    ema_n          seeded at k = n with sma_n (same value as the SMA above), then
+                   ema := (close - ema) * (2 / (n + 1)) + ema in double precision; NULL while k < n.
+    rsi_14         Wilder: change = close - previous close (exact, then double); at k = 15 the
+                   averages are the means of the first 14 gains / losses (exact, then double),
+                   then avg := (avg * 13 + x) / 14; rsi = 100 * avg_gain / (avg_gain + avg_loss),
+                   50 when both averages are 0 (no movement); NULL while k < 15.
+    macd_line      ema_12 - ema_26 (from k = 26).
+    macd_signal    EMA(9) of macd_line, seeded with the (double) mean of the first 9 MACD values:
+                   from k = 34.
+    macd_histogram macd_line - macd_signal.
+
+  EMA and Wilder averages run through the running-state aggregates of indicator_functions.sql,
+  as window functions over ROWS UNBOUNDED PRECEDING (one pass, O(n)).
+
+  Incremental runs. The watermark is the newest last_ingested_at already in {{ this }} minus
+  ohlcv_lookback_minutes (as for ohlcv_1m and the rollups); candles of the source written since
+  (ingested_at / last_ingested_at) are "touched". Per market with touched candles:
+    * from_time = its earliest touched candle; every row from there on is recomputed (a changed or
+      inserted candle changes all later EMA/RSI values and candle_index);
+    * the stored row right before from_time is the anchor: its ema_*, rsi_avg_*_14 and
+      macd_signal ARE the aggregates' state, so they are passed as seeds and the recomputation
+      continues exactly where a full build would be at that row; candle_index continues from
+      the anchor's;
+    * the 199 source candles before from_time are read as context for sma_200 and the first
+      change (they are not rewritten);
+    * no anchor, or an anchor with candle_index < 50 (a state still in warm-up): the market is
+      recomputed from its first candle.
+  Recomputed rows identical (as text) to the stored ones are not merged, so a run without new
+  candles rewrites nothing. Values are double precision, and an incremental run performs the
+  same floating-point operations on the same inputs as a full build, so the two are identical.
+-#}
+{% macro ohlcv_indicators(candles, ingested_column) -%}
+{%- set ema = indicator_function('ema') -%}
+{%- set wilder = indicator_function('wilder') -%}
+{%- set continue_from_index = 50 -%}
+{%- set state_columns = ['ema_12', 'ema_26', 'ema_50', 'rsi_avg_gain_14', 'rsi_avg_loss_14', 'macd_signal'] -%}
+with
+{%- if is_incremental() %}
+touched as (
+    select exchange, symbol, min(open_time) as from_time
+    from {{ candles }}
+    where {{ ingested_column }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    group by exchange, symbol
+),
+
+resume as (
+    -- continue from the stored row before the first touched candle if its state is complete
+    select
+        touched.exchange,
+        touched.symbol,
+        case when anchor.candle_index is not null then touched.from_time end   as from_time,
+        coalesce(anchor.candle_index, 0)                                        as anchor_index,
+        {%- for column in state_columns %}
+        anchor.{{ column }}                                                     as seed_{{ column }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from touched
+    left join lateral (
+        select stored.candle_index, {{ state_columns | join(', ') }}
+        from {{ this }} as stored
+        where stored.exchange = touched.exchange
+          and stored.symbol = touched.symbol
+          and stored.open_time < touched.from_time
+        order by stored.open_time desc
+        limit 1
+    ) as anchor on anchor.candle_index >= {{ continue_from_index }}
+),
+
+scope as (
+    -- read from the 199th candle before from_time (sma_200's window), or from the first one
+    select resume.*, coalesce(context.open_time, '-infinity'::timestamptz) as read_from
+    from resume
+    left join lateral (
+        select c.open_time
+        from {{ candles }} as c
+        where c.exchange = resume.exchange
+          and c.symbol = resume.symbol
+          and c.open_time < resume.from_time
+        order by c.open_time desc
+        offset 198 limit 1
+    ) as context on true
+),
+
+candles as (
+    select
+        c.exchange,
+        c.symbol,
+        c.open_time,
+        c.close,
+        c.{{ ingested_column }} as last_ingested_at,
+        scope.from_time,
+        scope.anchor_index,
+        {%- for column in state_columns %}
+        scope.seed_{{ column }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from scope
+    cross join lateral (
+        -- an index range scan per market, whatever the planner estimates
+        select *
+        from {{ candles }} as candle
+        where candle.exchange = scope.exchange
+          and candle.symbol = scope.symbol
+          and candle.open_time >= scope.read_from
+        offset 0  -- keeps the subquery from being flattened into a join
+    ) as c
+),
+{%- else %}
+candles as (
+    select
+        c.exchange,
+        c.symbol,
+        c.open_time,
+        c.close,
+        c.{{ ingested_column }} as last_ingested_at,
+        null::timestamptz       as from_time,
+        0::bigint               as anchor_index,
+        {%- for column in state_columns %}
+        null::double precision  as seed_{{ column }}{{ ',' if not loop.last }}
+        {%- endfor %}
+    from {{ candles }} as c
+),
+{%- endif %}
+
+numbered as (
+    select
+        candles.*,
+        -- position among the market's candles, continuing from the anchor's (rows before
+        -- from_time are only context for the windows below and get the anchor's index)
+        anchor_index + count(*) filter (where from_time is null or open_time >= from_time)
+            over (market rows unbounded preceding)                          as candle_index,
+        close - lag(close) over market                                      as change,
+        -- running sum of the closes read: the sum of the last n closes is a difference of two
+        sum(close) over (market rows unbounded preceding)                   as close_sum
+    from candles
+    window market as (partition by exchange, symbol order by open_time)
+),
+
+means as (
+    select
+        numbered.*,
+        {%- for n in [12, 20, 26, 50, 200] %}
+        -- exact sum of the last n closes, at a fixed scale (so the division does not depend on how
+        -- far back the running sum started), divided in numeric, then rounded to double
+        case when candle_index >= {{ n }} then
+            (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
+        end                                                                 as sma_{{ n }},
+        {%- endfor %}
+        -- Wilder's seeds: the means of the first 14 gains / losses (changes at candle_index
+        -- 2..15), as a running aggregate that stops growing after row 15
+        (avg(greatest(change, 0)) filter (where candle_index between 2 and 15) over running)::double precision
+                                                                            as gain_seed_14,
+        (avg(greatest(-change, 0)) filter (where candle_index between 2 and 15) over running)::double precision
+                                                                            as loss_seed_14
+    from numbered
+    window
+        market as (partition by exchange, symbol order by open_time),
+        running as (market rows unbounded preceding)
+),
+
+smoothed as (
+    -- only the rows being (re)computed: the context rows before from_time feed the windows above
+    select
+        exchange,
+        symbol,
+        open_time,
+        close,
+        candle_index,
+        last_ingested_at,
+        seed_macd_signal,
+        sma_20,
+        sma_50,
+        sma_200,
+        {%- for n in [12, 26, 50] %}
+        {{ ema }}(
+            close::double precision,
+            case when candle_index = {{ n }} then sma_{{ n }} end,
+            2::double precision / {{ n + 1 }},
+            seed_ema_{{ n }}
+        ) over running                                                      as ema_{{ n }},
+        {%- endfor %}
+        {{ wilder }}(
+            greatest(change, 0)::double precision,
+            case when candle_index = 15 then gain_seed_14 end,
+            14,
+            seed_rsi_avg_gain_14
+        ) over running                                                      as rsi_avg_gain_14,
+        {{ wilder }}(
+            greatest(-change, 0)::double precision,
+            case when candle_index = 15 then loss_seed_14 end,
+            14,
+            seed_rsi_avg_loss_14
+        ) over running                                                      as rsi_avg_loss_14
+    from means
+    where from_time is null or open_time >= from_time
+    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
+),
+
+macd as (
+    select
+        smoothed.*,
+        ema_12 - ema_26                                                     as macd_line
+    from smoothed
+),
+
+macd_warm as (
+    select
+        macd.*,
+        -- the mean of the first 9 MACD values (candle_index 26..34), summed in time order
+        case when candle_index = 34 then
+            avg(macd_line) filter (where candle_index <= 34) over (
+                partition by exchange, symbol order by open_time rows unbounded preceding
+            )
+        end                                                                 as macd_signal_warm
+    from macd
+),
+
+signaled as (
+    select
+        macd_warm.*,
+        {{ ema }}(macd_line, macd_signal_warm, 2::double precision / 10, seed_macd_signal)
+            over (partition by exchange, symbol order by open_time rows unbounded preceding) as macd_signal
+    from macd_warm
+),
+
+final as (
+    select
+        exchange,
+        symbol,
+        open_time,
+        close,
+        candle_index,
+        sma_20,
+        sma_50,
+        sma_200,
+        ema_12,
+        ema_26,
+        ema_50,
+        case
+            when rsi_avg_gain_14 + rsi_avg_loss_14 = 0 then 50::double precision
+            else 100 * rsi_avg_gain_14 / (rsi_avg_gain_14 + rsi_avg_loss_14)
+        end                                                                 as rsi_14,
+        macd_line,
+        macd_signal,
+        macd_line - macd_signal                                             as macd_histogram,
+        rsi_avg_gain_14,
+        rsi_avg_loss_14,
+        last_ingested_at
+    from signaled
+)
+
+select *
+from final
+{%- if is_incremental() %}
+-- leave out rows equal to the stored ones: one index probe per row (a scalar subquery, never a
+-- join whose plan depends on row estimates)
+where (
+    select stored::text
+    from {{ this }} as stored
+    where stored.exchange = final.exchange
+      and stored.symbol = final.symbol
+      and stored.open_time = final.open_time
+) is distinct from final::text
+{%- endif %}
+{%- endmacro %}

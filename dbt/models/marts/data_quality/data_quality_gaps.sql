@@ -1,0 +1,186 @@
+{{ config(post_hook="analyze {{ this }}") }}
+
+{#-
+  Missing candle intervals per (exchange, symbol, timeframe), with the repair state from
+  ops.backfill_tasks. See data_quality_gaps.yml for the contract.
+
+  Gaps come from neighbouring present candles (lag/lead over each series' open times inside its
+  expected range), never from a series of every expected open time: per series one ordered
+  index-only scan of staging.ohlcv's primary key (no sort), linear in the number of candles.
+  A series with no candle at all in its range is one gap over the whole range (an index probe per
+  series). A table rebuilt every run: the expected range ends at build time.
+-#}
+
+with ranges as (
+    select
+        exchange,
+        symbol,
+        timeframe,
+        range_start,
+        range_end,
+        {{ timeframe_to_interval('timeframe') }} as step
+    from {{ ref('int_dq_expected_ranges') }}
+    where range_end > range_start
+),
+
+-- per series, one ordered index-only scan of staging.ohlcv's primary key over its range; only
+-- candles with a hole before them (the first one, after the range start) or after them are kept
+edges as (
+    select r.exchange, r.symbol, r.timeframe, r.range_start, r.range_end, r.step, n.*
+    from ranges as r
+    cross join lateral (
+        select *
+        from (
+            select
+                c.open_time,
+                lag(c.open_time) over series  as prev_open_time,
+                lead(c.open_time) over series as next_open_time
+            from {{ ref('stg_ohlcv') }} as c
+            where c.exchange = r.exchange
+              and c.symbol = r.symbol
+              and c.timeframe = r.timeframe
+              and c.open_time >= r.range_start
+              and c.open_time < r.range_end
+            window series as (order by c.open_time)
+        ) as neighbours
+        where (neighbours.prev_open_time is null and neighbours.open_time > r.range_start)
+           or coalesce(neighbours.next_open_time, r.range_end) > neighbours.open_time + r.step
+    ) as n
+),
+
+missing as (
+    select
+        e.exchange,
+        e.symbol,
+        e.timeframe,
+        e.step,
+        hole.gap_start,
+        hole.gap_end,
+        hole.gap_kind
+    from edges as e
+    cross join lateral (
+        values
+            (case when e.prev_open_time is null and e.open_time > e.range_start then e.range_start end,
+             e.open_time,
+             'leading'),
+            (case when coalesce(e.next_open_time, e.range_end) > e.open_time + e.step then e.open_time + e.step end,
+             coalesce(e.next_open_time, e.range_end),
+             case when e.next_open_time is null then 'trailing' else 'interior' end)
+    ) as hole (gap_start, gap_end, gap_kind)
+    where hole.gap_start is not null
+
+    union all
+
+    select
+        r.exchange,
+        r.symbol,
+        r.timeframe,
+        r.step,
+        r.range_start   as gap_start,
+        r.range_end     as gap_end,
+        'no_candles'    as gap_kind
+    from ranges as r
+    where not exists (
+        select 1
+        from {{ ref('stg_ohlcv') }} as c
+        where c.exchange = r.exchange
+          and c.symbol = r.symbol
+          and c.timeframe = r.timeframe
+          and c.open_time >= r.range_start
+          and c.open_time < r.range_end
+    )
+),
+
+tasks as (
+    select *
+    from {{ ref('stg_backfill_tasks') }}
+),
+
+gaps as (
+    select
+        m.exchange,
+        m.symbol,
+        m.timeframe,
+        m.gap_start,
+        m.gap_end,
+        m.step,
+        m.gap_kind,
+        case
+            when t.status in ('pending', 'running') then 'repair_scheduled'
+            when t.status = 'completed' and t.outcome = 'confirmed_empty' then 'confirmed_empty_at_source'
+            -- no task, a failed one, or one that claims a repair while the window is still empty
+            else 'open'
+        end as status,
+        t.task_id,
+        t.status        as task_status,
+        t.outcome       as task_outcome,
+        t.attempts,
+        t.last_error,
+        t.candles_found,
+        t.updated_at
+    from missing as m
+    left join tasks as t
+        on t.exchange = m.exchange
+       and t.symbol = m.symbol
+       and t.timeframe = m.timeframe
+       and t.window_start = m.gap_start
+       and t.window_end = m.gap_end
+),
+
+-- completed repairs whose window is not (any more) a gap: the record that it was filled
+repaired as (
+    select
+        t.exchange,
+        t.symbol,
+        t.timeframe,
+        t.window_start  as gap_start,
+        t.window_end    as gap_end,
+        {{ timeframe_to_interval('t.timeframe') }} as step,
+        null::text      as gap_kind,
+        'repaired'      as status,
+        t.task_id,
+        t.status        as task_status,
+        t.outcome       as task_outcome,
+        t.attempts,
+        t.last_error,
+        t.candles_found,
+        t.updated_at
+    from tasks as t
+    where t.status = 'completed'
+      and t.outcome = 'repaired'
+      and not exists (
+          select 1
+          from missing as m
+          where m.exchange = t.exchange
+            and m.symbol = t.symbol
+            and m.timeframe = t.timeframe
+            and m.gap_start = t.window_start
+            and m.gap_end = t.window_end
+      )
+),
+
+all_rows as (
+    select * from gaps
+    union all
+    select * from repaired
+)
+
+select
+    exchange,
+    symbol,
+    timeframe,
+    gap_start,
+    gap_end,
+    (extract(epoch from gap_end - gap_start) / extract(epoch from step))::bigint    as missing_candles,
+    (extract(epoch from gap_end - gap_start) / 60)::bigint                          as missing_minutes,
+    gap_kind,
+    status,
+    status <> 'repaired'                                                            as is_missing,
+    task_id,
+    task_status,
+    task_outcome,
+    attempts,
+    last_error,
+    candles_found,
+    updated_at
+from all_rows

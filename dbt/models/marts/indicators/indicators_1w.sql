@@ -1,0 +1,19 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['exchange', 'symbol', 'open_time'],
+        on_schema_change='fail',
+        pre_hook="set local jit = off",
+        post_hook="analyze {{ this }}",
+        indexes=[
+            {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
+            {'columns': ['last_ingested_at']},
+        ],
+    )
+}}
+
+-- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates)
+-- pre_hook: JIT would spend seconds compiling this wide query for a few touched rows.
+-- SMA / EMA / RSI / MACD of the 1w candles (ohlcv_1w): see macros/ohlcv_indicators.sql.
+{{ ohlcv_indicators(ref('ohlcv_1w'), 'last_ingested_at') }}

@@ -1,0 +1,18 @@
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='merge',
+        unique_key=['exchange', 'symbol', 'open_time'],
+        on_schema_change='fail',
+        pre_hook="set local jit = off",
+        post_hook="analyze {{ this }}",
+        indexes=[
+            {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
+            {'columns': ['last_ingested_at']},
+        ],
+    )
+}}
+
+-- pre_hook: JIT would spend seconds compiling this query for a few touched buckets.
+-- 1h candles rolled up from ohlcv_1m in UTC buckets: see macros/ohlcv_rollup.sql.
+{{ ohlcv_rollup('1h') }}

@@ -1,0 +1,184 @@
+"""The candle rollups (marts.ohlcv_5m ... ohlcv_1w) on the real sample candles: equal, value for
+value and Decimal-exact, to an independent pandas resample of the SOURCE FILES; late and corrected
+minutes update their bucket incrementally; incremental == full refresh."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import ohlcv_reference as ref
+from dbt_helpers import Candle, DbtRunner
+from support.sample import sample_candles as read_sample_files
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+# Holes and a missing quote_volume, so that incomplete buckets, a missing 15m bucket and the
+# "NULL when any minute lacks it" rule are all exercised by the real data.
+REMOVED = {
+    ("binance", datetime(2022, 8, 14, 0, 2, tzinfo=UTC)),  # 5m/1h/1d/1w bucket with a hole
+    *(("binance", datetime(2022, 8, 15, 10, m, tzinfo=UTC)) for m in range(15)),  # a whole 15m bucket
+    ("okx", datetime(2025, 11, 24, 23, 59, tzinfo=UTC)),  # last minute of a UTC day
+}
+NO_QUOTE_VOLUME = {("okx", datetime(2025, 11, 24, 12, 7, tzinfo=UTC))}
+
+
+def _staged(candles: list[Candle]) -> list[Candle]:
+    """The sample as loaded: without REMOVED, quote_volume blanked for NO_QUOTE_VOLUME."""
+    return [
+        replace(c, quote_volume=None) if (c.exchange, c.open_time) in NO_QUOTE_VOLUME else c
+        for c in candles
+        if (c.exchange, c.open_time) not in REMOVED
+    ]
+
+
+def _files(removed=REMOVED, corrections=None) -> ref.Minutes:
+    """The same candles read from the files by tests/support/sample.py, same edits applied."""
+    markets = read_sample_files()
+    for (exchange, _symbol), candles in markets.items():
+        for ex, moment in removed:
+            if ex == exchange:
+                candles.pop(_ms(moment), None)
+        for ex, moment in NO_QUOTE_VOLUME:
+            if ex == exchange and _ms(moment) in candles:
+                values = list(candles[_ms(moment)])
+                values[5] = None
+                candles[_ms(moment)] = tuple(values)
+        for (ex, moment), values in (corrections or {}).items():
+            if ex == exchange:
+                candles[_ms(moment)] = values
+    return markets
+
+
+def test_rollups_equal_a_pandas_resample_of_the_files(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    conn = pg_conn
+    # UTC buckets whatever the session time zone: dbt's sessions run in UTC+05:45 here
+    with conn.cursor() as cur:
+        cur.execute("select current_database()")
+        (database,) = cur.fetchone()
+        cur.execute(f"alter database \"{database}\" set timezone = 'Asia/Kathmandu'")
+    conn.commit()
+    ref.load_minutes(conn, _staged(sample_candles), "sample", T0)
+
+    result = dbt("build", *ref.DBT_SELECT)  # models, data tests and unit tests
+    print(f"\ndbt build (rollups + indicators and upstream, 5,744 candles, fresh database): {result.seconds:.1f} s")
+
+    for table in ref.ROLLUPS:
+        columns = [
+            r[0]
+            for r in ref.fetch(
+                conn,
+                "select column_name from information_schema.columns"
+                " where table_schema = 'marts' and table_name = %s order by ordinal_position",
+                (table,),
+            )
+        ]
+        assert columns == ref.ROLLUP_COLUMNS, table
+
+    minutes = ref.minutes_frame(_files(), default_ingested_at=T0)
+    counts = ref.assert_rollups_match(conn, minutes)
+    assert counts == {"5m": 1149, "15m": 383, "1h": 96, "1d": 5, "1w": 4}
+
+    # spot checks of what the comparison covered
+    rows_5m = ref.rollup_table(conn, "5m")
+    hole = rows_5m[("binance", "ETH/USDT", datetime(2022, 8, 14, tzinfo=UTC))]
+    assert hole[8:10] == (4, False)  # candle_count, is_complete
+    assert ("binance", "ETH/USDT", datetime(2022, 8, 15, 10, 5, tzinfo=UTC)) not in rows_5m
+    no_quote = rows_5m[("okx", "BTC/USDT", datetime(2025, 11, 24, 12, 5, tzinfo=UTC))]
+    assert no_quote[5] is None and no_quote[8] == 5  # quote_volume NULL, bucket still complete
+    weeks = {(*k[:2], k[2].date().isoformat()): v[8] for k, v in ref.rollup_table(conn, "1w").items()}
+    # 2022-08-14 and 2025-11-23 are Sundays: the next day starts a new (Monday) week
+    assert weeks == {
+        ("binance", "ETH/USDT", "2022-08-08"): 1439,
+        ("binance", "ETH/USDT", "2022-08-15"): 1425,
+        ("okx", "BTC/USDT", "2025-11-17"): 480,
+        ("okx", "BTC/USDT", "2025-11-24"): 2399,
+    }
+    days = {k[2]: v[8:10] for k, v in ref.rollup_table(conn, "1d").items() if k[0] == "okx"}
+    assert days == {
+        datetime(2025, 11, 23, tzinfo=UTC): (480, False),
+        datetime(2025, 11, 24, tzinfo=UTC): (1439, False),
+        datetime(2025, 11, 25, tzinfo=UTC): (960, False),
+    }
+
+
+def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    conn = pg_conn
+    late_minute = datetime(2022, 8, 14, 0, 2, tzinfo=UTC)  # the hole of the first test
+    corrected = datetime(2025, 11, 24, 12, 7, tzinfo=UTC)  # middle of a 5m bucket, a day, a week
+    new_minutes = [datetime(2022, 8, 15, 10, m, tzinfo=UTC) for m in range(15)]  # backfill of a 15m hole
+    newest = datetime(2025, 11, 23, 16, tzinfo=UTC)  # the minute with the newest ingested_at
+    # everything was loaded a day before the newest minute: outside the 60 minute lookback
+    t_old = T0 - timedelta(days=1)
+    ref.load_minutes(conn, _staged(sample_candles), "first", t_old)
+    with conn.cursor() as cur:
+        cur.execute("update staging.ohlcv set ingested_at = %s where exchange = 'okx' and open_time = %s", (T0, newest))
+    conn.commit()
+    full_first = dbt("run", *ref.DBT_SELECT)
+    versions_before = {t: ref.row_versions(conn, t) for t in ref.ROLLUPS}
+    day_before = ref.rollup_table(conn, "1d")
+
+    t_late = T0 - timedelta(minutes=10)  # a load that committed late: stamped before the watermark
+    t_fix = datetime.now(UTC)
+    by_key = {(c.exchange, c.open_time): c for c in sample_candles}
+    ref.load_minutes(conn, [by_key[("binance", late_minute)]], "late", t_late)
+    ref.load_minutes(conn, [by_key[("binance", m)] for m in new_minutes], "backfill", t_fix)
+    with conn.cursor() as cur:
+        # the exchange corrected a candle: close moved to the high, volume changed
+        cur.execute(
+            "update staging.ohlcv set close = high, volume = volume + 1.5, raw_payload_id = 'fix',"
+            " run_id = 'fix', ingested_at = %s where exchange = 'okx' and open_time = %s",
+            (t_fix, corrected),
+        )
+    conn.commit()
+    incremental = dbt("run", *ref.DBT_SELECT)
+    print(
+        f"\ndbt run, fresh database: {full_first.seconds:.1f} s;"
+        f" incremental run (1 late, 15 backfilled, 1 corrected minute): {incremental.seconds:.1f} s"
+    )
+
+    # expected: the files with the same edits, stamped like the loads
+    files = _files(removed={k for k in REMOVED if k[0] != "binance"})
+    okx = files[("okx", "BTC/USDT")]
+    o, h, lo, _c, v, qv, tr = okx[_ms(corrected)]
+    okx[_ms(corrected)] = (o, h, lo, h, v + Decimal("1.5"), qv, tr)
+    stamps = {("okx", "BTC/USDT", _ms(newest)): T0, ("binance", "ETH/USDT", _ms(late_minute)): t_late}
+    stamps |= {("binance", "ETH/USDT", _ms(m)): t_fix for m in new_minutes}
+    stamps[("okx", "BTC/USDT", _ms(corrected))] = t_fix
+    minutes = ref.minutes_frame(files, stamps, default_ingested_at=t_old)
+    ref.assert_rollups_match(conn, minutes)
+
+    rows_5m = ref.rollup_table(conn, "5m")
+    assert rows_5m[("binance", "ETH/USDT", datetime(2022, 8, 14, tzinfo=UTC))][8:10] == (5, True)
+    # the corrected minute's day was recomputed from all its 1439 minutes, not just the new one
+    day = ("okx", "BTC/USDT", datetime(2025, 11, 24, tzinfo=UTC))
+    assert ref.rollup_table(conn, "1d")[day][4] == day_before[day][4] + Decimal("1.5")  # volume
+    assert ref.rollup_table(conn, "1d")[day][8] == 1439
+
+    # only the touched buckets were rewritten, nothing else
+    touched = {
+        "ohlcv_5m": {("binance", "2022-08-14 00:00"), ("okx", "2025-11-24 12:05")}
+        | {("binance", f"2022-08-15 10:{m:02d}") for m in (0, 5, 10)},
+        "ohlcv_15m": {("binance", "2022-08-14 00:00"), ("okx", "2025-11-24 12:00"), ("binance", "2022-08-15 10:00")},
+        "ohlcv_1h": {("binance", "2022-08-14 00:00"), ("okx", "2025-11-24 12:00"), ("binance", "2022-08-15 10:00")},
+        "ohlcv_1d": {("binance", "2022-08-14 00:00"), ("okx", "2025-11-24 00:00"), ("binance", "2022-08-15 00:00")},
+        "ohlcv_1w": {("binance", "2022-08-08 00:00"), ("okx", "2025-11-24 00:00"), ("binance", "2022-08-15 00:00")},
+    }
+    for table in ref.ROLLUPS:
+        after = ref.row_versions(conn, table)
+        rewritten = {
+            (k[0], f"{k[2]:%Y-%m-%d %H:%M}") for k, xmin in after.items() if versions_before[table].get(k) != xmin
+        }
+        assert rewritten == touched[table], table
+
+    # incremental == full refresh, for every rollup
+    incremental_sums = ref.table_checksums(conn, ref.ROLLUPS)
+    dbt("run", "--full-refresh", *ref.DBT_SELECT)
+    assert ref.table_checksums(conn, ref.ROLLUPS) == incremental_sums
+    assert incremental_sums["ohlcv_5m"][0] == 1152
