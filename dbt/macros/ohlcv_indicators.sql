@@ -4,8 +4,9 @@
   is simply the previous row). Conventions (TA-Lib style), n = the period, k = the candle's
   1-based position in its market's series (column candle_index):
 
-    sma_n          mean of the last n closes; NULL while k < n. Computed exactly in numeric
-                   (PostgreSQL numeric division, >= 16 significant digits), then double.
+    sma_n          mean of the last n closes; NULL while k < n. The sum is exact (difference of
+                   a numeric running sum, at scale 30 so the result does not depend on where the
+                   running sum started), divided in numeric (>= 30 decimals), then double.
     ema_n          seeded at k = n with sma_n (same value as the SMA above), then
                    ema := (close - ema) * (2 / (n + 1)) + ema in double precision; NULL while k < n.
     rsi_14         Wilder: change = close - previous close (exact, then double); at k = 15 the

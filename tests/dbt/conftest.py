@@ -17,8 +17,7 @@ def dbt_env(warehouse_dsn: str, tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def dbt(dbt_env: dict[str, str]) -> DbtRunner:
     """`dbt("build")` runs dbt against the test's warehouse and fails the test with dbt's output."""
-    if not Path(DBT_EXECUTABLE).exists():
-        pytest.skip(f"dbt executable not found: {DBT_EXECUTABLE} (set MARKETFLOW_DBT_EXECUTABLE)")
+    assert Path(DBT_EXECUTABLE).exists(), f"dbt executable not found: {DBT_EXECUTABLE} (set MARKETFLOW_DBT_EXECUTABLE)"
     return DbtRunner(dbt_env)
 
 

@@ -11,12 +11,37 @@ from dbt_helpers import DBT_EXECUTABLE, DBT_PROJECT_DIR, DbtRunner, dbt_env_for
 
 EXPECTED_MODELS = {
     # name: (schema, materialization)
-    "stg_ohlcv": ("dbt_staging", "view"),
-    "stg_ticker": ("dbt_staging", "view"),
+    "int_dq_candle_flags_1m": ("dbt_intermediate", "view"),
+    "int_dq_candle_hours_1m": ("dbt_intermediate", "incremental"),
+    "int_dq_expected_ranges": ("dbt_intermediate", "table"),
+    "int_dq_hourly_1m": ("dbt_intermediate", "table"),
+    "int_indicator_functions": ("dbt_intermediate", "view"),
     "int_markets": ("dbt_intermediate", "table"),
-    "ohlcv_1m": ("marts", "incremental"),
-    "markets": ("marts", "view"),
+    "stg_api_errors": ("dbt_staging", "view"),
+    "stg_backfill_tasks": ("dbt_staging", "view"),
+    "stg_market_config": ("dbt_staging", "view"),
+    "stg_ohlcv": ("dbt_staging", "view"),
+    "stg_ohlcv_anomalies": ("dbt_staging", "view"),
+    "stg_rate_limit_metrics": ("dbt_staging", "view"),
+    "stg_ticker": ("dbt_staging", "view"),
+    "api_errors": ("marts", "view"),
+    "data_quality_gaps": ("marts", "table"),
+    "data_quality_summary": ("marts", "table"),
+    "indicators_15m": ("marts", "incremental"),
+    "indicators_1d": ("marts", "incremental"),
+    "indicators_1h": ("marts", "incremental"),
+    "indicators_1m": ("marts", "incremental"),
+    "indicators_1w": ("marts", "incremental"),
+    "indicators_5m": ("marts", "incremental"),
     "latest_price": ("marts", "view"),
+    "markets": ("marts", "view"),
+    "ohlcv_15m": ("marts", "incremental"),
+    "ohlcv_1d": ("marts", "incremental"),
+    "ohlcv_1h": ("marts", "incremental"),
+    "ohlcv_1m": ("marts", "incremental"),
+    "ohlcv_1w": ("marts", "incremental"),
+    "ohlcv_5m": ("marts", "incremental"),
+    "rate_limit_usage": ("marts", "view"),
 }
 
 
@@ -31,8 +56,7 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """manifest.json from `dbt parse` with the profile pointing at a port nothing listens on."""
     work = tmp_path_factory.mktemp("dbt-parse")
     env = dbt_env_for(f"postgresql://nobody:secret@127.0.0.1:{_unused_port()}/nowhere", work)
-    if not Path(DBT_EXECUTABLE).exists():
-        pytest.skip(f"dbt executable not found: {DBT_EXECUTABLE}")
+    assert Path(DBT_EXECUTABLE).exists(), f"dbt executable not found: {DBT_EXECUTABLE} (make install creates it)"
     DbtRunner(env)("parse", "--no-partial-parse")
     return json.loads((work / "target" / "manifest.json").read_text())
 
@@ -73,14 +97,18 @@ def test_every_model_and_column_is_described(manifest: dict) -> None:
 
 
 def test_sources_have_described_columns_and_freshness(manifest: dict) -> None:
-    sources = {s["name"]: s for s in manifest["sources"].values()}
-    assert set(sources) == {"ohlcv", "ticker", "ohlcv_rejects"}
-    for name, source in sources.items():
-        assert source["schema"] == "staging"
-        assert source["columns"] and all(c["description"].strip() for c in source["columns"].values()), name
+    sources = {(s["source_name"], s["name"]): s for s in manifest["sources"].values()}
+    assert {name for (group, name) in sources if group == "staging"} >= {"ohlcv", "ticker", "ohlcv_rejects"}
+    assert {name for (group, name) in sources if group == "ops"} >= {"market_config", "backfill_tasks", "api_errors",
+                                                                       "rate_limit_metrics", "rate_limit_buckets"}
+    for (group, name), source in sources.items():
+        assert source["schema"] == group and source["description"].strip(), name
+        assert all(c["description"].strip() for c in source["columns"].values()), name
+        if group == "staging":  # the pipeline's data tables list every column
+            assert source["columns"], name
     for name in ("ohlcv", "ticker"):
-        assert sources[name]["loaded_at_field"] == "ingested_at"
-        freshness = sources[name]["freshness"]
+        assert sources[("staging", name)]["loaded_at_field"] == "ingested_at"
+        freshness = sources[("staging", name)]["freshness"]
         assert freshness["warn_after"]["count"] and freshness["error_after"]["count"], name
 
 

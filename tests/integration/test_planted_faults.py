@@ -91,8 +91,7 @@ def emulator() -> Iterator[EmulatorProcess]:
 
 @pytest.fixture
 def dbt(warehouse_dsn: str, tmp_path: Path) -> DbtRunner:
-    if not Path(DBT_EXECUTABLE).exists():
-        pytest.skip(f"dbt executable not found: {DBT_EXECUTABLE} (set MARKETFLOW_DBT_EXECUTABLE)")
+    assert Path(DBT_EXECUTABLE).exists(), f"dbt executable not found: {DBT_EXECUTABLE} (set MARKETFLOW_DBT_EXECUTABLE)"
     return DbtRunner(dbt_env_for(warehouse_dsn, tmp_path / "dbt"))
 
 
