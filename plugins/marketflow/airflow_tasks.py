@@ -12,6 +12,7 @@ from airflow.sdk import Asset, DeadlineAlert, DeadlineReference, SyncCallback, T
 
 from marketflow import PROJECT_ROOT
 from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.errors import retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ MART_OHLCV_1M = Asset(name="marts.ohlcv_1m", uri="postgres://warehouse:5432/mark
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "marketflow",
+    # bad symbol, auth, bad request, data: a retry cannot help, so the task fails at once.
+    "retry_policy": retry_policy(),
     "retries": 3,
     "retry_delay": timedelta(seconds=20),
     "retry_exponential_backoff": True,

@@ -99,3 +99,21 @@ class PermanentError(RuntimeError):
     def __init__(self, error_class: ErrorClass, message: str) -> None:
         self.error_class = error_class
         super().__init__(f"{error_class}: {message} ({error_class.advice})")
+
+
+def retry_policy():
+    """Airflow retry policy for pipeline tasks: permanent classes fail at once, the rest retry."""
+    from airflow.sdk import RetryDecision, RetryPolicy
+
+    class PipelineRetryPolicy(RetryPolicy):
+        def evaluate(self, exception: BaseException, try_number: int, max_tries: int, context=None) -> RetryDecision:
+            responses = getattr(exception, "responses", None) or []
+            error_class = classify(exception, responses[-1].status if responses else None)
+            if error_class.transient:
+                return RetryDecision.default()
+            return RetryDecision.fail(reason=f"{error_class} is permanent: {error_class.advice}")
+
+        def serialize(self) -> dict:
+            return {"__type": "PipelineRetryPolicy"}
+
+    return PipelineRetryPolicy()

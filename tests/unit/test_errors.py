@@ -59,3 +59,16 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
         chunk = delays[attempt * 200:(attempt + 1) * 200]
         assert min(chunk) >= 0 and max(chunk) <= min(8, 2 ** attempt)
         assert len(set(chunk)) > 150  # jittered, not a fixed schedule
+
+
+def test_airflow_retry_policy_fails_permanent_errors_at_once() -> None:
+    from airflow.sdk import RetryAction
+
+    from marketflow.errors import retry_policy
+
+    policy = retry_policy()
+    assert policy.evaluate(ccxt.BadSymbol("binance does not have market symbol FOO/BAR"), 1, 4).action \
+        == RetryAction.FAIL
+    assert policy.evaluate(ccxt.AuthenticationError("invalid key"), 1, 4).action == RetryAction.FAIL
+    assert policy.evaluate(ccxt.RequestTimeout("slow"), 1, 4).action == RetryAction.DEFAULT
+    assert policy.evaluate(psycopg2.OperationalError("gone"), 1, 4).action == RetryAction.DEFAULT
