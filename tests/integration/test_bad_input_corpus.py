@@ -12,6 +12,7 @@ from support.payloads import MIN, T0, kline, store
 from marketflow.raw_store import RawStore
 from marketflow.staging_load import load_candle_payloads
 
+# A day ahead: still in the future however long the suite runs before this case.
 NOW_MIN = int(time.time() * 1000) // MIN * MIN
 ROWS = [  # (case, row, reason fragment) — each sits between two good rows in one payload
     ("high below low", kline(T0 + MIN, h="8.0"), "high 8.0 is below low 9.0"),
@@ -28,7 +29,7 @@ ROWS = [  # (case, row, reason fragment) — each sits between two good rows in 
     ("misaligned open time", kline(T0 + MIN + 30_000), "not aligned to the 1m timeframe"),
     ("open time in seconds", kline((T0 + MIN) // 1000), "not aligned"),
     ("negative open time", kline(-MIN), "before 1970"),
-    ("future candle", kline(NOW_MIN + 10 * MIN), "closes after the response was received"),
+    ("future candle", kline(NOW_MIN + 1440 * MIN), "closes after the response was received"),
     ("word for a price", kline(T0 + MIN, o="ten"), "unparseable row"),
     ("boolean price", [*kline(T0 + MIN)[:1], True, *kline(T0 + MIN)[2:]], "unparseable row"),
     ("float price", [*kline(T0 + MIN)[:1], 10.0, *kline(T0 + MIN)[2:]], "unparseable row"),

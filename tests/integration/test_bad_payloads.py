@@ -57,7 +57,7 @@ BAD_ROWS = [
     (kline(T0 + 8 * MIN, o="ten"), "unparseable row"),
     ([T0 + 9 * MIN, "1", "2"], "unparseable row"),
     (kline(T0 + 10 * MIN, v=None), "unparseable row"),
-    (kline(int(time.time() * 1000) // MIN * MIN + 10 * MIN), "closes after the response was received"),
+    (kline(int(time.time() * 1000) // MIN * MIN + 1440 * MIN), "closes after the response was received"),
     (kline(T0 + 11 * MIN, h="1e25", c="1e25"), "too large"),
     ("not a row", "unparseable row"),
 ]

@@ -57,8 +57,10 @@ def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mon
     collected = Collect()
     ccxt_log = logging.getLogger("ccxt.base.exchange")  # ccxt logs request headers at DEBUG
     ccxt_log.addHandler(collected)
-    monkeypatch.setattr(ccxt_log, "level", logging.DEBUG)
+    old_level = ccxt_log.level
+    ccxt_log.setLevel(logging.DEBUG)  # setLevel, not setattr: it also clears the logger's level cache
     monkeypatch.setattr(ccxt_log, "disabled", False)
+    monkeypatch.setattr(logging.root.manager, "disable", 0)
     with pytest.raises(Exception) as err:  # the emulator serves no private endpoints: a signed call fails
         call_with_retries(exchange, exchange.fetch_balance, "balance")
     responses = err.value.responses
@@ -68,6 +70,7 @@ def test_signed_call_leaves_no_secret_in_raw_or_logs(tmp_path, emulator_url, mon
     raw.save_responses(ctx, responses, error=exchange.redact(str(err.value)))
     stored = json.dumps(list(mongo_db.raw_market_payload.find()), default=str)
     ccxt_log.removeHandler(collected)
+    ccxt_log.setLevel(old_level)
     logged = "\n".join(collected.lines)
     assert "X-MBX-APIKEY" in logged  # the request headers were logged, with the key masked
     for secret in (KEY, SECRET):
