@@ -26,19 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
 import stack
 
 from marketflow.config import load_config
-from marketflow.staging_load import table_checksum
+from marketflow.staging_load import RERUN_INVARIANT_TABLES, table_checksum
 
 DAG_ID = "market_candles_1h"
 TIMEOUT_S = 30 * 60
-TABLE_KEYS = {
-    "staging.ohlcv": (["exchange", "symbol", "timeframe", "open_time"], []),
-    "staging.ohlcv_rejects": (["raw_payload_id", "row_index"], []),
-    "staging.ticker": (["exchange", "symbol", "ts"], []),
-    "marts.ohlcv_1m": (["exchange", "symbol", "open_time"], []),
-    # Views evaluated when queried: staleness and is_active move with the clock, the rest must not.
-    "marts.latest_price": (["exchange", "symbol"], ["staleness_seconds"]),
-    "marts.markets": (["exchange", "symbol"], ["is_active"]),
-}
 
 
 def say(msg: str) -> None:
@@ -105,7 +96,7 @@ def report(warehouse_dsn: str, st: stack.Stack) -> None:
     current: dict[str, list] = {}
     with psycopg2.connect(warehouse_dsn) as conn:
         print("\nRows and checksums (md5 over rows in key order):")
-        for table, (key, computed) in TABLE_KEYS.items():
+        for table, (key, computed) in RERUN_INVARIANT_TABLES.items():
             count, digest = table_checksum(conn, table, key, computed)
             current[table] = [count, digest]
             same = ""
