@@ -311,3 +311,36 @@ def test_real_sample_days(dbt: DbtRunner, loaded_warehouse) -> None:
     assert query(conn, "SELECT count(*), min(quality_score) FROM marts.data_quality_summary WHERE grain = 'hour'") == [
         (96, Decimal("98.00"))
     ]
+
+
+def test_incremental_candle_hours_equal_a_full_refresh(dbt: DbtRunner, pg_conn) -> None:
+    """New minutes, a corrected close on one exchange (its sibling's divergence changes too) and a
+    new spike flow in incrementally, recomputing only the hours from the change on; the result is
+    what a full rebuild gives."""
+    load_scenario(pg_conn)
+    dbt("build", *SELECT_DQ)
+    hours_sql = "SELECT * FROM dbt_intermediate.int_dq_candle_hours_1m ORDER BY exchange, symbol, period_start"
+    before = {(r[0], r[1], r[2]): r for r in query(pg_conn, hours_sql)}
+    with pg_conn.cursor() as cur:
+        for k in MIDDLE:  # the hole in the middle is repaired
+            insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), base_close(k), base_volume(k))
+        # okx corrects a close in the last hour: a spike there, and binance's divergence changes
+        cur.execute(
+            "UPDATE staging.ohlcv SET close = close * 1.05, high = close * 1.05, ingested_at = clock_timestamp()"
+            " WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND open_time = %s",
+            (minute(165),),
+        )
+    pg_conn.commit()
+    dbt("run", *SELECT_DQ)
+    incremental = query(pg_conn, hours_sql)
+    after = {(r[0], r[1], r[2]): r for r in incremental}
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed == {("binance", "BTC/USDT", T0 + timedelta(hours=1)), ("okx", "BTC/USDT", T0 + timedelta(hours=2)),
+                       ("binance", "BTC/USDT", T0 + timedelta(hours=2))}  # fmt: skip
+    assert after[("okx", "BTC/USDT", T0 + timedelta(hours=2))][6] == [minute(165)]  # spike_times
+    summary_sql = "SELECT * FROM marts.data_quality_summary ORDER BY exchange, symbol, grain, period_start"
+    summary_incremental = query(pg_conn, summary_sql)
+
+    dbt("run", "--full-refresh", *SELECT_DQ)
+    assert query(pg_conn, hours_sql) == incremental
+    assert query(pg_conn, summary_sql) == summary_incremental

@@ -203,14 +203,20 @@ hours as (
             ) as judged_candidates
             window w as (order by open_time)
         ) as flagged
-        -- the same minutes on the other exchanges listing the symbol
+        -- the same minutes on the other exchanges listing the symbol (a primary-key range scan
+        -- per other exchange)
         left join (
             select o.open_time, max(o.close) as max_close, min(o.close) as min_close
-            from {{ ref('stg_ohlcv') }} as o
-            where o.exchange = any(plan.other_exchanges)
-              and o.symbol = plan.symbol
-              and o.timeframe = '1m'
-              and o.open_time >= plan.recompute_from
+            from unnest(plan.other_exchanges) as other (exchange)
+            cross join lateral (
+                select c.open_time, c.close
+                from {{ ref('stg_ohlcv') }} as c
+                where c.exchange = other.exchange
+                  and c.symbol = plan.symbol
+                  and c.timeframe = '1m'
+                  and c.open_time >= plan.recompute_from
+                offset 0  -- keep it a per-exchange index scan: flattened, it is planned as a scan of all of staging
+            ) as o
             group by o.open_time
         ) as others on others.open_time = flagged.open_time
         where flagged.open_time >= plan.recompute_from
