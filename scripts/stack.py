@@ -266,6 +266,7 @@ class Stack:
     airflow_port: int = int(os.environ.get("MARKETFLOW_AIRFLOW_PORT", "8080"))
     emulator_data_dir: Path = Path(os.environ.get("EMULATOR_DATA_DIR", REPO / "include" / "sample_data"))
     state_dir: Path = LOCAL / "state"
+    emulator_args: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
@@ -281,7 +282,7 @@ class Stack:
 
     @property
     def emulator(self) -> ManagedProcess:
-        return emulator_server(self.run_dir, self.emulator_port, self.emulator_data_dir)
+        return emulator_server(self.run_dir, self.emulator_port, self.emulator_data_dir, self.emulator_args)
 
     @property
     def airflow_home(self) -> Path:

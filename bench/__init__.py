@@ -1,0 +1,1 @@
+"""marketflow benchmarks: `make bench` (or `make bench QUICK=1`). See bench/README.md."""
