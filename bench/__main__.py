@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
             "sizes": vars(ctx.sizes), "failures": failures}
     json_path, md_path = write_report(figures, args.out, meta)
-    say(f"report: {md_path.relative_to(REPO)} and {json_path.relative_to(REPO)} ({seconds / 60:.1f} min)")
+    say(f"report: {md_path} and {json_path} ({seconds / 60:.1f} min)")
     print(md_path.read_text())
     return 1 if failures else 0
 

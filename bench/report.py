@@ -57,8 +57,12 @@ def write_report(figures: list[Figure], out_dir: Path, meta: dict[str, Any]) -> 
         "| figure | value | unit | reference | ratio | target | met |",
         "|---|---:|---|---|---:|---|---|",
     ]
+    def cell(text: str) -> str:
+        return " ".join(str(text).split()).replace("|", "\\|")
+
     for f in figures:
-        lines.append(f"| {f.figure} | {_fmt(f.value)} | {f.unit} | {f.reference} | {_fmt(f.ratio)} | {f.target} | "
+        lines.append(f"| {cell(f.figure)} | {_fmt(f.value)} | {f.unit} | {cell(f.reference)} | {_fmt(f.ratio)} | "
+                     f"{cell(f.target)} | "
                      f"{'yes' if f.met else '**no**'} |")
     details = [f for f in figures if f.detail]
     if details:

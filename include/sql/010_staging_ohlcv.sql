@@ -24,8 +24,11 @@ CREATE TABLE IF NOT EXISTS staging.ohlcv (
     CONSTRAINT ohlcv_low_is_lowest CHECK (low <= least(open, close))
 );
 
--- dbt's incremental models select rows written since their last run.
-CREATE INDEX IF NOT EXISTS ohlcv_ingested_at_idx ON staging.ohlcv (ingested_at);
+-- dbt's incremental models select rows written since their last run. BRIN, not btree:
+-- ingested_at follows insertion order, so a block-range summary finds recent rows just as well,
+-- and a btree cost the bulk load ~20 % of its throughput (bench figure 1).
+DROP INDEX IF EXISTS staging.ohlcv_ingested_at_idx;
+CREATE INDEX IF NOT EXISTS ohlcv_ingested_at_brin ON staging.ohlcv USING brin (ingested_at);
 
 COMMENT ON TABLE staging.ohlcv IS 'Closed candles parsed from raw payloads; upserted, values change only when the exchange corrects them.';
 COMMENT ON COLUMN staging.ohlcv.raw_payload_id IS '_id of the MongoDB raw_market_payload document the current values came from.';

@@ -49,7 +49,11 @@ class Candle:
     quote_volume: Decimal | None
     trades: int | None
     row_index: int
-    raw_row: str
+    row: Any  # the row as decoded; serialized only when it is rejected (raw_row)
+
+    @property
+    def raw_row(self) -> str:
+        return json.dumps(self.row, default=str)
 
 
 @dataclass
@@ -103,7 +107,6 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
     out = ParsedCandles()
     previous: int | None = None
     for index, row in enumerate(rows):
-        raw_row = json.dumps(row, default=str)
         try:
             ts, o, h, low, c, v = parser.parse_ohlcv(row, doc.get("market"))
             candle = Candle(
@@ -113,10 +116,10 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
                 and len(row) > layout.quote_volume else None,
                 trades=_int(row[layout.trades], "trades") if layout.trades is not None and len(row) > layout.trades
                 else None,
-                row_index=index, raw_row=raw_row,
+                row_index=index, row=row,
             )
         except (TypeError, ValueError, IndexError, KeyError, InvalidOperation) as exc:
-            out.rejects.append(RowReject(index, raw_row, f"unparseable row: {exc}"))
+            out.rejects.append(RowReject(index, json.dumps(row, default=str), f"unparseable row: {exc}"))
             continue
         # A row is out of order when it steps backwards against the documented order
         # (equal open times are duplicates, counted by the loader).
@@ -154,6 +157,8 @@ def _dec(value: Any, name: str) -> Decimal:
 
 
 def _int(value: Any, name: str) -> int:
+    if type(value) is int:  # the common case, and bool (an int subclass) must not pass
+        return value
     if value is None or isinstance(value, bool):
         raise ValueError(f"{name} is {value!r}, expected an integer")
     number = Decimal(str(value))

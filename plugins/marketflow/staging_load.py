@@ -1,9 +1,16 @@
 """Load raw payloads into Postgres staging in one transaction.
 
-Valid candles are COPYed into a temporary table and upserted into staging.ohlcv with
-``ON CONFLICT DO UPDATE ... WHERE values differ``: re-loading the same data touches no row, a
-corrected candle updates its row (and its lineage). Invalid rows, and whole payloads that cannot
-be parsed, go to staging.ohlcv_rejects with the reason. Either all of it commits or none.
+Two paths, same result:
+
+* new candles (nothing stored yet in the batch's time range for the market, the common case in
+  a backfill): COPY straight into staging.ohlcv. If another loader commits the same candles
+  meanwhile, the unique key stops the COPY and the batch falls back to the upsert below.
+* otherwise: COPY into a temporary table and upsert with ``ON CONFLICT DO UPDATE ... WHERE
+  values differ``: re-loading the same data touches no row, a corrected candle updates its row
+  (and its lineage) and is recorded as a revision.
+
+Invalid rows, and whole payloads that cannot be parsed, go to staging.ohlcv_rejects with the
+reason. Either all of it commits or none.
 """
 
 from __future__ import annotations
@@ -73,6 +80,24 @@ def _copy_buffer(rows: Iterable[Sequence[Any]]) -> io.StringIO:
     buf = io.StringIO()
     for row in rows:
         buf.write("\t".join(_copy_value(v) for v in row))
+        buf.write("\n")
+    buf.seek(0)
+    return buf
+
+
+def _ohlcv_copy_buffer(rows: Sequence[Sequence[Any]]) -> io.StringIO:
+    """COPY text for candle rows, ~5x faster than the generic path: the values are validated
+    numbers, timestamps and names, so a row needs escaping only if it visibly does (then it
+    takes the generic path)."""
+    buf = io.StringIO()
+    for row in rows:
+        ex, sym, tf, ts, o, h, lo, c, v, qv, tr, payload, run = row
+        line = "\t".join((ex, sym, tf, ts.isoformat(), str(o), str(h), str(lo), str(c), str(v),
+                          "\\N" if qv is None else str(qv), "\\N" if tr is None else str(tr), payload, run))
+        if (line.count("\t") != 12 or line.count("\\") != (qv is None) + (tr is None) or "\n" in line
+                or "\r" in line or "\x00" in line):
+            line = "\t".join(_copy_value(value) for value in row)
+        buf.write(line)
         buf.write("\n")
     buf.seek(0)
     return buf
@@ -151,8 +176,7 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
     ]
     try:
         with conn.cursor() as cur:
-            revisions = record_revisions(cur, rows)
-            inserted, updated = upsert_ohlcv(cur, rows, staged=bool(rows))
+            inserted, updated, revisions = write_ohlcv(cur, rows)
             insert_rejects(cur, rejects)
             insert_anomalies(cur, [*anomalies.values(), *revisions])
         conn.commit()
@@ -172,12 +196,54 @@ def _values(c: Candle) -> tuple[Any, ...]:
     return (c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
 
 
+def write_ohlcv(cur, rows: list[tuple[Any, ...]]) -> tuple[int, int, list[tuple[Any, ...]]]:
+    """Write one market's candle rows: COPY when they are all new, else upsert recording revisions.
+
+    Returns (inserted, updated, revision anomalies). The caller owns the transaction.
+    """
+    copied = copy_new_ohlcv(cur, rows)
+    if copied is not None:
+        return copied, 0, []
+    revisions = record_revisions(cur, rows)
+    inserted, updated = upsert_ohlcv(cur, rows, staged=bool(rows))
+    return inserted, updated, revisions
+
+
 def _stage_rows(cur, rows: list[tuple[Any, ...]]) -> None:
     """COPY rows into the session's temp table (emptied at commit)."""
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv (LIKE staging.ohlcv INCLUDING DEFAULTS) "
                 "ON COMMIT DELETE ROWS")
     cur.execute("TRUNCATE tmp_ohlcv")
-    cur.copy_expert(f"COPY tmp_ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _copy_buffer(rows))
+    cur.copy_expert(f"COPY tmp_ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _ohlcv_copy_buffer(rows))
+
+
+def copy_new_ohlcv(cur, rows: list[tuple[Any, ...]]) -> int | None:
+    """COPY rows of one market straight into staging.ohlcv when none of their time range is stored yet.
+
+    Returns the rows inserted, or None when the upsert path must run instead: rows exist in the
+    range, or a concurrent loader committed some of these candles first (unique violation; the
+    savepoint undoes this COPY, the transaction goes on). The caller owns the transaction.
+    """
+    from psycopg2 import errors
+
+    if not rows:
+        return None
+    exchange, symbol, timeframe = rows[0][0], rows[0][1], rows[0][2]
+    first, last = min(r[3] for r in rows), max(r[3] for r in rows)
+    cur.execute("SELECT EXISTS (SELECT 1 FROM staging.ohlcv WHERE exchange = %s AND symbol = %s "
+                "AND timeframe = %s AND open_time BETWEEN %s AND %s)", (exchange, symbol, timeframe, first, last))
+    if cur.fetchone()[0]:
+        return None
+    cur.execute("SAVEPOINT copy_new_ohlcv")
+    try:
+        cur.copy_expert(f"COPY staging.ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _ohlcv_copy_buffer(rows))
+    except errors.UniqueViolation:
+        cur.execute("ROLLBACK TO SAVEPOINT copy_new_ohlcv")
+        log.info("%s %s %s: candles appeared while loading (a concurrent load); upserting instead",
+                 exchange, symbol, timeframe)
+        return None
+    cur.execute("RELEASE SAVEPOINT copy_new_ohlcv")
+    return len(rows)
 
 
 def record_revisions(cur, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
