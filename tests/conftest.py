@@ -101,3 +101,13 @@ def emulator_url(test_root: Path, sample_data_dir: Path) -> Iterator[str]:
     proc.start()
     yield f"http://127.0.0.1:{port}"
     proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_markets_cache() -> Iterator[None]:
+    """Each test starts like a new task process: no market list cached from an earlier test."""
+    from marketflow import exchanges
+
+    exchanges._markets_cache.clear()
+    yield
+    exchanges._markets_cache.clear()

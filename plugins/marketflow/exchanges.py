@@ -8,6 +8,8 @@ normalised arrays.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import re
@@ -80,6 +82,12 @@ def rewrite_hosts(urls: Any, base_url: str) -> Any:
     return urls
 
 
+@functools.cache
+def _default_api_urls(ccxt_id: str) -> dict[str, Any]:
+    # Building a ccxt client is costly (tens of ms); its default URLs never change.
+    return getattr(ccxt, ccxt_id)().urls
+
+
 def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings.
 
@@ -90,7 +98,8 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options),
                               **credentials}
     if cfg.api_base_url:
-        params["urls"] = {**klass().urls, "api": rewrite_hosts(klass().urls["api"], cfg.api_base_url)}
+        urls = copy.deepcopy(_default_api_urls(cfg.ccxt_id))
+        params["urls"] = {**urls, "api": rewrite_hosts(urls["api"], cfg.api_base_url)}
     exchange = klass(params)
     # Numbers stay the exchange's decimal strings all the way to Postgres NUMERIC.
     exchange.number = str
@@ -109,6 +118,24 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
         limiter.ensure_bucket()
         install(exchange, limiter)
     return exchange
+
+
+# Market lists loaded in this process, per exchange and API address: a backfill builds a client per
+# chunk, and a market list costs much more than a page of candles (Binance's exchangeInfo weighs
+# 20, a 1000-candle klines page 2; 300 chunks would spend a whole minute's limit on it).
+MARKETS_TTL_S = 3600.0
+_markets_cache: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {}
+
+
+def load_markets(exchange: ccxt.Exchange) -> None:
+    """``exchange.load_markets()``, answered from this process's cache when loaded within the TTL."""
+    key = f"{exchange.id} {json.dumps(exchange.urls.get('api'), sort_keys=True, default=str)}"
+    cached = _markets_cache.get(key)
+    if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL_S:
+        exchange.set_markets(cached[1], cached[2])
+        return
+    call_with_retries(exchange, exchange.load_markets, "market list")
+    _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
 
 
 # In-task retries before the task fails to Airflow (which retries again with its own backoff).

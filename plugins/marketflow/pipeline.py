@@ -18,9 +18,9 @@ from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import classify
 from marketflow.exchanges import (
     build_exchange,
-    call_with_retries,
     fetch_ohlcv_pages,
     fetch_ticker_response,
+    load_markets,
     market_info,
 )
 from marketflow.ops import BackfillTask, count_present, finish_task
@@ -137,7 +137,7 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     ctx = PayloadContext(market.exchange, exchange_cfg.ccxt_id, market.symbol, timeframe, "ohlcv", window,
                          attempt.run_id, attempt.try_number, {})
     try:
-        call_with_retries(exchange, exchange.load_markets, "market list")
+        load_markets(exchange)
         ctx = PayloadContext(**{**ctx.__dict__, "market": market_info(exchange, market.symbol)})
         expected = window.candles(timeframe)
         if not window.empty:
