@@ -1,6 +1,6 @@
 {#-
   Reconciliation of a rollup with the 1m candles it is built from, written independently of the
-  model (DISTINCT ON for open/close instead of ordered array_agg): for every bucket of the rollup
+  model (window functions for open/close instead of ordered array_agg): for every bucket of the rollup
   and every bucket that 1m candles written within the test window fall in, a fresh aggregation
   of ALL the bucket's minutes must equal the stored row (count, open, high, low, close, volume,
   quote_volume, trades, first/last minute, last_ingested_at). Catches an incremental run that
@@ -33,49 +33,62 @@ buckets as (
     where {{ recent_rows_filter('ingested_at') }}
 ),
 
-bucket_minutes as (
-    select buckets.bucket, m.*
+-- Per market, one index range scan over the span of its buckets (a range join per bucket made
+-- the planner loop over every minute of the market for every bucket: minutes at 40k rows).
+market_spans as (
+    select exchange, symbol, min(bucket) as span_start, max(bucket) + {{ width }} as span_end
     from buckets
-    inner join {{ minutes }} as m
-        on m.exchange = buckets.exchange
-       and m.symbol = buckets.symbol
-       and m.open_time >= buckets.bucket
-       and m.open_time < buckets.bucket + {{ width }}
+    group by exchange, symbol
 ),
 
-firsts as (
-    select distinct on (exchange, symbol, bucket) exchange, symbol, bucket, open
+-- Materialized: inlined, the planner joined the buckets first and compared every minute of a
+-- market with every bucket of it.
+span_minutes as materialized (
+    select m.*
+    from market_spans as s
+    cross join lateral (
+        select {{ utc_bucket('c.open_time', timeframe) }} as bucket, c.exchange, c.symbol, c.open_time, c.open,
+               c.high, c.low, c.close, c.volume, c.quote_volume, c.trades, c.ingested_at
+        from {{ minutes }} as c
+        where c.exchange = s.exchange
+          and c.symbol = s.symbol
+          and c.open_time >= s.span_start
+          and c.open_time < s.span_end
+    ) as m
+),
+
+bucket_minutes as (
+    select m.*
+    from span_minutes as m
+    inner join buckets as b
+        on b.exchange = m.exchange and b.symbol = m.symbol and b.bucket = m.bucket
+),
+
+-- open/close by window functions over the bucket's minutes (the model uses ordered array_agg).
+ends as (
+    select
+        *,
+        first_value(open) over (partition by exchange, symbol, bucket order by open_time asc)   as first_open,
+        first_value(close) over (partition by exchange, symbol, bucket order by open_time desc) as last_close
     from bucket_minutes
-    order by exchange, symbol, bucket, open_time asc
 ),
 
-lasts as (
-    select distinct on (exchange, symbol, bucket) exchange, symbol, bucket, close
-    from bucket_minutes
-    order by exchange, symbol, bucket, open_time desc
-),
-
-totals as (
+expected as (
     select
         exchange, symbol, bucket,
-        count(*)                                                        as candle_count,
+        min(first_open)                                                 as open,
         max(high)                                                       as high,
         min(low)                                                        as low,
+        min(last_close)                                                 as close,
+        count(*)                                                        as candle_count,
         sum(volume)                                                     as volume,
         case when bool_and(quote_volume is not null) then sum(quote_volume) end  as quote_volume,
         case when bool_and(trades is not null) then sum(trades) end     as trades,
         min(open_time)                                                  as first_minute_at,
         max(open_time)                                                  as last_minute_at,
         max(ingested_at)                                                as last_ingested_at
-    from bucket_minutes
+    from ends
     group by exchange, symbol, bucket
-),
-
-expected as (
-    select totals.*, firsts.open, lasts.close
-    from totals
-    inner join firsts using (exchange, symbol, bucket)
-    inner join lasts using (exchange, symbol, bucket)
 ),
 
 compared as (
