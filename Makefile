@@ -11,13 +11,15 @@ DBT_VENV := $(LOCAL)/dbt-venv
 export PYTHONPATH := $(CURDIR)/plugins
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
-.PHONY: help install demo down status test lint dbt-parse lock clean faults
+.PHONY: help install demo down status test lint dbt-parse lock clean faults bench
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
 	@echo "             backfill the bundled real candles through Airflow into the marts"
 	@echo "make down    stop everything make demo started (data is kept in .local/state)"
 	@echo "make test    unit + integration + dbt + DAG tests on their own throwaway services"
+	@echo "make bench   benchmarks against the machine's limits and a peer (bench/results/latest.md);"
+	@echo "             QUICK=1 for smaller sizes (10 min instead of <= 60)"
 	@echo "make lint    ruff"
 	@echo "make clean   remove .local (virtualenvs and all local data)"
 
@@ -60,6 +62,10 @@ test: install dbt-parse lint
 # Fault-injection suite (faults/): every case, the results table, docs/faults.md rewritten.
 faults: $(VENV)/.installed
 	$(VENV)/bin/python -m faults
+
+# Benchmarks (bench/): every figure in one run on the bench's own services and emulators.
+bench: install dbt-parse
+	QUICK=$(QUICK) $(VENV)/bin/python -m bench
 
 lock:
 	@echo "Edit the direct pins in requirements*.txt, then regenerate the full lists with uv pip compile."

@@ -25,7 +25,9 @@ import stack  # noqa: E402
 
 from marketflow.schema import apply_ddl  # noqa: E402
 
-BENCH_DIR = stack.LOCAL / "bench"
+# MARKETFLOW_BENCH_DIR: another directory for the bench's services and files, so two runs (e.g. of
+# single figures while developing) never share, and wipe, one PostgreSQL data directory.
+BENCH_DIR = Path(os.environ.get("MARKETFLOW_BENCH_DIR") or stack.LOCAL / "bench")
 
 
 def say(msg: str) -> None:
@@ -110,10 +112,17 @@ class BenchContext:
         return dsn
 
     @contextlib.contextmanager
-    def emulator(self, *args: str, name: str = "emulator") -> Iterator[str]:
-        """An exchange emulator on a free port with the given CLI flags; yields its base URL."""
+    def emulator(self, *args: str, name: str = "emulator", data_dir: Path | None = None) -> Iterator[str]:
+        """An exchange emulator on a free port with the given CLI flags; yields its base URL.
+
+        By default it has no recordings, only synthetic markets: a recorded market wins over a
+        synthetic one of the same symbol (the bundled binance ETH/USDT covers just 2022-08-14/15).
+        ``data_dir`` serves recordings from there instead."""
         port = stack.free_port()
-        proc = stack.emulator_server(self.run_dir / name, port, REPO / "include" / "sample_data", list(args))
+        if data_dir is None:
+            data_dir = self.root / "no-recordings"
+            data_dir.mkdir(parents=True, exist_ok=True)
+        proc = stack.emulator_server(self.run_dir / name, port, data_dir, list(args))
         proc.run_dir.mkdir(parents=True, exist_ok=True)
         proc.start()
         self.services[name] = proc.pid()

@@ -35,7 +35,7 @@ def emulator_args(markets: list[str], weight_limit: int = BINANCE_WEIGHT_LIMIT, 
 
 
 def write_markets_config(path: Path, markets: list[str], start: datetime | None, end: datetime | None,
-                         rate_limit_share: float | None = None) -> Path:
+                         rate_limit_share: float | None = None, pool_slots: int | None = None) -> Path:
     """A markets file for the bench; bounded history when start/end are given, live markets otherwise."""
     lines = [
         "# Written by the benchmark (bench/workload.py); synthetic markets on the exchange emulator.",
@@ -51,6 +51,8 @@ def write_markets_config(path: Path, markets: list[str], start: datetime | None,
     ]
     if rate_limit_share is not None:
         lines.append(f"    rate_limit_share: {rate_limit_share}")
+    if pool_slots is not None:
+        lines.append(f"    pool_slots: {pool_slots}")
     lines.append("    markets:")
     for symbol in markets:
         lines.append(f"      - symbol: {symbol}")
