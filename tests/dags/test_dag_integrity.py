@@ -86,6 +86,8 @@ def test_operational_settings(parsed: dict, dag_id: str) -> None:
 
 def test_extract_and_load_are_mapped_per_exchange_in_its_pool(parsed: dict) -> None:
     for dag_id, dag in parsed["dags"].items():
+        if dag_id == "market_candles_1m":
+            continue  # one ingest task per exchange, below
         first = "prepare_storage" if dag_id != "market_backfill" else None
         for exchange in ("binance", "okx"):
             for step in ("extract", "load"):
@@ -95,6 +97,15 @@ def test_extract_and_load_are_mapped_per_exchange_in_its_pool(parsed: dict) -> N
             if first:
                 assert dag["tasks"][f"{exchange}.extract"]["upstream"] == [first]
             assert dag["tasks"][f"{exchange}.load"]["upstream"] == [f"{exchange}.extract"]
+
+
+def test_minute_dag_is_one_ingest_task_per_exchange_in_its_pool(parsed: dict) -> None:
+    # The freshness path (bench figure 6): no task per market, no prepare_storage ahead of it.
+    tasks = parsed["dags"]["market_candles_1m"]["tasks"]
+    assert set(tasks) == {"binance.ingest", "okx.ingest"}
+    for exchange in ("binance", "okx"):
+        task = tasks[f"{exchange}.ingest"]
+        assert not task["mapped"] and task["pool"] == f"exchange_{exchange}" and task["upstream"] == []
 
 
 def test_backfill_dag_plans_chunks_then_summarises(parsed: dict) -> None:
