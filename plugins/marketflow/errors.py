@@ -10,8 +10,7 @@ import random
 import socket
 from datetime import timedelta
 from enum import StrEnum
-
-import ccxt
+from functools import cache
 
 
 class ErrorClass(StrEnum):
@@ -49,19 +48,25 @@ ADVICE = {
     ErrorClass.DATABASE: "Postgres or MongoDB was unavailable; retried with backoff",
 }
 
-# Order matters: the first matching base class wins (subclasses before their parents).
-_CCXT_CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
-    (ccxt.RequestTimeout, ErrorClass.TIMEOUT),
-    (ccxt.RateLimitExceeded, ErrorClass.RATE_LIMIT),  # OKX 50011
-    (ccxt.DDoSProtection, ErrorClass.RATE_LIMIT),  # Binance 429 and 418
-    (ccxt.ExchangeNotAvailable, ErrorClass.EXCHANGE_UNAVAILABLE),  # includes OnMaintenance, HTTP 5xx
-    (ccxt.NetworkError, ErrorClass.NETWORK),
-    (ccxt.BadSymbol, ErrorClass.BAD_SYMBOL),
-    (ccxt.AuthenticationError, ErrorClass.AUTH),  # includes PermissionDenied, AccountSuspended
-    (ccxt.BadResponse, ErrorClass.DATA),  # includes NullResponse
-    (ccxt.ExchangeError, ErrorClass.BAD_REQUEST),
-    (ccxt.OperationFailed, ErrorClass.NETWORK),
-)
+@cache
+def _ccxt_classes() -> tuple[tuple[type[BaseException], ErrorClass], ...]:
+    """ccxt's exceptions mapped to classes. ccxt is imported here, not with the module: every DAG
+    file imports this module (the retry policy) and importing ccxt costs seconds per parse."""
+    import ccxt
+
+    # Order matters: the first matching base class wins (subclasses before their parents).
+    return (
+        (ccxt.RequestTimeout, ErrorClass.TIMEOUT),
+        (ccxt.RateLimitExceeded, ErrorClass.RATE_LIMIT),  # OKX 50011
+        (ccxt.DDoSProtection, ErrorClass.RATE_LIMIT),  # Binance 429 and 418
+        (ccxt.ExchangeNotAvailable, ErrorClass.EXCHANGE_UNAVAILABLE),  # includes OnMaintenance, HTTP 5xx
+        (ccxt.NetworkError, ErrorClass.NETWORK),
+        (ccxt.BadSymbol, ErrorClass.BAD_SYMBOL),
+        (ccxt.AuthenticationError, ErrorClass.AUTH),  # includes PermissionDenied, AccountSuspended
+        (ccxt.BadResponse, ErrorClass.DATA),  # includes NullResponse
+        (ccxt.ExchangeError, ErrorClass.BAD_REQUEST),
+        (ccxt.OperationFailed, ErrorClass.NETWORK),
+    )
 
 
 def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
@@ -73,7 +78,7 @@ def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
             return ErrorClass.RATE_LIMIT
         if http_status >= 500:
             return ErrorClass.EXCHANGE_UNAVAILABLE
-    for klass, error_class in _CCXT_CLASSES:
+    for klass, error_class in _ccxt_classes():
         if isinstance(exc, klass):
             return error_class
     module = type(exc).__module__.split(".")[0]
