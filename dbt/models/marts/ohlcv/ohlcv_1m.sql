@@ -28,6 +28,13 @@
   is inlined as a constant so the planner uses staging's ingested_at index (macro
   incremental_watermark). The post-hook ANALYZE (a fixed-size sample, ~0.3 s at 20M rows) keeps
   row estimates right after a full refresh, so latest_price's probes are planned as index scans.
+
+  Physical order: a full refresh writes the rows sorted by the key. Staging is in load order
+  (every market's minute interleaved), and a table copied in that order puts each row of one
+  market's month on its own heap page: 30 days of 1m candles of one market at 10M rows read 43,725
+  buffers, 250 ms; sorted, 1,445 buffers, ~40 ms (bench figure 5c). Rows merged later by the
+  incremental runs are appended in load order again, so recent history interleaves until the next
+  full refresh (see dbt/README.md).
 -#}
 
 with candles as (
@@ -64,4 +71,7 @@ where not exists (
       and merged.open_time = candles.open_time
       and merged.ingested_at = candles.ingested_at
 )
+{% else %}
+-- Full refresh: written in key order, so a market's candles are physically together (see above).
+order by candles.exchange, candles.symbol, candles.open_time
 {% endif %}
