@@ -56,6 +56,8 @@ def test_thirty_days_four_markets_no_429s_every_candle_in_the_marts(tmp_path, wa
     assert (stats["http_429_sent"], stats["http_418_sent"]) == (0, 0), stats
     # 10-day chunks of 14,400 candles: 15 calls of at most 1,000 each.
     assert stats["requests"]["binance"]["/api/v3/klines"] == 4 * 3 * 15
+    # The market list (weight 20, ten klines pages) is loaded once and cached, not once per chunk.
+    assert stats["requests"]["binance"]["/api/v3/exchangeInfo"] == 1
 
     dbt("build")
     with pg_conn.cursor() as cur:
@@ -66,4 +68,4 @@ def test_thirty_days_four_markets_no_429s_every_candle_in_the_marts(tmp_path, wa
         cur.execute("SELECT count(*) FROM marts.data_quality_gaps WHERE status <> 'repaired'")
         assert cur.fetchone()[0] == 0
         cur.execute("SELECT sum(http_429), sum(http_418), sum(acquisitions) FROM ops.rate_limit_metrics")
-        assert cur.fetchone() == (0, 0, 4 * 3 * (1 + 15))  # per chunk: the market list + 15 pages
+        assert cur.fetchone() == (0, 0, 1 + 4 * 3 * 15)  # the market list once, then 15 pages per chunk
