@@ -49,7 +49,7 @@ class Sizes:
     def for_mode(cls, quick: bool) -> Sizes:
         if quick:
             return cls(load_rows=200_000, backfill_days=3, backfill_markets=10, dbt_markets=100,
-                       big_rows=1_000_000, freshness_minutes=3)
+                       big_rows=1_000_000, freshness_minutes=2)
         return cls(load_rows=1_000_000, backfill_days=30, backfill_markets=10, dbt_markets=100,
                    big_rows=10_000_000, freshness_minutes=10)
 
