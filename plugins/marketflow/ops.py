@@ -66,11 +66,17 @@ class BackfillTask:
         return asdict(self)
 
 
+# A live market's trailing gap that ends this recently is the minutes the minute DAG has not
+# loaded yet (dbt computed it up to its build time), not a hole: it is left to that DAG.
+TRAILING_GRACE_MINUTES = 10
+
+
 def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> int:
     """Queue a re-fetch for the most recent open gaps in marts.data_quality_gaps; returns how many.
 
     A gap whose earlier task failed is re-queued while it has attempts left; one confirmed empty
-    at the source is not `open` any more, so it is never queued again.
+    at the source is not `open` any more, so it is never queued again. A trailing gap ending
+    within TRAILING_GRACE_MINUTES of now is not queued (a longer one, e.g. after downtime, is).
     """
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('marts.data_quality_gaps') IS NOT NULL")
@@ -85,6 +91,7 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> in
                    (extract(epoch FROM gap_end) * 1000)::bigint, %(max_attempts)s, %(run_id)s
             FROM marts.data_quality_gaps
             WHERE status = 'open'
+              AND NOT (gap_kind = 'trailing' AND gap_end > now() - make_interval(mins => %(grace)s))
             ORDER BY gap_end DESC
             LIMIT %(limit)s
             ON CONFLICT (exchange, symbol, timeframe, window_start, window_end) DO UPDATE
@@ -92,7 +99,7 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> in
                 WHERE t.status = 'failed' AND t.attempts < t.max_attempts
             RETURNING task_id
             """,
-            {"limit": limit, "max_attempts": max_attempts, "run_id": run_id},
+            {"limit": limit, "max_attempts": max_attempts, "run_id": run_id, "grace": TRAILING_GRACE_MINUTES},
         )
         scheduled = cur.rowcount
     conn.commit()
