@@ -1,3 +1,5 @@
+{{ config(post_hook="analyze {{ this }}") }}
+
 {#-
   Data quality of every 1m series per UTC hour and per UTC day (grain 'hour' / 'day'): the hour
   rows of int_dq_hourly_1m, their day roll-up (sums; max for the divergence), and quality_score
