@@ -78,27 +78,6 @@ def _prepare(conn, config: MarketflowConfig) -> None:
     RawStore(raw_database()).ensure_indexes(config.raw_retention_days)
 
 
-def _storage_current(conn) -> bool:
-    """True when every DDL file was applied as it is now (ops.schema_migrations checksums): one
-    SELECT, so the minute path checks it every run instead of re-running the DDL."""
-    import hashlib
-
-    import psycopg2
-
-    from marketflow.schema import ddl_files
-
-    want = {p.name: hashlib.sha256(p.read_text().encode()).hexdigest() for p in ddl_files()}
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT filename, checksum FROM ops.schema_migrations WHERE filename = ANY(%s)",
-                        (list(want),))
-            have = dict(cur.fetchall())
-    except psycopg2.errors.UndefinedTable:
-        have = {}
-    conn.rollback()
-    return have == want
-
-
 @task(task_id="prepare_storage", retries=2)
 def prepare_storage() -> None:
     """Apply the staging DDL, mirror the markets file into ops.market_config, index the raw collections.
@@ -185,13 +164,14 @@ def live_ingest(exchange: ExchangeConfig, timeframe: str) -> Any:
         from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import extract_market, load_market, selected
         from marketflow.raw_store import RawStore
+        from marketflow.schema import ddl_is_current
 
         config = load_config()
         attempt, ctx = _attempt()
         window, conf = _run_window(ctx, config, timeframe)
         conn = warehouse_connection()
         try:
-            if not _storage_current(conn):
+            if not ddl_is_current(conn):
                 log.info("DDL not applied yet or changed: preparing storage first")
                 _prepare(conn, config)
         finally:

@@ -27,6 +27,27 @@ def ddl_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return files
 
 
+def _checksum(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ddl_is_current(conn, sql_dir: Path = SQL_DIR) -> bool:
+    """True when every DDL file was applied as it is now (ops.schema_migrations checksums): one
+    SELECT, so the minute path can check it every run instead of re-running the DDL."""
+    import psycopg2
+
+    want = {path.name: _checksum(path.read_text()) for path in ddl_files(sql_dir)}
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT filename, checksum FROM ops.schema_migrations WHERE filename = ANY(%s)",
+                        (list(want),))
+            have = dict(cur.fetchall())
+    except psycopg2.errors.UndefinedTable:
+        have = {}
+    conn.rollback()
+    return have == want
+
+
 def apply_ddl(conn, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply every DDL file in one transaction; returns the files whose checksum was new."""
     changed: list[str] = []
@@ -35,7 +56,7 @@ def apply_ddl(conn, sql_dir: Path = SQL_DIR) -> list[str]:
         for path in ddl_files(sql_dir):
             text = path.read_text()
             cur.execute(text)
-            checksum = hashlib.sha256(text.encode()).hexdigest()
+            checksum = _checksum(text)
             cur.execute(
                 """
                 INSERT INTO ops.schema_migrations (filename, checksum) VALUES (%s, %s)

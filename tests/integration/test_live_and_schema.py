@@ -65,3 +65,17 @@ def test_base_url_rewrites_every_api_host_and_keeps_paths() -> None:
     assert rewrite_hosts(urls, "http://127.0.0.1:8765/") == {
         "public": "http://127.0.0.1:8765/api/v3", "fapiPublic": "http://127.0.0.1:8765/fapi/v1",
         "rest": "http://127.0.0.1:8765", "nested": {"x": "http://127.0.0.1:8765/api/v5"}, "rateLimit": 50}
+
+
+def test_ddl_is_current_until_a_file_changes(pg_conn, tmp_path) -> None:
+    import shutil
+
+    from marketflow.schema import SQL_DIR, apply_ddl, ddl_is_current
+
+    assert ddl_is_current(pg_conn)  # the fixture applied include/sql
+    changed = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, changed)
+    (changed / "999_extra.sql").write_text("SELECT 1;\n")
+    assert not ddl_is_current(pg_conn, changed)
+    apply_ddl(pg_conn, changed)
+    assert ddl_is_current(pg_conn, changed)
