@@ -6,9 +6,9 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
 * `exchanges` / `symbols`: empty = every configured one; `timeframe`: default `1m`;
   `start` / `end`: ISO-8601 UTC, end exclusive; each market's window is clipped to its configured
   history and to closed candles.
-* The range is cut into `chunk_hours` windows, one mapped task each, in the exchange's pool; each
-  chunk pages through the exchange at the rate the shared per-exchange bucket allows and logs
-  `page i, done/total candles (candles/s)`.
+* The range is cut into `chunk_hours` windows, one mapped `ingest` task each, in the exchange's
+  pool; each chunk pages through the exchange into MongoDB raw at the rate the shared per-exchange
+  bucket allows, logging `page i, done/total candles (candles/s)`, then loads staging.
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
 * The `summary` task reports per market what was loaded, rejected, and left missing.
 """

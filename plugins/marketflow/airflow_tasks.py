@@ -162,7 +162,7 @@ def live_ingest(exchange: ExchangeConfig, timeframe: str) -> Any:
         from concurrent.futures import ThreadPoolExecutor
 
         from marketflow.connections import raw_database, warehouse_connection
-        from marketflow.pipeline import extract_market, load_market, selected
+        from marketflow.pipeline import ingest_market, selected
         from marketflow.raw_store import RawStore
         from marketflow.schema import ddl_is_current
 
@@ -197,9 +197,8 @@ def live_ingest(exchange: ExchangeConfig, timeframe: str) -> Any:
             market_attempt = dataclasses.replace(attempt, task_id=f"{attempt.task_id}[{market.symbol}]")
             live = not conf.get("start") and market.history_end is None
             ops_conn, load_conn = connections()
-            extracted = extract_market(config, market, timeframe, window, raw, market_attempt, with_ticker=live,
-                                       ops_conn=ops_conn)
-            return load_market(load_conn, raw, extracted, market_attempt)
+            return ingest_market(config, market, timeframe, window, raw, load_conn, market_attempt,
+                                 with_ticker=live, ops_conn=ops_conn)
 
         results: dict[str, Any] = {}
         errors: list[tuple[str, BaseException]] = []
@@ -332,9 +331,13 @@ def dbt_marts(group_id: str = "dbt_marts", select: list[str] | None = None) -> T
 
 
 def backfill_pipeline(exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
-    """plan -> extract -> load over the chunks of a `market_backfill` request, in the exchange's pool.
+    """plan -> ingest (extract to raw, then load to staging) per chunk of a `market_backfill` request,
+    in the exchange's pool.
 
-    Returns the group (to order it after other tasks) and the mapped load output (for the summary).
+    One mapped task per chunk, not an extract and a load task: half the task processes, and the load
+    takes the payloads its extract just stored from memory. Raw is written first, so a failed load
+    loses nothing (the retry fetches again; ``from_raw`` rebuilds from what is stored).
+    Returns the group (to order it after other tasks) and the mapped output (for the summary).
     """
 
     @task(task_id="plan")
@@ -347,55 +350,38 @@ def backfill_pipeline(exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
                  "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
         return chunks
 
-    @task(task_id="extract", pool=exchange.pool,
+    @task(task_id="ingest", pool=exchange.pool, outlets=[STAGING_OHLCV],
           map_index_template="{{ task.op_kwargs['chunk']['symbol'] }} "
                              "{{ task.op_kwargs['chunk']['chunk'] }}/{{ task.op_kwargs['chunk']['chunks'] }}")
-    def extract(chunk: dict[str, Any]) -> dict[str, Any]:
+    def ingest(chunk: dict[str, Any]) -> dict[str, Any]:
         from marketflow.connections import raw_database, warehouse_connection
-        from marketflow.pipeline import extract_market
+        from marketflow.pipeline import ingest_market, reprocess_from_raw, window_coverage
         from marketflow.raw_store import RawStore
         from marketflow.timeframes import Window
 
         attempt, ctx = _attempt()
-        if ctx["params"].get("from_raw"):
-            return {**chunk, "from_raw": True}
         config = load_config()
-        ops_conn = warehouse_connection()
+        window = Window(chunk["window_start_ms"], chunk["window_end_ms"])
+        raw = RawStore(raw_database())
+        conn, ops_conn = warehouse_connection(), warehouse_connection()
         ops_conn.autocommit = True
         try:
-            out = extract_market(config, config.market(exchange.name, chunk["symbol"]), chunk["timeframe"],
-                                 Window(chunk["window_start_ms"], chunk["window_end_ms"]), RawStore(raw_database()),
-                                 attempt, ops_conn=ops_conn)
-        finally:
-            ops_conn.close()
-        log.info("chunk %d/%d of %s extracted", chunk["chunk"], chunk["chunks"], exchange.name)
-        return {**chunk, **out}
-
-    @task(task_id="load", pool=exchange.pool, outlets=[STAGING_OHLCV],
-          map_index_template="{{ task.op_kwargs['extracted']['symbol'] }} "
-                             "{{ task.op_kwargs['extracted']['chunk'] }}/{{ task.op_kwargs['extracted']['chunks'] }}")
-    def load(extracted: dict[str, Any]) -> dict[str, Any]:
-        from marketflow.connections import raw_database, warehouse_connection
-        from marketflow.pipeline import load_market, reprocess_from_raw, window_coverage
-        from marketflow.raw_store import RawStore
-        from marketflow.timeframes import Window
-
-        attempt, _ = _attempt()
-        conn = warehouse_connection()
-        try:
-            raw = RawStore(raw_database())
-            result = (reprocess_from_raw(conn, raw, extracted, attempt) if extracted.get("from_raw")
-                      else load_market(conn, raw, extracted, attempt))
-            coverage = window_coverage(conn, exchange.name, extracted["symbol"], extracted["timeframe"],
-                                       Window(extracted["window_start_ms"], extracted["window_end_ms"]))
+            if ctx["params"].get("from_raw"):
+                result = reprocess_from_raw(conn, raw, chunk, attempt)
+            else:
+                result = ingest_market(config, config.market(exchange.name, chunk["symbol"]), chunk["timeframe"],
+                                       window, raw, conn, attempt, ops_conn=ops_conn)
+            coverage = window_coverage(conn, exchange.name, chunk["symbol"], chunk["timeframe"], window)
         finally:
             conn.close()
-        return {"exchange": exchange.name, "symbol": extracted["symbol"], "chunk": extracted["chunk"],
-                "chunks": extracted["chunks"], **result, **coverage}
+            ops_conn.close()
+        log.info("chunk %d/%d of %s done", chunk["chunk"], chunk["chunks"], exchange.name)
+        return {"exchange": exchange.name, "symbol": chunk["symbol"], "chunk": chunk["chunk"],
+                "chunks": chunk["chunks"], **result, **coverage}
 
     with TaskGroup(group_id=exchange.name, tooltip=f"backfill {exchange.name} in chunks") as group:
-        loaded = load.expand(extracted=extract.expand(chunk=plan()))
-    return group, loaded
+        ingested = ingest.expand(chunk=plan())
+    return group, ingested
 
 
 @task(task_id="summary", trigger_rule="all_done")

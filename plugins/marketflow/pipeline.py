@@ -2,7 +2,9 @@
 
 extract: exchange -> MongoDB raw (one document per response) -> returns the payload ids.
 load:    payload ids -> parse, validate -> Postgres staging in one transaction.
-Both record one raw_ingestion_log document per attempt, success or failure.
+ingest:  extract then load in one task (the DAGs' unit of work); the load takes the payloads the
+         extract just inserted from memory instead of reading them back.
+Each records one raw_ingestion_log document per attempt, success or failure.
 """
 
 from __future__ import annotations
@@ -100,12 +102,14 @@ def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
 
 
 def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
-                   raw: RawStore, attempt: Attempt, with_ticker: bool = False, ops_conn=None) -> dict[str, Any]:
+                   raw: RawStore, attempt: Attempt, with_ticker: bool = False, ops_conn=None,
+                   written: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Fetch the market's closed candles for the window into raw; returns ids for the load task.
 
     With ``ops_conn`` (an autocommit Postgres connection) every call draws on the exchange's shared
     rate-limit bucket, each failed call is written to ops.api_errors, and the market's consecutive
-    failures are counted (alerting at ``alert_after_failures``)."""
+    failures are counted (alerting at ``alert_after_failures``). ``written`` collects the documents
+    inserted, for a load in the same task (``ingest_market``)."""
     exchange_cfg = config.exchange(market.exchange)
     now_ms = int(time.time() * 1000)
     window = market_window(market, timeframe, run_window, now_ms)
@@ -142,7 +146,7 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         expected = window.candles(timeframe)
         if not window.empty:
             for page in fetch_ohlcv_pages(exchange, market.symbol, timeframe, window):
-                result["payload_ids"] += raw.save_responses(ctx, page.responses, page.request)
+                result["payload_ids"] += raw.save_responses(ctx, page.responses, page.request, keep=written)
                 result["pages"] += 1
                 result["candles_fetched"] += sum(1 for t in page.open_times if window.start_ms <= t < window.end_ms)
                 elapsed = max(time.monotonic() - started, 1e-6)
@@ -152,7 +156,7 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         if with_ticker:
             _, responses = fetch_ticker_response(exchange, market.symbol)
             ticker_ctx = PayloadContext(**{**ctx.__dict__, "kind": "ticker", "timeframe": None, "window": None})
-            result["ticker_payload_ids"] = raw.save_responses(ticker_ctx, responses)
+            result["ticker_payload_ids"] = raw.save_responses(ticker_ctx, responses, keep=written)
     except Exception as exc:
         responses = getattr(exc, "responses", [])
         error_class = classify(exc, responses[-1].status if responses else None)
@@ -188,8 +192,11 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     return result
 
 
-def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
-    """Load the payloads an extract stored into staging; safe to run any number of times."""
+def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt,
+                written: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Load the payloads an extract stored into staging; safe to run any number of times.
+
+    ``written``: documents the extract of this same task inserted (not read back from MongoDB)."""
     window = Window(extracted["window_start_ms"], extracted["window_end_ms"])
     started = time.monotonic()
     base = {"stage": "load", "exchange": extracted["exchange"], "symbol": extracted["symbol"],
@@ -199,11 +206,11 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
             "started_at": datetime.now(UTC), "status": "running"}
     raw.log_attempt(attempt.attempt_id, base)
     try:
-        docs = raw.get_payloads(extracted["payload_ids"])
+        docs = raw.get_payloads(extracted["payload_ids"], known=written)
         result = load_candle_payloads(conn, docs, extracted["exchange"], extracted["symbol"],
                                       extracted["timeframe"], attempt.run_id, window)
         tickers, ticker_problems = load_ticker_payloads(
-            conn, raw.get_payloads(extracted.get("ticker_payload_ids") or []), attempt.run_id)
+            conn, raw.get_payloads(extracted.get("ticker_payload_ids") or [], known=written), attempt.run_id)
     except Exception as exc:
         raw.log_attempt(attempt.attempt_id, {"status": "failed", "finished_at": datetime.now(UTC),
                                              "duration_s": time.monotonic() - started,
@@ -220,12 +227,25 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
     return {**result.as_dict(), "tickers": tickers}
 
 
+def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
+                  raw: RawStore, conn, attempt: Attempt, with_ticker: bool = False, ops_conn=None
+                  ) -> dict[str, Any]:
+    """Extract then load one market's window in one task; returns the load's counts.
+
+    Every payload is in MongoDB before the load starts, so nothing is lost if the load fails: the
+    task's retry fetches again (idempotent) or ``from_raw`` rebuilds staging from what is stored.
+    The load reuses the documents the extract inserted instead of reading them back."""
+    written: dict[str, dict[str, Any]] = {}
+    extracted = extract_market(config, market, timeframe, run_window, raw, attempt, with_ticker=with_ticker,
+                               ops_conn=ops_conn, written=written)
+    return load_market(conn, raw, extracted, attempt, written=written)
+
+
 def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt) -> str:
     """Re-fetch one gap window and record the outcome on its ops.backfill_tasks row."""
     try:
         market = config.market(task.exchange, task.symbol)
-        extracted = extract_market(config, market, task.timeframe, task.window, raw, attempt)
-        load_market(conn, raw, extracted, attempt)
+        ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt)
     except Exception as exc:
         state = finish_task(conn, task, 0, error=f"{type(exc).__name__}: {exc}"[:2000])
         log.error("gap %s %s %s %s: attempt %d/%d failed (%s); task now %s", task.exchange, task.symbol,

@@ -74,9 +74,15 @@ class RawStore:
         self.attempts.create_index("started_at", name="retention_ttl", expireAfterSeconds=retention_days * 86_400)
 
     def save_responses(self, ctx: PayloadContext, responses: Iterable[HttpExchange],
-                       request: dict[str, Any] | None = None, error: str | None = None) -> list[str]:
-        """Store responses (one document each); returns their ids in order."""
-        ops, ids = [], []
+                       request: dict[str, Any] | None = None, error: str | None = None,
+                       keep: dict[str, dict[str, Any]] | None = None) -> list[str]:
+        """Store responses (one document each); returns their ids in order.
+
+        ``keep``: gets each document this call inserted, as MongoDB now holds it, so a load in the
+        same task reads its own writes without a round trip. Documents that were already stored
+        (same request, same body) are not kept: the stored one, from the first fetch, is what
+        counts, and the load reads it."""
+        ops, ids, docs = [], [], []
         for response in responses:
             pid = payload_id(ctx, response)
             fetched_at = from_ms(response.received_at_ms)
@@ -99,15 +105,24 @@ class RawStore:
                 upsert=True,
             ))
             ids.append(pid)
+            docs.append(doc)
         if ops:
-            self.payloads.bulk_write(ops, ordered=True)
+            written = self.payloads.bulk_write(ops, ordered=True)
+            if keep is not None:
+                for index, pid in written.upserted_ids.items():
+                    keep[pid] = {"_id": pid, **docs[index], "last_fetched_at": docs[index]["fetched_at"],
+                                 "last_run_id": ctx.run_id, "fetch_count": 1}
         return ids
 
-    def get_payloads(self, ids: list[str], batch: int = 50) -> list[dict[str, Any]]:
-        """Fetch documents by id in batches, returned in the order of ``ids``; a missing id is an error."""
-        found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(ids), batch):
-            for doc in self.payloads.find({"_id": {"$in": ids[i:i + batch]}}):
+    def get_payloads(self, ids: list[str], batch: int = 50, known: dict[str, dict[str, Any]] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Fetch documents by id in batches, returned in the order of ``ids``; a missing id is an error.
+
+        ``known``: documents this task wrote itself (``save_responses(keep=...)``), not read again."""
+        found: dict[str, dict[str, Any]] = {i: known[i] for i in ids if known and i in known}
+        wanted = [i for i in dict.fromkeys(ids) if i not in found]
+        for i in range(0, len(wanted), batch):
+            for doc in self.payloads.find({"_id": {"$in": wanted[i:i + batch]}}):
                 found[doc["_id"]] = doc
         missing = [i for i in ids if i not in found]
         if missing:

@@ -86,16 +86,15 @@ def test_operational_settings(parsed: dict, dag_id: str) -> None:
 
 def test_extract_and_load_are_mapped_per_exchange_in_its_pool(parsed: dict) -> None:
     for dag_id, dag in parsed["dags"].items():
-        if dag_id == "market_candles_1m":
-            continue  # one ingest task per exchange, below
-        first = "prepare_storage" if dag_id != "market_backfill" else None
+        if dag_id in ("market_candles_1m", "market_backfill"):
+            continue  # one ingest task per exchange / per chunk, below
+        first = "prepare_storage"
         for exchange in ("binance", "okx"):
             for step in ("extract", "load"):
                 task = dag["tasks"][f"{exchange}.{step}"]
                 assert task["mapped"], (exchange, step)
                 assert task["pool"] == f"exchange_{exchange}"
-            if first:
-                assert dag["tasks"][f"{exchange}.extract"]["upstream"] == [first]
+            assert dag["tasks"][f"{exchange}.extract"]["upstream"] == [first]
             assert dag["tasks"][f"{exchange}.load"]["upstream"] == [f"{exchange}.extract"]
 
 
@@ -112,8 +111,9 @@ def test_backfill_dag_plans_chunks_then_summarises(parsed: dict) -> None:
     tasks = parsed["dags"]["market_backfill"]["tasks"]
     for exchange in ("binance", "okx"):
         assert tasks[f"{exchange}.plan"]["upstream"] == ["prepare_storage"]
-        assert tasks[f"{exchange}.extract"]["upstream"] == [f"{exchange}.plan"]
-    assert set(tasks["summary"]["upstream"]) == {"binance.load", "okx.load"}
+        assert tasks[f"{exchange}.ingest"]["upstream"] == [f"{exchange}.plan"]
+        assert tasks[f"{exchange}.ingest"]["mapped"] and tasks[f"{exchange}.ingest"]["pool"] == f"exchange_{exchange}"
+    assert set(tasks["summary"]["upstream"]) == {"binance.ingest", "okx.ingest"}
 
 
 def test_hourly_dag_builds_marts_after_every_load(parsed: dict) -> None:
@@ -150,3 +150,11 @@ def test_hourly_dag_repairs_gaps_after_the_marts(parsed: dict) -> None:
     rebuild_roots = [t for t, v in tasks.items() if t.startswith("dbt_after_repairs.")
                      and not any(u.startswith("dbt_after_repairs.") for u in v["upstream"])]
     assert rebuild_roots and all(tasks[t]["upstream"] == ["gap_repairs.anything_repaired"] for t in rebuild_roots)
+    # the repaired minutes reach data_quality_summary through the hourly tallies, rebuilt first
+    upstream, todo = set(), ["dbt_after_repairs.data_quality_summary_model_build"]
+    while todo:
+        for u in tasks[todo.pop()]["upstream"]:
+            if u not in upstream:
+                upstream.add(u)
+                todo.append(u)
+    assert "dbt_after_repairs.int_dq_candle_hours_1m_model_build" in upstream
