@@ -41,6 +41,8 @@ class HttpExchange:
     headers: dict[str, str]
     body: str
     received_at_ms: int
+    # Whether ccxt decoded the body as JSON (None: ccxt did not try), so it is not decoded twice.
+    json_ok: bool | None = None
 
     @property
     def endpoint(self) -> str:
@@ -67,6 +69,15 @@ class ResponseRecorder:
             return original(code, reason, url, method, headers, body, *args, **kwargs)
 
         exchange.on_rest_response = record
+        original_parse = exchange.parse_json
+
+        def parse(http_response):  # type: ignore[no-untyped-def]
+            decoded = original_parse(http_response)  # None when the body is not a JSON object or array
+            if self.responses:
+                self.responses[-1].json_ok = decoded is not None
+            return decoded
+
+        exchange.parse_json = parse
 
     def take(self) -> list[HttpExchange]:
         taken, self.responses = self.responses, []
@@ -162,8 +173,10 @@ class MalformedResponse(ccxt.ExchangeNotAvailable):
 
 def _require_json(responses: list[HttpExchange]) -> None:
     for response in responses:
-        if response.status == 200:
+        if response.status == 200 and not response.json_ok:
             try:
+                if response.json_ok is False:
+                    raise ValueError("ccxt could not decode it")
                 json.loads(response.body)
             except ValueError:
                 raise MalformedResponse(f"{response.endpoint} answered HTTP 200 with a body that is not JSON "
