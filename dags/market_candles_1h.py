@@ -45,8 +45,9 @@ def market_candles_1h() -> None:
     for exchange in CONFIG.enabled_exchanges:
         storage >> candle_pipeline(exchange, "1m", with_ticker=False) >> marts
     repairs = gap_repairs(CONFIG)
-    # Only when a gap was re-fetched: rebuild what the repaired minutes change.
-    marts >> repairs >> dbt_marts("dbt_after_repairs", select=["path:models/marts"])
+    # Only when a gap was re-fetched: rebuild what the repaired minutes change (the marts, and the
+    # hourly data-quality tallies that data_quality_summary reads).
+    marts >> repairs >> dbt_marts("dbt_after_repairs", select=["path:models/marts", "int_dq_candle_hours_1m+"])
 
 
 market_candles_1h()
