@@ -4,6 +4,7 @@ corrections, full-refresh equivalence, and the data tests actually failing on ba
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -402,3 +403,31 @@ def test_source_freshness(dbt: DbtRunner, loaded_warehouse) -> None:
     conn.commit()
     result = dbt("source", "freshness", expect_success=False)
     assert "ERROR STALE" in result.output and "staging.ohlcv" in result.output, result.output
+
+
+def _failing_tests(output: str) -> set[str]:
+    return set(re.findall(r"FAIL \d+ (\w+) \.", output))  # "3 of 12 FAIL 1 <test> ....."
+
+
+def test_reconciliation_tests_name_the_broken_link(dbt: DbtRunner, loaded_warehouse) -> None:
+    """The rollup chain (5m from 1m ... 1w from 1d) and the indicator check fail on a corrupted row."""
+    conn = loaded_warehouse
+    dbt("build", "--exclude-resource-type", "unit_test")
+    select = ("--select", "test_name:ohlcv_rollup_matches_finer test_name:indicator_matches_candles")
+    assert _failing_tests(dbt("test", *select).output) == set()
+    with conn.cursor() as cur:
+        # a 1h bucket whose volume no longer adds up, and an indicator row out of sequence
+        cur.execute("update marts.ohlcv_1h set volume = volume + 1"
+                    " where (exchange, symbol, open_time) = (select exchange, symbol, min(open_time)"
+                    " from marts.ohlcv_1h where exchange = 'okx' group by exchange, symbol)")
+        assert cur.rowcount == 1
+        cur.execute("update marts.indicators_1m set candle_index = candle_index + 1"
+                    " where (exchange, symbol, open_time) = (select exchange, symbol, max(open_time)"
+                    " from marts.indicators_1m where exchange = 'binance' group by exchange, symbol)")
+        assert cur.rowcount == 1
+    conn.commit()
+    failing = _failing_tests(dbt("test", *select, expect_success=False).output)
+    # 1h against 15m, and 1d against the corrupted 1h: the chain points at the changed table
+    assert {t.split("_ref_")[0] for t in failing} == {
+        "ohlcv_rollup_matches_finer_ohlcv_1h", "ohlcv_rollup_matches_finer_ohlcv_1d",
+        "indicator_matches_candles_indicators_1m"}, failing

@@ -24,13 +24,50 @@ with keys as (
     where {{ recent_rows_filter(ingested_column) }}
 ),
 
+-- Per market, the indicator rows from the one before its earliest key on, each with the
+-- candle_index of the row before it: one index range scan and a window per market (a lookup of
+-- the previous row per key cost an index probe per row, seconds at 400k rows).
+spans as (
+    select exchange, symbol, min(open_time) as span_start
+    from keys
+    group by exchange, symbol
+),
+
+indicator_rows as (
+    select
+        rows_.exchange,
+        rows_.symbol,
+        rows_.open_time,
+        rows_.candle_index,
+        rows_.close,
+        rows_.last_ingested_at,
+        lag(rows_.candle_index) over (
+            partition by rows_.exchange, rows_.symbol order by rows_.open_time
+        )                                       as previous_candle_index
+    from spans
+    cross join lateral (
+        select p.exchange, p.symbol, p.open_time, p.candle_index, p.close, p.last_ingested_at
+        from {{ model }} as p
+        where p.exchange = spans.exchange
+          and p.symbol = spans.symbol
+          and p.open_time >= coalesce((
+              select max(before.open_time)
+              from {{ model }} as before
+              where before.exchange = spans.exchange
+                and before.symbol = spans.symbol
+                and before.open_time < spans.span_start
+          ), spans.span_start)
+        offset 0  -- keeps the range scan per market
+    ) as rows_
+),
+
 compared as (
     select
         keys.exchange,
         keys.symbol,
         keys.open_time,
         ind.candle_index,
-        previous.candle_index                   as previous_candle_index,
+        ind.previous_candle_index,
         ind.close                               as row_close,
         candle.close                            as candle_close,
         case
@@ -39,21 +76,14 @@ compared as (
             when ind.close is distinct from candle.close then 'close differs from the candle'
             when ind.last_ingested_at is distinct from candle.{{ ingested_column }}
                 then 'last_ingested_at differs from the candle'
-            when ind.candle_index is distinct from coalesce(previous.candle_index, 0) + 1
+            when ind.candle_index is distinct from coalesce(ind.previous_candle_index, 0) + 1
                 then 'candle_index is not the previous row''s + 1'
         end                                     as problem
     from keys
-    left join {{ model }} as ind
+    left join indicator_rows as ind
         on ind.exchange = keys.exchange and ind.symbol = keys.symbol and ind.open_time = keys.open_time
     left join {{ candles }} as candle
         on candle.exchange = keys.exchange and candle.symbol = keys.symbol and candle.open_time = keys.open_time
-    left join lateral (
-        select p.candle_index
-        from {{ model }} as p
-        where p.exchange = keys.exchange and p.symbol = keys.symbol and p.open_time < keys.open_time
-        order by p.open_time desc
-        limit 1
-    ) as previous on true
 )
 
 select *

@@ -1,23 +1,32 @@
 {#-
-  Reconciliation of a rollup with the 1m candles it is built from, written independently of the
-  model (window functions for open/close instead of ordered array_agg): for every bucket of the rollup
-  and every bucket that 1m candles written within the test window fall in, a fresh aggregation
-  of ALL the bucket's minutes must equal the stored row (count, open, high, low, close, volume,
-  quote_volume, trades, first/last minute, last_ingested_at). Catches an incremental run that
-  missed a late or corrected minute, or recomputed a bucket from only some of its minutes.
+  Reconciliation of a rollup with the next finer candle table, written independently of the model
+  (window functions for open/close instead of ordered array_agg): for every bucket of the rollup
+  and every bucket that finer candles written within the test window fall in, a fresh aggregation
+  of ALL the bucket's finer candles must equal the stored row (count, open, high, low, close,
+  volume, quote_volume, trades, first/last minute, last_ingested_at). Catches an incremental run
+  that missed a late or corrected minute, or recomputed a bucket from only some of its minutes.
+
+  The chain 1m -> 5m -> 15m -> 1h -> 1d -> 1w: each link checks a rollup against the one below it
+  (5m against ohlcv_1m). Every column composes exactly (counts and volumes add, open/close are
+  the first/last, high/low the max/min, quote_volume is NULL when any part's is), so the chain
+  passing means every rollup equals a fresh aggregation of the minutes, while the 1w check reads
+  1d rows instead of 10,080 minutes per bucket (all five checks once read every minute).
 
   Windowing: the rollup side is whatever `where` the test is configured with (the rollup ymls use
-  last_ingested_at within data_test_window_hours); the 1m side is windowed here on ingested_at
-  with the same var (0 = everything). A stored bucket older than one of its minutes is reported as
-  missing (it is stale).
+  last_ingested_at within data_test_window_hours); the finer side is windowed here on its
+  ingested_at / last_ingested_at with the same var (0 = everything). A stored bucket older than
+  one of its parts is reported as missing (it is stale).
 
     data_tests:
-      - ohlcv_rollup_matches_minutes:
+      - ohlcv_rollup_matches_finer:
           arguments:
             timeframe: 1h
-            minutes: ref('ohlcv_1m')
+            finer: ref('ohlcv_15m')
+            finer_timeframe: 15m
 -#}
-{% test ohlcv_rollup_matches_minutes(model, timeframe, minutes) %}
+{% test ohlcv_rollup_matches_finer(model, timeframe, finer, finer_timeframe) %}
+{%- set from_minutes = finer_timeframe == '1m' %}
+{%- set finer_ingested = 'ingested_at' if from_minutes else 'last_ingested_at' %}
 {%- set width = "interval '" ~ rollup_timeframe(timeframe)[0] ~ "'" %}
 
 with stored_rows as (
@@ -29,27 +38,33 @@ buckets as (
     from stored_rows
     union
     select exchange, symbol, {{ utc_bucket('open_time', timeframe) }}
-    from {{ minutes }}
-    where {{ recent_rows_filter('ingested_at') }}
+    from {{ finer }}
+    where {{ recent_rows_filter(finer_ingested) }}
 ),
 
 -- Per market, one index range scan over the span of its buckets (a range join per bucket made
--- the planner loop over every minute of the market for every bucket: minutes at 40k rows).
+-- the planner loop over every finer row of the market for every bucket: minutes at 40k rows).
 market_spans as (
     select exchange, symbol, min(bucket) as span_start, max(bucket) + {{ width }} as span_end
     from buckets
     group by exchange, symbol
 ),
 
--- Materialized: inlined, the planner joined the buckets first and compared every minute of a
+-- Materialized: inlined, the planner joined the buckets first and compared every finer row of a
 -- market with every bucket of it.
 span_minutes as materialized (
     select m.*
     from market_spans as s
     cross join lateral (
         select {{ utc_bucket('c.open_time', timeframe) }} as bucket, c.exchange, c.symbol, c.open_time, c.open,
-               c.high, c.low, c.close, c.volume, c.quote_volume, c.trades, c.ingested_at
-        from {{ minutes }} as c
+               c.high, c.low, c.close, c.volume, c.quote_volume, c.trades,
+               {%- if from_minutes %}
+               1 as candle_count, c.open_time as first_minute_at, c.open_time as last_minute_at,
+               c.ingested_at as last_ingested_at
+               {%- else %}
+               c.candle_count, c.first_minute_at, c.last_minute_at, c.last_ingested_at
+               {%- endif %}
+        from {{ finer }} as c
         where c.exchange = s.exchange
           and c.symbol = s.symbol
           and c.open_time >= s.span_start
@@ -64,7 +79,7 @@ bucket_minutes as (
         on b.exchange = m.exchange and b.symbol = m.symbol and b.bucket = m.bucket
 ),
 
--- open/close by window functions over the bucket's minutes (the model uses ordered array_agg).
+-- open/close by window functions over the bucket's parts (the model uses ordered array_agg).
 ends as (
     select
         *,
@@ -80,13 +95,13 @@ expected as (
         max(high)                                                       as high,
         min(low)                                                        as low,
         min(last_close)                                                 as close,
-        count(*)                                                        as candle_count,
+        sum(candle_count)                                               as candle_count,
         sum(volume)                                                     as volume,
         case when bool_and(quote_volume is not null) then sum(quote_volume) end  as quote_volume,
         case when bool_and(trades is not null) then sum(trades) end     as trades,
-        min(open_time)                                                  as first_minute_at,
-        max(open_time)                                                  as last_minute_at,
-        max(ingested_at)                                                as last_ingested_at
+        min(first_minute_at)                                            as first_minute_at,
+        max(last_minute_at)                                             as last_minute_at,
+        max(last_ingested_at)                                           as last_ingested_at
     from ends
     group by exchange, symbol, bucket
 ),
@@ -102,7 +117,7 @@ compared as (
         stored.close                                    as stored_close,
         case
             when stored.open_time is null then 'bucket missing from the rollup (or stale)'
-            when expected.bucket is null then 'bucket has no 1m candles'
+            when expected.bucket is null then 'bucket has no {{ finer_timeframe }} candles'
             when (stored.open, stored.high, stored.low, stored.close, stored.volume, stored.quote_volume,
                   stored.trades, stored.candle_count, stored.first_minute_at, stored.last_minute_at,
                   stored.last_ingested_at)
@@ -110,7 +125,7 @@ compared as (
                  (expected.open, expected.high, expected.low, expected.close, expected.volume,
                   expected.quote_volume, expected.trades, expected.candle_count, expected.first_minute_at,
                   expected.last_minute_at, expected.last_ingested_at)
-                then 'values differ from a fresh aggregation of the minutes'
+                then 'values differ from a fresh aggregation of the {{ finer_timeframe }} candles'
         end as problem
     from expected
     full outer join (
