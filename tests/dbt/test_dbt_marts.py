@@ -431,3 +431,21 @@ def test_reconciliation_tests_name_the_broken_link(dbt: DbtRunner, loaded_wareho
     assert {t.split("_ref_")[0] for t in failing} == {
         "ohlcv_rollup_matches_finer_ohlcv_1h", "ohlcv_rollup_matches_finer_ohlcv_1d",
         "indicator_matches_candles_indicators_1m"}, failing
+
+
+def test_not_null_columns_names_each_column_with_nulls(dbt: DbtRunner, loaded_warehouse) -> None:
+    conn = loaded_warehouse
+    dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
+    select = ("--select", "ohlcv_1m,test_name:not_null_columns")
+    with conn.cursor() as cur:
+        cur.execute("update marts.ohlcv_1m set volume = null, run_id = null"
+                    " where open_time >= (select max(open_time) - interval '2 minutes' from marts.ohlcv_1m)")
+        changed = cur.rowcount
+    conn.commit()
+    assert changed >= 3
+    result = dbt("test", *select, expect_success=False)
+    assert "Got 2 results" in result.output, result.output  # one per column with NULLs
+    (table,) = query(conn, "select table_name from information_schema.tables where table_schema = 'dbt_test__audit'"
+                           " and table_name like 'not_null_columns_ohlcv_1m%'")[0]
+    assert dict(query(conn, f'select column_name, null_rows from dbt_test__audit."{table}"')) == {
+        "volume": changed, "run_id": changed}

@@ -123,10 +123,17 @@ def test_generic_tests_are_attached(manifest: dict) -> None:
         "unique_combination_of_columns",
         "ohlcv_consistency",
         "relationships_multi_column",
-        "not_null",
+        "not_null_columns",
     } <= (by_model["ohlcv_1m"])
     for model in ("markets", "latest_price", "int_markets"):
         assert "unique_combination_of_columns" in by_model[model], model
+    # one NULL check per model, not one per column
+    nulls = [t for t in tests if t["test_metadata"]["name"] in ("not_null", "not_null_columns")]
+    per_model = [t["depends_on"]["nodes"][0] for t in nulls]
+    assert len(per_model) == len(set(per_model)), "a model has more than one NULL check"
+    ohlcv = next(t for t in nulls if t["depends_on"]["nodes"][0].endswith(".ohlcv_1m"))
+    assert {"exchange", "symbol", "open_time", "close", "volume", "ingested_at"} <= set(
+        ohlcv["test_metadata"]["kwargs"]["columns"])
 
 
 def test_unit_tests_and_exposure(manifest: dict) -> None:
