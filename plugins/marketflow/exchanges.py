@@ -131,22 +131,63 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
     return exchange
 
 
-# Market lists loaded in this process, per exchange and API address: a backfill builds a client per
+# Market lists per exchange and API address, reused for an hour: a backfill builds a client per
 # chunk, and a market list costs much more than a page of candles (Binance's exchangeInfo weighs
-# 20, a 1000-candle klines page 2; 300 chunks would spend a whole minute's limit on it).
+# 20, a 1000-candle klines page 2; 300 chunks would spend a whole minute's limit on it). Kept in
+# this process, and (given a connection) in ops.market_lists for every other task process.
 MARKETS_TTL_S = 3600.0
 _markets_cache: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {}
 
 
-def load_markets(exchange: ccxt.Exchange) -> None:
-    """``exchange.load_markets()``, answered from this process's cache when loaded within the TTL."""
+def load_markets(exchange: ccxt.Exchange, conn=None) -> None:
+    """``exchange.load_markets()``, answered from this process's cache or, with ``conn`` (an
+    autocommit Postgres connection), from the list another task stored within the TTL.
+
+    When the stored list is missing or old, one task fetches it while the others wait on an
+    advisory lock and then read what it stored, instead of all asking the exchange at once."""
     key = f"{exchange.id} {json.dumps(exchange.urls.get('api'), sort_keys=True, default=str)}"
     cached = _markets_cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL_S:
         exchange.set_markets(cached[1], cached[2])
         return
-    call_with_retries(exchange, exchange.load_markets, "market list")
-    _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
+    if conn is None:
+        call_with_retries(exchange, exchange.load_markets, "market list")
+        _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
+        return
+    with conn.cursor() as cur:
+        if not _use_stored_markets(cur, exchange, key):
+            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"market list {key}",))
+            try:
+                if not _use_stored_markets(cur, exchange, key):
+                    call_with_retries(exchange, exchange.load_markets, "market list")
+                    cur.execute(
+                        "INSERT INTO ops.market_lists (exchange, api, loaded_at, markets, currencies)"
+                        " VALUES (%s, %s, now(), %s, %s) ON CONFLICT (exchange, api) DO UPDATE SET"
+                        " loaded_at = excluded.loaded_at, markets = excluded.markets, currencies = excluded.currencies",
+                        (exchange.id, key, json.dumps(exchange.markets, default=str),
+                         json.dumps(exchange.currencies, default=str)))
+                    _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
+            finally:
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"market list {key}",))
+    if not conn.autocommit:
+        conn.commit()
+
+
+def _use_stored_markets(cur, exchange: ccxt.Exchange, key: str) -> bool:
+    """Set the markets stored for ``key`` if loaded within the TTL; False when there are none."""
+    cur.execute("SELECT markets::text, currencies::text, extract(epoch FROM now() - loaded_at) FROM ops.market_lists"
+                " WHERE exchange = %s AND api = %s AND loaded_at > now() - %s * interval '1 second'",
+                (exchange.id, key, MARKETS_TTL_S))
+    row = cur.fetchone()
+    if row is None:
+        return False
+    markets, currencies = json.loads(row[0]), json.loads(row[1]) if row[1] else None
+    exchange.set_markets(markets, currencies)
+    # the TTL runs from when the list was fetched, not from when this process read it
+    _markets_cache[key] = (time.monotonic() - float(row[2]), exchange.markets, exchange.currencies)
+    log.info("%s: market list from ops.market_lists (%d markets, loaded %.0f s ago)", exchange.id, len(markets),
+             float(row[2]))
+    return True
 
 
 # In-task retries before the task fails to Airflow (which retries again with its own backoff).

@@ -141,7 +141,7 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     ctx = PayloadContext(market.exchange, exchange_cfg.ccxt_id, market.symbol, timeframe, "ohlcv", window,
                          attempt.run_id, attempt.try_number, {})
     try:
-        load_markets(exchange)
+        load_markets(exchange, ops_conn)
         ctx = PayloadContext(**{**ctx.__dict__, "market": market_info(exchange, market.symbol)})
         expected = window.candles(timeframe)
         if not window.empty:

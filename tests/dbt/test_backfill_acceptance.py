@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import psycopg2
 
+from marketflow import exchanges
 from marketflow.config import load_config
 from marketflow.emulator.testing import EmulatorProcess
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_chunks
@@ -45,6 +46,7 @@ def test_thirty_days_four_markets_no_429s_every_candle_in_the_marts(tmp_path, wa
                                                      "chunk_hours": 24 * 10})
             assert len(chunks) == 4 * 3
             for i, chunk in enumerate(chunks):
+                exchanges._markets_cache.clear()  # each chunk is its own task process
                 market = config.market("binance", chunk["symbol"])
                 window = Window(chunk["window_start_ms"], chunk["window_end_ms"])
                 extracted = extract_market(config, market, "1m", window, raw, Attempt("t", "bf", "extract", i),
@@ -56,7 +58,8 @@ def test_thirty_days_four_markets_no_429s_every_candle_in_the_marts(tmp_path, wa
     assert (stats["http_429_sent"], stats["http_418_sent"]) == (0, 0), stats
     # 10-day chunks of 14,400 candles: 15 calls of at most 1,000 each.
     assert stats["requests"]["binance"]["/api/v3/klines"] == 4 * 3 * 15
-    # The market list (weight 20, ten klines pages) is loaded once and cached, not once per chunk.
+    # The market list (weight 20, ten klines pages) is loaded once and shared (ops.market_lists),
+    # not once per chunk.
     assert stats["requests"]["binance"]["/api/v3/exchangeInfo"] == 1
 
     dbt("build")
