@@ -150,25 +150,29 @@ def load_markets(exchange: ccxt.Exchange, conn=None) -> None:
     if cached is not None and time.monotonic() - cached[0] < MARKETS_TTL_S:
         exchange.set_markets(cached[1], cached[2])
         return
-    if conn is None:
+
+    def fetch() -> None:
         call_with_retries(exchange, exchange.load_markets, "market list")
         _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
+
+    if conn is None:
+        fetch()
         return
+    lock = f"market list {key}"
     with conn.cursor() as cur:
         if not _use_stored_markets(cur, exchange, key):
-            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (f"market list {key}",))
+            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
             try:
                 if not _use_stored_markets(cur, exchange, key):
-                    call_with_retries(exchange, exchange.load_markets, "market list")
+                    fetch()
                     cur.execute(
                         "INSERT INTO ops.market_lists (exchange, api, loaded_at, markets, currencies)"
                         " VALUES (%s, %s, now(), %s, %s) ON CONFLICT (exchange, api) DO UPDATE SET"
                         " loaded_at = excluded.loaded_at, markets = excluded.markets, currencies = excluded.currencies",
                         (exchange.id, key, json.dumps(exchange.markets, default=str),
                          json.dumps(exchange.currencies, default=str)))
-                    _markets_cache[key] = (time.monotonic(), exchange.markets, exchange.currencies)
             finally:
-                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (f"market list {key}",))
+                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
     if not conn.autocommit:
         conn.commit()
 
@@ -212,16 +216,21 @@ class MalformedResponse(ccxt.ExchangeNotAvailable):
     such text to its parsers without raising; treated as a transient outage and retried."""
 
 
+def _is_json(response: HttpExchange) -> bool:
+    if response.json_ok is not None:  # ccxt has already tried to decode it
+        return response.json_ok
+    try:
+        json.loads(response.body)
+    except ValueError:
+        return False
+    return True
+
+
 def _require_json(responses: list[HttpExchange]) -> None:
     for response in responses:
-        if response.status == 200 and not response.json_ok:
-            try:
-                if response.json_ok is False:
-                    raise ValueError("ccxt could not decode it")
-                json.loads(response.body)
-            except ValueError:
-                raise MalformedResponse(f"{response.endpoint} answered HTTP 200 with a body that is not JSON "
-                                        f"({len(response.body)} bytes, starts {response.body[:60]!r})") from None
+        if response.status == 200 and not _is_json(response):
+            raise MalformedResponse(f"{response.endpoint} answered HTTP 200 with a body that is not JSON "
+                                    f"({len(response.body)} bytes, starts {response.body[:60]!r})")
 
 
 def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, list[HttpExchange]]:

@@ -82,7 +82,7 @@ class RawStore:
         same task reads its own writes without a round trip. Documents that were already stored
         (same request, same body) are not kept: the stored one, from the first fetch, is what
         counts, and the load reads it."""
-        ops, ids, docs = [], [], []
+        ops, ids, updates = [], [], []
         for response in responses:
             pid = payload_id(ctx, response)
             fetched_at = from_ms(response.received_at_ms)
@@ -98,20 +98,18 @@ class RawStore:
                 "body": response.body, "content_hash": content_hash(response.body), "body_bytes": len(response.body),
                 "fetched_at": fetched_at, "run_id": ctx.run_id, "try_number": ctx.try_number, "error": error,
             }
-            ops.append(UpdateOne(
-                {"_id": pid},
-                {"$setOnInsert": doc, "$set": {"last_fetched_at": fetched_at, "last_run_id": ctx.run_id},
-                 "$inc": {"fetch_count": 1}},
-                upsert=True,
-            ))
+            update = {"$setOnInsert": doc, "$set": {"last_fetched_at": fetched_at, "last_run_id": ctx.run_id},
+                      "$inc": {"fetch_count": 1}}
+            ops.append(UpdateOne({"_id": pid}, update, upsert=True))
             ids.append(pid)
-            docs.append(doc)
+            updates.append(update)
         if ops:
             written = self.payloads.bulk_write(ops, ordered=True)
             if keep is not None:
                 for index, pid in written.upserted_ids.items():
-                    keep[pid] = {"_id": pid, **docs[index], "last_fetched_at": docs[index]["fetched_at"],
-                                 "last_run_id": ctx.run_id, "fetch_count": 1}
+                    # what the upsert inserted: its three parts, the counter from 0
+                    update = updates[index]
+                    keep[pid] = {"_id": pid, **update["$setOnInsert"], **update["$set"], **update["$inc"]}
         return ids
 
     def get_payloads(self, ids: list[str], batch: int = 50, known: dict[str, dict[str, Any]] | None = None
