@@ -1,7 +1,9 @@
 {#-
-  Candle rollups (marts ohlcv_5m ... ohlcv_1w), all built the same way from ohlcv_1m.
+  Candle rollups (marts ohlcv_5m ... ohlcv_1w), all built the same way, each from the next finer
+  candle table (5m from ohlcv_1m, 15m from ohlcv_5m, 1h from 15m, 1d from 1h, 1w from 1d).
 
   rollup_timeframes()        timeframe -> (bucket width as an interval literal, minutes per bucket)
+  rollup_finer_timeframe(tf) the timeframe a rollup is aggregated from
   utc_bucket(column, tf)     the start of the UTC bucket `column` falls in
   ohlcv_rollup(tf)           the model SQL (full and incremental)
 
@@ -35,27 +37,47 @@
 {%- endmacro %}
 
 {#-
-  One row per (exchange, symbol, bucket) that has at least one 1m candle.
+  The finer candle table each rollup is built from: every width is a whole number of the finer
+  one's and buckets share one origin, so each bucket is exactly the union of its finer buckets.
+  Building 1w from 1d (7 rows a bucket) instead of from the minutes (10,080 a bucket) reads a
+  fraction of the rows, and every column composes exactly (see ohlcv_rollup below).
+-#}
+{% macro rollup_finer_timeframe(timeframe) -%}
+    {{ return({'5m': '1m', '15m': '5m', '1h': '15m', '1d': '1h', '1w': '1d'}[timeframe]) }}
+{%- endmacro %}
 
-  Values come straight from the bucket's 1m candles, ordered explicitly: open = the open of the
-  earliest minute, close = the close of the latest (array_agg ... ORDER BY open_time), high/low =
-  max/min, volume = sum. quote_volume and trades are the sum when EVERY minute of the bucket has
-  them and NULL otherwise (a partial sum would look like a complete one). Numerics stay numeric.
+{#-
+  One row per (exchange, symbol, bucket) that has at least one 1m candle, aggregated from the
+  bucket's parts in the next finer table (rollup_finer_timeframe: 5m from ohlcv_1m, 15m from
+  ohlcv_5m, ..., 1w from ohlcv_1d).
 
-  Incremental runs recompute the buckets touched by ohlcv_1m rows whose ingested_at is newer than
-  the newest last_ingested_at already in the rollup minus ohlcv_lookback_minutes (the same
-  watermark and lookback as ohlcv_1m, so a late-committing load that ohlcv_1m merges is seen here
-  in the same run). A touched bucket is recomputed from ALL its minutes in ohlcv_1m (an index range
-  scan per bucket), not only the new ones, then merged on (exchange, symbol, open_time). A
-  recomputed bucket whose row is identical (as text, so even a numeric's scale counts) to the
-  stored one is left out of the merge: a run without new data rewrites nothing. Both lookups are
-  written so that they can only run as index probes (LATERAL, scalar subquery): the cost follows
-  the number of touched buckets, whatever the planner estimates (with a join, an underestimate
-  made it merge-join each market's buckets with all of its minutes: minutes instead of seconds).
+  Values are those of the bucket's 1m candles, and compose exactly through the chain: open = the
+  open of the earliest part, close = the close of the latest (array_agg ... ORDER BY open_time),
+  high/low = max/min, volume = sum (numeric sums of sums: the same value and scale).
+  quote_volume and trades are the sum when EVERY part has them and NULL otherwise (a part's is
+  NULL when one of its minutes lacks it, so this is "every minute has them": a partial sum would
+  look like a complete one). candle_count sums the parts' minute counts, first/last minute and
+  last_ingested_at are the min/max of the parts'. Numerics stay numeric.
+
+  Incremental runs recompute the buckets touched by finer rows whose ingested_at (ohlcv_1m) or
+  last_ingested_at (a rollup) is newer than the newest last_ingested_at already in this rollup
+  minus ohlcv_lookback_minutes (the same watermark and lookback as ohlcv_1m; a rollup's newest
+  last_ingested_at is the newest minute's ingested_at, so every table of the chain agrees on it
+  and a late-committing load that ohlcv_1m merges is seen all the way up in the same run). A
+  touched bucket is recomputed from ALL its parts (an index range scan per bucket), not only the
+  new ones, then merged on (exchange, symbol, open_time). A recomputed bucket whose row is
+  identical (as text, so even a numeric's scale counts) to the stored one is left out of the
+  merge: a run without new data rewrites nothing. Both lookups are written so that they can only
+  run as index probes (LATERAL, scalar subquery): the cost follows the number of touched buckets,
+  whatever the planner estimates (with a join, an underestimate made it merge-join each market's
+  buckets with all of its minutes: minutes instead of seconds).
 -#}
 {% macro ohlcv_rollup(timeframe) -%}
 {%- set width, minutes = rollup_timeframe(timeframe) -%}
 {%- set width = "interval '" ~ width ~ "'" -%}
+{%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
+{%- set finer = ref('ohlcv_' ~ finer_timeframe) -%}
+{%- set finer_ingested = 'ingested_at' if finer_timeframe == '1m' else 'last_ingested_at' -%}
 with
 {%- if is_incremental() %}
 touched as (
@@ -63,29 +85,29 @@ touched as (
         exchange,
         symbol,
         {{ utc_bucket('open_time', timeframe) }} as bucket
-    from {{ ref('ohlcv_1m') }}
-    where ingested_at > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    from {{ finer }}
+    where {{ finer_ingested }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
 ),
 
-minutes as (
-    -- one index range scan of ohlcv_1m per touched bucket (LATERAL: never a merge join on the
-    -- market with a range filter, which the planner picks when it underestimates the buckets)
-    select m.*, touched.bucket
+parts as (
+    -- one index range scan of the finer table per touched bucket (LATERAL: never a merge join on
+    -- the market with a range filter, which the planner picks when it underestimates the buckets)
+    select p.*, touched.bucket
     from touched
     cross join lateral (
         select *
-        from {{ ref('ohlcv_1m') }} as minute
-        where minute.exchange = touched.exchange
-          and minute.symbol = touched.symbol
-          and minute.open_time >= touched.bucket
-          and minute.open_time < touched.bucket + {{ width }}
+        from {{ finer }} as part
+        where part.exchange = touched.exchange
+          and part.symbol = touched.symbol
+          and part.open_time >= touched.bucket
+          and part.open_time < touched.bucket + {{ width }}
         offset 0  -- keeps the subquery from being flattened into a join
-    ) as m
+    ) as p
 ),
 {%- else %}
-minutes as (
-    select m.*, {{ utc_bucket('m.open_time', timeframe) }} as bucket
-    from {{ ref('ohlcv_1m') }} as m
+parts as (
+    select p.*, {{ utc_bucket('p.open_time', timeframe) }} as bucket
+    from {{ finer }} as p
 ),
 {%- endif %}
 
@@ -102,12 +124,20 @@ rolled as (
         case when count(quote_volume) = count(*) then sum(quote_volume) end  as quote_volume,
         case when count(trades) = count(*) then sum(trades)::bigint end as trades,
         bucket + {{ width }}                                            as close_time,
+        {%- if finer_timeframe == '1m' %}
         count(*)::integer                                               as candle_count,
         count(*) = {{ minutes }}                                        as is_complete,
         min(open_time)                                                  as first_minute_at,
         max(open_time)                                                  as last_minute_at,
         max(ingested_at)                                                as last_ingested_at
-    from minutes
+        {%- else %}
+        sum(candle_count)::integer                                      as candle_count,
+        sum(candle_count) = {{ minutes }}                               as is_complete,
+        min(first_minute_at)                                            as first_minute_at,
+        max(last_minute_at)                                             as last_minute_at,
+        max(last_ingested_at)                                           as last_ingested_at
+        {%- endif %}
+    from parts
     group by exchange, symbol, bucket
 )
 

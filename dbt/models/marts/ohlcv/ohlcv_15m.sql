@@ -14,5 +14,5 @@
 }}
 
 -- pre_hook: JIT would spend seconds compiling this query for a few touched buckets.
--- 15m candles rolled up from ohlcv_1m in UTC buckets: see macros/ohlcv_rollup.sql.
+-- 15m candles rolled up from ohlcv_5m in UTC buckets: see macros/ohlcv_rollup.sql.
 {{ ohlcv_rollup('15m') }}
