@@ -146,23 +146,39 @@ numbered as (
 means as (
     select
         numbered.*,
-        {%- for n in [12, 20, 26, 50, 200] %}
+        {%- for n in [12, 26] %}
+        -- the exact mean of the first n closes, only where ema_{{ n }} takes it as its seed (sma_{{ n }} is
+        -- not a column: computing it for every row cost a numeric division and cast per row)
+        case when candle_index = {{ n }} then
+            (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
+        end                                                                 as ema_seed_{{ n }},
+        {%- endfor %}
+        {%- for n in [20, 50, 200] %}
         -- exact sum of the last n closes, at a fixed scale (so the division does not depend on how
         -- far back the running sum started), divided in numeric, then rounded to double
         case when candle_index >= {{ n }} then
             (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
         end                                                                 as sma_{{ n }},
         {%- endfor %}
-        -- Wilder's seeds: the means of the first 14 gains / losses (changes at candle_index
-        -- 2..15), as a running aggregate that stops growing after row 15
-        (avg(greatest(change, 0)) filter (where candle_index between 2 and 15) over running)::double precision
-                                                                            as gain_seed_14,
-        (avg(greatest(-change, 0)) filter (where candle_index between 2 and 15) over running)::double precision
-                                                                            as loss_seed_14
+        -- Wilder's seeds: the means of the market's first 14 gains / losses (the changes at
+        -- candle_index 2..15), looked up at candle_index 15 only (a row that exists only when the
+        -- market is computed from its first candle): a window for them cost ~1 s per 400k rows
+        {%- for side, sign in [('gain', ''), ('loss', '-')] %}
+        case when candle_index = 15 then (
+            select avg(greatest({{ sign }}first_15.change, 0))::double precision
+            from (
+                select opening.close - lag(opening.close) over (order by opening.open_time) as change
+                from {{ candles }} as opening
+                where opening.exchange = numbered.exchange
+                  and opening.symbol = numbered.symbol
+                order by opening.open_time
+                limit 15
+            ) as first_15
+            where first_15.change is not null  -- greatest() would turn the first row's NULL into a 0
+        ) end                                                               as {{ side }}_seed_14{{ ',' if side == 'gain' }}
+        {%- endfor %}
     from numbered
-    window
-        market as (partition by exchange, symbol order by open_time),
-        running as (market rows unbounded preceding)
+    window market as (partition by exchange, symbol order by open_time)
 ),
 
 smoothed as (
@@ -181,7 +197,7 @@ smoothed as (
         {%- for n in [12, 26, 50] %}
         {{ ema }}(
             close::double precision,
-            case when candle_index = {{ n }} then sma_{{ n }} end,
+            {{ 'ema_seed_' ~ n if n != 50 else 'case when candle_index = 50 then sma_50 end' }},
             2::double precision / {{ n + 1 }},
             seed_ema_{{ n }}
         ) over running                                                      as ema_{{ n }},
