@@ -14,33 +14,30 @@
 -#}
 {% test indicator_matches_candles(model, candles, ingested_column) %}
 
-with keys as (
-    select exchange, symbol, open_time
-    from {{ model }}
-    where {{ recent_rows_filter('last_ingested_at') }}
-    union
-    select exchange, symbol, open_time
-    from {{ candles }}
-    where {{ recent_rows_filter(ingested_column) }}
-),
-
--- Per market, the indicator rows from the one before its earliest key on, each with the
--- candle_index of the row before it: one index range scan and a window per market (a lookup of
--- the previous row per key cost an index probe per row, seconds at 400k rows).
-spans as (
-    select exchange, symbol, min(open_time) as span_start
-    from keys
+-- Per market, the earliest row written within the window on either side.
+with spans as (
+    select exchange, symbol, min(span_start) as span_start
+    from (
+        select exchange, symbol, min(open_time) as span_start
+        from {{ model }}
+        where {{ recent_rows_filter('last_ingested_at') }}
+        group by exchange, symbol
+        union all
+        select exchange, symbol, min(open_time)
+        from {{ candles }}
+        where {{ recent_rows_filter(ingested_column) }}
+        group by exchange, symbol
+    ) as starts
     group by exchange, symbol
 ),
 
+-- Per market, the indicator rows from the one before span_start on, each with the candle_index
+-- of the row before it: one index range scan and a window per market (a lookup of the previous
+-- row per key cost an index probe per row, seconds at 400k rows).
 indicator_rows as (
     select
-        rows_.exchange,
-        rows_.symbol,
-        rows_.open_time,
-        rows_.candle_index,
-        rows_.close,
-        rows_.last_ingested_at,
+        rows_.*,
+        spans.span_start,
         lag(rows_.candle_index) over (
             partition by rows_.exchange, rows_.symbol order by rows_.open_time
         )                                       as previous_candle_index
@@ -61,33 +58,49 @@ indicator_rows as (
     ) as rows_
 ),
 
+candle_rows as (
+    select c.*
+    from spans
+    cross join lateral (
+        select c.exchange, c.symbol, c.open_time, c.close, c.{{ ingested_column }} as ingested
+        from {{ candles }} as c
+        where c.exchange = spans.exchange
+          and c.symbol = spans.symbol
+          and c.open_time >= spans.span_start
+        offset 0  -- keeps the range scan per market
+    ) as c
+),
+
+-- Every indicator row and candle from span_start on, paired by key; only pairs with a side
+-- written within the window are judged (the rows before are there for the lookups).
 compared as (
     select
-        keys.exchange,
-        keys.symbol,
-        keys.open_time,
+        coalesce(ind.exchange, candle.exchange) as exchange,
+        coalesce(ind.symbol, candle.symbol)     as symbol,
+        coalesce(ind.open_time, candle.open_time) as open_time,
         ind.candle_index,
         ind.previous_candle_index,
         ind.close                               as row_close,
         candle.close                            as candle_close,
+        ({{ recent_rows_filter('ind.last_ingested_at') }}) is true
+            or ({{ recent_rows_filter('candle.ingested') }}) is true as in_window,
         case
             when ind.open_time is null then 'candle has no indicator row'
             when candle.open_time is null then 'indicator row has no candle'
             when ind.close is distinct from candle.close then 'close differs from the candle'
-            when ind.last_ingested_at is distinct from candle.{{ ingested_column }}
+            when ind.last_ingested_at is distinct from candle.ingested
                 then 'last_ingested_at differs from the candle'
             when ind.candle_index is distinct from coalesce(ind.previous_candle_index, 0) + 1
                 then 'candle_index is not the previous row''s + 1'
         end                                     as problem
-    from keys
-    left join indicator_rows as ind
-        on ind.exchange = keys.exchange and ind.symbol = keys.symbol and ind.open_time = keys.open_time
-    left join {{ candles }} as candle
-        on candle.exchange = keys.exchange and candle.symbol = keys.symbol and candle.open_time = keys.open_time
+    from (select * from indicator_rows where open_time >= span_start) as ind
+    full outer join candle_rows as candle
+        on candle.exchange = ind.exchange and candle.symbol = ind.symbol and candle.open_time = ind.open_time
 )
 
-select *
+select exchange, symbol, open_time, candle_index, previous_candle_index, row_close, candle_close, problem
 from compared
 where problem is not null
+  and in_window
 
 {% endtest %}

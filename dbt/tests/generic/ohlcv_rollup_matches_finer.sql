@@ -79,13 +79,18 @@ bucket_minutes as (
         on b.exchange = m.exchange and b.symbol = m.symbol and b.bucket = m.bucket
 ),
 
--- open/close by window functions over the bucket's parts (the model uses ordered array_agg).
+-- open/close by window functions over the bucket's parts (the model uses ordered array_agg), one
+-- window over the whole bucket: a second, descending one cost another sort of every row.
 ends as (
     select
         *,
-        first_value(open) over (partition by exchange, symbol, bucket order by open_time asc)   as first_open,
-        first_value(close) over (partition by exchange, symbol, bucket order by open_time desc) as last_close
+        first_value(open) over bucket_parts                             as first_open,
+        last_value(close) over bucket_parts                             as last_close
     from bucket_minutes
+    window bucket_parts as (
+        partition by exchange, symbol, bucket order by open_time
+        rows between unbounded preceding and unbounded following
+    )
 ),
 
 expected as (
