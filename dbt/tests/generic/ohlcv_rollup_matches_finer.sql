@@ -14,8 +14,10 @@
 
   Windowing: the rollup side is whatever `where` the test is configured with (the rollup ymls use
   last_ingested_at within data_test_window_hours); the finer side is windowed here on its
-  ingested_at / last_ingested_at with the same var (0 = everything). A stored bucket older than
-  one of its parts is reported as missing (it is stale).
+  ingested_at / last_ingested_at with the same var (0 = everything). Per market, every finer row
+  from the first bucket to check on is read once, in one range scan, and aggregated (cheaper than
+  picking out the buckets of interest first: one sort, no join of all parts with the bucket
+  list). A stored bucket older than one of its parts is reported as missing (it is stale).
 
     data_tests:
       - ohlcv_rollup_matches_finer:
@@ -33,28 +35,27 @@ with stored_rows as (
     select * from {{ model }}
 ),
 
-buckets as (
-    select exchange, symbol, open_time as bucket
-    from stored_rows
-    union
-    select exchange, symbol, {{ utc_bucket('open_time', timeframe) }}
-    from {{ finer }}
-    where {{ recent_rows_filter(finer_ingested) }}
-),
-
--- Per market, one index range scan over the span of its buckets (a range join per bucket made
--- the planner loop over every finer row of the market for every bucket: minutes at 40k rows).
-market_spans as (
-    select exchange, symbol, min(bucket) as span_start, max(bucket) + {{ width }} as span_end
-    from buckets
+-- Per market, the first bucket to check: the earliest stored row in the window, or the bucket
+-- of the earliest finer row written within the window.
+spans as (
+    select exchange, symbol, min(span_start) as span_start
+    from (
+        select exchange, symbol, min(open_time) as span_start
+        from stored_rows
+        group by exchange, symbol
+        union all
+        select exchange, symbol, min({{ utc_bucket('open_time', timeframe) }})
+        from {{ finer }}
+        where {{ recent_rows_filter(finer_ingested) }}
+        group by exchange, symbol
+    ) as starts
     group by exchange, symbol
 ),
 
--- Materialized: inlined, the planner joined the buckets first and compared every finer row of a
--- market with every bucket of it.
-span_minutes as materialized (
-    select m.*
-    from market_spans as s
+-- Every finer row from there on: one index range scan per market.
+parts as (
+    select p.*
+    from spans as s
     cross join lateral (
         select {{ utc_bucket('c.open_time', timeframe) }} as bucket, c.exchange, c.symbol, c.open_time, c.open,
                c.high, c.low, c.close, c.volume, c.quote_volume, c.trades,
@@ -68,25 +69,18 @@ span_minutes as materialized (
         where c.exchange = s.exchange
           and c.symbol = s.symbol
           and c.open_time >= s.span_start
-          and c.open_time < s.span_end
-    ) as m
-),
-
-bucket_minutes as (
-    select m.*
-    from span_minutes as m
-    inner join buckets as b
-        on b.exchange = m.exchange and b.symbol = m.symbol and b.bucket = m.bucket
+        offset 0  -- keeps the range scan per market
+    ) as p
 ),
 
 -- open/close by window functions over the bucket's parts (the model uses ordered array_agg), one
--- window over the whole bucket: a second, descending one cost another sort of every row.
+-- window over the whole bucket.
 ends as (
     select
         *,
         first_value(open) over bucket_parts                             as first_open,
         last_value(close) over bucket_parts                             as last_close
-    from bucket_minutes
+    from parts
     window bucket_parts as (
         partition by exchange, symbol, bucket order by open_time
         rows between unbounded preceding and unbounded following
@@ -111,6 +105,9 @@ expected as (
     group by exchange, symbol, bucket
 ),
 
+-- Judged: every stored row in the window, and every bucket with a part written within the
+-- window (its newest part's last_ingested_at is then within it too); other buckets of the span
+-- were only aggregated on the way.
 compared as (
     select
         coalesce(expected.exchange, stored.exchange)    as exchange,
@@ -133,15 +130,12 @@ compared as (
                 then 'values differ from a fresh aggregation of the {{ finer_timeframe }} candles'
         end as problem
     from expected
-    full outer join (
-        select stored.*
-        from stored_rows as stored
-        inner join buckets as b
-            on b.exchange = stored.exchange and b.symbol = stored.symbol and b.bucket = stored.open_time
-    ) as stored
+    full outer join stored_rows as stored
         on stored.exchange = expected.exchange
        and stored.symbol = expected.symbol
        and stored.open_time = expected.bucket
+    where stored.open_time is not null
+       or ({{ recent_rows_filter('expected.last_ingested_at') }})
 )
 
 select *
