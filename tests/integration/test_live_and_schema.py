@@ -59,6 +59,31 @@ def test_ddl_reapplies_as_a_no_op(pg_conn) -> None:
     assert table_checksum(pg_conn, "ops.schema_migrations", ["filename"]) == before
 
 
+def test_ddl_turns_jit_off_for_new_sessions_of_the_pipeline_role(warehouse_dsn: str) -> None:
+    """Data tests have no pre-hook: the role's default is what keeps JIT from compiling them."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(warehouse_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW jit")
+            assert cur.fetchone()[0] == "off"
+            cur.execute(sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} RESET jit").format(
+                sql.Identifier(conn.info.dbname)))
+        conn.commit()
+        apply_ddl(conn)  # the file is unchanged, but the setting is checked and restored anyway
+    finally:
+        conn.close()
+    conn = psycopg2.connect(warehouse_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW jit")
+            assert cur.fetchone()[0] == "off"
+    finally:
+        conn.close()
+
+
 def test_base_url_rewrites_every_api_host_and_keeps_paths() -> None:
     urls = {"public": "https://api.binance.com/api/v3", "fapiPublic": "https://fapi.binance.com/fapi/v1",
             "rest": "https://{hostname}", "nested": {"x": "https://www.okx.com/api/v5"}, "rateLimit": 50}
