@@ -19,14 +19,17 @@
   picking out the buckets of interest first: one sort, no join of all parts with the bucket
   list). A stored bucket older than one of its parts is reported as missing (it is stale).
 
+  The finer table is the one the model is built from (macro rollup_finer_timeframe), so the test
+  takes only the rollup's timeframe:
+
     data_tests:
       - ohlcv_rollup_matches_finer:
           arguments:
             timeframe: 1h
-            finer: ref('ohlcv_15m')
-            finer_timeframe: 15m
 -#}
-{% test ohlcv_rollup_matches_finer(model, timeframe, finer, finer_timeframe) %}
+{% test ohlcv_rollup_matches_finer(model, timeframe) %}
+{%- set finer_timeframe = rollup_finer_timeframe(timeframe) %}
+{%- set finer = ref('ohlcv_' ~ finer_timeframe) %}
 {%- set from_minutes = finer_timeframe == '1m' %}
 {%- set finer_ingested = 'ingested_at' if from_minutes else 'last_ingested_at' %}
 {%- set width = "interval '" ~ rollup_timeframe(timeframe)[0] ~ "'" %}
