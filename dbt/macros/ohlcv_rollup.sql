@@ -46,6 +46,13 @@
     {{ return({'5m': '1m', '15m': '5m', '1h': '15m', '1d': '1h', '1w': '1d'}[timeframe]) }}
 {%- endmacro %}
 
+{#- The finer table itself, and the column stamping when each of its rows was written (ohlcv_1m's
+    ingested_at, a rollup's last_ingested_at): what the model and its reconciliation test read. -#}
+{% macro rollup_finer(timeframe) -%}
+    {%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
+    {{ return((ref('ohlcv_' ~ finer_timeframe), 'ingested_at' if finer_timeframe == '1m' else 'last_ingested_at')) }}
+{%- endmacro %}
+
 {#-
   One row per (exchange, symbol, bucket) that has at least one 1m candle, aggregated from the
   bucket's parts in the next finer table (rollup_finer_timeframe: 5m from ohlcv_1m, 15m from
@@ -76,8 +83,7 @@
 {%- set width, minutes = rollup_timeframe(timeframe) -%}
 {%- set width = "interval '" ~ width ~ "'" -%}
 {%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
-{%- set finer = ref('ohlcv_' ~ finer_timeframe) -%}
-{%- set finer_ingested = 'ingested_at' if finer_timeframe == '1m' else 'last_ingested_at' -%}
+{%- set finer, finer_ingested = rollup_finer(timeframe) -%}
 with
 {%- if is_incremental() %}
 touched as (

@@ -19,7 +19,7 @@
   picking out the buckets of interest first: one sort, no join of all parts with the bucket
   list). A stored bucket older than one of its parts is reported as missing (it is stale).
 
-  The finer table is the one the model is built from (macro rollup_finer_timeframe), so the test
+  The finer table is the one the model is built from (macro rollup_finer), so the test
   takes only the rollup's timeframe:
 
     data_tests:
@@ -29,10 +29,8 @@
 -#}
 {% test ohlcv_rollup_matches_finer(model, timeframe) %}
 {%- set finer_timeframe = rollup_finer_timeframe(timeframe) %}
-{%- set finer = ref('ohlcv_' ~ finer_timeframe) %}
+{%- set finer, finer_ingested = rollup_finer(timeframe) %}
 {%- set from_minutes = finer_timeframe == '1m' %}
-{%- set finer_ingested = 'ingested_at' if from_minutes else 'last_ingested_at' %}
-{%- set width = "interval '" ~ rollup_timeframe(timeframe)[0] ~ "'" %}
 
 with stored_rows as (
     select * from {{ model }}
