@@ -26,11 +26,14 @@ class KlineLayout:
     close_time: int | None = None  # Binance: the in-progress candle closes in the future
     confirm: int | None = None  # OKX: "0" while the candle is still open
     newest_first: bool = False  # the documented row order, to spot rows out of order
+    # Spot rows start [open time, open, high, low, close, base volume], the positions ccxt's own
+    # parse_ohlcv reads for spot markets: read them directly (see _positional_candle).
+    spot_positional: bool = False
 
 
 KLINE_LAYOUTS: dict[str, KlineLayout] = {
-    "binance": KlineLayout(quote_volume=7, trades=8, close_time=6),
-    "okx": KlineLayout(quote_volume=7, confirm=8, newest_first=True),
+    "binance": KlineLayout(quote_volume=7, trades=8, close_time=6, spot_positional=True),
+    "okx": KlineLayout(quote_volume=7, confirm=8, newest_first=True, spot_positional=True),
 }
 
 
@@ -106,18 +109,15 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
     received_ms = utc_ms(doc["fetched_at"])
     out = ParsedCandles()
     previous: int | None = None
+    market = doc.get("market")
+    positional = layout.spot_positional and (market or {}).get("type") == "spot"
     for index, row in enumerate(rows):
         try:
-            ts, o, h, low, c, v = parser.parse_ohlcv(row, doc.get("market"))
-            candle = Candle(
-                open_time_ms=_int(ts, "open time"), open=_dec(o, "open"), high=_dec(h, "high"), low=_dec(low, "low"),
-                close=_dec(c, "close"), volume=_dec(v, "volume"),
-                quote_volume=_dec(row[layout.quote_volume], "quote volume") if layout.quote_volume is not None
-                and len(row) > layout.quote_volume else None,
-                trades=_int(row[layout.trades], "trades") if layout.trades is not None and len(row) > layout.trades
-                else None,
-                row_index=index, row=row,
-            )
+            candle = _positional_candle(row, index, layout) if positional else None
+            if candle is None:
+                ts, o, h, low, c, v = parser.parse_ohlcv(row, market)
+                candle = _candle(row, index, layout, _int(ts, "open time"), _dec(o, "open"), _dec(h, "high"),
+                                 _dec(low, "low"), _dec(c, "close"), _dec(v, "volume"))
         except (TypeError, ValueError, IndexError, KeyError, InvalidOperation) as exc:
             out.rejects.append(RowReject(index, json.dumps(row, default=str), f"unparseable row: {exc}"))
             continue
@@ -132,6 +132,33 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
             continue
         out.candles.append(candle)
     return out
+
+
+def _candle(row: Any, index: int, layout: KlineLayout, open_time_ms: int, o: Decimal, h: Decimal, low: Decimal,
+            c: Decimal, v: Decimal) -> Candle:
+    return Candle(
+        open_time_ms=open_time_ms, open=o, high=h, low=low, close=c, volume=v,
+        quote_volume=_dec(row[layout.quote_volume], "quote volume") if layout.quote_volume is not None
+        and len(row) > layout.quote_volume else None,
+        trades=_int(row[layout.trades], "trades") if layout.trades is not None and len(row) > layout.trades
+        else None,
+        row_index=index, row=row,
+    )
+
+
+def _positional_candle(row: Any, index: int, layout: KlineLayout) -> Candle | None:
+    """The candle of a well-formed spot row, read by position: the same values ccxt's parse_ohlcv
+    would give (its per-field helpers cost more than the rest of the load). None for any other
+    shape or value, which then takes ccxt's parser and, if bad, its reject reason."""
+    if type(row) is not list or len(row) < 6 or type(row[0]) is not int:
+        return None
+    try:
+        o, h, low, c, v = (Decimal(x) if type(x) is str else None for x in row[1:6])
+    except InvalidOperation:
+        return None
+    if o is None or h is None or low is None or c is None or v is None:
+        return None
+    return _candle(row, index, layout, row[0], o, h, low, c, v)
 
 
 def _still_open(row: Any, layout: KlineLayout, open_ms: int, step: int, received_ms: int) -> bool:
