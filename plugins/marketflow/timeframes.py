@@ -40,8 +40,11 @@ def utc_ms(ts: datetime) -> int:
     return to_ms(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def from_ms(ts_ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ts_ms)
+    return _EPOCH + timedelta(milliseconds=ts_ms)
 
 
 def iso(ts_ms: int) -> str:
