@@ -363,18 +363,21 @@ def backfill_pipeline(exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
         config = load_config()
         window = Window(chunk["window_start_ms"], chunk["window_end_ms"])
         raw = RawStore(raw_database())
-        conn, ops_conn = warehouse_connection(), warehouse_connection()
-        ops_conn.autocommit = True
+        conn = warehouse_connection()
+        ops_conn = None  # only fetching needs it (rate-limit bucket, API errors), not a rebuild from raw
         try:
             if ctx["params"].get("from_raw"):
                 result = reprocess_from_raw(conn, raw, chunk, attempt)
             else:
+                ops_conn = warehouse_connection()
+                ops_conn.autocommit = True
                 result = ingest_market(config, config.market(exchange.name, chunk["symbol"]), chunk["timeframe"],
                                        window, raw, conn, attempt, ops_conn=ops_conn)
             coverage = window_coverage(conn, exchange.name, chunk["symbol"], chunk["timeframe"], window)
         finally:
             conn.close()
-            ops_conn.close()
+            if ops_conn is not None:
+                ops_conn.close()
         log.info("chunk %d/%d of %s done", chunk["chunk"], chunk["chunks"], exchange.name)
         return {"exchange": exchange.name, "symbol": chunk["symbol"], "chunk": chunk["chunk"],
                 "chunks": chunk["chunks"], **result, **coverage}
