@@ -230,15 +230,20 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
 def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
                   raw: RawStore, conn, attempt: Attempt, with_ticker: bool = False, ops_conn=None
                   ) -> dict[str, Any]:
-    """Extract then load one market's window in one task; returns the load's counts.
+    """Extract then load one market's window in one task; returns the load's counts, the pages
+    fetched and the seconds each step took (``extract_s``, ``load_s``).
 
     Every payload is in MongoDB before the load starts, so nothing is lost if the load fails: the
     task's retry fetches again (idempotent) or ``from_raw`` rebuilds staging from what is stored.
     The load reuses the documents the extract inserted instead of reading them back."""
     written: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
     extracted = extract_market(config, market, timeframe, run_window, raw, attempt, with_ticker=with_ticker,
                                ops_conn=ops_conn, written=written)
-    return load_market(conn, raw, extracted, attempt, written=written)
+    extracted_at = time.monotonic()
+    loaded = load_market(conn, raw, extracted, attempt, written=written)
+    return {**loaded, "pages": extracted["pages"], "extract_s": round(extracted_at - started, 3),
+            "load_s": round(time.monotonic() - extracted_at, 3)}
 
 
 def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt) -> str:
