@@ -298,26 +298,25 @@ def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tupl
 
 def insert_rejects(cur, rejects: list[tuple[Any, ...]]) -> int:
     """Record rejects once per (payload, row); re-loading the same payload adds nothing."""
-    if not rejects:
-        return 0
-    cols = ", ".join(_REJECT_COLUMNS)
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv_rejects (LIKE staging.ohlcv_rejects INCLUDING DEFAULTS) "
-                "ON COMMIT DELETE ROWS")
-    cur.copy_expert(f"COPY tmp_ohlcv_rejects ({cols}) FROM STDIN", _copy_buffer(rejects))
-    cur.execute(f"INSERT INTO staging.ohlcv_rejects ({cols}) SELECT {cols} FROM tmp_ohlcv_rejects "
-                f"ON CONFLICT (raw_payload_id, row_index) DO NOTHING")
-    return cur.rowcount
+    return _insert_once(cur, "ohlcv_rejects", _REJECT_COLUMNS, rejects, "raw_payload_id, row_index")
 
 
 def insert_anomalies(cur, anomalies: list[tuple[Any, ...]]) -> None:
-    if not anomalies:
-        return
-    cols = ", ".join(_ANOMALY_COLUMNS)
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv_anomalies (LIKE staging.ohlcv_anomalies INCLUDING DEFAULTS) "
+    """Record anomalies once per (payload, kind, open time)."""
+    _insert_once(cur, "ohlcv_anomalies", _ANOMALY_COLUMNS, anomalies, "raw_payload_id, kind, open_time")
+
+
+def _insert_once(cur, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], key: str) -> int:
+    """COPY ``rows`` into a session temp table, then insert into ``staging.<table>`` the ones whose
+    ``key`` is not there yet (COPY itself cannot skip conflicts). Returns the rows inserted."""
+    if not rows:
+        return 0
+    cols = ", ".join(columns)
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS tmp_{table} (LIKE staging.{table} INCLUDING DEFAULTS) "
                 "ON COMMIT DELETE ROWS")
-    cur.copy_expert(f"COPY tmp_ohlcv_anomalies ({cols}) FROM STDIN", _copy_buffer(anomalies))
-    cur.execute(f"INSERT INTO staging.ohlcv_anomalies ({cols}) SELECT {cols} FROM tmp_ohlcv_anomalies "
-                f"ON CONFLICT (raw_payload_id, kind, open_time) DO NOTHING")
+    cur.copy_expert(f"COPY tmp_{table} ({cols}) FROM STDIN", _copy_buffer(rows))
+    cur.execute(f"INSERT INTO staging.{table} ({cols}) SELECT {cols} FROM tmp_{table} ON CONFLICT ({key}) DO NOTHING")
+    return cur.rowcount
 
 
 def load_ticker_payloads(conn, docs: list[dict[str, Any]], run_id: str) -> tuple[int, list[str]]:
