@@ -45,53 +45,9 @@
 {%- set s = indicator_function_schema() -%}
 create schema if not exists {{ s }};
 
-create or replace function {{ s }}.ema_step(
-    state double precision, x double precision, warm double precision,
-    alpha double precision, seed double precision
-) returns double precision
-language plpgsql immutable parallel safe as $fn$
-begin
-    if state is null then
-        if seed is null then
-            return warm;
-        end if;
-        state := seed;
-    end if;
-    if x is null then
-        return state;
-    end if;
-    return (x - state) * alpha + state;
-end
-$fn$;
+{{ smoothing_aggregate(s, 'ema', 'alpha double precision', '(x - state) * alpha + state') }}
 
-create or replace aggregate {{ s }}.ema(double precision, double precision, double precision, double precision) (
-    sfunc = {{ s }}.ema_step,
-    stype = double precision
-);
-
-create or replace function {{ s }}.wilder_step(
-    state double precision, x double precision, warm double precision,
-    n integer, seed double precision
-) returns double precision
-language plpgsql immutable parallel safe as $fn$
-begin
-    if state is null then
-        if seed is null then
-            return warm;
-        end if;
-        state := seed;
-    end if;
-    if x is null then
-        return state;
-    end if;
-    return (state * (n - 1) + x) / n;
-end
-$fn$;
-
-create or replace aggregate {{ s }}.wilder(double precision, double precision, integer, double precision) (
-    sfunc = {{ s }}.wilder_step,
-    stype = double precision
-);
+{{ smoothing_aggregate(s, 'wilder', 'n integer', '(state * (n - 1) + x) / n') }}
 
 comment on function {{ s }}.ema_step(double precision, double precision, double precision, double precision, double precision)
     is 'Transition of marketflow''s ema aggregate: (x - state) * alpha + state; see dbt/macros/indicator_functions.sql.';
@@ -120,4 +76,33 @@ $create_indicator_functions$
 
 {% macro indicator_functions_version() -%}
     {{ return('marketflow indicator functions ' ~ local_md5(indicator_functions_ddl())) }}
+{%- endmacro %}
+
+{#- One smoothing aggregate: state starts at `seed` (until there is one, the output is `warm`),
+    a NULL input keeps it, any other input applies `update`. -#}
+{% macro smoothing_aggregate(s, name, parameter, update) -%}
+{%- set parameter_type = parameter.split(' ', 1)[1] -%}
+create or replace function {{ s }}.{{ name }}_step(
+    state double precision, x double precision, warm double precision,
+    {{ parameter }}, seed double precision
+) returns double precision
+language plpgsql immutable parallel safe as $fn$
+begin
+    if state is null then
+        if seed is null then
+            return warm;
+        end if;
+        state := seed;
+    end if;
+    if x is null then
+        return state;
+    end if;
+    return {{ update }};
+end
+$fn$;
+
+create or replace aggregate {{ s }}.{{ name }}(double precision, double precision, {{ parameter_type }}, double precision) (
+    sfunc = {{ s }}.{{ name }}_step,
+    stype = double precision
+);
 {%- endmacro %}
