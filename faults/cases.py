@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pymongo
@@ -117,21 +118,7 @@ def drive_mongo_stopped(env: CaseEnv) -> None:
     its way (slowed by 2 s): storing it fails, the extract try fails, MongoDB comes back, and the
     retried extract re-stores the first page onto the same document (same _id)."""
     assert env.services is not None
-    services = env.services
-    watcher = pymongo.MongoClient(env.mongo_uri, serverSelectionTimeoutMS=2000)
-    pages = watcher[env.mongo_db].raw_market_payload
-    outage = Outage(env, lambda: pages.count_documents({"kind": "ohlcv"}) >= 1, "MongoDB stopped mid-extract",
-                    services.stop_mongo, services.start_mongo)
-    run = DagRun(env, f"{env.slug}-1")
-    outage.attach(run)
-    try:
-        run.run()
-    finally:
-        outage.finish()
-        watcher.close()
-    failed = run.failed_tries("extract", "binance")
-    env.check("the Binance extract try running during the outage failed", failed,
-              f"({failed[0].error if failed else 'no failed try'})")
+    _outage_mid_extract(env, "MongoDB stopped mid-extract", env.services.stop_mongo, env.services.start_mongo)
 
 
 def drive_postgres_stopped_extract(env: CaseEnv) -> None:
@@ -140,10 +127,16 @@ def drive_postgres_stopped_extract(env: CaseEnv) -> None:
     extract try has failed."""
     assert env.services is not None
     services = env.services
+    _outage_mid_extract(env, "PostgreSQL stopped mid-extract", lambda: services.stop_postgres("immediate"),
+                        services.start_postgres)
+
+
+def _outage_mid_extract(env: CaseEnv, what: str, stop: Callable[[], None], start: Callable[[], None]) -> None:
+    """Run the DAG with ``stop`` once the first Binance page is in raw and ``start`` once the try
+    running then has failed; that Binance extract try must have failed."""
     watcher = pymongo.MongoClient(env.mongo_uri, serverSelectionTimeoutMS=2000)
     pages = watcher[env.mongo_db].raw_market_payload
-    outage = Outage(env, lambda: pages.count_documents({"kind": "ohlcv"}) >= 1, "PostgreSQL stopped mid-extract",
-                    lambda: services.stop_postgres("immediate"), services.start_postgres)
+    outage = Outage(env, lambda: pages.count_documents({"kind": "ohlcv"}) >= 1, what, stop, start)
     run = DagRun(env, f"{env.slug}-1")
     outage.attach(run)
     try:
