@@ -152,11 +152,12 @@ def _positional_candle(row: Any, index: int, layout: KlineLayout) -> Candle | No
     shape or value, which then takes ccxt's parser and, if bad, its reject reason."""
     if type(row) is not list or len(row) < 6 or type(row[0]) is not int:
         return None
-    try:
-        o, h, low, c, v = (Decimal(x) if type(x) is str else None for x in row[1:6])
-    except InvalidOperation:
+    fields = row[1:6]
+    if not all(type(x) is str for x in fields):
         return None
-    if o is None or h is None or low is None or c is None or v is None:
+    try:
+        o, h, low, c, v = map(Decimal, fields)
+    except InvalidOperation:
         return None
     return _candle(row, index, layout, row[0], o, h, low, c, v)
 
