@@ -28,14 +28,17 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.8
 
 # Airflow side (with the test tools) and dbt in separate virtualenvs: their pins conflict.
+# --compile-bytecode: every Airflow task and dbt run is a new interpreter; without .pyc files
+# (uv writes none by default, and PYTHONDONTWRITEBYTECODE stops Python from caching them) each one
+# compiles its imports from source again: dbt's start-up was 3.1 s of imports instead of 1.6 s.
 $(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
 	@[ -x $(VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -r requirements-dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dev.txt
 	@touch $@
 
 $(DBT_VENV)/.installed: requirements-dbt.txt | $(UV)
 	@[ -x $(DBT_VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(DBT_VENV)
-	VIRTUAL_ENV=$(DBT_VENV) $(UV) pip install --quiet -r requirements-dbt.txt
+	VIRTUAL_ENV=$(DBT_VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dbt.txt
 	@touch $@
 
 install: $(VENV)/.installed $(DBT_VENV)/.installed
