@@ -434,6 +434,28 @@ def test_reconciliation_tests_name_the_broken_link(dbt: DbtRunner, loaded_wareho
         "indicator_matches_candles_indicators_1m"}, failing
 
 
+def test_unique_key_index_fails_without_the_unique_index(dbt: DbtRunner, loaded_warehouse) -> None:
+    """The uniqueness check of the indexed marts reads the catalog: it fails as soon as the unique
+    index is gone or no longer unique, and names the key and what it found."""
+    conn = loaded_warehouse
+    dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
+    select = ("--select", "ohlcv_1m,test_name:unique_key_index")
+    assert _failing_tests(dbt("test", *select).output) == set()
+    with conn.cursor() as cur:
+        cur.execute("select indexrelid::regclass::text from pg_index"
+                    " where indrelid = 'marts.ohlcv_1m'::regclass and indisunique")
+        (unique_index,) = cur.fetchone()
+        cur.execute(f"drop index {unique_index}")
+        # the same columns, not unique: still a failure
+        cur.execute("create index ohlcv_1m_key_not_unique on marts.ohlcv_1m (exchange, symbol, open_time)")
+    conn.commit()
+    result = dbt("test", *select, "--store-failures", expect_success=False)
+    (failed,) = _failing_tests(result.output)
+    assert failed.startswith("unique_key_index_ohlcv_1m"), result.output
+    assert query(conn, f'select relation, key_columns from dbt_test__audit."{failed}"') == [
+        ("marts.ohlcv_1m", "exchange, symbol, open_time")]
+
+
 def test_not_null_columns_names_each_column_with_nulls(dbt: DbtRunner, loaded_warehouse) -> None:
     conn = loaded_warehouse
     dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")

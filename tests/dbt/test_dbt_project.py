@@ -120,7 +120,7 @@ def test_generic_tests_are_attached(manifest: dict) -> None:
         for dep in t["depends_on"]["nodes"]:
             by_model.setdefault(dep.split(".")[-1], set()).add(name)
     assert {
-        "unique_combination_of_columns",
+        "unique_key_index",
         "ohlcv_consistency",
         "relationships_multi_column",
         "not_null_columns",
@@ -134,6 +134,33 @@ def test_generic_tests_are_attached(manifest: dict) -> None:
     ohlcv = next(t for t in nulls if t["depends_on"]["nodes"][0].endswith(".ohlcv_1m"))
     assert {"exchange", "symbol", "open_time", "close", "volume", "ingested_at"} <= set(
         ohlcv["test_metadata"]["kwargs"]["columns"])
+
+
+def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
+    """A model with a unique index is checked by unique_key_index on exactly the index's columns
+    (a scan for duplicates could never fail there); every other model keeps the scan."""
+    models = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    checks: dict[str, dict[str, set[frozenset[str]]]] = {}
+    for t in manifest["nodes"].values():
+        if t["resource_type"] == "test" and t.get("test_metadata"):
+            kwargs = t["test_metadata"]["kwargs"]
+            columns = kwargs.get("columns") or kwargs.get("combination_of_columns") or []
+            model = t["depends_on"]["nodes"][0].split(".")[-1]
+            checks.setdefault(model, {}).setdefault(t["test_metadata"]["name"], set()).add(frozenset(columns))
+    indexed = {
+        name: {frozenset(c.split()[0] for c in ix["columns"]) for ix in node["config"].get("indexes") or []
+               if ix.get("unique")}
+        for name, node in models.items()
+    }
+    assert {name for name, keys in indexed.items() if keys} >= {"ohlcv_1m", "indicators_1m", "ohlcv_1w"}
+    for name, keys in indexed.items():
+        by_index = checks.get(name, {}).get("unique_key_index", set())
+        assert by_index == keys, f"{name}: unique indexes {keys}, unique_key_index tests {by_index}"
+        if keys:
+            assert "unique_combination_of_columns" not in checks.get(name, {}), name
+    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_gaps", "data_quality_summary"}
+    for name in unindexed_keyed:
+        assert not indexed[name] and checks[name]["unique_combination_of_columns"], name
 
 
 def test_unit_tests_and_exposure(manifest: dict) -> None:
