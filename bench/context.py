@@ -145,6 +145,11 @@ class BenchContext:
     def memory_sampler(self, interval: float = 1.0) -> MemorySampler:
         return MemorySampler(self.memory_roots, interval)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each process tree of memory_roots(), the
+        processes that have exited included; the difference of two calls is what a phase cost."""
+        return {name: sum(_cpu_seconds(pid) for pid in pids) for name, pids in _trees(self.memory_roots()).items()}
+
     def service_env(self, dsn: str, emulator_url: str, config_file: Path, database: str) -> dict[str, str]:
         """The environment the pipeline code (and dbt) reads, pointed at the bench services."""
         mongo_uri = f"{self.mongo_uri}/{database}"
@@ -198,6 +203,23 @@ class MemorySampler:
             if total > self.peak_total:
                 self.peak_total, self.peak_by_part = total, parts
             self._stop.wait(self.interval)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """A process's own CPU time plus that of its exited (reaped) descendants.
+
+    Summed over every live process of a tree, this counts each process once, dead or alive: an
+    exited process's time moves into its parent's cumulative fields when the parent reaps it.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # utime, stime, cutime, cstime (fields 14-17 of proc(5); the split starts at field 3)
+    return sum(int(v) for v in fields[11:15]) / _CLOCK_TICKS
 
 
 def _trees(roots: dict[str, int]) -> dict[str, list[int]]:

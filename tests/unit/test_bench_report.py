@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.context import _trees
+from bench.context import _cpu_seconds, _trees
 from bench.report import Figure, write_report
 
 
@@ -38,3 +38,17 @@ def test_memory_trees_count_a_shared_process_once() -> None:
     trees = _trees({"first": os.getpid(), "again": os.getpid()})
     assert trees["first"][0] == os.getpid()
     assert trees["again"] == []
+
+
+def test_cpu_seconds_count_a_child_after_it_exits() -> None:
+    """A phase's CPU includes processes that ended within it (forked workers, dbt, backends)."""
+    import os
+    import subprocess
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn])
+    before = _cpu_seconds(os.getpid())
+    child.wait()  # reaped: its CPU time moves into ours
+    after = _cpu_seconds(os.getpid())
+    assert after - before >= 0.25
+    assert _cpu_seconds(child.pid) == 0.0  # gone: nothing counted twice
