@@ -208,30 +208,32 @@ class MemorySampler:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None once the process is gone. Split after
+    the last ')', since the command name in field 2 may hold spaces and parentheses."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def _cpu_seconds(pid: int) -> float:
     """A process's own CPU time plus that of its exited (reaped) descendants.
 
     Summed over every live process of a tree, this counts each process once, dead or alive: an
     exited process's time moves into its parent's cumulative fields when the parent reaps it.
     """
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    # utime, stime, cutime, cstime (fields 14-17 of proc(5); the split starts at field 3)
-    return sum(int(v) for v in fields[11:15]) / _CLOCK_TICKS
+    fields = _stat_fields(pid)
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5)
+    return sum(int(v) for v in fields[11:15]) / _CLOCK_TICKS if fields else 0.0
 
 
 def _trees(roots: dict[str, int]) -> dict[str, list[int]]:
     """Each named root PID with all its descendants (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))  # field 4: the parent's PID
     out: dict[str, list[int]] = {}
     claimed: set[int] = set()
     for name, root in roots.items():  # in order: a PID belongs to the first root whose tree holds it
