@@ -166,7 +166,9 @@ def main() -> int:
     report(warehouse, st)
     generate_dbt_docs(st, env)
     print(f"""
-Airflow UI     http://127.0.0.1:{st.airflow_port}   login admin / admin   (DAGs: market_candles_1h, market_candles_1m)
+Airflow UI     http://127.0.0.1:{st.airflow_port}   login {stack.ADMIN_USER} / {st.admin_password()}
+               (a random token kept in {st.state_dir / 'airflow-admin.password'}; DAGs: market_candles_1h,
+               market_candles_1m, market_maintenance)
 dbt docs       http://127.0.0.1:{st.airflow_port}/cosmos/marketflow/dbt_docs_index.html  (Browse > dbt docs)
 SQL            psql '{warehouse}'
                e.g. SELECT * FROM marts.ohlcv_1m ORDER BY open_time DESC LIMIT 5;

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -29,9 +30,34 @@ LOCAL = Path(os.environ.get("MARKETFLOW_LOCAL_DIR", REPO / ".local"))
 VENV_BIN = LOCAL / "venv" / "bin"
 
 DB_USER = "marketflow"
-DB_PASSWORD = "marketflow"
 WAREHOUSE_DB = "marketflow"
 AIRFLOW_DB = "airflow"
+ADMIN_USER = "admin"
+
+
+def stored_secret(path: Path) -> str:
+    """A random token kept in ``path`` (0600), created on first use and the same on every later call.
+
+    The local stack's passwords are such tokens, never a word: Airflow's secret masker replaces every
+    occurrence of a connection's password in the task logs, so a password like `marketflow` turned
+    each `marketflow` in the logs (logger names, database names) into `***`. Kept with the stack's
+    state, so a restarted stack reaches the data it already has.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if token := path.read_text().strip():
+            return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(24) + "\n")  # URL-safe: it goes into connection URIs as it is
+    try:
+        os.link(tmp, path)  # atomic and never replaces: two processes starting at once agree on one token
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 def free_port() -> int:
@@ -97,8 +123,13 @@ class PostgresServer:
     def log_file(self) -> Path:
         return self.root / "postgres.log"
 
+    @property
+    def password(self) -> str:
+        """The password of the DB_USER role: a random token kept beside the server's data."""
+        return stored_secret(self.root / f"{DB_USER}.password")
+
     def dsn(self, database: str = WAREHOUSE_DB) -> str:
-        return f"postgresql://{DB_USER}:{DB_PASSWORD}@{self.host}:{self.port}/{database}"
+        return f"postgresql://{DB_USER}:{self.password}@{self.host}:{self.port}/{database}"
 
     def _pg(self, tool: str) -> str:
         return str(_pg_bindir() / tool)
@@ -152,8 +183,9 @@ class PostgresServer:
         self.psql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def _bootstrap(self) -> None:
-        if not self.psql_admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'"):
-            self.psql_admin(f"CREATE ROLE {DB_USER} LOGIN CREATEDB CREATEROLE PASSWORD '{DB_PASSWORD}'")
+        verb = "ALTER" if self.psql_admin(f"SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'") else "CREATE"
+        # ALTER on every start: a stack created before the passwords were tokens gets its token too.
+        self.psql_admin(f"{verb} ROLE {DB_USER} LOGIN CREATEDB CREATEROLE PASSWORD '{self.password}'")
         for db in (WAREHOUSE_DB, AIRFLOW_DB):
             self.create_database(db)
 
@@ -293,6 +325,10 @@ class Stack:
         return ManagedProcess("airflow", self.run_dir, [str(VENV_BIN / "airflow"), "standalone"],
                               self.airflow_port, env=self.env(), ready_timeout=240)
 
+    def admin_password(self) -> str:
+        """The Airflow UI password of ADMIN_USER: a random token kept in the stack's state."""
+        return stored_secret(self.state_dir / "airflow-admin.password")
+
     def schedule_start(self) -> str:
         """The hour the stack first started, kept so the hourly DAG never catches up on older hours."""
         path = self.state_dir / "schedule_start"
@@ -320,7 +356,7 @@ def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database:
         "MARKETFLOW_PG_HOST": pg.host,
         "MARKETFLOW_PG_PORT": str(pg.port),
         "MARKETFLOW_PG_USER": DB_USER,
-        "MARKETFLOW_PG_PASSWORD": DB_PASSWORD,
+        "MARKETFLOW_PG_PASSWORD": pg.password,
         "MARKETFLOW_PG_DATABASE": database,
         "MARKETFLOW_EXCHANGE_URL": emulator_url,
         "MARKETFLOW_DBT_EXECUTABLE": str(LOCAL / "dbt-venv" / "bin" / "dbt"),
@@ -350,9 +386,12 @@ def airflow_env(home: Path, pg: PostgresServer, port: int, metadata_db: str = AI
         # Each task process re-parses its DAG file; on a busy 2-core machine that can pass 30 s.
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",  # user:role
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.dsn(metadata_db).replace("postgresql://", "postgresql+psycopg2://"),
+        # For market_maintenance's `airflow db clean`: Airflow 3 blocks task processes from the metadata
+        # database, so that task reaches it through this connection (plugins/marketflow/housekeeping.py).
+        "AIRFLOW_CONN_MARKETFLOW_AIRFLOW_DB": pg.dsn(metadata_db),
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
@@ -420,7 +459,7 @@ def up(stack: Stack, with_airflow: bool) -> None:
              (stack.emulator, f"(data {stack.emulator_data_dir})")]
     if with_airflow:
         stack.airflow_home.mkdir(parents=True, exist_ok=True)
-        (stack.airflow_home / "passwords.json").write_text(json.dumps({"admin": "admin"}))
+        (stack.airflow_home / "passwords.json").write_text(json.dumps({ADMIN_USER: stack.admin_password()}))
         procs.append((stack.airflow, "standalone"))
     for proc, what in procs:
         state = f"running (pid {proc.pid()})" if proc.pid() else "starting"
