@@ -10,6 +10,8 @@ SUPPORTED_TIMEFRAMES: tuple[str, ...] = ("1m", "3m", "5m", "15m", "30m", "1h", "
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # 1970-01-01 was a Thursday; exchanges (and our rollups) start weeks on Monday.
 _WEEK_OFFSET_MS = 4 * 86_400_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 def timeframe_ms(timeframe: str) -> int:
@@ -18,29 +20,38 @@ def timeframe_ms(timeframe: str) -> int:
     return int(timeframe[:-1]) * _UNIT_MS[timeframe[-1]]
 
 
+def _offset(timeframe: str) -> int:
+    """Where the timeframe's grid starts relative to the epoch: Monday 1970-01-05 for weeks, else 0."""
+    return _WEEK_OFFSET_MS if timeframe.endswith("w") else 0
+
+
 def is_aligned(ts_ms: int, timeframe: str) -> bool:
-    offset = _WEEK_OFFSET_MS if timeframe.endswith("w") else 0
-    return (ts_ms - offset) % timeframe_ms(timeframe) == 0
+    """True when ``ts_ms`` is a candle open time of ``timeframe``."""
+    return (ts_ms - _offset(timeframe)) % timeframe_ms(timeframe) == 0
 
 
 def floor_ms(ts_ms: int, timeframe: str) -> int:
-    offset = _WEEK_OFFSET_MS if timeframe.endswith("w") else 0
-    step = timeframe_ms(timeframe)
+    """The open time of the candle holding ``ts_ms``: the last open time at or before it."""
+    offset, step = _offset(timeframe), timeframe_ms(timeframe)
     return (ts_ms - offset) // step * step + offset
+
+
+def ceil_ms(ts_ms: int, timeframe: str) -> int:
+    """The first open time at or after ``ts_ms``."""
+    offset, step = _offset(timeframe), timeframe_ms(timeframe)
+    return -((offset - ts_ms) // step) * step + offset
 
 
 def to_ms(ts: datetime) -> int:
     if ts.tzinfo is None:
         raise ValueError(f"naive datetime {ts!r}: marketflow works in UTC, pass an aware datetime")
-    return int(ts.timestamp() * 1000)
+    # Integer arithmetic: ts.timestamp() * 1000 is a float and was 1 ms off for about 1 % of instants.
+    return (ts - _EPOCH) // _ONE_MS
 
 
 def utc_ms(ts: datetime) -> int:
     """Epoch ms of a datetime; naive ones are UTC (that is how MongoDB hands dates back)."""
     return to_ms(ts if ts.tzinfo else ts.replace(tzinfo=UTC))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def from_ms(ts_ms: int) -> datetime:
@@ -72,9 +83,9 @@ class Window:
         return Window(lo, max(lo, hi))
 
     def candles(self, timeframe: str) -> int:
-        """How many candle open times of ``timeframe`` fall inside the window."""
-        step = timeframe_ms(timeframe)
-        return max(0, (self.end_ms - 1) // step - (self.start_ms - 1) // step)
+        """How many candle open times of ``timeframe`` fall inside the window (weeks open on Monday)."""
+        first, stop = ceil_ms(self.start_ms, timeframe), ceil_ms(self.end_ms, timeframe)
+        return max(0, (stop - first) // timeframe_ms(timeframe))
 
     def __str__(self) -> str:
         return f"[{iso(self.start_ms)}, {iso(self.end_ms)})"
