@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
+from pymongo.collection import Collection
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
 from marketflow.exchanges import HttpExchange
 from marketflow.timeframes import Window, from_ms
@@ -57,6 +59,63 @@ def payload_id(ctx: PayloadContext, response: HttpExchange) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
+# MongoDB's codes for "an index with this name or key already exists with other options" and "no such index".
+_INDEX_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+_INDEX_NOT_FOUND = 27
+
+
+def _index_on(collection: Collection, field: str) -> dict[str, Any] | None:
+    """The single-field ascending index on ``field``, whatever its name."""
+    return next((ix for ix in collection.list_indexes() if list(ix["key"].items()) == [(field, 1)]), None)
+
+
+def ensure_ttl_index(collection: Collection, field: str, seconds: int, name: str = "retention_ttl") -> None:
+    """A TTL index on ``field`` expiring documents ``seconds`` after it; an existing one gets the new TTL.
+
+    MongoDB refuses ``createIndexes`` for a name or key that exists with other options
+    (IndexOptionsConflict), so a changed ``raw_retention_days`` is applied with ``collMod``, which
+    changes expireAfterSeconds in place, without a rebuild and without a moment with no index.
+    Idempotent, and safe when several tasks run it at once: a create that loses a race to another
+    task's create looks again and modifies, a modify whose index was just replaced looks again.
+    A server that acknowledges ``collMod`` without applying it (the nx-27017 wire-protocol server of
+    the tests answers ok and changes nothing) gets the index dropped and created anew instead.
+    """
+    where = f"{collection.full_name}.{field}"
+    for _ in range(5):
+        current = _index_on(collection, field)
+        if current is None:
+            try:
+                collection.create_index(field, name=name, expireAfterSeconds=seconds)
+            except OperationFailure as exc:
+                if exc.code in _INDEX_CONFLICT:
+                    continue  # another task created it meanwhile with other options: modify that one
+                raise
+            return
+        old = current.get("expireAfterSeconds")
+        if old == seconds:
+            return
+        try:
+            reply = collection.database.command(
+                "collMod", collection.name, index={"name": current["name"], "expireAfterSeconds": seconds})
+        except OperationFailure as exc:
+            if exc.code == _INDEX_NOT_FOUND:
+                continue  # replaced by another task meanwhile: look again
+            raise
+        now = _index_on(collection, field)
+        if "expireAfterSeconds_new" in reply or (now is not None and now.get("expireAfterSeconds") == seconds):
+            log.info("raw retention of %s changed from %s s to %s s (collMod)", where, old, seconds)
+            return
+        log.warning("the MongoDB server acknowledged collMod on %s without changing its TTL; re-creating the "
+                    "index with expireAfterSeconds=%s", where, seconds)
+        try:
+            collection.drop_index(current["name"])
+        except OperationFailure as exc:
+            if exc.code != _INDEX_NOT_FOUND:  # another task dropped it first: fine
+                raise
+    raise RuntimeError(f"could not set the TTL index on {where} to {seconds} s: other tasks kept changing it. "
+                       "Fix: give every deployment the same raw_retention_days, then run prepare_storage again")
+
+
 class RawStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -66,12 +125,11 @@ class RawStore:
     def ensure_indexes(self, retention_days: int) -> None:
         self.payloads.create_index([("exchange", ASCENDING), ("symbol", ASCENDING), ("window_start", ASCENDING)],
                                    name="market_window")
-        # Raw is a short-term system of record; staging and marts keep the typed data.
-        self.payloads.create_index("last_fetched_at", name="retention_ttl",
-                                   expireAfterSeconds=retention_days * 86_400)
         self.attempts.create_index([("exchange", ASCENDING), ("symbol", ASCENDING), ("started_at", ASCENDING)],
                                    name="market_started")
-        self.attempts.create_index("started_at", name="retention_ttl", expireAfterSeconds=retention_days * 86_400)
+        # Raw is a short-term system of record; staging and marts keep the typed data.
+        ensure_ttl_index(self.payloads, "last_fetched_at", retention_days * 86_400)
+        ensure_ttl_index(self.attempts, "started_at", retention_days * 86_400)
 
     def save_responses(self, ctx: PayloadContext, responses: Iterable[HttpExchange],
                        request: dict[str, Any] | None = None, error: str | None = None,
