@@ -23,7 +23,7 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 from marketflow.exchanges import HttpExchange
-from marketflow.timeframes import Window, from_ms
+from marketflow.timeframes import Window, from_ms, utc_ms
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,10 @@ class RawStore:
                 "body": response.body, "content_hash": content_hash(response.body), "body_bytes": len(response.body),
                 "fetched_at": fetched_at, "run_id": ctx.run_id, "try_number": ctx.try_number, "error": error,
             }
+            # last_fetched_ms orders the replay from raw (find_payload_ids): an integer, and $max so that a
+            # late write of an older fetch (a slow retry) never moves it back. last_fetched_at feeds the TTL.
             update = {"$setOnInsert": doc, "$set": {"last_fetched_at": fetched_at, "last_run_id": ctx.run_id},
-                      "$inc": {"fetch_count": 1}}
+                      "$max": {"last_fetched_ms": response.received_at_ms}, "$inc": {"fetch_count": 1}}
             ops.append(UpdateOne({"_id": pid}, update, upsert=True))
             ids.append(pid)
             updates.append(update)
@@ -167,7 +169,8 @@ class RawStore:
                 for index, pid in written.upserted_ids.items():
                     # what the upsert inserted: its three parts, the counter from 0
                     update = updates[index]
-                    keep[pid] = {"_id": pid, **update["$setOnInsert"], **update["$set"], **update["$inc"]}
+                    keep[pid] = {"_id": pid, **update["$setOnInsert"], **update["$set"], **update["$max"],
+                                 **update["$inc"]}
         return ids
 
     def get_payloads(self, ids: list[str], batch: int = 50, known: dict[str, dict[str, Any]] | None = None
@@ -187,13 +190,20 @@ class RawStore:
         return [found[i] for i in ids]
 
     def find_payload_ids(self, exchange: str, symbol: str, timeframe: str, window: Window) -> list[str]:
-        """Ids of the successful candle responses stored for a window, oldest fetch first (reprocess path)."""
+        """Ids of the successful candle responses stored for a window, in the order to replay them.
+
+        By last fetch, not first: the loader lets later payloads win, and an answer the exchange
+        gave again (A, then a correction B, then A again) is one document whose last fetch moved
+        past B's. Ordered by first fetch, the replay ended on B while live loading had ended on A."""
         cursor = self.payloads.find(
             {"exchange": exchange, "symbol": symbol, "timeframe": timeframe, "kind": "ohlcv", "http_status": 200,
              "window_start": {"$lt": from_ms(window.end_ms)}, "window_end": {"$gt": from_ms(window.start_ms)}},
-            {"_id": 1, "fetched_at": 1},
+            {"_id": 1, "fetched_at": 1, "last_fetched_ms": 1},
         )
-        return [d["_id"] for d in sorted(cursor, key=lambda d: (d["fetched_at"], d["_id"]))]
+        # Documents stored before last_fetched_ms existed keep their first-fetch place.
+        keys = {d["_id"]: (int(d.get("last_fetched_ms") or utc_ms(d["fetched_at"])), utc_ms(d["fetched_at"]))
+                for d in cursor}
+        return sorted(keys, key=lambda i: (*keys[i], i))
 
     def log_attempt(self, attempt_id: str, fields: dict[str, Any]) -> None:
         """Create or update the ingestion-log document of one task attempt."""
