@@ -1,8 +1,10 @@
 {#-
   Technical indicators of one candle table (ohlcv_1m or a rollup), one row per candle, computed
   over the market's PRESENT candles in open_time order (a gap is not filled: the row before a gap
-  is simply the previous row). Conventions (TA-Lib style), n = the period, k = the candle's
-  1-based position in its market's series (column candle_index):
+  is simply the previous row). The values equal TA-Lib's (SMA, EMA, RSI, MACD with its default
+  compatibility, tested against the `ta-lib` wheel on the real sample days) on the series of
+  closes. Conventions, n = the period, k = the candle's 1-based position in its market's series
+  (column candle_index):
 
     sma_n          mean of the last n closes; NULL while k < n. The sum is exact (difference of
                    a numeric running sum, at scale 30 so the result does not depend on where the
@@ -12,43 +14,87 @@
     rsi_14         Wilder: change = close - previous close (exact, then double); at k = 15 the
                    averages are the means of the first 14 gains / losses (exact, then double),
                    then avg := (avg * 13 + x) / 14; rsi = 100 * avg_gain / (avg_gain + avg_loss),
-                   50 when both averages are 0 (no movement); NULL while k < 15.
-    macd_line      ema_12 - ema_26 (from k = 26).
-    macd_signal    EMA(9) of macd_line, seeded with the (double) mean of the first 9 MACD values:
-                   from k = 34.
+                   0 when both averages are 0 (no movement: TA-Lib's value); NULL while k < 15.
+    macd_fast_ema  MACD's own EMA(12), seeded where TA-Lib's MACD seeds it: at k = 26 (where the
+                   slow EMA starts) with the mean of closes 15..26, then the EMA step. Not ema_12
+                   (seeded at k = 12): the two converge but are not equal.
+    macd_line      macd_fast_ema - ema_26, shown from k = 34 like TA-Lib's output (the values at
+                   26..33 only seed the signal).
+    macd_signal    EMA(9) of the MACD line, seeded with the (double) mean of its first 9 values
+                   (k = 26..34): from k = 34.
     macd_histogram macd_line - macd_signal.
+
+  Flags: is_closed = the candle's interval has ended (the rollup's is_closed; always true for 1m),
+  false for the bucket still forming, whose values will change. inputs_complete = is_closed and
+  the last 200 candles up to this one (fewer at the start of the series: every candle since) are
+  all complete (every minute present, closed) with no missing candle between them: 200 is the
+  longest window (sma_200); beyond it the EMA / Wilder weights are below (1 - 2/51)^200 ~ 4e-4.
+  False = some value of the row comes from partial data.
 
   EMA and Wilder averages run through the running-state aggregates of indicator_functions.sql,
   as window functions over ROWS UNBOUNDED PRECEDING (one pass, O(n)).
 
   Incremental runs. The watermark is the newest last_ingested_at already in {{ this }} minus
   ohlcv_lookback_minutes (as for ohlcv_1m and the rollups); candles of the source written since
-  (ingested_at / last_ingested_at) are "touched". Per market with touched candles:
+  (ingested_at / last_ingested_at) are "touched", and so is a market's newest stored row if it
+  was stored from a forming candle that the source now has closed (is_closed flips with no new
+  minute: one index probe per market). Per market with touched candles:
     * from_time = its earliest touched candle; every row from there on is recomputed (a changed or
       inserted candle changes all later EMA/RSI values and candle_index);
-    * the stored row right before from_time is the anchor: its ema_*, rsi_avg_*_14 and
-      macd_signal ARE the aggregates' state, so they are passed as seeds and the recomputation
-      continues exactly where a full build would be at that row; candle_index continues from
-      the anchor's;
-    * the 199 source candles before from_time are read as context for sma_200 and the first
-      change (they are not rewritten);
+    * the stored row right before from_time is the anchor: its ema_*, rsi_avg_*_14,
+      macd_fast_ema and macd_signal ARE the aggregates' state, so they are passed as seeds and the
+      recomputation continues exactly where a full build would be at that row; candle_index
+      continues from the anchor's;
+    * the 199 source candles before from_time are read as context for sma_200, inputs_complete
+      and the first change (they are not rewritten);
     * no anchor, or an anchor with candle_index < 50 (a state still in warm-up): the market is
       recomputed from its first candle.
   Recomputed rows identical (as text) to the stored ones are not merged, so a run without new
   candles rewrites nothing. Values are double precision, and an incremental run performs the
   same floating-point operations on the same inputs as a full build, so the two are identical.
 -#}
-{% macro ohlcv_indicators(candles, ingested_column) -%}
+{% macro ohlcv_indicators(candles, ingested_column, timeframe) -%}
 {%- set ema = indicator_function('ema') -%}
 {%- set wilder = indicator_function('wilder') -%}
 {%- set continue_from_index = 50 -%}
-{%- set state_columns = ['ema_12', 'ema_26', 'ema_50', 'rsi_avg_gain_14', 'rsi_avg_loss_14', 'macd_signal'] -%}
+{%- set input_window = 200 -%}
+{%- set width_seconds = {'1m': 60, '5m': 300, '15m': 900, '1h': 3600, '1d': 86400, '1w': 604800}[timeframe] -%}
+{%- set has_flags = timeframe != '1m' -%}  {#- ohlcv_1m holds closed minutes only; rollups carry the flags #}
+{%- set state_columns = ['ema_12', 'ema_26', 'ema_50', 'rsi_avg_gain_14', 'rsi_avg_loss_14', 'macd_fast_ema',
+                         'macd_signal'] -%}
 with
 {%- if is_incremental() %}
 touched as (
-    select exchange, symbol, min(open_time) as from_time
-    from {{ candles }}
-    where {{ ingested_column }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    select exchange, symbol, min(from_time) as from_time
+    from (
+        select exchange, symbol, min(open_time) as from_time
+        from {{ candles }}
+        where {{ ingested_column }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+        group by exchange, symbol
+        {%- if has_flags %}
+        union all
+        -- the newest stored row, computed from a forming candle that has closed since
+        select newest.exchange, newest.symbol, newest.open_time
+        from {{ distinct_markets(this) }} as market
+        cross join lateral (
+            select stored.exchange, stored.symbol, stored.open_time, stored.is_closed
+            from {{ this }} as stored
+            where stored.exchange = market.exchange
+              and stored.symbol = market.symbol
+            order by stored.open_time desc
+            limit 1
+        ) as newest
+        where not newest.is_closed
+          and exists (
+              select 1
+              from {{ candles }} as candle
+              where candle.exchange = newest.exchange
+                and candle.symbol = newest.symbol
+                and candle.open_time = newest.open_time
+                and candle.is_closed
+          )
+        {%- endif %}
+    ) as starts
     group by exchange, symbol
 ),
 
@@ -96,6 +142,8 @@ candles as (
         c.open_time,
         c.close,
         c.{{ ingested_column }} as last_ingested_at,
+        {{ 'c.is_closed' if has_flags else 'true' }} as candle_is_closed,
+        {{ 'c.is_complete and c.is_closed' if has_flags else 'true' }} as candle_is_final,
         scope.from_time,
         scope.anchor_index,
         {%- for column in state_columns %}
@@ -120,6 +168,8 @@ candles as (
         c.open_time,
         c.close,
         c.{{ ingested_column }} as last_ingested_at,
+        {{ 'c.is_closed' if has_flags else 'true' }} as candle_is_closed,
+        {{ 'c.is_complete and c.is_closed' if has_flags else 'true' }} as candle_is_final,
         null::timestamptz       as from_time,
         0::bigint               as anchor_index,
         {%- for column in state_columns %}
@@ -138,9 +188,14 @@ numbered as (
             over (market rows unbounded preceding)                          as candle_index,
         close - lag(close) over market                                      as change,
         -- running sum of the closes read: the sum of the last n closes is a difference of two
-        sum(close) over (market rows unbounded preceding)                   as close_sum
+        sum(close) over (market rows unbounded preceding)                   as close_sum,
+        -- the row's inputs: this candle and up to {{ input_window - 1 }} before it (moving counts, O(1) a row)
+        count(*) filter (where not candle_is_final) over inputs             as partial_inputs,
+        count(*) over inputs                                                as input_candles,
+        first_value(open_time) over inputs                                  as first_input_at
     from candles
-    window market as (partition by exchange, symbol order by open_time)
+    window market as (partition by exchange, symbol order by open_time),
+           inputs as (market rows between {{ input_window - 1 }} preceding and current row)
 ),
 
 means as (
@@ -153,6 +208,10 @@ means as (
             (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
         end                                                                 as ema_seed_{{ n }},
         {%- endfor %}
+        -- MACD's fast EMA is seeded where its slow one starts (TA-Lib): the mean of closes 15..26 at 26
+        case when candle_index = 26 then
+            (round(close_sum - lag(close_sum, 12, 0::numeric) over market, 30) / 12)::double precision
+        end                                                                 as macd_fast_seed,
         {%- for n in [20, 50, 200] %}
         -- exact sum of the last n closes, at a fixed scale (so the division does not depend on how
         -- far back the running sum started), divided in numeric, then rounded to double
@@ -189,6 +248,11 @@ smoothed as (
         open_time,
         close,
         candle_index,
+        candle_is_closed,
+        candle_is_closed
+            and partial_inputs = 0
+            and extract(epoch from open_time - first_input_at) = (input_candles - 1) * {{ width_seconds }}
+                                                                            as inputs_complete,
         last_ingested_at,
         seed_macd_signal,
         sma_20,
@@ -202,6 +266,8 @@ smoothed as (
             seed_ema_{{ n }}
         ) over running                                                      as ema_{{ n }},
         {%- endfor %}
+        {{ ema }}(close::double precision, macd_fast_seed, 2::double precision / 13, seed_macd_fast_ema)
+            over running                                                    as macd_fast_ema,
         {{ wilder }}(
             greatest(change, 0)::double precision,
             case when candle_index = 15 then gain_seed_14 end,
@@ -222,7 +288,7 @@ smoothed as (
 macd as (
     select
         smoothed.*,
-        ema_12 - ema_26                                                     as macd_line
+        macd_fast_ema - ema_26                                              as macd_line
     from smoothed
 ),
 
@@ -253,6 +319,8 @@ final as (
         open_time,
         close,
         candle_index,
+        candle_is_closed                                                    as is_closed,
+        inputs_complete,
         sma_20,
         sma_50,
         sma_200,
@@ -260,14 +328,15 @@ final as (
         ema_26,
         ema_50,
         case
-            when rsi_avg_gain_14 + rsi_avg_loss_14 = 0 then 50::double precision
+            when rsi_avg_gain_14 + rsi_avg_loss_14 = 0 then 0::double precision
             else 100 * rsi_avg_gain_14 / (rsi_avg_gain_14 + rsi_avg_loss_14)
         end                                                                 as rsi_14,
-        macd_line,
+        case when candle_index >= 34 then macd_line end                     as macd_line,
         macd_signal,
         macd_line - macd_signal                                             as macd_histogram,
         rsi_avg_gain_14,
         rsi_avg_loss_14,
+        macd_fast_ema,
         last_ingested_at
     from signaled
 )

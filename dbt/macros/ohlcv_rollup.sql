@@ -63,8 +63,14 @@
   high/low = max/min, volume = sum (numeric sums of sums: the same value and scale).
   quote_volume and trades are the sum when EVERY part has them and NULL otherwise (a part's is
   NULL when one of its minutes lacks it, so this is "every minute has them": a partial sum would
-  look like a complete one). candle_count sums the parts' minute counts, first/last minute and
+  look like a complete one); quote_volume_missing_minutes counts the minutes without one, so a
+  NULL says how much is missing. candle_count sums the parts' minute counts, first/last minute and
   last_ingested_at are the min/max of the parts'. Numerics stay numeric.
+
+  Two flags, apart: is_complete = every minute of the bucket is present (candle_count = minutes
+  per bucket); is_closed = the bucket's interval has ended (close_time <= the build time, dq_as_of()):
+  false only for the bucket still forming, whose values will change. A closed incomplete bucket
+  has a gap; an open one is simply not over yet.
 
   Incremental runs recompute the buckets touched by finer rows whose ingested_at (ohlcv_1m) or
   last_ingested_at (a rollup) is newer than the newest last_ingested_at already in this rollup
@@ -74,7 +80,10 @@
   touched bucket is recomputed from ALL its parts (an index range scan per bucket), not only the
   new ones, then merged on (exchange, symbol, open_time). A recomputed bucket whose row is
   identical (as text, so even a numeric's scale counts) to the stored one is left out of the
-  merge: a run without new data rewrites nothing. Both lookups are written so that they can only
+  merge: a run without new data rewrites nothing. A bucket stored while it was still forming is
+  recomputed once it has closed, even if no minute arrived since (is_closed flips): only a market's
+  latest bucket can be forming (the loader stores closed minutes only), so that is one index probe
+  per market (distinct_markets + its newest row), whatever the history. Both lookups are written so that they can only
   run as index probes (LATERAL, scalar subquery): the cost follows the number of touched buckets,
   whatever the planner estimates (with a join, an underestimate made it merge-join each market's
   buckets with all of its minutes: minutes instead of seconds).
@@ -87,12 +96,29 @@
 with
 {%- if is_incremental() %}
 touched as (
-    select distinct
-        exchange,
-        symbol,
-        {{ utc_bucket('open_time', timeframe) }} as bucket
-    from {{ finer }}
-    where {{ finer_ingested }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    select distinct exchange, symbol, bucket
+    from (
+        select
+            exchange,
+            symbol,
+            {{ utc_bucket('open_time', timeframe) }} as bucket
+        from {{ finer }}
+        where {{ finer_ingested }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+        union all
+        -- each market's newest stored bucket, if it was forming at the last build and has closed since
+        select newest.exchange, newest.symbol, newest.open_time
+        from {{ distinct_markets(this) }} as market
+        cross join lateral (
+            select stored.exchange, stored.symbol, stored.open_time, stored.close_time, stored.is_closed
+            from {{ this }} as stored
+            where stored.exchange = market.exchange
+              and stored.symbol = market.symbol
+            order by stored.open_time desc
+            limit 1
+        ) as newest
+        where not newest.is_closed
+          and newest.close_time <= {{ dq_as_of() }}
+    ) as candidates
 ),
 
 parts as (
@@ -133,12 +159,16 @@ rolled as (
         {%- if finer_timeframe == '1m' %}
         count(*)::integer                                               as candle_count,
         count(*) = {{ minutes }}                                        as is_complete,
+        bucket + {{ width }} <= {{ dq_as_of() }}                        as is_closed,
+        (count(*) - count(quote_volume))::integer                       as quote_volume_missing_minutes,
         min(open_time)                                                  as first_minute_at,
         max(open_time)                                                  as last_minute_at,
         max(ingested_at)                                                as last_ingested_at
         {%- else %}
         sum(candle_count)::integer                                      as candle_count,
         sum(candle_count) = {{ minutes }}                               as is_complete,
+        bucket + {{ width }} <= {{ dq_as_of() }}                        as is_closed,
+        sum(quote_volume_missing_minutes)::integer                      as quote_volume_missing_minutes,
         min(first_minute_at)                                            as first_minute_at,
         max(last_minute_at)                                             as last_minute_at,
         max(last_ingested_at)                                           as last_ingested_at

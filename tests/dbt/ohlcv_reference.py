@@ -12,7 +12,9 @@ import math
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
+import talib
 
 # timeframe -> (pandas frequency, bucket origin, minutes per bucket). Weeks: 7-day bins from a
 # Monday (1970-01-05) -- a different origin than the SQL's, same calendar.
@@ -25,14 +27,17 @@ TIMEFRAMES: dict[str, tuple[str, pd.Timestamp, int]] = {
 }
 ROLLUP_COLUMNS = [
     "exchange", "symbol", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
-    "close_time", "candle_count", "is_complete", "first_minute_at", "last_minute_at", "last_ingested_at",
+    "close_time", "candle_count", "is_complete", "is_closed", "quote_volume_missing_minutes", "first_minute_at",
+    "last_minute_at", "last_ingested_at",
 ]  # fmt: skip
 INDICATOR_COLUMNS = [
-    "exchange", "symbol", "open_time", "close", "candle_index", "sma_20", "sma_50", "sma_200", "ema_12",
-    "ema_26", "ema_50", "rsi_14", "macd_line", "macd_signal", "macd_histogram", "rsi_avg_gain_14",
-    "rsi_avg_loss_14", "last_ingested_at",
+    "exchange", "symbol", "open_time", "close", "candle_index", "is_closed", "inputs_complete", "sma_20",
+    "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14", "macd_line", "macd_signal", "macd_histogram",
+    "rsi_avg_gain_14", "rsi_avg_loss_14", "macd_fast_ema", "last_ingested_at",
 ]  # fmt: skip
-FLOAT_INDICATORS = [c for c in INDICATOR_COLUMNS[5:] if c != "last_ingested_at"]
+FLOAT_INDICATORS = [c for c in INDICATOR_COLUMNS[7:] if c != "last_ingested_at"]
+# Bucket width per timeframe, for the missing-candle part of inputs_complete.
+WIDTHS = {"1m": pd.Timedelta(minutes=1)} | {tf: pd.Timedelta(f"{m}min") for tf, (_f, _o, m) in TIMEFRAMES.items()}
 
 # Market -> {open_time_ms: (open, high, low, close, volume, quote_volume, trades)} (tests/support/sample.py)
 Minutes = dict[tuple[str, str], dict[int, tuple]]
@@ -86,6 +91,7 @@ def resample(minutes: pd.DataFrame, timeframe: str) -> pd.DataFrame:
                 "quote_volume": bins["quote_volume"].agg(_sum_if_complete),
                 "trades": bins["trades"].agg(_sum_if_complete),
                 "candle_count": bins["minute"].count(),
+                "quote_volume_missing_minutes": bins["quote_volume"].agg(lambda s: int(s.isna().sum())),
                 "first_minute_at": bins["minute"].min(),
                 "last_minute_at": bins["minute"].max(),
                 "last_ingested_at": bins["ingested_at"].max(),
@@ -96,6 +102,7 @@ def resample(minutes: pd.DataFrame, timeframe: str) -> pd.DataFrame:
         out = out.reset_index()
         out["close_time"] = out["open_time"] + pd.Timedelta(freq)
         out["is_complete"] = out["candle_count"] == per_bucket
+        out["is_closed"] = out["close_time"] <= pd.Timestamp.now(tz="UTC")  # the sample's buckets are long over
         out.insert(0, "symbol", symbol)
         out.insert(0, "exchange", exchange)
         parts.append(out)
@@ -104,8 +111,8 @@ def resample(minutes: pd.DataFrame, timeframe: str) -> pd.DataFrame:
 
 def rollup_rows(minutes: pd.DataFrame, timeframe: str) -> dict[tuple, tuple]:
     """(exchange, symbol, open_time) -> (open, high, low, close, volume, quote_volume, trades,
-    close_time, candle_count, is_complete, first_minute_at, last_minute_at, last_ingested_at) as
-    Python values."""
+    close_time, candle_count, is_complete, is_closed, quote_volume_missing_minutes, first_minute_at,
+    last_minute_at, last_ingested_at) as Python values."""
     frame = resample(minutes, timeframe)
     out = {}
     for row in frame.itertuples(index=False):
@@ -117,22 +124,24 @@ def rollup_rows(minutes: pd.DataFrame, timeframe: str) -> dict[tuple, tuple]:
         out[(row.exchange, row.symbol, row.open_time.to_pydatetime())] = (
             row.open, row.high, row.low, row.close, row.volume,
             row.quote_volume if isinstance(row.quote_volume, Decimal) else None, trades,
-            row.close_time.to_pydatetime(), int(row.candle_count), bool(row.is_complete),
-            row.first_minute_at.to_pydatetime(), row.last_minute_at.to_pydatetime(),
+            row.close_time.to_pydatetime(), int(row.candle_count), bool(row.is_complete), bool(row.is_closed),
+            int(row.quote_volume_missing_minutes), row.first_minute_at.to_pydatetime(),
+            row.last_minute_at.to_pydatetime(),
             None if pd.isna(row.last_ingested_at) else row.last_ingested_at.to_pydatetime(),
         )  # fmt: skip
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Indicators, written from the textbook definitions with pandas' ewm (adjust=False) for the
-# recursions: a different implementation (and floating-point evaluation order) than the SQL's.
-
-_EXACT = decimal.Context(prec=60)
+# Indicators: TA-Lib (the `ta-lib` wheel, its bundled C library) is the oracle for every value it
+# computes; the Wilder averages behind RSI (TA-Lib keeps them internal) come from pandas' ewm.
 
 
 def _mean(values: list[Decimal]) -> float:
     return float(_EXACT.divide(sum(values, Decimal(0)), Decimal(len(values))))
+
+
+_EXACT = decimal.Context(prec=60)
 
 
 def _seeded_ewm(seed: float, rest: list[float], alpha: float) -> list[float]:
@@ -140,40 +149,46 @@ def _seeded_ewm(seed: float, rest: list[float], alpha: float) -> list[float]:
     return pd.Series([seed, *rest], dtype="float64").ewm(alpha=alpha, adjust=False).mean().tolist()
 
 
+def _values(array: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in array]
+
+
 def indicators(closes: list[Decimal]) -> dict[str, list[float | None]]:
-    """Every indicator column for one market's closes in time order (present candles only)."""
+    """Every float indicator column for one market's closes in time order (present candles only),
+    as TA-Lib computes them on that series (NaN -> None)."""
     count = len(closes)
     out: dict[str, list[float | None]] = {name: [None] * count for name in FLOAT_INDICATORS}
+    x = np.array([float(c) for c in closes], dtype="float64")
     for n in (20, 50, 200):
-        for i in range(n - 1, count):
-            out[f"sma_{n}"][i] = _mean(closes[i + 1 - n : i + 1])
-    floats = [float(c) for c in closes]
-    emas = {}
+        out[f"sma_{n}"] = _values(talib.SMA(x, timeperiod=n))
     for n in (12, 26, 50):
-        if count >= n:
-            emas[n] = _seeded_ewm(_mean(closes[:n]), floats[n:], 2 / (n + 1))
-            out[f"ema_{n}"][n - 1 :] = emas[n]
-    # RSI(14), Wilder: seed = mean of the first 14 gains/losses (changes 2..15), then alpha 1/14
+        out[f"ema_{n}"] = _values(talib.EMA(x, timeperiod=n))
+    out["rsi_14"] = _values(talib.RSI(x, timeperiod=14))
+    line, signal, histogram = talib.MACD(x, fastperiod=12, slowperiod=26, signalperiod=9)
+    out["macd_line"], out["macd_signal"], out["macd_histogram"] = _values(line), _values(signal), _values(histogram)
+    # MACD's fast EMA as TA-Lib's MACD seeds it internally: EMA(12) of closes 15.. (0-based 14..), so
+    # its first value is the mean of closes 15..26, at candle 26
+    if count >= 26:
+        out["macd_fast_ema"][25:] = _values(talib.EMA(x[14:], timeperiod=12))[11:]
+    # Wilder averages: seed = mean of the first 14 gains/losses (changes 2..15), then alpha 1/14
     if count >= 15:
         changes = [closes[i] - closes[i - 1] for i in range(1, count)]
         gains = [max(c, Decimal(0)) for c in changes]
         losses = [max(-c, Decimal(0)) for c in changes]
-        avg_gain = _seeded_ewm(_mean(gains[:14]), [float(g) for g in gains[14:]], 1 / 14)
-        avg_loss = _seeded_ewm(_mean(losses[:14]), [float(v) for v in losses[14:]], 1 / 14)
-        out["rsi_avg_gain_14"][14:] = avg_gain
-        out["rsi_avg_loss_14"][14:] = avg_loss
-        out["rsi_14"][14:] = [
-            50.0 if g + lo == 0 else 100 * g / (g + lo) for g, lo in zip(avg_gain, avg_loss, strict=True)
-        ]
-    # MACD(12, 26, 9)
-    if count >= 26:
-        line = [e12 - e26 for e12, e26 in zip(emas[12][26 - 12 :], emas[26], strict=True)]  # from row 26
-        out["macd_line"][25:] = line
-        if len(line) >= 9:
-            signal = _seeded_ewm(sum(line[:9]) / 9, line[9:], 2 / 10)
-            out["macd_signal"][33:] = signal
-            out["macd_histogram"][33:] = [m - s for m, s in zip(line[8:], signal, strict=True)]
+        out["rsi_avg_gain_14"][14:] = _seeded_ewm(_mean(gains[:14]), [float(g) for g in gains[14:]], 1 / 14)
+        out["rsi_avg_loss_14"][14:] = _seeded_ewm(_mean(losses[:14]), [float(v) for v in losses[14:]], 1 / 14)
     return out
+
+
+def input_flags(open_times: list[datetime], final: list[bool], width: pd.Timedelta, window: int = 200) -> list[bool]:
+    """inputs_complete by brute force: the candle and the window - 1 before it (fewer at the start)
+    are all final (closed and complete) and follow each other without a missing bucket."""
+    flags = []
+    for i in range(len(open_times)):
+        lo = max(0, i - window + 1)
+        consecutive = all(open_times[j] - open_times[j - 1] == width for j in range(lo + 1, i + 1))
+        flags.append(consecutive and all(final[lo : i + 1]))
+    return flags
 
 
 def close_enough(actual: float | None, expected: float | None, rel: float) -> bool:
@@ -245,8 +260,9 @@ def indicator_rows(conn, model: str) -> dict[tuple[str, str], list[dict]]:
 
 
 def assert_indicators_match(conn, minutes: pd.DataFrame, rel: float) -> dict[str, float]:
-    """Every indicator of every market and timeframe == indicators() of the candles' closes
-    (within rel * max(1, |expected|)); returns the largest relative difference per column."""
+    """Every indicator of every market and timeframe == TA-Lib on the candles' closes (within
+    rel * max(1, |expected|)), the flags == a brute-force check of the windows; returns the largest
+    relative difference per column."""
     worst = dict.fromkeys(FLOAT_INDICATORS, 0.0)
     for timeframe in ("1m", *TIMEFRAMES):
         candles = minutes if timeframe == "1m" else resample(minutes, timeframe)
@@ -260,6 +276,11 @@ def assert_indicators_match(conn, minutes: pd.DataFrame, rel: float) -> dict[str
             assert [r["close"] for r in rows] == closes, (timeframe, key)
             assert [r["candle_index"] for r in rows] == list(range(1, len(rows) + 1)), (timeframe, key)
             expected = indicators(closes)
+            final = [True] * len(rows) if timeframe == "1m" else [bool(v) for v in frame["is_complete"]]
+            times = [t.to_pydatetime() for t in frame["open_time"]]
+            assert [r["is_closed"] for r in rows] == [True] * len(rows), (timeframe, key)  # the sample is history
+            flags = input_flags(times, final, WIDTHS[timeframe])
+            assert [r["inputs_complete"] for r in rows] == flags, (timeframe, key)
             for column in FLOAT_INDICATORS:
                 for i, row in enumerate(rows):
                     actual, wanted = row[column], expected[column][i]

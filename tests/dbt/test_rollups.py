@@ -4,6 +4,7 @@ minutes update their bucket incrementally; incremental == full refresh."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -88,10 +89,16 @@ def test_rollups_equal_a_pandas_resample_of_the_files(dbt: DbtRunner, pg_conn, s
     # spot checks of what the comparison covered
     rows_5m = ref.rollup_table(conn, "5m")
     hole = rows_5m[("binance", "ETH/USDT", datetime(2022, 8, 14, tzinfo=UTC))]
-    assert hole[8:10] == (4, False)  # candle_count, is_complete
+    assert hole[8:11] == (4, False, True)  # candle_count, is_complete, is_closed: a gap, not a forming bucket
     assert ("binance", "ETH/USDT", datetime(2022, 8, 15, 10, 5, tzinfo=UTC)) not in rows_5m
     no_quote = rows_5m[("okx", "BTC/USDT", datetime(2025, 11, 24, 12, 5, tzinfo=UTC))]
-    assert no_quote[5] is None and no_quote[8] == 5  # quote_volume NULL, bucket still complete
+    # quote_volume NULL, and how many minutes lack it; the bucket is still complete
+    assert (no_quote[5], no_quote[8], no_quote[11]) == (None, 5, 1)
+    ((day_missing,),) = ref.fetch(
+        conn, "select quote_volume_missing_minutes from marts.ohlcv_1d where exchange = 'okx'"
+        " and open_time = '2025-11-24T00:00Z'"
+    )
+    assert day_missing == 1
     weeks = {(*k[:2], k[2].date().isoformat()): v[8] for k, v in ref.rollup_table(conn, "1w").items()}
     # 2022-08-14 and 2025-11-23 are Sundays: the next day starts a new (Monday) week
     assert weeks == {
@@ -182,3 +189,58 @@ def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn
     dbt("run", "--full-refresh", *ref.DBT_SELECT)
     assert ref.table_checksums(conn, ref.ROLLUPS) == incremental_sums
     assert incremental_sums["ohlcv_5m"][0] == 1152
+
+
+def test_forming_buckets_close_on_a_later_build(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    """is_closed apart from is_complete: OKX loaded up to 12:06 and built as of 12:07:30, then
+    built again as of 12:10:30 with no new minute. The buckets still forming are open and
+    incomplete; the 12:05 bucket closes with its last three minutes missing (closed, incomplete: a
+    gap), and only the rows whose flags changed are rewritten, in the rollup and in its
+    indicators. Then incremental == full refresh as of the same instant."""
+    conn = pg_conn
+    cut = datetime(2025, 11, 24, 12, 7, tzinfo=UTC)
+    ref.load_minutes(conn, [c for c in sample_candles if c.exchange == "okx" and c.open_time < cut], "okx", T0)
+    as_of = {"dq_as_of": "2025-11-24T12:07:30Z"}
+    dbt("run", *ref.DBT_SELECT, "--vars", json.dumps(as_of))
+
+    forming = {
+        "5m": datetime(2025, 11, 24, 12, 5, tzinfo=UTC),
+        "15m": datetime(2025, 11, 24, 12, tzinfo=UTC),
+        "1h": datetime(2025, 11, 24, 12, tzinfo=UTC),
+        "1d": datetime(2025, 11, 24, tzinfo=UTC),
+        "1w": datetime(2025, 11, 24, tzinfo=UTC),  # a Monday
+    }
+
+    def flags(timeframe: str) -> dict[datetime, tuple[bool, bool]]:
+        rows = ref.fetch(conn, f"select open_time, is_complete, is_closed from marts.ohlcv_{timeframe}")
+        return {t: (complete, closed) for t, complete, closed in rows}
+
+    def indicator_flags(timeframe: str) -> dict[datetime, tuple[bool, bool]]:
+        rows = ref.fetch(conn, f"select open_time, is_closed, inputs_complete from marts.indicators_{timeframe}")
+        return {t: (closed, complete) for t, closed, complete in rows}
+
+    for timeframe, bucket in forming.items():
+        got = flags(timeframe)
+        assert got[bucket] == (False, False), timeframe  # forming: not over, not complete
+        assert all(closed for t, (_c, closed) in got.items() if t != bucket), timeframe
+        assert max(got) == bucket
+        assert indicator_flags(timeframe)[bucket] == (False, False), timeframe
+    last_minute = indicator_flags("1m")[cut - timedelta(minutes=1)]
+    assert last_minute == (True, True)  # closed minutes, none missing in the window
+
+    versions = {t: ref.row_versions(conn, t) for t in ("ohlcv_5m", "indicators_5m", "ohlcv_15m", "indicators_15m")}
+    as_of = {"dq_as_of": "2025-11-24T12:10:30Z"}
+    dbt("run", *ref.DBT_SELECT, "--vars", json.dumps(as_of))
+    # no new minute: the 12:05 bucket closed with 12:07-12:09 missing, the 15m bucket still forms
+    assert flags("5m")[forming["5m"]] == (False, True)
+    assert indicator_flags("5m")[forming["5m"]] == (True, False)
+    assert flags("15m")[forming["15m"]] == (False, False)
+    for table, before in versions.items():
+        after = ref.row_versions(conn, table)
+        rewritten = {k[2] for k, xmin in after.items() if before.get(k) != xmin}
+        assert rewritten == ({forming["5m"]} if table.endswith("_5m") else set()), table
+
+    tables = ref.ROLLUPS + ref.INDICATOR_MODELS
+    incremental = ref.table_checksums(conn, tables)
+    dbt("run", "--full-refresh", *ref.DBT_SELECT, "--vars", json.dumps(as_of))
+    assert ref.table_checksums(conn, tables) == incremental

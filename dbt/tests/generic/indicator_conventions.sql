@@ -3,10 +3,11 @@
   `violations` array:
     candle_index >= 1
     sma_n / ema_n NULL exactly while candle_index < n; rsi_14 and its averages while < 15;
-    macd_line while < 26; macd_signal / macd_histogram while < 34
+    macd_fast_ema while < 26; macd_line, macd_signal and macd_histogram while < 34
     ema_50 = sma_50 at candle_index 50 (the EMA is seeded with the SMA)
-    rsi_14 in [0, 100], Wilder averages >= 0
-    macd_line = ema_12 - ema_26, macd_histogram = macd_line - macd_signal (exactly, as computed)
+    rsi_14 in [0, 100], Wilder averages >= 0, rsi_14 = 0 when both are 0
+    macd_line = macd_fast_ema - ema_26, macd_histogram = macd_line - macd_signal (exactly, as computed)
+    is_closed / inputs_complete not NULL, inputs_complete only when is_closed
 
     data_tests:
       - indicator_conventions
@@ -27,13 +28,19 @@ with checked as (
             case when (rsi_14 is null) <> (candle_index < 15)
                    or (rsi_avg_gain_14 is null) <> (candle_index < 15)
                    or (rsi_avg_loss_14 is null) <> (candle_index < 15) then 'rsi_14 warm-up' end,
-            case when (macd_line is null) <> (candle_index < 26) then 'macd_line warm-up' end,
-            case when (macd_signal is null) <> (candle_index < 34)
-                   or (macd_histogram is null) <> (candle_index < 34) then 'macd_signal warm-up' end,
+            case when (macd_fast_ema is null) <> (candle_index < 26) then 'macd_fast_ema warm-up' end,
+            case when (macd_line is null) <> (candle_index < 34)
+                   or (macd_signal is null) <> (candle_index < 34)
+                   or (macd_histogram is null) <> (candle_index < 34) then 'macd warm-up' end,
             case when candle_index = 50 and ema_50 is distinct from sma_50 then 'ema_50 not seeded with sma_50' end,
             case when rsi_14 < 0 or rsi_14 > 100 then 'rsi_14 outside 0..100' end,
             case when rsi_avg_gain_14 < 0 or rsi_avg_loss_14 < 0 then 'negative Wilder average' end,
-            case when macd_line is distinct from ema_12 - ema_26 then 'macd_line is not ema_12 - ema_26' end,
+            case when rsi_avg_gain_14 + rsi_avg_loss_14 = 0 and rsi_14 <> 0 then 'rsi_14 of no movement is not 0' end,
+            case when macd_line is distinct from
+                      case when candle_index >= 34 then macd_fast_ema - ema_26 end
+                then 'macd_line is not macd_fast_ema - ema_26' end,
+            case when is_closed is null or inputs_complete is null or (inputs_complete and not is_closed)
+                then 'is_closed / inputs_complete inconsistent' end,
             case when macd_histogram is distinct from macd_line - macd_signal
                 then 'macd_histogram is not macd_line - macd_signal' end
         ], null) as violations

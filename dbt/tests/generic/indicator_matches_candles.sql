@@ -1,8 +1,8 @@
 {#-
   An indicator mart against the candle table it is computed from: for every indicator row written
   and every candle ingested within the test window (var data_test_window_hours, 0 = all rows),
-    the candle has an indicator row and the row has a candle, with the same close and
-    last_ingested_at = the candle's `ingested_column`;
+    the candle has an indicator row and the row has a candle, with the same close, the same
+    is_closed (1m candles are always closed) and last_ingested_at = the candle's `ingested_column`;
     candle_index = the candle_index of the market's previous indicator row + 1 (1 for the first).
   Apply without a `where`: the test needs the whole tables for the lookups and windows itself.
 
@@ -13,6 +13,7 @@
             ingested_column: last_ingested_at
 -#}
 {% test indicator_matches_candles(model, candles, ingested_column) %}
+{%- set candle_closed = 'true' if ingested_column == 'ingested_at' else 'c.is_closed' %}
 
 -- Per market, the earliest row written within the window on either side.
 with spans as (
@@ -43,7 +44,7 @@ indicator_rows as (
         )                                       as previous_candle_index
     from spans
     cross join lateral (
-        select p.exchange, p.symbol, p.open_time, p.candle_index, p.close, p.last_ingested_at
+        select p.exchange, p.symbol, p.open_time, p.candle_index, p.close, p.is_closed, p.last_ingested_at
         from {{ model }} as p
         where p.exchange = spans.exchange
           and p.symbol = spans.symbol
@@ -62,7 +63,8 @@ candle_rows as (
     select c.*
     from spans
     cross join lateral (
-        select c.exchange, c.symbol, c.open_time, c.close, c.{{ ingested_column }} as ingested
+        select c.exchange, c.symbol, c.open_time, c.close, {{ candle_closed }} as is_closed,
+               c.{{ ingested_column }} as ingested
         from {{ candles }} as c
         where c.exchange = spans.exchange
           and c.symbol = spans.symbol
@@ -88,6 +90,7 @@ compared as (
             when ind.open_time is null then 'candle has no indicator row'
             when candle.open_time is null then 'indicator row has no candle'
             when ind.close is distinct from candle.close then 'close differs from the candle'
+            when ind.is_closed is distinct from candle.is_closed then 'is_closed differs from the candle'
             when ind.last_ingested_at is distinct from candle.ingested
                 then 'last_ingested_at differs from the candle'
             when ind.candle_index is distinct from coalesce(ind.previous_candle_index, 0) + 1

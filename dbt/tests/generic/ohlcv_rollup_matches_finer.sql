@@ -3,7 +3,7 @@
   (window functions for open/close instead of ordered array_agg): for every bucket of the rollup
   and every bucket that finer candles written within the test window fall in, a fresh aggregation
   of ALL the bucket's finer candles must equal the stored row (count, open, high, low, close,
-  volume, quote_volume, trades, first/last minute, last_ingested_at). Catches an incremental run
+  volume, quote_volume, quote_volume_missing_minutes, trades, first/last minute, last_ingested_at). Catches an incremental run
   that missed a late or corrected minute, or recomputed a bucket from only some of its minutes.
 
   The chain 1m -> 5m -> 15m -> 1h -> 1d -> 1w: each link checks a rollup against the one below it
@@ -61,10 +61,11 @@ parts as (
         select {{ utc_bucket('c.open_time', timeframe) }} as bucket, c.exchange, c.symbol, c.open_time, c.open,
                c.high, c.low, c.close, c.volume, c.quote_volume, c.trades,
                {%- if from_minutes %}
-               1 as candle_count, c.open_time as first_minute_at, c.open_time as last_minute_at,
-               c.ingested_at as last_ingested_at
+               1 as candle_count, case when c.quote_volume is null then 1 else 0 end as quote_volume_missing_minutes,
+               c.open_time as first_minute_at, c.open_time as last_minute_at, c.ingested_at as last_ingested_at
                {%- else %}
-               c.candle_count, c.first_minute_at, c.last_minute_at, c.last_ingested_at
+               c.candle_count, c.quote_volume_missing_minutes, c.first_minute_at, c.last_minute_at,
+               c.last_ingested_at
                {%- endif %}
         from {{ finer }} as c
         where c.exchange = s.exchange
@@ -99,6 +100,7 @@ expected as (
         sum(volume)                                                     as volume,
         case when bool_and(quote_volume is not null) then sum(quote_volume) end  as quote_volume,
         case when bool_and(trades is not null) then sum(trades) end     as trades,
+        sum(quote_volume_missing_minutes)                               as quote_volume_missing_minutes,
         min(first_minute_at)                                            as first_minute_at,
         max(last_minute_at)                                             as last_minute_at,
         max(last_ingested_at)                                           as last_ingested_at
@@ -122,12 +124,13 @@ compared as (
             when stored.open_time is null then 'bucket missing from the rollup (or stale)'
             when expected.bucket is null then 'bucket has no {{ finer_timeframe }} candles'
             when (stored.open, stored.high, stored.low, stored.close, stored.volume, stored.quote_volume,
-                  stored.trades, stored.candle_count, stored.first_minute_at, stored.last_minute_at,
-                  stored.last_ingested_at)
+                  stored.quote_volume_missing_minutes, stored.trades, stored.candle_count, stored.first_minute_at,
+                  stored.last_minute_at, stored.last_ingested_at)
                  is distinct from
                  (expected.open, expected.high, expected.low, expected.close, expected.volume,
-                  expected.quote_volume, expected.trades, expected.candle_count, expected.first_minute_at,
-                  expected.last_minute_at, expected.last_ingested_at)
+                  expected.quote_volume, expected.quote_volume_missing_minutes, expected.trades,
+                  expected.candle_count, expected.first_minute_at, expected.last_minute_at,
+                  expected.last_ingested_at)
                 then 'values differ from a fresh aggregation of the {{ finer_timeframe }} candles'
         end as problem
     from expected

@@ -16,4 +16,4 @@
 -- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates)
 -- pre_hook: JIT would spend seconds compiling this wide query for a few touched rows.
 -- SMA / EMA / RSI / MACD of the 1h candles (ohlcv_1h): see macros/ohlcv_indicators.sql.
-{{ ohlcv_indicators(ref('ohlcv_1h'), 'last_ingested_at') }}
+{{ ohlcv_indicators(ref('ohlcv_1h'), 'last_ingested_at', '1h') }}
