@@ -7,6 +7,7 @@ substituted from the environment before anything else is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -84,6 +85,7 @@ class MarketflowConfig:
     gap_repair_max_tasks: int = 20  # re-fetches queued per hourly run, most recent gaps first
     gap_repair_max_attempts: int = 3  # an empty answer this many times = confirmed empty at the source
     alert_after_failures: int = 3  # consecutive failed extracts of one market before an alert
+    housekeeping: HousekeepingConfig = field(default_factory=lambda: HousekeepingConfig())  # defined below
 
     @property
     def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
@@ -169,7 +171,7 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     if not isinstance(data, dict):
         raise ConfigError(path, "<root>", "expected a mapping with an 'exchanges' key",
                           "start the file with 'exchanges:'")
-    _only_keys(data, {"defaults", "exchanges"}, path, "<root>")
+    _only_keys(data, {"defaults", "exchanges", "housekeeping"}, path, "<root>")
     defaults = data.get("defaults") or {}
     _only_keys(defaults, {"timeframes", "history_start", "raw_retention_days", "overlap_minutes",
                           "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts",
@@ -193,7 +195,7 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
                                     "defaults.gap_repair_max_attempts")
     alert_after = _positive_int(defaults.get("alert_after_failures", 3), path, "defaults.alert_after_failures")
     return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts,
-                            alert_after)
+                            alert_after, housekeeping=_housekeeping(data.get("housekeeping"), path))
 
 
 def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], default_start: datetime
@@ -355,3 +357,34 @@ def _bool(value: Any, path: Path, key: str) -> bool:
     if text in {"false", "no", "0", "off"}:
         return False
     raise ConfigError(path, key, f"{value!r} is not a boolean", "write true or false")
+
+@dataclass(frozen=True)
+class HousekeepingConfig:
+    """What the market_maintenance DAG prunes, and after how many days (plugins/marketflow/housekeeping.py)."""
+
+    ops_retention_days: int = 30  # ops.api_errors, ops.alerts, ops.rate_limit_metrics, done repairs, old market lists
+    rejects_body_retention_days: int = 30  # then a reject keeps its reason and the body's first 200 characters
+    rejects_retention_days: int = 365  # then the reject row itself goes
+    airflow_metadata_retention_days: int = 30  # `airflow db clean`: runs, task instances, XComs, logs, jobs
+    batch_size: int = 10_000  # rows per DELETE, each committed on its own
+
+
+def _housekeeping(node: Any, path: Path) -> HousekeepingConfig:
+    key = "housekeeping"
+    if node is None:
+        return HousekeepingConfig()
+    if not isinstance(node, dict):
+        raise ConfigError(path, key, "expected a mapping of retentions",
+                          "e.g. 'housekeeping: {ops_retention_days: 30, airflow_metadata_retention_days: 30}'")
+    names = {f.name for f in dataclasses.fields(HousekeepingConfig)}
+    _only_keys(node, names, path, key)
+    config = HousekeepingConfig(**{k: _positive_int(v, path, f"{key}.{k}") for k, v in node.items()})
+    if config.rejects_body_retention_days > config.rejects_retention_days:
+        raise ConfigError(path, f"{key}.rejects_body_retention_days",
+                          f"{config.rejects_body_retention_days} days is longer than rejects_retention_days "
+                          f"({config.rejects_retention_days}): the rows would go before their bodies",
+                          "keep the bodies for at most as long as the rows")
+    if not 100 <= config.batch_size <= 1_000_000:
+        raise ConfigError(path, f"{key}.batch_size", f"{config.batch_size} rows is out of range",
+                          "use 100 to 1,000,000 rows per batch (10,000 keeps each DELETE well under a second)")
+    return config

@@ -1,0 +1,318 @@
+"""Housekeeping: prune what grows with every run, in short batches, and say in the log how far it got.
+
+Run daily by the ``market_maintenance`` DAG, with the retentions of the markets file's
+``housekeeping:`` section (config.HousekeepingConfig):
+
+* **ops tables** (``ops_retention_days``): ``ops.api_errors``, ``ops.alerts``,
+  ``ops.rate_limit_metrics``; ``ops.market_lists`` rows not refreshed for that long (an exchange or
+  API address no longer used: live lists are refreshed hourly); ``ops.backfill_tasks`` rows of
+  completed repairs (outcome ``repaired``). Rows of windows confirmed empty at the source, and failed
+  or pending ones, stay: ``marts.data_quality_gaps`` derives a gap's status from them, and without
+  its row a window confirmed empty would be re-fetched all over again. State tables (market_health,
+  market_config, rate_limit_buckets, schema_migrations) hold one row per thing, not history.
+* **rejects** (``staging.ohlcv_rejects``): after ``rejects_body_retention_days`` a body over
+  BODY_PRUNE_ABOVE bytes (a whole payload can be 1 MB) is cut to its first BODY_KEEP_CHARS characters
+  plus a note of its size; the row, its reason and identity stay until ``rejects_retention_days``.
+  The raw payload behind it in MongoDB expires after ``raw_retention_days`` (its TTL index), so
+  with the defaults (30 and 30) the full body is gone from both at about the same time.
+* **Airflow's metadata** (``airflow_metadata_retention_days``): ``airflow db clean`` on the tables
+  of AIRFLOW_TABLES, in batches, without archive tables. It keeps each DAG's latest scheduled run
+  (so the schedule continues; manual runs are not kept), and never touches the ``dag`` and
+  ``dag_version`` tables.
+
+Each batch is one short transaction: at most ``batch_size`` rows, chosen with FOR UPDATE SKIP LOCKED
+(rows another session holds are left for the next run), committed before the next batch. A backlog
+of millions of rows never becomes one long transaction holding locks, a run that dies keeps what it
+committed, and a second run over the same cut deletes nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from psycopg2 import sql
+
+from marketflow.config import HousekeepingConfig
+
+log = logging.getLogger(__name__)
+
+# Airflow 3 blocks task processes from the metadata database (their sql_alchemy_conn is replaced by
+# "airflow-db-not-allowed:///"), so `airflow db clean` run from a task would fail. The deployment
+# grants the maintenance DAG that access explicitly, through this connection.
+AIRFLOW_DB_CONN_ID = "marketflow_airflow_db"
+
+# Tables `airflow db clean` may prune here (Airflow 3.3 knows more: see `airflow db clean --help`).
+# Rows of dag_run's dependants (task_instance, task_state_store, deadline) go with their runs.
+# Left out on purpose: dag and dag_version (DAG definitions), trigger (a deferred task may still wait
+# on an old trigger; the triggerer removes unused ones), import_error (current parse errors),
+# session and connection_test_request (not ours).
+AIRFLOW_TABLES = ("dag_run", "task_instance", "task_instance_history", "task_reschedule", "xcom", "log", "job",
+                  "asset_event", "callback", "deadline", "revoked_token", "celery_taskmeta", "celery_tasksetmeta")
+
+BODY_PRUNE_ABOVE = 1024  # bytes: a single bad candle row is ~100 bytes, a whole payload up to 1 MB
+BODY_KEEP_CHARS = 200
+# Each batch is a short statement; these turn a stuck one into a database error (and a retry)
+# instead of a task that hangs until its execution_timeout.
+STATEMENT_TIMEOUT_S = 300
+LOCK_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class PruneRule:
+    """Rows of ``table`` whose ``time_column`` is older than the cut (and that match ``condition``)."""
+
+    table: str  # schema.table
+    key: tuple[str, ...]  # primary key: each batch deletes by it
+    time_column: str
+    condition: str = "true"  # trusted SQL from this module, never from config
+    scan_in_key_order: bool = True  # the key grows with time: the primary key index finds old rows first
+
+
+OPS_RULES = (
+    PruneRule("ops.api_errors", ("error_id",), "occurred_at"),
+    PruneRule("ops.alerts", ("alert_id",), "raised_at"),
+    PruneRule("ops.rate_limit_metrics", ("exchange", "minute"), "minute"),
+    PruneRule("ops.market_lists", ("exchange", "api"), "loaded_at"),
+    PruneRule("ops.backfill_tasks", ("task_id",), "updated_at", "status = 'completed' AND outcome = 'repaired'"),
+)
+REJECTS_RULE = PruneRule("staging.ohlcv_rejects", ("raw_payload_id", "row_index"), "rejected_at",
+                         scan_in_key_order=False)
+
+
+@dataclass
+class Pruned:
+    """What one table's pruning did."""
+
+    table: str
+    action: str  # "deleted", or what was done to a column
+    cut: datetime
+    rows: int = 0
+    batches: int = 0
+    bytes_freed: int = 0
+    seconds: float = 0.0
+
+    def words(self) -> str:
+        if not self.rows:
+            return f"{self.table}: nothing older than {_when(self.cut)}"
+        freed = f", {self.bytes_freed / 1e6:,.1f} MB of bodies freed" if self.bytes_freed else ""
+        return (f"{self.table}: {self.action} {self.rows:,} rows older than {_when(self.cut)} in "
+                f"{self.batches} batches ({self.seconds:.1f} s{freed})")
+
+
+def _when(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _prepare_session(conn) -> None:
+    with conn.cursor() as cur:
+        cur.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'; SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
+    conn.commit()
+
+
+def _batches(conn, pruned: Pruned, statement: sql.Composable, params: dict[str, Any], batch_size: int
+             ) -> Pruned:
+    """Run ``statement`` (it returns count, oldest, newest, bytes of one batch) until a batch is short."""
+    started = time.monotonic()
+    while True:
+        with conn.cursor() as cur:
+            cur.execute(statement, {**params, "cut": pruned.cut, "limit": batch_size})
+            count, oldest, newest, freed = cur.fetchone()
+        conn.commit()  # each batch on its own: nothing long-running holds locks or bloats one transaction
+        if count:
+            pruned.rows += count
+            pruned.batches += 1
+            pruned.bytes_freed += int(freed or 0)
+            log.info("%s: %s %s rows older than %s (batch %d: %s to %s; %s so far)", pruned.table, pruned.action,
+                     f"{count:,}", _when(pruned.cut), pruned.batches, _when(oldest), _when(newest),
+                     f"{pruned.rows:,}")
+        if count < batch_size:
+            break
+    pruned.seconds = time.monotonic() - started
+    log.info("%s", pruned.words())
+    return pruned
+
+
+def _selection(rule: PruneRule, extra: str = "", columns: Sequence[str] = ()) -> sql.Composable:
+    """SELECT a batch of keys to prune, locked, skipping rows another session holds."""
+    return sql.SQL(
+        "SELECT {cols} FROM {table} WHERE {time} < %(cut)s AND ({condition}){extra} {order} "
+        "LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+    ).format(
+        cols=sql.SQL(", ").join([*map(sql.Identifier, rule.key), *map(sql.SQL, columns)]),
+        table=sql.SQL(rule.table), time=sql.Identifier(rule.time_column), condition=sql.SQL(rule.condition),
+        extra=sql.SQL(extra),
+        order=sql.SQL("ORDER BY {}").format(sql.SQL(", ").join(map(sql.Identifier, rule.key)))
+        if rule.scan_in_key_order else sql.SQL(""),
+    )
+
+
+def _key_match(rule: PruneRule, left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(k),
+                                                                  sql.Identifier(right), sql.Identifier(k))
+                                 for k in rule.key)
+
+
+def prune_rule(conn, rule: PruneRule, cut: datetime, batch_size: int) -> Pruned:
+    """Delete ``rule``'s rows older than ``cut``, ``batch_size`` rows per committed transaction."""
+    statement = sql.SQL(
+        "WITH batch AS ({select}), gone AS (DELETE FROM {table} AS t USING batch AS b WHERE {match} "
+        "RETURNING t.{time} AS at) SELECT count(*), min(at), max(at), 0 FROM gone"
+    ).format(select=_selection(rule), table=sql.SQL(rule.table), match=_key_match(rule, "t", "b"),
+             time=sql.Identifier(rule.time_column))
+    return _batches(conn, Pruned(rule.table, "deleted", cut), statement, {}, batch_size)
+
+
+def cut_reject_bodies(conn, cut: datetime, batch_size: int) -> Pruned:
+    """Cut the bodies of rejects older than ``cut`` to their first characters and a note of their size.
+    Idempotent: a cut body is shorter than BODY_PRUNE_ABOVE, so it is never selected again."""
+    rule = REJECTS_RULE
+    statement = sql.SQL(
+        "WITH batch AS ({select}), cut AS ("
+        " UPDATE {table} AS t SET raw_row = left(t.raw_row, %(keep)s)"
+        "   || format(' … [%%s bytes received; only the first %%s characters are kept]', b.bytes, %(keep)s)"
+        " FROM batch AS b WHERE {match} RETURNING t.{time} AS at, b.bytes)"
+        " SELECT count(*), min(at), max(at), coalesce(sum(bytes), 0) FROM cut"
+    ).format(select=_selection(rule, " AND octet_length(raw_row) > %(above)s", ["octet_length(raw_row) AS bytes"]),
+             table=sql.SQL(rule.table), match=_key_match(rule, "t", "b"), time=sql.Identifier(rule.time_column))
+    return _batches(conn, Pruned(f"{rule.table}.raw_row", f"cut to its first {BODY_KEEP_CHARS} characters in",
+                                 cut), statement,
+                    {"keep": BODY_KEEP_CHARS, "above": BODY_PRUNE_ABOVE}, batch_size)
+
+
+def prune_ops(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
+    """Every ops table's rows older than ``ops_retention_days`` before ``now``."""
+    _prepare_session(conn)
+    cut = now - timedelta(days=config.ops_retention_days)
+    return [prune_rule(conn, rule, cut, config.batch_size) for rule in OPS_RULES]
+
+
+def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
+    """Reject rows after ``rejects_retention_days``, then the bodies of the rest after
+    ``rejects_body_retention_days`` (rows first: no body is cut only to be deleted)."""
+    _prepare_session(conn)
+    return [
+        prune_rule(conn, REJECTS_RULE, now - timedelta(days=config.rejects_retention_days), config.batch_size),
+        cut_reject_bodies(conn, now - timedelta(days=config.rejects_body_retention_days), config.batch_size),
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Airflow's metadata: `airflow db clean`
+# --------------------------------------------------------------------------------------------------
+_SQLALCHEMY_SCHEMES = {"postgres": "postgresql+psycopg2", "postgresql": "postgresql+psycopg2",
+                       "mysql": "mysql+mysqldb"}
+
+
+class HousekeepingError(RuntimeError):
+    pass
+
+
+def airflow_db_url(conn_type: str, host: str | None, port: int | None, login: str | None, password: str | None,
+                   schema: str | None) -> str:
+    """The SQLAlchemy URL `airflow db clean` needs, from the parts of the metadata DB's Airflow connection."""
+    scheme = _SQLALCHEMY_SCHEMES.get(conn_type)
+    if scheme is None or not host or not schema:
+        raise HousekeepingError(
+            f"connection {AIRFLOW_DB_CONN_ID} must be a postgres or mysql connection with host and database "
+            f"(got type {conn_type!r}, host {host!r}, database {schema!r}). Fix: e.g. "
+            f"AIRFLOW_CONN_{AIRFLOW_DB_CONN_ID.upper()}=postgresql://airflow:<password>@postgres:5432/airflow")
+    auth = f"{quote(login or '', safe='')}:{quote(password or '', safe='')}@" if login else ""
+    return f"{scheme}://{auth}{host}{f':{port}' if port else ''}/{schema}"
+
+
+def airflow_db_url_from_connection(conn_id: str = AIRFLOW_DB_CONN_ID) -> str:
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException as exc:
+        raise HousekeepingError(
+            f"Airflow connection {conn_id} is not defined ({exc}). Airflow 3 does not let task processes reach "
+            f"its metadata database by themselves; give the maintenance DAG a connection to it. Fix: set "
+            f"AIRFLOW_CONN_{conn_id.upper()}=postgresql://<user>:<password>@<host>:5432/<airflow database> "
+            "(docker-compose.yaml and scripts/stack.py set it), or add it under Admin > Connections") from None
+    return airflow_db_url(conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema)
+
+
+_CHECKING = re.compile(r"^Checking table (\w+)")
+_FOUND = re.compile(r"^Found (\d+) rows meeting deletion criteria")
+_BATCH = re.compile(r"^Performing Delete \(batch (\d+), max (\d+) rows\)")
+
+
+def clean_airflow_metadata(db_url: str, cut: datetime, batch_size: int, timeout_s: float,
+                           tables: Iterable[str] = AIRFLOW_TABLES, airflow: Sequence[str] | None = None,
+                           on_line: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Run `airflow db clean` on ``tables`` for rows older than ``cut``; returns rows found per table.
+
+    In a subprocess, with the metadata DB's URL from ``db_url`` (the task's own sql_alchemy_conn is
+    blocked by Airflow), ``--skip-archive`` (no copies left behind), ``--batch-size`` (one transaction
+    per batch) and ``--error-on-cleanup-failure`` (a table it could not clean fails the task instead of
+    a warning in a green run). Killed after ``timeout_s``.
+    """
+    command = [*(airflow or (sys.executable, "-m", "airflow")), "db", "clean",
+               "--clean-before-timestamp", cut.isoformat(), "--tables", ",".join(tables),
+               "--batch-size", str(batch_size), "--skip-archive", "--yes", "--error-on-cleanup-failure"]
+    env = {k: v for k, v in os.environ.items()
+           if not re.fullmatch(r"AIRFLOW__(DATABASE|CORE)__SQL_ALCHEMY_CONN(_CMD|_SECRET)?", k)}
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = db_url
+    log.info("airflow db clean: rows older than %s in %s (batches of %s rows)", _when(cut), ", ".join(tables),
+             f"{batch_size:,}")
+    found: dict[str, int] = {}
+    table, tail = None, []
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    timer = threading.Timer(timeout_s, _kill_group, (proc,))
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            tail = [*tail[-39:], line]
+            if on_line:
+                on_line(line)
+            if m := _CHECKING.match(line):
+                table = m.group(1)
+            elif (m := _FOUND.match(line)) and table:
+                found[table] = int(m.group(1))
+                log.info("airflow metadata: %s: %s rows older than %s%s", table, f"{found[table]:,}", _when(cut),
+                         ", deleting" if found[table] else "")
+            elif (m := _BATCH.match(line)) and table:
+                log.info("airflow metadata: %s: deleting batch %s (at most %s rows)", table, m.group(1),
+                         f"{int(m.group(2)):,}")
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # the task itself timed out or was stopped: take the CLI with it
+            _kill_group(proc)
+            proc.wait()
+    seconds = time.monotonic() - started
+    if seconds >= timeout_s:
+        raise HousekeepingError(f"airflow db clean did not finish within {timeout_s:.0f} s and was stopped; "
+                                "what it committed stays deleted. Fix: a smaller batch_size, or run it again")
+    if code != 0:
+        output = "\n".join(tail)
+        raise HousekeepingError(f"airflow db clean exited with code {code}; its last output:\n{output}")
+    log.info("airflow metadata: %s rows older than %s deleted in %.1f s (%s; %d tables checked)",
+             f"{sum(found.values()):,}", _when(cut), seconds,
+             ", ".join(f"{t} {n:,}" for t, n in found.items() if n) or "nothing to delete", len(found))
+    return found
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,53 @@
+"""The markets file's `housekeeping:` section (retentions of the market_maintenance DAG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from marketflow.config import ConfigError, HousekeepingConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+MARKETS = "exchanges:\n  binance:\n    markets: [BTC/USDT]\n"
+
+
+def load(tmp_path: Path, housekeeping: str):
+    path = tmp_path / "markets.yml"
+    path.write_text(MARKETS + housekeeping)
+    return load_config(path, env={"RETENTION": "45"})
+
+
+def test_defaults_without_the_section(tmp_path: Path) -> None:
+    assert load(tmp_path, "").housekeeping == HousekeepingConfig(
+        ops_retention_days=30, rejects_body_retention_days=30, rejects_retention_days=365,
+        airflow_metadata_retention_days=30, batch_size=10_000)
+
+
+def test_values_and_environment_substitution(tmp_path: Path) -> None:
+    config = load(tmp_path, "housekeeping:\n  ops_retention_days: ${RETENTION}\n  rejects_body_retention_days: 7\n"
+                            "  airflow_metadata_retention_days: 14\n  batch_size: 500\n").housekeeping
+    assert (config.ops_retention_days, config.rejects_body_retention_days, config.rejects_retention_days,
+            config.airflow_metadata_retention_days, config.batch_size) == (45, 7, 365, 14, 500)
+
+
+def test_the_shipped_markets_file_states_the_defaults() -> None:
+    assert load_config(REPO / "include" / "config" / "markets.yml", env={}).housekeeping == HousekeepingConfig()
+
+
+@pytest.mark.parametrize(("section", "key", "problem"), [
+    ("housekeeping: 30\n", "housekeeping", "expected a mapping of retentions"),
+    ("housekeeping:\n  ops_retention: 30\n", "housekeeping.ops_retention", "unknown key"),
+    ("housekeeping:\n  ops_retention_days: 0\n", "housekeeping.ops_retention_days", "0 is out of range"),
+    ("housekeeping:\n  airflow_metadata_retention_days: -3\n", "housekeeping.airflow_metadata_retention_days",
+     "-3 is out of range"),
+    ("housekeeping:\n  ops_retention_days: a month\n", "housekeeping.ops_retention_days", "is not an integer"),
+    ("housekeeping:\n  rejects_body_retention_days: 400\n", "housekeeping.rejects_body_retention_days",
+     "400 days is longer than rejects_retention_days (365)"),
+    ("housekeeping:\n  batch_size: 10\n", "housekeeping.batch_size", "10 rows is out of range"),
+])
+def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, section: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, section)
+    assert err.value.key == key and problem in err.value.problem and err.value.fix
+    assert str(err.value).startswith(f"{tmp_path / 'markets.yml'}: {key}: ")
