@@ -85,6 +85,78 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...]; None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks since boot): tells a pid apart from a later reuse of it."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie: orphans' zombies can linger here (init does not always reap them)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def session_tree(leader: int) -> dict[int, str]:
+    """Every live process of the session ``leader`` started, with its start time.
+
+    The session's members (Airflow's task processes put themselves in process groups of their own,
+    but stay in the session) and every descendant of them, also one that left the session (setsid).
+    Never this process itself."""
+    children: dict[int, list[int]] = {}
+    members: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid, fields = int(entry.name), _stat(int(entry.name))
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(fields[1]), []).append(pid)
+        if int(fields[3]) == leader:
+            members.append(pid)
+    found: dict[int, str] = {}
+    todo = list(members)
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid == os.getpid():
+            continue
+        if (started := _start_time(pid)) is not None:
+            found[pid] = started
+        todo += children.get(pid, [])
+    return found
+
+
+def stop_session(leader: int, grace: float = 30.0) -> list[int]:
+    """SIGTERM every process of ``leader``'s session (see session_tree), SIGKILL what is left after
+    ``grace`` seconds; returns the pids signalled. By pid and start time, never by name: a pid that
+    was reused by another process meanwhile is not touched."""
+    seen: dict[int, str] = {}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        seen.update(session_tree(leader))  # also what was started since the SIGTERM
+        targets = [p for p, started in seen.items() if _alive(p) and _start_time(p) == started]
+        if not targets:
+            break
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 10.0)
+        while time.monotonic() < deadline:
+            for pid in targets:
+                _reap(pid)
+            if not any(_alive(p) and _start_time(p) == seen[p] for p in targets) and not session_tree(leader):
+                break
+            time.sleep(0.1)
+    return sorted(seen)
+
+
 def _as_postgres_user(cmd: list[str]) -> list[str]:
     # PostgreSQL refuses to run as root; these machines run everything as root.
     if os.geteuid() == 0:
@@ -197,7 +269,7 @@ class PostgresServer:
 
 @dataclass
 class ManagedProcess:
-    """A server we start in its own session and stop by its recorded process group."""
+    """A server we start in its own session and stop, with every process of that session, by its recorded pid."""
 
     name: str
     run_dir: Path
@@ -214,16 +286,22 @@ class ManagedProcess:
     def log_file(self) -> Path:
         return self.run_dir / f"{self.name}.log"
 
-    def pid(self) -> int | None:
+    def _recorded(self) -> int | None:
+        """The session leader's pid from the pid file, unless the pid now belongs to another process
+        (the file also holds the leader's start time)."""
         try:
-            pid = int(self.pid_file.read_text().strip())
+            pid, *started = self.pid_file.read_text().split()
+            pid_number = int(pid)
         except (FileNotFoundError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        now = _start_time(pid_number)
+        if started and now is not None and now != started[0]:
+            return None  # reused: our session is gone (a live session id is never handed out again)
+        return pid_number
+
+    def pid(self) -> int | None:
+        pid = self._recorded()
+        return pid if pid is not None and _alive(pid) else None
 
     def start(self) -> None:
         if self.pid() is not None:
@@ -235,7 +313,7 @@ class ManagedProcess:
                                     env={**os.environ, **self.env}, start_new_session=True, cwd=REPO)
         finally:
             log.close()
-        self.pid_file.write_text(str(proc.pid))
+        self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}".strip())
         try:
             wait_for_port(self.port, self.name, self.ready_timeout, proc)
         except Exception:
@@ -243,27 +321,15 @@ class ManagedProcess:
             raise RuntimeError(f"{self.name} failed to start; see {self.log_file}") from None
 
     def stop(self, timeout: float = 30.0) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.unlink(missing_ok=True)
-            return
-        # The pid is the session leader we started, so its pgid is its pid.
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                _reap(pid)
-                try:
-                    os.killpg(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                continue
-            break
+        """Stop every process of the session we started: SIGTERM, SIGKILL after ``timeout`` seconds.
+
+        Not only the leader's process group: a running Airflow task process sits in a group of its
+        own in the same session, and outlived a group kill, re-parented to init. Also when the
+        leader itself already died and left its session's processes behind."""
+        leader = self._recorded()
+        if leader is not None:
+            stop_session(leader, timeout)
+            _reap(leader)
         self.pid_file.unlink(missing_ok=True)
 
 
@@ -420,28 +486,19 @@ def _pss_kib(pid: int) -> int:
 
 
 def stack_pids(stack: Stack) -> dict[str, list[int]]:
-    """Every process of the stack, by service: each managed process group, and the postmaster's tree."""
+    """Every process of the stack, by service: each managed process's session (task processes in
+    groups of their own included), and the postmaster's tree."""
     groups: dict[str, list[int]] = {}
-    by_pgid: dict[int, list[int]] = {}
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        ppid, pgid = int(fields[1]), int(fields[2])
-        by_pgid.setdefault(pgid, []).append(int(entry.name))
-        children.setdefault(ppid, []).append(int(entry.name))
     for proc in (stack.mongo, stack.emulator, stack.airflow):
         pid = proc.pid()
         if pid:
-            groups[proc.name] = by_pgid.get(pid, [pid])
+            groups[proc.name] = sorted(session_tree(pid)) or [pid]
     pg_pid_file = stack.postgres.data_dir / "postmaster.pid"
     if pg_pid_file.exists():
         postmaster = int(pg_pid_file.read_text().split()[0])
-        groups["postgres"] = [postmaster, *children.get(postmaster, [])]
+        children = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                    if (fields := _stat(pid)) is not None and int(fields[1]) == postmaster]
+        groups["postgres"] = [postmaster, *children]
     return groups
 
 
@@ -467,11 +524,13 @@ def up(stack: Stack, with_airflow: bool) -> None:
         proc.start()
 
 
-def down(stack: Stack) -> None:
+def down(stack: Stack, grace: float = 30.0) -> None:
+    """Stop every service, each with every process of its session (Airflow's running task processes
+    too): SIGTERM, then SIGKILL after ``grace`` seconds. Postgres stops with pg_ctl."""
     for proc in (stack.airflow, stack.emulator, stack.mongo):
         if proc.pid() is not None:
             print(f"stopping {proc.name} (pid {proc.pid()})", flush=True)
-        proc.stop()
+        proc.stop(grace)
     pg = stack.postgres
     if pg.data_dir.exists() and pg.is_running():
         print("stopping postgres", flush=True)
