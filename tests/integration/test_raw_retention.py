@@ -106,7 +106,7 @@ def test_concurrent_tasks_with_the_new_retention_all_succeed(watched, mongo_db) 
         try:
             start.wait()
             raw.ensure_indexes(days)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=prepare, args=(7,)) for _ in range(6)]
@@ -130,7 +130,7 @@ def test_a_deploy_with_old_and_new_retention_at_once_ends_with_one_of_them(watch
         try:
             start.wait()
             raw.ensure_indexes(days)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=prepare, args=(days,)) for days in (30, 7, 30, 7, 30, 7)]
