@@ -11,7 +11,7 @@ DBT_VENV := $(LOCAL)/dbt-venv
 export PYTHONPATH := $(CURDIR)/plugins
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
-.PHONY: help install demo down status test lint dbt-parse lock clean faults bench
+.PHONY: help install demo down status test lint dbt-parse lock clean faults bench env
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench   benchmarks against the machine's limits and a peer (bench/results/latest.md);"
 	@echo "             QUICK=1 for smaller sizes (10 min instead of <= 60)"
 	@echo "make lint    ruff"
+	@echo "make env     .env for docker compose with generated secrets (never overwrites an existing .env)"
 	@echo "make clean   remove .local (virtualenvs and all local data)"
 
 $(UV):
@@ -55,6 +56,10 @@ down:
 
 status:
 	$(VENV)/bin/python scripts/stack.py status
+
+# docker-compose.yaml's secrets: the repository ships none (scripts/make_env.py, standard library only).
+env:
+	$(PYTHON) scripts/make_env.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

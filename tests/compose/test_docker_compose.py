@@ -2,8 +2,10 @@
 
 There is no Docker engine in CI/dev sandboxes (and `docker compose` is not installed as a CLI
 plugin there), so docker-compose.yaml, Dockerfile, .dockerignore and .env.example are checked by
-parsing them. Compose-style ``${VAR}`` interpolation is re-implemented here and fed with
-.env.example, i.e. the checks run against what `cp .env.example .env && docker compose up` uses.
+parsing them. Compose-style ``${VAR}`` interpolation is re-implemented here and fed with the .env
+that `make env` (scripts/make_env.py) writes from .env.example, i.e. the checks run against what
+`make env && docker compose up` uses. .env.example itself holds no secret, so with it alone
+compose refuses to start.
 
 Airflow's own metadata is read from the installed ``airflow`` package *without importing it*
 (importing Airflow initialises config and creates $AIRFLOW_HOME); only the connection-URI test
@@ -24,11 +26,12 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import yaml
@@ -41,6 +44,8 @@ DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 REQUIREMENTS = REPO_ROOT / "requirements.txt"
 REQUIREMENTS_DBT = REPO_ROOT / "requirements-dbt.txt"
+MAKE_ENV = REPO_ROOT / "scripts" / "make_env.py"
+MAKEFILE = REPO_ROOT / "Makefile"
 
 AIRFLOW_COMPONENTS = {
     "airflow-apiserver": "api-server",
@@ -66,8 +71,13 @@ SHARED_AIRFLOW_SETTINGS = (
     "AIRFLOW__CELERY__BROKER_URL",
     "AIRFLOW_CONN_MARKETFLOW_POSTGRES",
     "AIRFLOW_CONN_MARKETFLOW_MONGO",
+    "AIRFLOW_CONN_MARKETFLOW_AIRFLOW_DB",
 )
 SECRET_SETTINGS = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
+# Variables holding a credential, by name: no value in the repository, no default in compose.
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY$")
+# A run of 32+ base64/url-safe characters mixing upper case, lower case and digits: a key or a token.
+SECRET_LOOKING = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,9 +178,30 @@ def env_example() -> dict[str, str]:
     return parse_env_file(ENV_EXAMPLE)
 
 
+def run_make_env(env_file: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAKE_ENV), "--env-file", str(env_file), "--example", str(ENV_EXAMPLE)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@cache
+def generated_env() -> dict[str, str]:
+    """The .env `make env` writes (into a throw-away directory, never the repo's .env)."""
+    directory = Path(tempfile.mkdtemp(prefix="marketflow-env-"))
+    try:
+        res = run_make_env(directory / ".env")
+        assert res.returncode == 0, f"scripts/make_env.py failed:\n{res.stdout}{res.stderr}"
+        return parse_env_file(directory / ".env")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def secret_variables() -> set[str]:
+    return {name for name in env_example() if SECRET_NAME.search(name)}
+
+
 @cache
 def compose() -> dict[str, Any]:
-    return interpolate(raw_compose(), env_example())
+    return interpolate(raw_compose(), generated_env())
 
 
 def services() -> dict[str, dict[str, Any]]:
@@ -434,11 +465,20 @@ def test_every_interpolated_variable_is_documented_in_env_example() -> None:
     assert not undocumented, f"variables used in docker-compose.yaml but not in .env.example: {undocumented}"
 
 
-def test_compose_interpolates_with_env_example() -> None:
+def test_compose_interpolates_with_the_generated_env() -> None:
     try:
-        interpolate(raw_compose(), env_example())
+        interpolate(raw_compose(), generated_env())
     except InterpolationError as exc:
-        pytest.fail(f"`cp .env.example .env && docker compose config` would fail: {exc}")
+        pytest.fail(f"`make env && docker compose config` would fail: {exc}")
+
+
+def test_compose_refuses_to_start_without_the_generated_secrets() -> None:
+    with pytest.raises(InterpolationError, match="make env"):
+        interpolate(raw_compose(), env_example())  # `cp .env.example .env` is not enough any more
+    for name in sorted(secret_variables()):
+        env = {**generated_env(), name: ""}
+        with pytest.raises(InterpolationError, match=rf"required variable {name} is missing: run make env"):
+            interpolate(raw_compose(), env)
 
 
 def test_secrets_are_required_from_env_and_not_hardcoded() -> None:
@@ -449,8 +489,128 @@ def test_secrets_are_required_from_env_and_not_hardcoded() -> None:
             f"{name} must be exactly ${{VAR:?message}} (no default, nothing hard-coded), got {raw!r}"
         )
         variable = refs[0][0]
-        assert env_example().get(variable), f".env.example must give {variable} a placeholder value"
+        assert variable in env_example() and not env_example()[variable], f".env.example must leave {variable} empty"
+        assert generated_env().get(variable), f"`make env` must generate {variable}"
     Fernet(service_env("airflow-scheduler")["AIRFLOW__CORE__FERNET_KEY"].encode())  # raises if malformed
+
+
+def test_every_credential_is_required_and_never_has_a_default() -> None:
+    import make_env  # scripts/make_env.py
+
+    assert secret_variables() == set(make_env.GENERATED), "`make env` must generate exactly the secrets compose needs"
+    uses = [(name, op) for name, op in referenced_variables(raw_compose()) if SECRET_NAME.search(name)]
+    assert {name for name, _ in uses} == secret_variables()
+    defaulted = sorted({name for name, op in uses if op != ":?"})
+    assert not defaulted, f"credentials with a default or optional in docker-compose.yaml: {defaulted}"
+
+
+def test_no_usable_secret_in_the_repository() -> None:
+    for name in sorted(secret_variables()):
+        assert env_example()[name] == "", f".env.example gives {name} a value: everyone who reads the repo has it"
+    for path in (ENV_EXAMPLE, COMPOSE_FILE, DOCKERFILE, REPO_ROOT / "dbt" / "profiles.yml",
+                 *sorted((REPO_ROOT / "include" / "config").glob("*.yml"))):
+        for token in SECRET_LOOKING.findall(path.read_text()):
+            mixed = all(re.search(cls, token) for cls in ("[a-z]", "[A-Z]", "[0-9]"))
+            assert not mixed, f"{path.name}: {token!r} looks like a key or token"
+    # no Fernet key anywhere in the tracked files (the former .env.example shipped a working one)
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        path = REPO_ROOT / name
+        if not path.is_file() or path.stat().st_size > 5_000_000:
+            continue
+        text = path.read_bytes().decode("utf-8", "ignore")
+        for candidate in re.findall(r"(?<![A-Za-z0-9_=-])[A-Za-z0-9_-]{43}=(?![A-Za-z0-9_=-])", text):
+            with pytest.raises(ValueError):
+                Fernet(candidate.encode())
+                raise AssertionError(f"{name}: {candidate!r} is a usable Fernet key")
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO_ROOT, check=False)
+    assert ignored.returncode == 0, ".env must be git-ignored"
+
+
+def test_make_env_generates_strong_distinct_secrets(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / ".env", tmp_path / "b" / ".env"
+    for path in (first, second):
+        path.parent.mkdir()
+        res = run_make_env(path)
+        assert res.returncode == 0 and "wrote" in res.stdout, res.stderr
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+    a, b = parse_env_file(first), parse_env_file(second)
+    assert set(a) == set(env_example()) == set(b)
+    for name, value in env_example().items():
+        if name in secret_variables():
+            assert len(a[name]) >= 24 and re.fullmatch(r"[A-Za-z0-9_-]+=?", a[name]), (name, a[name])
+            assert a[name] != b[name], f"{name}: two runs generated the same value"
+        else:
+            assert a[name] == value, f"{name}: make env changed a setting that is not a secret"
+    assert len({a[name] for name in secret_variables()}) == len(secret_variables()), "a value used twice"
+    Fernet(a["AIRFLOW_FERNET_KEY"].encode())
+
+
+def test_make_env_never_overwrites_an_existing_env(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    assert run_make_env(path).returncode == 0
+    mine = {**parse_env_file(path), "POSTGRES_PASSWORD": "kept-as-I-set-it-9f3Q"}
+    del mine["MONGO_ROOT_PASSWORD"]  # as if the .env predates MongoDB auth
+    path.write_text("".join(f"{k}={v}\n" for k, v in mine.items()))
+    res = run_make_env(path)
+    assert res.returncode == 0 and "appended generated MONGO_ROOT_PASSWORD" in res.stdout, res.stderr
+    after = parse_env_file(path)
+    assert {k: v for k, v in after.items() if k != "MONGO_ROOT_PASSWORD"} == mine
+    assert len(after["MONGO_ROOT_PASSWORD"]) >= 24
+    # a guessable value is reported, not replaced
+    path.write_text(path.read_text().replace(f"AIRFLOW_ADMIN_PASSWORD={mine['AIRFLOW_ADMIN_PASSWORD']}",
+                                             "AIRFLOW_ADMIN_PASSWORD=admin"))
+    before = path.read_text()
+    res = run_make_env(path)
+    assert res.returncode == 1 and "AIRFLOW_ADMIN_PASSWORD holds a published or guessable value" in res.stderr
+    assert path.read_text() == before
+
+
+def test_make_env_target_runs_the_generator() -> None:
+    dry = subprocess.run(["make", "-n", "env"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(r"python3? scripts/make_env\.py\s*$", dry.stdout.strip()), dry.stdout
+    assert re.search(r"^\.PHONY:.*\benv\b", MAKEFILE.read_text(), re.MULTILINE), "env must be .PHONY"
+
+
+def test_mongo_runs_with_auth_and_every_client_logs_in_as_the_pipeline_user() -> None:
+    env = generated_env()
+    mongo = service_env("mongo")
+    assert mongo["MONGO_INITDB_ROOT_USERNAME"] == env["MONGO_ROOT_USERNAME"]
+    assert mongo["MONGO_INITDB_ROOT_PASSWORD"] == env["MONGO_ROOT_PASSWORD"]
+    user, password = env["MARKETFLOW_MONGO_USER"], env["MARKETFLOW_MONGO_PASSWORD"]
+    assert user != env["MONGO_ROOT_USERNAME"], "the pipeline must not log in as root"
+    clients = 0
+    for name in services():
+        for key, value in service_env(name).items():
+            if key in ("MONGO_URI", "AIRFLOW_CONN_MARKETFLOW_MONGO") or value.startswith(("mongodb://", "mongo://")):
+                url = urlsplit(value)
+                assert (unquote(url.username or ""), unquote(url.password or "")) == (user, password), (name, key)
+                assert parse_qs(url.query).get("authSource") == ["admin"], f"{name}: {key} lacks authSource=admin"
+                assert (url.hostname, url.port, url.path) == ("mongo", 27017, "/marketflow"), (name, key)
+                clients += 1
+            # the root password reaches only the mongo server and the one-shot init
+            if name not in ("mongo", INIT_SERVICE):
+                assert env["MONGO_ROOT_PASSWORD"] not in value, f"{name}: {key} carries the MongoDB root password"
+    assert clients >= 2 * len(AIRFLOW_COMPONENTS)
+    # airflow-init creates (or re-passwords) that user, with the root credentials the server was given
+    init = service_env(INIT_SERVICE)
+    assert (init["MONGO_ROOT_USERNAME"], init["MONGO_ROOT_PASSWORD"]) == (mongo["MONGO_INITDB_ROOT_USERNAME"],
+                                                                          mongo["MONGO_INITDB_ROOT_PASSWORD"])
+    assert (init["MARKETFLOW_MONGO_USER"], init["MARKETFLOW_MONGO_PASSWORD"]) == (user, password)
+    script = init_script()
+    assert re.search(r'"updateUser" if .* else "createUser"', script), "init must create or update the user"
+    assert 'pwd=env["MARKETFLOW_MONGO_PASSWORD"]' in script
+    assert script.index("createUser") < script.index("python -m marketflow.cli apply-ddl")
+
+
+def test_no_admin_admin_login() -> None:
+    init = service_env(INIT_SERVICE)
+    assert init["AIRFLOW_ADMIN_PASSWORD"] == generated_env()["AIRFLOW_ADMIN_PASSWORD"]
+    assert init["AIRFLOW_ADMIN_PASSWORD"] not in {"admin", init["AIRFLOW_ADMIN_USERNAME"]}
+    raw = service_env(INIT_SERVICE, raw=True)["AIRFLOW_ADMIN_PASSWORD"]
+    assert [op for _, op in referenced_variables(raw)] == [":?"], raw
 
 
 def test_depends_on_targets_exist_and_conditions_are_valid() -> None:
@@ -621,9 +781,15 @@ def test_airflow_parses_the_connection_uris(tmp_path: Path) -> None:
         "import json, os\n"
         "from airflow.models.connection import Connection\n"
         "out = {}\n"
-        "for conn_id in ('marketflow_postgres', 'marketflow_mongo'):\n"
+        "for conn_id in ('marketflow_postgres', 'marketflow_mongo', 'marketflow_airflow_db'):\n"
         "    c = Connection(conn_id=conn_id, uri=os.environ['URI_' + conn_id.upper()])\n"
-        "    out[conn_id] = [c.conn_type, c.host, c.port, c.schema, c.login]\n"
+        "    out[conn_id] = [c.conn_type, c.host, c.port, c.schema, c.login, c.password, c.extra_dejson]\n"
+        "from airflow.providers.mongo.hooks.mongo import MongoHook\n"
+        "from pymongo import MongoClient\n"
+        "os.environ['AIRFLOW_CONN_MARKETFLOW_MONGO'] = os.environ['URI_MARKETFLOW_MONGO']\n"
+        "hook = MongoHook(mongo_conn_id='marketflow_mongo')\n"
+        "creds = MongoClient(hook.uri, connect=False, **hook.extras).options.pool_options._credentials\n"
+        "out['client'] = [creds.username, creds.password, creds.source]\n"
         "print('RESULT=' + json.dumps(out))\n"
     )
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -631,6 +797,7 @@ def test_airflow_parses_the_connection_uris(tmp_path: Path) -> None:
         AIRFLOW_HOME=str(tmp_path),
         URI_MARKETFLOW_POSTGRES=env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"],
         URI_MARKETFLOW_MONGO=env["AIRFLOW_CONN_MARKETFLOW_MONGO"],
+        URI_MARKETFLOW_AIRFLOW_DB=env["AIRFLOW_CONN_MARKETFLOW_AIRFLOW_DB"],
     )
     proc = subprocess.run(
         [sys.executable, "-c", script],
@@ -643,14 +810,23 @@ def test_airflow_parses_the_connection_uris(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT="))
     parsed = json.loads(line.removeprefix("RESULT="))
-    assert parsed["marketflow_postgres"] == [
+    assert parsed["marketflow_postgres"][:6] == [
         "postgres",
         "postgres",
         5432,
         "marketflow",
         env["MARKETFLOW_PG_USER"],
+        env["MARKETFLOW_PG_PASSWORD"],
     ]
-    assert parsed["marketflow_mongo"][:4] == ["mongo", "mongo", 27017, "marketflow"]
+    generated = generated_env()
+    assert parsed["marketflow_mongo"] == ["mongo", "mongo", 27017, "marketflow", generated["MARKETFLOW_MONGO_USER"],
+                                          generated["MARKETFLOW_MONGO_PASSWORD"], {"authSource": "admin"}]
+    # what the Mongo provider's hook hands to pymongo: the pipeline user, authenticated against `admin`
+    assert parsed["client"] == [generated["MARKETFLOW_MONGO_USER"], generated["MARKETFLOW_MONGO_PASSWORD"], "admin"]
+    # the maintenance DAG's `airflow db clean` reaches the metadata DB the components use
+    meta = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert parsed["marketflow_airflow_db"][:6] == ["postgres", meta.hostname, meta.port, meta.path.lstrip("/"),
+                                                   unquote(meta.username), unquote(meta.password)]
 
 
 def test_marketflow_paths_map_to_repo_files() -> None:
