@@ -23,7 +23,7 @@ import ccxt
 
 from marketflow.config import ExchangeConfig
 from marketflow.secrets import exchange_credentials, redact
-from marketflow.timeframes import Window, iso, timeframe_ms
+from marketflow.timeframes import Window, ceil_ms, iso, timeframe_ms
 
 log = logging.getLogger(__name__)
 
@@ -317,15 +317,18 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
     """Page through ``window`` with the exchange's per-call maximum, oldest first.
 
     The cursor advances past the newest candle of each page (or past the span of an empty
-    page), so pages never overlap and the loop ends at the window's end.
+    page), so pages never overlap and the loop ends at the window's end. A page of candles
+    all older than the cursor (the exchange ignored ``since``) is a ``data`` error
+    (ccxt.BadResponse): re-asking would loop, stepping over would skip the window silently.
     """
     step = timeframe_ms(timeframe)
     page_max = ohlcv_page_limit(exchange)
     cursor = window.start_ms
-    while cursor < window.end_ms:
-        # Ask for exactly what is left of the window: no exchange-specific "until" semantics needed
-        # (OKX's `after` would otherwise return the newest page of the window first).
-        limit = min(page_max, Window(cursor, window.end_ms).candles(timeframe))
+    # Ask for exactly the candles that open in what is left of the window (weeks open on Monday):
+    # no exchange-specific "until" semantics needed (OKX's `after` would otherwise return the newest
+    # page of the window first), and never limit=0, which exchanges refuse: nothing left, no request.
+    while (left := Window(cursor, max(cursor, window.end_ms)).candles(timeframe)) > 0:
+        limit = min(page_max, left)
         request = {"symbol": symbol, "timeframe": timeframe, "since": cursor, "limit": limit}
         try:
             rows, responses = call_with_retries(
@@ -335,11 +338,29 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
             exc.request = request  # type: ignore[attr-defined]
             raise
         open_times = sorted(int(r[0]) for r in rows)
+        if not open_times or open_times[-1] < cursor:
+            # Nothing at or after the cursor: a hole, unless the exchange answered candles that were all
+            # older than asked (ccxt drops rows before `since`, so count the rows of the answer itself).
+            from marketflow.parsing import PayloadError, decode_body, kline_rows  # parsing imports this module
+
+            try:
+                answered = len(open_times) or len(kline_rows(exchange.id, decode_body(responses[-1].body)))
+            except (PayloadError, IndexError):
+                answered = 0
+            if answered:
+                stale = ccxt.BadResponse(
+                    f"{exchange.id} {symbol} {timeframe}: asked for {limit} candles from {iso(cursor)} (window "
+                    f"{window}) and got {answered}, none at or after {iso(cursor)}, so the page cursor did not "
+                    "advance. The exchange (or a proxy at api_base_url) ignored `since`; check api_base_url and "
+                    "the ccxt version")
+                stale.request, stale.responses = request, responses  # type: ignore[attr-defined]  # kept in raw
+                raise stale
         yield OhlcvPage(responses, request, open_times)
         in_window = [t for t in open_times if cursor <= t < window.end_ms]
         # An empty page is a hole in the exchange's data (or before its listing): step over the span
-        # it covered instead of stopping, so candles after the hole are still fetched.
-        cursor = in_window[-1] + step if in_window else cursor + limit * step
+        # it covered instead of stopping, so candles after the hole are still fetched. Either way the
+        # cursor moves forward (limit >= 1), so the loop ends.
+        cursor = in_window[-1] + step if in_window else ceil_ms(cursor, timeframe) + limit * step
     log.debug("paged %s %s %s up to %s", exchange.id, symbol, timeframe, iso(cursor))
 
 

@@ -28,7 +28,7 @@ from marketflow.exchanges import (
 from marketflow.ops import BackfillTask, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
 from marketflow.staging_load import load_candle_payloads, load_ticker_payloads
-from marketflow.timeframes import Window, floor_ms, iso, timeframe_ms, to_ms
+from marketflow.timeframes import Window, ceil_ms, floor_ms, iso, timeframe_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def plan_window(timeframe: str, interval_start: datetime | None, interval_end: d
         if not (conf.get("start") and conf.get("end")):
             raise ValueError("dag_run.conf needs both 'start' and 'end' (ISO-8601, UTC) to override the window")
         start = floor_ms(to_ms(parse_time(conf["start"], "start")), timeframe)
-        end = -(-to_ms(parse_time(conf["end"], "end")) // step) * step
+        end = ceil_ms(to_ms(parse_time(conf["end"], "end")), timeframe)  # weeks open on Monday, not epoch-aligned
         if end <= start:
             raise ValueError(f"dag_run.conf end {conf['end']} is not after start {conf['start']}")
         return Window(start, end)
