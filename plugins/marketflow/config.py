@@ -69,10 +69,50 @@ class ExchangeConfig:
     # The exchange's limit in ccxt cost units per minute; default 60000 / ccxt's rateLimit, which is the
     # exchange's published limit (Binance: 1200 units = 6000 weight; klines cost 0.4 = weight 2).
     rate_limit_per_minute: float | None = None
+    # Share of the bucket that only the minute (live) path may spend: history (the hourly reconcile,
+    # gap repairs, backfills) waits once the bucket is this low, so it can never take the last tokens.
+    live_rate_reserve: float = 0.3
+    hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
+    backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
 
     @property
     def pool(self) -> str:
+        """The live pool: only the minute DAG's ingest task runs in it, so history never takes its slot."""
         return f"exchange_{self.name}"
+
+    @property
+    def hourly_pool(self) -> str:
+        return f"exchange_{self.name}_hourly"
+
+    @property
+    def backfill_pool(self) -> str:
+        return f"exchange_{self.name}_backfill"
+
+    def pools(self) -> dict[str, tuple[int, str]]:
+        """Every Airflow pool this exchange needs: name -> (slots, what runs in it)."""
+        return {
+            self.pool: (self.pool_slots, f"{self.name}: the minute DAG's live ingest only"),
+            self.hourly_pool: (self.hourly_pool_slots, f"{self.name}: hourly reconcile and gap repairs"),
+            self.backfill_pool: (self.backfill_pool_slots, f"{self.name}: market_backfill"),
+        }
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Every task gets an execution_timeout and every DAG a run timeout from here; the waits
+    inside a task (rate limiter, database locks and statements) are shorter, so a stuck call ends as
+    a classified error and a retry instead of a hung worker slot."""
+
+    minute_task: int = 150
+    minute_run: int = 300
+    hourly_task: int = 1800
+    hourly_run: int = 3300  # under an hour: a stuck hourly run cannot block the next one for long
+    backfill_task: int = 6 * 3600
+    backfill_run: int = 48 * 3600
+    dbt_task: int = 1200
+    maintenance_task: int = 3600
+    db_lock: int = 30  # lock_timeout of the pipeline's warehouse sessions
+    db_statement: int = 900  # statement_timeout of the pipeline's warehouse sessions
 
 
 @dataclass(frozen=True)
@@ -81,10 +121,17 @@ class MarketflowConfig:
     exchanges: tuple[ExchangeConfig, ...]
     raw_retention_days: int = 30
     overlap_minutes: int = 2
-    schedule_start: datetime = datetime(2026, 11, 1, tzinfo=UTC)
-    gap_repair_max_tasks: int = 20  # re-fetches queued per hourly run, most recent gaps first
+    # None: the hourly DAG starts at the hour it is first deployed (FirstRunAtDeployTimetable) and
+    # never catches up on older hours; history comes from market_backfill.
+    schedule_start: datetime | None = None
+    gap_repair_max_tasks: int = 20  # chunks queued (and at most pending) per exchange, most recent first
     gap_repair_max_attempts: int = 3  # an empty answer this many times = confirmed empty at the source
+    gap_repair_chunk_minutes: int = 1440  # a gap longer than this is repaired one chunk at a time
+    gap_repair_time_budget_minutes: int = 15  # an hourly run's repairs claim no new chunk after this
+    gap_repair_retry_failed_hours: int = 6  # a chunk that failed with errors is queued again after this
     alert_after_failures: int = 3  # consecutive failed extracts of one market before an alert
+    suspend_after_failures: int = 3  # permanent failures in a row that suspend a market
+    timeouts: Timeouts = field(default_factory=Timeouts)
     housekeeping: HousekeepingConfig = field(default_factory=lambda: HousekeepingConfig())  # defined below
 
     @property
@@ -175,13 +222,16 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     defaults = data.get("defaults") or {}
     _only_keys(defaults, {"timeframes", "history_start", "raw_retention_days", "overlap_minutes",
                           "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts",
-                          "alert_after_failures"}, path, "defaults")
+                          "gap_repair_chunk_minutes", "gap_repair_time_budget_minutes",
+                          "gap_repair_retry_failed_hours", "alert_after_failures", "suspend_after_failures",
+                          "timeouts"}, path, "defaults")
     default_tfs = _timeframes(defaults.get("timeframes", ["1m"]), path, "defaults.timeframes")
     default_start = _timestamp(defaults.get("history_start", "2024-01-01T00:00:00Z"), path, "defaults.history_start")
     retention = _positive_int(defaults.get("raw_retention_days", 30), path, "defaults.raw_retention_days")
     overlap = _positive_int(defaults.get("overlap_minutes", 2), path, "defaults.overlap_minutes", allow_zero=True)
-    schedule_start = _timestamp(defaults.get("schedule_start", "2026-11-01T00:00:00Z"), path,
-                                "defaults.schedule_start")
+    # Unset or empty (e.g. an unset ${MARKETFLOW_SCHEDULE_START:}): start at the first deploy.
+    schedule_start = (_timestamp(defaults["schedule_start"], path, "defaults.schedule_start")
+                      if defaults.get("schedule_start") else None)
 
     exchanges_node = data.get("exchanges")
     if not isinstance(exchanges_node, dict) or not exchanges_node:
@@ -193,9 +243,36 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
     repair_tasks = _positive_int(defaults.get("gap_repair_max_tasks", 20), path, "defaults.gap_repair_max_tasks")
     repair_attempts = _positive_int(defaults.get("gap_repair_max_attempts", 3), path,
                                     "defaults.gap_repair_max_attempts")
-    alert_after = _positive_int(defaults.get("alert_after_failures", 3), path, "defaults.alert_after_failures")
-    return MarketflowConfig(path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts,
-                            alert_after, housekeeping=_housekeeping(data.get("housekeeping"), path))
+    def number(key: str, default: int) -> int:
+        return _positive_int(defaults.get(key, default), path, f"defaults.{key}")
+
+    return MarketflowConfig(
+        path, tuple(exchanges), retention, overlap, schedule_start, repair_tasks, repair_attempts,
+        gap_repair_chunk_minutes=number("gap_repair_chunk_minutes", 1440),
+        gap_repair_time_budget_minutes=number("gap_repair_time_budget_minutes", 15),
+        gap_repair_retry_failed_hours=number("gap_repair_retry_failed_hours", 6),
+        alert_after_failures=number("alert_after_failures", 3),
+        suspend_after_failures=number("suspend_after_failures", 3),
+        timeouts=_timeouts(defaults.get("timeouts") or {}, path),
+        housekeeping=_housekeeping(data.get("housekeeping"), path),
+    )
+
+
+def _timeouts(node: Any, path: Path) -> Timeouts:
+    key = "defaults.timeouts"
+    if not isinstance(node, dict):
+        raise ConfigError(path, key, "expected a mapping of seconds", "e.g. 'timeouts: {minute_task: 150}'")
+    names = {f.name for f in dataclasses.fields(Timeouts)}
+    _only_keys(node, names, path, key)
+    timeouts = Timeouts(**{k: _positive_int(v, path, f"{key}.{k}") for k, v in node.items()})
+    for task, run in (("minute_task", "minute_run"), ("hourly_task", "hourly_run"), ("backfill_task", "backfill_run")):
+        if getattr(timeouts, task) > getattr(timeouts, run):
+            raise ConfigError(path, f"{key}.{task}", f"{task} ({getattr(timeouts, task)} s) is longer than "
+                              f"{run} ({getattr(timeouts, run)} s)", f"make {run} at least as long as {task}")
+    if timeouts.db_lock >= timeouts.minute_task:
+        raise ConfigError(path, f"{key}.db_lock", "a lock wait as long as the minute task would end it as a "
+                          "task timeout instead of a database error", "keep db_lock well under minute_task")
+    return timeouts
 
 
 def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], default_start: datetime
@@ -211,9 +288,10 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
             raise ConfigError(path, f"{key}.{secret_key}", "API credentials do not belong in the markets file",
                               f"put them in an Airflow connection and set credentials_conn_id, or export "
                               f"MARKETFLOW_{name.upper()}_API_KEY / _SECRET")
-    _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "timeout_ms",
-                      "rate_limit_share", "credentials_conn_id", "rate_limit_per_minute", "timeframes",
-                      "history_start", "markets"}, path, key)
+    _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "hourly_pool_slots",
+                      "backfill_pool_slots", "timeout_ms", "rate_limit_share", "live_rate_reserve",
+                      "credentials_conn_id", "rate_limit_per_minute", "timeframes", "history_start", "markets"},
+               path, key)
     ccxt_id = str(node.get("ccxt_id", name))
     _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
     enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
@@ -261,6 +339,9 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
         options=options, pool_slots=_positive_int(node.get("pool_slots", 2), path, f"{key}.pool_slots"),
         timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
         rate_limit_share=_share(node.get("rate_limit_share", 0.9), path, f"{key}.rate_limit_share"),
+        live_rate_reserve=_share(node.get("live_rate_reserve", 0.3), path, f"{key}.live_rate_reserve"),
+        hourly_pool_slots=_positive_int(node.get("hourly_pool_slots", 1), path, f"{key}.hourly_pool_slots"),
+        backfill_pool_slots=_positive_int(node.get("backfill_pool_slots", 2), path, f"{key}.backfill_pool_slots"),
         credentials_conn_id=node.get("credentials_conn_id") or None,
         rate_limit_per_minute=float(_positive_int(node["rate_limit_per_minute"], path, f"{key}.rate_limit_per_minute"))
         if node.get("rate_limit_per_minute") else None,
@@ -357,6 +438,7 @@ def _bool(value: Any, path: Path, key: str) -> bool:
     if text in {"false", "no", "0", "off"}:
         return False
     raise ConfigError(path, key, f"{value!r} is not a boolean", "write true or false")
+
 
 @dataclass(frozen=True)
 class HousekeepingConfig:

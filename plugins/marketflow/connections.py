@@ -8,13 +8,26 @@ from __future__ import annotations
 
 from pymongo.database import Database
 
+from marketflow.config import Timeouts
+
 POSTGRES_CONN_ID = "marketflow_postgres"
 MONGO_CONN_ID = "marketflow_mongo"
 DEFAULT_MONGO_DATABASE = "marketflow"
 
 
-def warehouse_connection(conn_id: str = POSTGRES_CONN_ID):
-    """A psycopg2 connection to the warehouse described by the Airflow connection ``conn_id``.
+def session_options(timeouts: Timeouts | None = None) -> str:
+    """libpq ``options`` that bound every wait of a pipeline session: a lock held by someone else
+    (lock_timeout), a runaway statement (statement_timeout), and a transaction left open by a worker
+    that died (idle_in_transaction_session_timeout). Each ends as a database error, which is
+    classified transient and retried, instead of a task that hangs until its execution_timeout."""
+    t = timeouts or Timeouts()
+    return (f"-c lock_timeout={t.db_lock * 1000} -c statement_timeout={t.db_statement * 1000} "
+            f"-c idle_in_transaction_session_timeout={max(t.db_statement, 600) * 1000}")
+
+
+def warehouse_connection(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | None = None):
+    """A psycopg2 connection to the warehouse described by the Airflow connection ``conn_id``, with the
+    session timeouts above (``timeouts`` from the markets file; defaults otherwise).
 
     The hook resolves the connection (env, secrets backend, metadata DB); psycopg2 is opened
     explicitly because PostgresHook.get_conn() returns psycopg 3 when SQLAlchemy 2 is installed,
@@ -25,13 +38,22 @@ def warehouse_connection(conn_id: str = POSTGRES_CONN_ID):
 
     conn = PostgresHook.get_connection(conn_id)
     extra = conn.extra_dejson
-    params = {k: extra[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout") if k in extra}
+    params = {k: extra[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if k in extra}
     return psycopg2.connect(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password,
-                            dbname=conn.schema, application_name="marketflow", **params)
+                            dbname=conn.schema, application_name="marketflow",
+                            connect_timeout=int(extra.get("connect_timeout", 10)),
+                            options=session_options(timeouts), **params)
+
+
+# A MongoDB that does not answer ends a call in seconds, not after pymongo's 30 s server selection,
+# and a hung socket does not outlive the task (the connection's extras may set their own values).
+MONGO_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 10_000, "socketTimeoutMS": 120_000}
 
 
 def raw_database(conn_id: str = MONGO_CONN_ID) -> Database:
     from airflow.providers.mongo.hooks.mongo import MongoHook
 
     hook = MongoHook(mongo_conn_id=conn_id)
+    for key, value in MONGO_TIMEOUTS_MS.items():
+        hook.extras.setdefault(key, value)
     return hook.get_conn()[hook.connection.schema or DEFAULT_MONGO_DATABASE]

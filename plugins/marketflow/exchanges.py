@@ -99,11 +99,14 @@ def _default_api_urls(ccxt_id: str) -> dict[str, Any]:
     return getattr(ccxt, ccxt_id)().urls
 
 
-def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
+def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, deadline: float | None = None
+                   ) -> ccxt.Exchange:
     """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings.
 
     With ``limiter_conn`` (an autocommit Postgres connection) every request also draws on the
-    exchange's bucket shared by all workers (rate_limit.py)."""
+    exchange's bucket shared by all workers (rate_limit.py): as the minute path (``live``) or as
+    history work, which leaves the exchange's ``live_rate_reserve`` to it. ``deadline``
+    (time.monotonic()) bounds how long a request waits there for its tokens."""
     klass = getattr(ccxt, cfg.ccxt_id)
     credentials = exchange_credentials(cfg.name, cfg.credentials_conn_id)
     params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options),
@@ -125,7 +128,8 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None) -> ccxt.Exchange:
 
         limiter = SharedRateLimiter(limiter_conn, cfg.name,
                                     per_minute=cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit,
-                                    share=cfg.rate_limit_share)
+                                    share=cfg.rate_limit_share, live=live, reserve=cfg.live_rate_reserve,
+                                    deadline=deadline)
         limiter.ensure_bucket()
         install(exchange, limiter)
     return exchange

@@ -6,8 +6,13 @@ This bucket holds one exchange's budget for all of them. Its unit is ccxt's own 
 minute at weight 2), so it works for any ccxt exchange without a table of weights.
 
 Acquisition is one atomic UPDATE (refill by elapsed time, then take) — no lock held between
-calls. A 429 pauses the whole exchange for its Retry-After; a 418 (ban) pauses it until the ban
-ends. Tokens used, denials and time waited are counted per exchange and minute in
+calls. Live before history: a limiter for history work (the hourly reconcile, gap repairs,
+backfills) may not take the bucket below ``reserve`` of its capacity; the minute path may take
+everything. So a backfill at the exchange's full limit drains the bucket to the reserve and stops
+there, and the minute path always finds its tokens (and the refill, as soon as it asks).
+
+A 429 pauses the whole exchange for its Retry-After; a 418 (ban) pauses it until the ban ends.
+Tokens used (live and in all), denials and time waited are counted per exchange and minute in
 ops.rate_limit_metrics.
 """
 
@@ -29,6 +34,8 @@ class _Minute:
     wait_seconds: float = 0.0
     http_429: int = 0
     http_418: int = 0
+    live_tokens: float = 0.0
+    live_wait_seconds: float = 0.0
 
 
 @dataclass
@@ -40,8 +47,17 @@ class SharedRateLimiter:
     per_minute: float  # cost units per minute the exchange allows (60000 / ccxt rateLimit)
     share: float = 0.9  # fraction of the exchange's limit we use, leaving room for clock skew and others
     burst_seconds: float = 2.0
-    max_wait_seconds: float = 900.0
+    # Longest wait for tokens; ``deadline`` (time.monotonic()) shortens it to what is left of the task.
+    max_wait_seconds: float = 300.0
+    live: bool = True  # the minute path; False for history work, which leaves ``reserve`` to it
+    reserve: float = 0.0  # share of the capacity history may not take
+    deadline: float | None = None
     _pending: dict[datetime, _Minute] = field(default_factory=dict)
+
+    @property
+    def floor(self) -> float:
+        """Tokens this limiter must leave in the bucket: the live reserve, for history work."""
+        return 0.0 if self.live else self.capacity * self.reserve
 
     @property
     def refill_per_second(self) -> float:
@@ -69,19 +85,27 @@ class SharedRateLimiter:
         """Take ``cost`` tokens, waiting as long as needed; returns the seconds waited."""
         cost = max(float(cost or 1), 1e-6)
         started = time.monotonic()
+        give_up = started + self.max_wait_seconds
+        if self.deadline is not None:
+            give_up = min(give_up, self.deadline)
         denied = 0
         while True:
             wait = self._try_take(cost)
             if wait <= 0:
                 break
             denied += 1
-            waited = time.monotonic() - started
-            if waited + wait > self.max_wait_seconds:
-                raise TimeoutError(f"{self.exchange}: no rate-limit budget after {waited:.0f}s "
-                                   f"(paused or saturated); see ops.rate_limit_buckets")
+            now = time.monotonic()
+            if now + wait > give_up:
+                raise TimeoutError(f"{self.exchange}: no rate-limit budget within {give_up - started:.0f}s "
+                                   f"({'live' if self.live else 'history'} call; the exchange is paused or the "
+                                   f"budget is saturated); see ops.rate_limit_buckets")
             time.sleep(min(wait, 5.0))
         waited = time.monotonic() - started
-        self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited)
+        if self.live:
+            self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited, live_tokens=cost,
+                        live_wait_seconds=waited)
+        else:
+            self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited)
         return waited
 
     def _try_take(self, cost: float) -> float:
@@ -93,26 +117,28 @@ class SharedRateLimiter:
         """
         available = ("least(capacity, tokens + extract(epoch FROM clock_timestamp() - refilled_at) "
                      "* refill_per_second)")
+        # History needs the reserve left over after its take; live needs only the cost.
+        params = {"ex": self.exchange, "cost": cost, "need": cost + self.floor}
         with self.conn.cursor() as cur:
             cur.execute(
                 f"""
                 UPDATE ops.rate_limit_buckets
                 SET tokens = {available} - %(cost)s, refilled_at = clock_timestamp()
-                WHERE exchange = %(ex)s AND {available} >= %(cost)s
+                WHERE exchange = %(ex)s AND {available} >= %(need)s
                   AND (paused_until IS NULL OR paused_until <= clock_timestamp())
                 RETURNING 1
                 """,
-                {"ex": self.exchange, "cost": cost},
+                params,
             )
             if cur.fetchone():
                 return 0.0
             cur.execute(
                 f"""
                 SELECT greatest(extract(epoch FROM paused_until - clock_timestamp()), 0),
-                       greatest((%(cost)s - {available}) / refill_per_second, 0)
+                       greatest((%(need)s - {available}) / refill_per_second, 0)
                 FROM ops.rate_limit_buckets WHERE exchange = %(ex)s
                 """,
-                {"ex": self.exchange, "cost": cost},
+                params,
             )
             row = cur.fetchone()
         if row is None:
@@ -157,16 +183,19 @@ class SharedRateLimiter:
                 cur.execute(
                     """
                     INSERT INTO ops.rate_limit_metrics AS r (exchange, minute, tokens_used, acquisitions, denied,
-                                                             wait_seconds, http_429, http_418)
-                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                                                             wait_seconds, http_429, http_418, live_tokens_used,
+                                                             live_wait_seconds)
+                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                     ON CONFLICT (exchange, minute) DO UPDATE SET
                         tokens_used = r.tokens_used + EXCLUDED.tokens_used,
                         acquisitions = r.acquisitions + EXCLUDED.acquisitions, denied = r.denied + EXCLUDED.denied,
                         wait_seconds = r.wait_seconds + EXCLUDED.wait_seconds,
-                        http_429 = r.http_429 + EXCLUDED.http_429, http_418 = r.http_418 + EXCLUDED.http_418
+                        http_429 = r.http_429 + EXCLUDED.http_429, http_418 = r.http_418 + EXCLUDED.http_418,
+                        live_tokens_used = r.live_tokens_used + EXCLUDED.live_tokens_used,
+                        live_wait_seconds = r.live_wait_seconds + EXCLUDED.live_wait_seconds
                     """,
                     (self.exchange, minute, m.tokens, m.acquisitions, m.denied, m.wait_seconds, m.http_429,
-                     m.http_418),
+                     m.http_418, m.live_tokens, m.live_wait_seconds),
                 )
 
 

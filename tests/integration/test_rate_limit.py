@@ -64,3 +64,54 @@ def test_gives_up_with_a_clear_error_when_no_budget_comes(warehouse_dsn: str) ->
     lim.pause(30, "HTTP 418 on candles", 418)
     with pytest.raises(TimeoutError, match="testex: no rate-limit budget"):
         lim.acquire(1)
+
+
+def test_history_saturating_the_bucket_never_takes_the_live_reserve(warehouse_dsn: str) -> None:
+    """Four history workers take tokens as fast as the bucket allows (a backfill at the full limit)
+    while a live worker takes one call every 0.25 s: the live calls find their tokens at once (the
+    reserve, 30 % of the capacity, is theirs), and history still gets the rest of the budget."""
+    rate = 20.0  # calls/s: per_minute 1200 at share 1.0; capacity 20 calls (burst 1 s)
+    history = [limiter(warehouse_dsn, live=False, reserve=0.3) for _ in range(4)]
+    live = limiter(warehouse_dsn, live=True)
+    stop = threading.Event()
+    taken: list[int] = []
+
+    def hog(lim: SharedRateLimiter) -> None:
+        while not stop.is_set():
+            lim.acquire(1)
+            taken.append(1)
+
+    hogs = [threading.Thread(target=hog, args=(h,)) for h in history]
+    for h in hogs:
+        h.start()
+    time.sleep(1.5)  # the burst is spent: history is now held at the reserve
+    live_waits = []
+    try:
+        for _ in range(16):
+            live_waits.append(live.acquire(1))
+            with live.conn.cursor() as cur:
+                cur.execute("SELECT tokens FROM ops.rate_limit_buckets WHERE exchange = 'testex'")
+                assert float(cur.fetchone()[0]) >= -1e-9
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        for h in hogs:
+            h.join(timeout=10)
+    # Live took its calls at once (without the reserve it races four hogs for every token) ...
+    live_waits.sort()
+    assert live_waits[len(live_waits) // 2] < 0.2 / rate and live_waits[-1] < 2 / rate + 0.1, live_waits
+    # ... while history kept the bucket busy: about the rate minus live's share (not starved either).
+    assert len(taken) >= rate * (1.5 + 16 * 0.25) * 0.5
+
+
+def test_history_waits_at_the_reserve_while_live_takes_it(warehouse_dsn: str) -> None:
+    # capacity 20 tokens, refilled at 0.1/s: the bucket stays where the test puts it
+    slow = {"per_minute": 6, "burst_seconds": 200.0}
+    live = limiter(warehouse_dsn, live=True, **slow)
+    history = limiter(warehouse_dsn, live=False, reserve=0.5, max_wait_seconds=0.3, **slow)
+    with live.conn.cursor() as cur:  # the bucket at exactly the reserve: 10 of 20 tokens
+        cur.execute("UPDATE ops.rate_limit_buckets SET tokens = 10, refilled_at = clock_timestamp() "
+                    "WHERE exchange = 'testex'")
+    with pytest.raises(TimeoutError, match="history call"):
+        history.acquire(1)
+    assert live.acquire(1) < 0.05  # the reserve is live's
