@@ -6,20 +6,31 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
 * `exchanges` / `symbols`: empty = every configured one; `timeframe`: default `1m`;
   `start` / `end`: ISO-8601 UTC, end exclusive; each market's window is clipped to its configured
   history and to closed candles.
-* The range is cut into `chunk_hours` windows, one mapped `ingest` task each, in the exchange's
-  pool; each chunk pages through the exchange into MongoDB raw at the rate the shared per-exchange
-  bucket allows, logging `page i, done/total candles (candles/s)`, then loads staging.
+* One mapped `ingest` task per market (markets are grouped when there are more than Airflow's
+  `max_map_length`), in the exchange's **backfill pool** `exchange_<name>_backfill`: it works through
+  its window in chunks of `chunk_hours`, oldest first, each paged through the exchange into MongoDB
+  raw and loaded into staging, logging `chunk i/n up to <time> done, x% of its window`. History work
+  leaves the exchange's `live_rate_reserve` of the rate budget to the minute DAG, whose own pool it
+  never touches. A retried task skips the chunks already complete.
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
 * The `summary` task reports per market what was loaded, rejected, and left missing.
+* Timeouts: each task `timeouts.backfill_task`, the run `timeouts.backfill_run`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, backfill_pipeline, backfill_summary, deadline, prepare_storage
+from marketflow.airflow_tasks import (
+    DEFAULT_ARGS,
+    backfill_pipeline,
+    backfill_summary,
+    deadline,
+    prepare_storage,
+    seconds,
+)
 from marketflow.config import load_config
 from marketflow.timeframes import SUPPORTED_TIMEFRAMES
 
@@ -29,11 +40,12 @@ CONFIG = load_config()
 @dag(
     dag_id="market_backfill",
     schedule=None,
-    start_date=datetime(2024, 1, 1),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,
     deadline=deadline("market_backfill", timedelta(hours=12)),
+    dagrun_timeout=seconds(CONFIG.timeouts.backfill_run),
     tags=["marketflow", "backfill"],
     doc_md=__doc__,
     params={
@@ -42,15 +54,16 @@ CONFIG = load_config()
         "timeframe": Param("1m", enum=list(SUPPORTED_TIMEFRAMES)),
         "start": Param("2025-01-01T00:00:00Z", type="string", description="first candle, ISO-8601 UTC"),
         "end": Param("2025-01-02T00:00:00Z", type="string", description="end (exclusive), ISO-8601 UTC"),
-        "chunk_hours": Param(24, type="integer", minimum=1, description="hours per mapped task"),
+        "chunk_hours": Param(24, type="integer", minimum=1,
+                             description="hours fetched and loaded per step (one commit) within a market's task"),
         "from_raw": Param(False, type="boolean", description="rebuild staging from MongoDB raw only"),
     },
 )
 def market_backfill() -> None:
-    storage = prepare_storage()
+    storage = prepare_storage(CONFIG)
     loads = []
     for exchange in CONFIG.enabled_exchanges:
-        group, loaded = backfill_pipeline(exchange)
+        group, loaded = backfill_pipeline(CONFIG, exchange)
         storage >> group
         loads.append(loaded)
     backfill_summary(*loads)

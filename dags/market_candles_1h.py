@@ -5,49 +5,74 @@ Every hour: **reconcile** the previous hour for every configured market (re-fetc
 1-minute candles, so anything the minute runs missed or the exchange corrected lands), then
 **build the dbt marts** (`ohlcv_1m`, rollups, indicators, `latest_price`, `markets`, data quality)
 with astronomer-cosmos, one task per model with its tests right after it. Then **repair gaps**:
-queue re-fetches for the most recent open gaps in `marts.data_quality_gaps` (bounded per run,
-`ops.backfill_tasks`), run them per exchange in its pool, and rebuild the marts if any ran. A window
-the exchange keeps answering empty becomes `confirmed_empty_at_source` after
-`gap_repair_max_attempts` and is not retried.
+queue re-fetches for the most recent open gaps in `marts.data_quality_gaps` (chunks of
+`gap_repair_chunk_minutes`, at most `gap_repair_max_tasks` pending per exchange), work through them
+per exchange for at most `gap_repair_time_budget_minutes`, and rebuild the marts if any ran. A window
+the exchange keeps answering empty becomes `confirmed_empty_at_source` after `gap_repair_max_attempts`
+and is not retried.
 
-* A run not finished 45 minutes after it was queued raises a deadline alert (ops.alerts).
-* Catch-up runs one hour at a time (`max_active_runs=1`) from `defaults.schedule_start`.
+* One `reconcile` task per exchange (all its markets, in the exchange's hourly pool). A failing
+  market or exchange never stops the marts: `marts_inputs` waits for every load whatever its state
+  and the marts are built from what loaded.
+* Schedule: without `defaults.schedule_start` the first run is the hour the DAG is first deployed and
+  later runs catch up one hour at a time (`max_active_runs=1`) after downtime, never before the first
+  deploy: history comes from `market_backfill`. With `schedule_start` set, runs catch up from there.
+* Timeouts: each task `timeouts.hourly_task` (dbt tasks `timeouts.dbt_task`), each run
+  `timeouts.hourly_run`; a run not finished 45 minutes after it was queued raises a deadline alert.
 * Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
   load or reprocess any window; each market's window is clipped to its configured history.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, candle_pipeline, dbt_marts, deadline, gap_repairs, prepare_storage
+from marketflow.airflow_tasks import (
+    DEFAULT_ARGS,
+    dbt_marts,
+    deadline,
+    exchange_ingest,
+    gap_repairs,
+    marts_inputs,
+    prepare_storage,
+    seconds,
+)
 from marketflow.config import load_config
+from marketflow.timetables import FirstRunAtDeployTimetable
 
 CONFIG = load_config()
+
+if CONFIG.schedule_start is None:
+    SCHEDULE, START = FirstRunAtDeployTimetable("0 * * * *", timezone="UTC"), datetime(2024, 1, 1, tzinfo=UTC)
+else:
+    SCHEDULE, START = CronDataIntervalTimetable("0 * * * *", timezone="UTC"), CONFIG.schedule_start
 
 
 @dag(
     dag_id="market_candles_1h",
-    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
-    start_date=CONFIG.schedule_start,
+    schedule=SCHEDULE,
+    start_date=START,
     catchup=True,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     deadline=deadline("market_candles_1h", timedelta(minutes=45)),
+    dagrun_timeout=seconds(CONFIG.timeouts.hourly_run),
     tags=["marketflow", "extract", "dbt", "1h"],
     doc_md=__doc__,
 )
 def market_candles_1h() -> None:
-    storage = prepare_storage()
-    marts = dbt_marts()
+    storage = prepare_storage(CONFIG)
+    inputs = marts_inputs(CONFIG)
     for exchange in CONFIG.enabled_exchanges:
-        storage >> candle_pipeline(exchange, "1m", with_ticker=False) >> marts
+        storage >> exchange_ingest(CONFIG, exchange, "1m", live=False) >> inputs
+    marts = dbt_marts(CONFIG)
     repairs = gap_repairs(CONFIG)
     # Only when a gap was re-fetched: rebuild what the repaired minutes change (the marts, and the
     # hourly data-quality tallies that data_quality_summary reads).
-    marts >> repairs >> dbt_marts("dbt_after_repairs", select=["path:models/marts", "int_dq_candle_hours_1m+"])
+    inputs >> marts >> repairs >> dbt_marts(CONFIG, "dbt_after_repairs",
+                                            select=["path:models/marts", "int_dq_candle_hours_1m+"])
 
 
 market_candles_1h()

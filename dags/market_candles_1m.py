@@ -7,26 +7,32 @@ Every minute, for every configured market (`include/config/markets.yml`, or `MAR
 `staging.ohlcv_rejects`). Live markets also get a ticker snapshot into `staging.ticker`, which
 `marts.latest_price` (a view) shows at once.
 
-* One `ingest` task per exchange, in the exchange's pool, handles all its markets (`pool_slots` at
-  a time): on the minute path a task per market would cost more in Airflow task start-ups than the
-  work itself and miss the freshness target (bench figure 6: p95 under 30 s from the minute close
-  to `latest_price`). A failing market does not stop the others; the task then fails and retries.
+* One `ingest` task per exchange handles all its markets (`pool_slots` at a time) in the exchange's
+  **live pool** `exchange_<name>`, where nothing else runs: backfills and repairs have pools of their
+  own and leave the exchange's `live_rate_reserve` of the rate budget to this DAG, so live data never
+  waits for history. A task per market would cost more in Airflow task start-ups than the work itself
+  (bench figure 6: p95 under 30 s from the minute close to `latest_price`).
+* A failing market never stops the others: it is recorded (`ops.market_health`, `marts.markets.status`),
+  raises one alert, and is suspended after `suspend_after_failures` permanent failures in a row
+  (`python -m marketflow.cli markets resume <exchange> <symbol>` to resume). The task fails with
+  every failed market's class; a retry re-runs only the markets that failed transiently.
 * Storage (DDL, ops.market_config, raw indexes) is prepared inside the task, only when the DDL
   changed; the hourly DAG's prepare_storage keeps ops.market_config in step with the markets file.
 * Catch-up is bounded: after downtime the DAG resumes at the current minute (`catchup=False`);
   the hourly `market_candles_1h` run re-fetches each whole hour, which repairs missed minutes.
-* A run not finished 5 minutes after it was queued raises a deadline alert (ops.alerts).
+* Timeouts: each task `timeouts.minute_task`, each run `timeouts.minute_run`; a run not finished
+  5 minutes after it was queued raises a deadline alert (ops.alerts).
 * Trigger with conf `{"start": "...Z", "end": "...Z", "exchanges": [...], "symbols": [...]}` to
   reprocess any window from the UI.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, deadline, live_ingest
+from marketflow.airflow_tasks import DEFAULT_ARGS, deadline, exchange_ingest, seconds
 from marketflow.config import load_config
 
 CONFIG = load_config()
@@ -35,18 +41,18 @@ CONFIG = load_config()
 @dag(
     dag_id="market_candles_1m",
     schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
-    start_date=CONFIG.schedule_start,
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=2,
     default_args=DEFAULT_ARGS,
     deadline=deadline("market_candles_1m", timedelta(minutes=5)),
-    dagrun_timeout=None,
+    dagrun_timeout=seconds(CONFIG.timeouts.minute_run),
     tags=["marketflow", "extract", "1m"],
     doc_md=__doc__,
 )
 def market_candles_1m() -> None:
     for exchange in CONFIG.enabled_exchanges:
-        live_ingest(exchange, "1m")
+        exchange_ingest(CONFIG, exchange, "1m", live=True)
 
 
 market_candles_1m()

@@ -1,7 +1,7 @@
 """Alerts: a row in ops.alerts, a log line, and (when configured) a webhook POST.
 
-Raised when a market fails `alert_after_failures` extracts in a row, and by the deadline
-callbacks of the DAGs (Airflow 3's DeadlineAlert). MARKETFLOW_ALERT_WEBHOOK, when set, receives
+Raised by market_health.py (a market failing `alert_after_failures` times in a row, or suspended),
+and by the deadline callbacks of the DAGs (Airflow 3's DeadlineAlert). MARKETFLOW_ALERT_WEBHOOK, when set, receives
 `{"kind", "subject", "message", "dag_id", "run_id"}` as JSON; a failed delivery is recorded on the
 alert row and never fails the pipeline.
 """
@@ -51,43 +51,6 @@ def record_api_error(conn, fields: dict[str, Any]) -> None:
         cur.execute(f"INSERT INTO ops.api_errors ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
                     [fields.get(c) for c in cols])
     conn.commit()
-
-
-def record_market_outcome(conn, exchange: str, symbol: str, error_class: str | None, error: str | None,
-                          alert_after: int, dag_id: str | None = None, run_id: str | None = None) -> int:
-    """Count consecutive failed extracts of a market; alert once when the count reaches ``alert_after``.
-
-    Returns the current count (0 after a success).
-    """
-    with conn.cursor() as cur:
-        if error_class is None:
-            cur.execute(
-                "INSERT INTO ops.market_health (exchange, symbol, consecutive_failures, last_success_at) "
-                "VALUES (%s, %s, 0, now()) ON CONFLICT (exchange, symbol) DO UPDATE "
-                "SET consecutive_failures = 0, last_success_at = now(), alerted_at = NULL",
-                (exchange, symbol))
-            conn.commit()
-            return 0
-        cur.execute(
-            """
-            INSERT INTO ops.market_health AS h (exchange, symbol, consecutive_failures, last_error_class, last_error,
-                                                last_failure_at)
-            VALUES (%s, %s, 1, %s, %s, now())
-            ON CONFLICT (exchange, symbol) DO UPDATE SET consecutive_failures = h.consecutive_failures + 1,
-                last_error_class = EXCLUDED.last_error_class, last_error = EXCLUDED.last_error,
-                last_failure_at = now()
-            RETURNING consecutive_failures, alerted_at IS NOT NULL
-            """,
-            (exchange, symbol, error_class, (error or "")[:2000]))
-        failures, alerted = cur.fetchone()
-        if failures >= alert_after and not alerted:
-            cur.execute("UPDATE ops.market_health SET alerted_at = now() WHERE exchange = %s AND symbol = %s",
-                        (exchange, symbol))
-    conn.commit()
-    if failures >= alert_after and not alerted:
-        raise_alert(conn, "consecutive_failures", f"{exchange} {symbol}",
-                    f"{failures} extracts in a row failed; last: {error_class}: {error}", dag_id, run_id)
-    return int(failures)
 
 
 def deadline_missed(dag_id: str, limit: str, context: dict[str, Any] | None = None) -> None:

@@ -73,6 +73,11 @@ def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
     """The failure's class. The HTTP status, when there was a response, wins over ccxt's mapping of
     the body: e.g. Binance answers an overload with HTTP 503 and code -1008, which ccxt raises as a
     plain ExchangeError."""
+    own = getattr(exc, "error_class", None)
+    if isinstance(own, ErrorClass):  # marketflow's own errors say what they are
+        return own
+    if type(exc).__name__ == "AirflowTaskTimeout":  # execution_timeout: a stuck call, worth a retry
+        return ErrorClass.TIMEOUT
     if http_status is not None:
         if http_status in (418, 429):
             return ErrorClass.RATE_LIMIT
@@ -104,6 +109,31 @@ class PermanentError(RuntimeError):
     def __init__(self, error_class: ErrorClass, message: str) -> None:
         self.error_class = error_class
         super().__init__(f"{error_class}: {message} ({error_class.advice})")
+
+
+class UnusableDataError(PermanentError):
+    """The exchange answered, but nothing in the answer could be loaded (a whole payload rejected, or
+    rows that all failed validation). The rejects are stored first; the market's run then fails
+    loudly instead of ending green with 0 rows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorClass.DATA, message)
+
+
+class MarketsFailed(RuntimeError):
+    """Some markets of a multi-market task failed; the others were loaded.
+
+    ``error_class`` is transient when any failure is (Airflow retries the task, which re-runs only the
+    markets that failed transiently), else the first permanent class (the task fails without a retry)."""
+
+    def __init__(self, task: str, failures: dict[str, tuple[ErrorClass, str]]) -> None:
+        self.failures = failures
+        transient = [c for c, _ in failures.values() if c.transient]
+        self.error_class = transient[0] if transient else next(iter(failures.values()))[0]
+        listed = "; ".join(f"{market}: {c.value}: {m[:200]}" for market, (c, m) in failures.items())
+        retry = ("retrying the markets that failed transiently" if transient
+                 else "every failure is permanent, so no retry")
+        super().__init__(f"{task}: {len(failures)} market(s) failed ({retry}): {listed}")
 
 
 def retry_policy():

@@ -71,12 +71,17 @@ class BackfillTask:
 TRAILING_GRACE_MINUTES = 10
 
 
-def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> int:
-    """Queue a re-fetch for the most recent open gaps in marts.data_quality_gaps; returns how many.
+def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk_minutes: int = 1440,
+                         retry_failed_hours: int = 6) -> int:
+    """Queue re-fetches for open gaps in marts.data_quality_gaps, newest first; returns how many.
 
-    A gap whose earlier task failed is re-queued while it has attempts left; one confirmed empty
-    at the source is not `open` any more, so it is never queued again. A trailing gap ending
-    within TRAILING_GRACE_MINUTES of now is not queued (a longer one, e.g. after downtime, is).
+    A gap longer than ``chunk_minutes`` is queued as chunks on a fixed UTC grid (the newest first), so
+    a market missing two years of history costs each hourly run at most ``limit`` chunks, never the
+    whole gap in one task: history fills chunk by chunk, run after run. Per exchange at most ``limit``
+    chunks are pending at a time. A chunk is not queued again while one overlapping it is pending or
+    running, once confirmed empty at the source, or (after failing with errors ``max_attempts`` times)
+    until ``retry_failed_hours`` have passed; such chunks do not take the slots of others. A trailing
+    gap ending within TRAILING_GRACE_MINUTES of now is not queued (a longer one, e.g. after downtime, is).
     """
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('marts.data_quality_gaps') IS NOT NULL")
@@ -85,25 +90,76 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str) -> in
             return 0
         cur.execute(
             """
+            WITH open_gaps AS (
+                SELECT exchange, symbol, timeframe, gap_start, gap_end
+                FROM marts.data_quality_gaps
+                WHERE status = 'open'
+                  AND NOT (gap_kind = 'trailing' AND gap_end > now() - make_interval(mins => %(grace)s))
+            ),
+            candidates AS (
+                -- per gap the grid cells it touches, newest first, skipping cells that must not be queued
+                -- (so cells confirmed empty near a gap's end never hide the older ones), at most `limit`
+                SELECT g.exchange, g.symbol, g.timeframe, cell.window_start, cell.window_end,
+                       row_number() OVER (PARTITION BY g.exchange
+                                          ORDER BY cell.window_end DESC, g.symbol) AS rank
+                FROM open_gaps AS g
+                CROSS JOIN LATERAL (
+                    SELECT greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60)) AS window_start,
+                           least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60)) AS window_end
+                    FROM generate_series(
+                        floor((extract(epoch FROM g.gap_end) - 0.001) / (%(chunk)s * 60))::bigint,
+                        floor(extract(epoch FROM g.gap_start) / (%(chunk)s * 60))::bigint, -1) AS n
+                    WHERE NOT EXISTS (
+                        SELECT 1 FROM ops.backfill_tasks AS t
+                        WHERE t.exchange = g.exchange AND t.symbol = g.symbol AND t.timeframe = g.timeframe
+                          AND t.window_start < least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60))
+                          AND t.window_end > greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60))
+                          AND (t.status IN ('pending', 'running')
+                               OR (t.status = 'completed' AND t.outcome = 'confirmed_empty'
+                                   AND t.window_start <= greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60))
+                                   AND t.window_end >= least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60)))
+                               OR (t.status = 'failed'
+                                   AND t.updated_at > now() - make_interval(hours => %(retry_failed)s)))
+                    )
+                    ORDER BY n DESC
+                    LIMIT %(limit)s
+                ) AS cell
+            ),
+            room AS (
+                -- queued chunks per exchange stay under `limit`, whatever earlier runs left pending
+                SELECT c.exchange, %(limit)s - count(t.task_id) AS free
+                FROM (SELECT DISTINCT exchange FROM candidates) AS c
+                LEFT JOIN ops.backfill_tasks AS t
+                    ON t.exchange = c.exchange AND t.reason = 'gap' AND t.status IN ('pending', 'running')
+                GROUP BY c.exchange
+            )
             INSERT INTO ops.backfill_tasks AS t (exchange, symbol, timeframe, window_start, window_end, reason,
                                                  priority, max_attempts, last_run_id)
-            SELECT exchange, symbol, timeframe, gap_start, gap_end, 'gap',
-                   (extract(epoch FROM gap_end) * 1000)::bigint, %(max_attempts)s, %(run_id)s
-            FROM marts.data_quality_gaps
-            WHERE status = 'open'
-              AND NOT (gap_kind = 'trailing' AND gap_end > now() - make_interval(mins => %(grace)s))
-            ORDER BY gap_end DESC
-            LIMIT %(limit)s
+            SELECT c.exchange, c.symbol, c.timeframe, c.window_start, c.window_end, 'gap',
+                   (extract(epoch FROM c.window_end) * 1000)::bigint, %(max_attempts)s, %(run_id)s
+            FROM candidates AS c
+            JOIN room USING (exchange)
+            WHERE c.rank <= room.free
             ON CONFLICT (exchange, symbol, timeframe, window_start, window_end) DO UPDATE
-                SET status = 'pending', last_run_id = EXCLUDED.last_run_id, updated_at = now()
-                WHERE t.status = 'failed' AND t.attempts < t.max_attempts
+                SET status = 'pending', attempts = 0, outcome = NULL, last_error = NULL, reason = 'gap',
+                    max_attempts = EXCLUDED.max_attempts, last_run_id = EXCLUDED.last_run_id, updated_at = now()
             RETURNING task_id
             """,
-            {"limit": limit, "max_attempts": max_attempts, "run_id": run_id, "grace": TRAILING_GRACE_MINUTES},
+            {"limit": limit, "max_attempts": max_attempts, "run_id": run_id, "grace": TRAILING_GRACE_MINUTES,
+             "chunk": chunk_minutes, "retry_failed": retry_failed_hours},
         )
         scheduled = cur.rowcount
     conn.commit()
     return scheduled
+
+
+def pending_repairs(conn, exchange: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ops.backfill_tasks WHERE exchange = %s AND reason = 'gap' "
+                    "AND status = 'pending'", (exchange,))
+        count = int(cur.fetchone()[0])
+    conn.commit()
+    return count
 
 
 def claim_tasks(conn, exchange: str, limit: int, run_id: str) -> list[BackfillTask]:
@@ -115,7 +171,7 @@ def claim_tasks(conn, exchange: str, limit: int, run_id: str) -> list[BackfillTa
                                           updated_at = now()
             WHERE task_id IN (
                 SELECT task_id FROM ops.backfill_tasks
-                WHERE exchange = %(exchange)s
+                WHERE exchange = %(exchange)s AND reason = 'gap'
                   AND (status = 'pending' OR (status = 'running' AND updated_at < now() - interval '{STALE_AFTER}'))
                 ORDER BY priority DESC, task_id
                 LIMIT %(limit)s

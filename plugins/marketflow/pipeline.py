@@ -10,14 +10,18 @@ Each records one raw_ingestion_log document per attempt, success or failure.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from marketflow.alerts import record_api_error, record_market_outcome
+from marketflow import market_health
+from marketflow.alerts import record_api_error
 from marketflow.config import MarketConfig, MarketflowConfig
-from marketflow.errors import classify
+from marketflow.errors import ErrorClass, MarketsFailed, UnusableDataError, classify
 from marketflow.exchanges import (
     build_exchange,
     fetch_ohlcv_pages,
@@ -25,7 +29,7 @@ from marketflow.exchanges import (
     load_markets,
     market_info,
 )
-from marketflow.ops import BackfillTask, count_present, finish_task
+from marketflow.ops import BackfillTask, claim_tasks, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
 from marketflow.staging_load import load_candle_payloads, load_ticker_payloads
 from marketflow.timeframes import Window, ceil_ms, floor_ms, iso, timeframe_ms, to_ms
@@ -103,13 +107,15 @@ def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
 
 def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
                    raw: RawStore, attempt: Attempt, with_ticker: bool = False, ops_conn=None,
-                   written: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                   written: dict[str, dict[str, Any]] | None = None, live: bool = True,
+                   deadline: float | None = None) -> dict[str, Any]:
     """Fetch the market's closed candles for the window into raw; returns ids for the load task.
 
     With ``ops_conn`` (an autocommit Postgres connection) every call draws on the exchange's shared
-    rate-limit bucket, each failed call is written to ops.api_errors, and the market's consecutive
-    failures are counted (alerting at ``alert_after_failures``). ``written`` collects the documents
-    inserted, for a load in the same task (``ingest_market``)."""
+    rate-limit bucket (as the minute path when ``live``, else as history work that leaves the live
+    reserve alone; waiting there at most until ``deadline``, a time.monotonic()), and each failed
+    call is written to ops.api_errors. ``written`` collects the documents inserted, for a load in
+    the same task (``ingest_market``)."""
     exchange_cfg = config.exchange(market.exchange)
     now_ms = int(time.time() * 1000)
     window = market_window(market, timeframe, run_window, now_ms)
@@ -133,7 +139,7 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
                                              "duration_s": time.monotonic() - started})
         return result
 
-    exchange = build_exchange(exchange_cfg, ops_conn)
+    exchange = build_exchange(exchange_cfg, ops_conn, live=live, deadline=deadline)
     if ops_conn is not None:
         exchange.error_sink = lambda fields: record_api_error(ops_conn, {
             **fields, "exchange": market.exchange, "symbol": market.symbol, "dag_id": attempt.dag_id,
@@ -172,15 +178,10 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         log.error("%s %s %s: extract failed after %d pages with an error of class %s (%s: %s); %s", market.exchange,
                   market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, message,
                   error_class.advice)
-        if ops_conn is not None:
-            record_market_outcome(ops_conn, market.exchange, market.symbol, error_class.value, message,
-                                  config.alert_after_failures, attempt.dag_id, attempt.run_id)
         raise
     finally:
         if exchange.shared_limiter is not None:
             exchange.shared_limiter.flush()
-    if ops_conn is not None:
-        record_market_outcome(ops_conn, market.exchange, market.symbol, None, None, config.alert_after_failures)
     duration = time.monotonic() - started
     raw.log_attempt(attempt.attempt_id, {
         "status": "success", "finished_at": datetime.now(UTC), "duration_s": duration, "pages": result["pages"],
@@ -219,17 +220,25 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
         raise
     for problem in ticker_problems:
         log.warning("ticker payload not loaded: %s", problem)
-    raw.log_attempt(attempt.attempt_id, {"status": "success", "finished_at": datetime.now(UTC),
-                                         "duration_s": time.monotonic() - started, **result.as_dict(),
-                                         "tickers": tickers, "ticker_problems": ticker_problems})
+    unusable = result.unusable()
+    raw.log_attempt(attempt.attempt_id, {
+        "status": "failed" if unusable else "success", "finished_at": datetime.now(UTC),
+        "duration_s": time.monotonic() - started, **result.as_dict(), "tickers": tickers,
+        "ticker_problems": ticker_problems,
+        **({"error_class": ErrorClass.DATA.value, "error_message": unusable} if unusable else {})})
     log.info("%s %s %s %s: %s", extracted["exchange"], extracted["symbol"], extracted["timeframe"], window,
              result.summary())
+    if unusable:
+        # The rejects are committed (nothing is lost); the market's run must not end green with 0 rows.
+        log.error("%s %s %s %s: the exchange's answer could not be used: %s", extracted["exchange"],
+                  extracted["symbol"], extracted["timeframe"], window, unusable)
+        raise UnusableDataError(f"{extracted['exchange']} {extracted['symbol']}: {unusable}")
     return {**result.as_dict(), "tickers": tickers}
 
 
 def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
-                  raw: RawStore, conn, attempt: Attempt, with_ticker: bool = False, ops_conn=None
-                  ) -> dict[str, Any]:
+                  raw: RawStore, conn, attempt: Attempt, with_ticker: bool = False, ops_conn=None,
+                  live: bool = True, deadline: float | None = None) -> dict[str, Any]:
     """Extract then load one market's window in one task; returns the load's counts, the pages
     fetched and the seconds each step took (``extract_s``, ``load_s``).
 
@@ -239,19 +248,203 @@ def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str
     written: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     extracted = extract_market(config, market, timeframe, run_window, raw, attempt, with_ticker=with_ticker,
-                               ops_conn=ops_conn, written=written)
+                               ops_conn=ops_conn, written=written, live=live, deadline=deadline)
     extracted_at = time.monotonic()
     loaded = load_market(conn, raw, extracted, attempt, written=written)
     return {**loaded, "pages": extracted["pages"], "extract_s": round(extracted_at - started, 3),
             "load_s": round(time.monotonic() - extracted_at, 3)}
 
 
-def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt) -> str:
-    """Re-fetch one gap window and record the outcome on its ops.backfill_tasks row."""
+@dataclass
+class MarketOutcome:
+    """What one market of a multi-market task came to (ops.market_task_outcomes.outcome)."""
+
+    market: MarketConfig
+    outcome: str  # success | failed_transient | failed_permanent | not_started
+    error_class: ErrorClass | None = None
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "success"
+
+
+class ConnectionPerThread:
+    """One load connection and one autocommit ops connection (rate-limit bucket, error rows, market
+    health) per worker thread, opened on first use, replaced when a database error closed them."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+        self.local = threading.local()
+        self.opened: list[Any] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> tuple[Any, Any]:
+        conns = getattr(self.local, "conns", None)
+        if conns is None or any(c.closed for c in conns):
+            ops_conn, load_conn = self.connect(), self.connect()
+            ops_conn.autocommit = True
+            conns = self.local.conns = (ops_conn, load_conn)
+            with self.lock:
+                self.opened.extend(conns)
+        return conns
+
+    def close(self) -> None:
+        for conn in self.opened:
+            if not conn.closed:
+                conn.close()
+
+
+def ingest_markets(config: MarketflowConfig, markets: list[MarketConfig], timeframe: str, run_window: Window,
+                   raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *, live: bool, threads: int,
+                   with_ticker: Callable[[MarketConfig], bool] = lambda m: False,
+                   deadline: float | None = None) -> list[MarketOutcome]:
+    """Extract and load every market of one exchange, ``threads`` at a time, each on its own: a market
+    that fails is recorded (ops.market_health: failing, one alert, suspended after repeated permanent
+    failures) and never stops the others.
+
+    ``live``: the minute path (spends the exchange's whole rate budget) or history work (the hourly
+    reconcile, leaving the live reserve alone). ``deadline`` (time.monotonic()): a market not started
+    by then is ``not_started`` (a timeout, retried) instead of running into the task's execution_timeout.
+    """
+    pool = ConnectionPerThread(connect)
+
+    def one(market: MarketConfig) -> MarketOutcome:
+        started = time.monotonic()
+        if deadline is not None and started > deadline:
+            return MarketOutcome(market, "not_started", ErrorClass.TIMEOUT,
+                                 "the task's time budget ran out before this market's turn")
+        # Its own attempt identity per market: raw_ingestion_log keeps one document per market attempt.
+        market_attempt = replace(attempt, task_id=f"{attempt.task_id}[{market.symbol}]")
+        ops_conn = None
+        try:
+            ops_conn, load_conn = pool.get()
+            result = ingest_market(config, market, timeframe, run_window, raw, load_conn, market_attempt,
+                                   with_ticker=with_ticker(market), ops_conn=ops_conn, live=live, deadline=deadline)
+        except Exception as exc:
+            responses = getattr(exc, "responses", None) or []
+            error_class = classify(exc, responses[-1].status if responses else None)
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            log.error("%s %s: %s failure (%s); %s", market.exchange, market.symbol, error_class.value, message,
+                      error_class.advice)
+            _record_health(ops_conn, lambda c: market_health.record_failure(
+                c, config, market, error_class, message, attempt.dag_id, attempt.run_id))
+            return MarketOutcome(market, "failed_transient" if error_class.transient else "failed_permanent",
+                                 error_class, message, seconds=time.monotonic() - started)
+        _record_health(ops_conn, lambda c: market_health.record_success(c, market.exchange, market.symbol))
+        return MarketOutcome(market, "success", result=result, seconds=time.monotonic() - started)
+
+    try:
+        with ThreadPoolExecutor(max(1, min(threads, len(markets))), thread_name_prefix="ingest") as executor:
+            return list(executor.map(one, markets))
+    finally:
+        pool.close()
+
+
+def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str, run_window: Window,
+                         conf: dict[str, Any], raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *,
+                         live: bool, deadline: float | None = None,
+                         prepare: Callable[[Any, MarketflowConfig], None] | None = None) -> dict[str, Any]:
+    """The body of a multi-market task (the minute DAG's ingest, the hourly reconcile): every selected
+    market of ``exchange`` that is not suspended, each on its own (``ingest_markets``), and what each
+    came to in ops.market_task_outcomes.
+
+    Retries are per market: a later try of the same task (same dag, run and task id) re-runs only the
+    markets an earlier try left failing transiently or never started. Raises MarketsFailed naming
+    every failed market (this try's, and earlier tries' permanent failures): transient when any
+    failure is, so Airflow retries; permanent otherwise, so it does not. ``prepare`` (the minute path)
+    prepares storage first when the DDL changed."""
+    from marketflow.schema import ddl_is_current
+
+    wanted = [m for m in config.exchange(exchange).markets if timeframe in m.timeframes and selected(m, conf)]
+    conn = connect()
+    try:
+        if prepare is not None and not ddl_is_current(conn):
+            log.info("DDL not applied yet or changed: preparing storage first")
+            prepare(conn, config)
+        runnable, suspended = market_health.partition_suspended(conn, config, wanted)
+        earlier = market_health.earlier_outcomes(conn, attempt.dag_id, attempt.run_id, attempt.task_id)
+    finally:
+        conn.close()
+    if suspended:
+        log.warning("%s: skipping %d suspended market(s): %s (python -m marketflow.cli markets status)", exchange,
+                    len(suspended), ", ".join(m.symbol for m in suspended))
+    todo, settled = markets_to_run(runnable, earlier)
+    if settled:
+        log.info("%s: try %d re-runs %d market(s); %d settled by earlier tries", exchange, attempt.try_number,
+                 len(todo), len(settled))
+
+    def ticker(market: MarketConfig) -> bool:
+        # Tickers only make sense at the live edge, not for a historical window.
+        return live and not conf.get("start") and market.history_end is None
+
+    outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
+                              threads=config.exchange(exchange).pool_slots, with_ticker=ticker, deadline=deadline)
+    rows = [(o.market.exchange, o.market.symbol, o.outcome, o.error_class.value if o.error_class else None,
+             o.error, int(o.result.get("inserted") or 0) if o.result else None, round(o.seconds, 3))
+            for o in outcomes]
+    rows += [(m.exchange, m.symbol, "suspended", None, None, None, None) for m in suspended]
+    conn = connect()
+    try:
+        market_health.record_task_outcomes(conn, attempt.dag_id, attempt.run_id, attempt.task_id,
+                                           attempt.try_number, rows)
+    finally:
+        conn.close()
+    failures = task_failures(outcomes, earlier, runnable)
+    succeeded = [o for o in outcomes if not o.failed]
+    inserted = sum(int(o.result.get("inserted") or 0) for o in succeeded)
+    log.info("%s: %d market(s) ingested, %d failed%s, %d suspended and skipped; %d candles inserted", exchange,
+             len(succeeded), len(failures), f" ({', '.join(failures)})" if failures else "", len(suspended), inserted)
+    if failures:
+        raise MarketsFailed(f"{exchange} {attempt.task_id}", failures)
+    return {"exchange": exchange, "markets": len(succeeded), "suspended": len(suspended), "inserted": inserted,
+            "tickers": sum(int(o.result.get("tickers") or 0) for o in succeeded)}
+
+
+def markets_to_run(runnable: list[MarketConfig], earlier: dict[tuple[str, str], tuple[str, Any, Any]]
+                   ) -> tuple[list[MarketConfig], set[str]]:
+    """(markets to run in this try, symbols settled by earlier tries: succeeded or failed for good)."""
+    settled = {sym for (_, sym), (outcome, _, _) in earlier.items() if outcome in ("success", "failed_permanent")}
+    settled &= {m.symbol for m in runnable}
+    return [m for m in runnable if m.symbol not in settled], settled
+
+
+def task_failures(outcomes: list[MarketOutcome], earlier: dict[tuple[str, str], tuple[str, Any, Any]],
+                  runnable: list[MarketConfig]) -> dict[str, tuple[ErrorClass, str]]:
+    """Every market the task has to report as failed: this try's failures, and the permanent failures
+    of earlier tries (not re-run, yet still failed)."""
+    failures = {o.market.symbol: (o.error_class or ErrorClass.DATA, o.error or "") for o in outcomes if o.failed}
+    symbols = {m.symbol for m in runnable}
+    for (_, sym), (outcome, cls, err) in earlier.items():
+        if outcome == "failed_permanent" and sym in symbols and sym not in failures:
+            failures[sym] = (ErrorClass(cls) if cls else ErrorClass.DATA, err or "")
+    return failures
+
+
+def _record_health(conn, record: Callable[[Any], Any]) -> None:
+    """Market health is bookkeeping: when the database itself is what failed, the market's outcome
+    still stands (and is reported by the task), so a failure to record it is logged, not raised."""
+    if conn is None or conn.closed:
+        return
+    try:
+        record(conn)
+    except Exception as exc:
+        log.warning("could not record market health: %s: %s", type(exc).__name__, exc)
+
+
+def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt,
+               ops_conn=None, deadline: float | None = None) -> str:
+    """Re-fetch one queued gap window (history work: it leaves the live rate reserve alone) and record
+    the outcome on its ops.backfill_tasks row; returns the row's new state in words."""
     try:
         market = config.market(task.exchange, task.symbol)
-        ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt)
+        ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt, ops_conn=ops_conn,
+                      live=False, deadline=deadline)
     except Exception as exc:
+        if not conn.closed:
+            conn.rollback()
         state = finish_task(conn, task, 0, error=f"{type(exc).__name__}: {exc}"[:2000])
         log.error("gap %s %s %s %s: attempt %d/%d failed (%s); task now %s", task.exchange, task.symbol,
                   task.timeframe, task.window, task.attempts, task.max_attempts, exc, state)
@@ -262,6 +455,46 @@ def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn
              task.symbol, task.timeframe, task.window, present, task.window.candles(task.timeframe), task.attempts,
              task.max_attempts, state)
     return state
+
+
+def run_gap_repairs(config: MarketflowConfig, exchange: str, raw: RawStore, connect: Callable[[], Any],
+                    attempt: Attempt, *, threads: int, budget_seconds: float) -> dict[str, int]:
+    """Claim and re-fetch the queued gap chunks of one exchange, ``threads`` at a time, until none is
+    left or ``budget_seconds`` have passed (no new chunk is claimed after that; what is left stays
+    queued for the next hourly run). A chunk that fails is recorded on its row and the loop goes on.
+    Returns counts by outcome."""
+    started = time.monotonic()
+    stop_claiming = started + budget_seconds
+    pool = ConnectionPerThread(connect)
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while time.monotonic() < stop_claiming:
+            ops_conn, conn = pool.get()
+            claimed = claim_tasks(conn, exchange, 1, attempt.run_id)
+            if not claimed:
+                return
+            task = claimed[0]
+            try:
+                # a chunk started before the budget ends may finish after it, bounded by the task timeout
+                state = repair_gap(config, task, raw, conn, attempt, ops_conn=ops_conn)
+            except Exception as exc:
+                state = f"error ({classify(exc).value})"
+            with lock:
+                counts[state] = counts.get(state, 0) + 1
+                done = sum(counts.values())
+            log.info("%s: %d gap chunk(s) re-fetched in %.0f s of a %.0f s budget (%s)", exchange, done,
+                     time.monotonic() - started, budget_seconds,
+                     ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+    try:
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix=f"repair-{exchange}") as executor:
+            for future in [executor.submit(worker) for _ in range(max(1, threads))]:
+                future.result()
+    finally:
+        pool.close()
+    return counts
 
 
 def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any], now_ms: int | None = None
@@ -290,6 +523,99 @@ def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any],
     for i, chunk in enumerate(chunks, 1):
         chunk["chunk"], chunk["chunks"] = i, len(chunks)
     return chunks
+
+
+def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any], max_tasks: int,
+                  now_ms: int | None = None) -> list[dict[str, Any]]:
+    """A backfill request as at most ``max_tasks`` work units (Airflow's max_map_length bounds how many
+    mapped tasks a run can expand to): one unit per market while they fit, else the markets dealt
+    round-robin into ``max_tasks`` units. A unit carries each market's clipped window, not its chunks,
+    so a year of 1,000 markets stays a small XCom; the task works through the chunks itself."""
+    if max_tasks < 1:
+        raise ValueError(f"max_tasks must be at least 1, got {max_tasks}")
+    timeframe = params.get("timeframe") or "1m"
+    chunk_ms = int(params.get("chunk_hours") or 24) * 3_600_000
+    if chunk_ms <= 0:
+        raise ValueError("chunk_hours must be a positive number of hours")
+    if not params.get("start") or not params.get("end"):
+        raise ValueError("a backfill needs 'start' and 'end' (ISO-8601, UTC), e.g. 2024-01-01T00:00:00Z")
+    window = plan_window(timeframe, None, None, {"start": params["start"], "end": params["end"]}, 0)
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    markets = []
+    for market in config.exchange(exchange).markets:
+        if timeframe not in market.timeframes or not selected(market, params):
+            continue
+        clipped = market_window(market, timeframe, window, now_ms)
+        if not clipped.empty:
+            markets.append({"symbol": market.symbol, "window_start_ms": clipped.start_ms,
+                            "window_end_ms": clipped.end_ms})
+    n = min(max_tasks, len(markets))
+    units = [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms, "unit": i + 1, "units": n,
+              "markets": markets[i::n]} for i in range(n)]
+    return units
+
+
+def market_chunks(unit: dict[str, Any], market: dict[str, Any]) -> list[Window]:
+    chunk_ms, end = unit["chunk_ms"], market["window_end_ms"]
+    return [Window(start, min(start + chunk_ms, end)) for start in range(market["window_start_ms"], end, chunk_ms)]
+
+
+def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore, conn, attempt: Attempt, *,
+                  from_raw: bool = False, ops_conn=None, skip_complete: bool = False) -> list[dict[str, Any]]:
+    """Work through every chunk of every market of a backfill unit, oldest first: fetch (or, with
+    ``from_raw``, rebuild from MongoDB) and load each chunk, logging progress per market. Returns
+    per-market totals. ``skip_complete`` (a retried task) skips chunks whose candles are all present.
+
+    A market that fails permanently (delisted, bad symbol) is recorded and skipped so the unit's other
+    markets still load; a transient failure stops the unit and is raised (Airflow retries the task,
+    which skips the chunks already complete). Permanent failures are raised together at the end."""
+    exchange, timeframe = unit["exchange"], unit["timeframe"]
+    totals: list[dict[str, Any]] = []
+    failures: dict[str, tuple[ErrorClass, str]] = {}
+    for m_index, spec in enumerate(unit["markets"], 1):
+        chunks = market_chunks(unit, spec)
+        expected = Window(spec["window_start_ms"], spec["window_end_ms"]).candles(timeframe)
+        total = {"exchange": exchange, "symbol": spec["symbol"], "chunks": len(chunks), "chunks_skipped": 0,
+                 "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, "present": 0, "expected": expected}
+        started = time.monotonic()
+        try:
+            market = config.market(exchange, spec["symbol"])
+            for c_index, window in enumerate(chunks, 1):
+                if skip_complete and count_present(conn, exchange, market.symbol, timeframe, window) == \
+                        window.candles(timeframe):
+                    total["chunks_skipped"] += 1
+                    continue
+                chunk_attempt = replace(attempt, task_id=f"{attempt.task_id}[{market.symbol}]")
+                if from_raw:
+                    result = reprocess_from_raw(conn, raw, {"exchange": exchange, "symbol": market.symbol,
+                                                            "timeframe": timeframe, "window_start_ms": window.start_ms,
+                                                            "window_end_ms": window.end_ms}, chunk_attempt)
+                else:
+                    result = ingest_market(config, market, timeframe, window, raw, conn, chunk_attempt,
+                                           ops_conn=ops_conn, live=False)
+                for key in ("inserted", "updated", "unchanged", "rejected"):
+                    total[key] += int(result.get(key) or 0)
+                done = window.end_ms - spec["window_start_ms"]
+                log.info("%s %s (market %d/%d of this task): chunk %d/%d up to %s done, %.0f%% of its window; "
+                         "%d inserted so far (%.0f candles/s)", exchange, market.symbol, m_index,
+                         len(unit["markets"]), c_index, len(chunks), iso(window.end_ms),
+                         100 * done / max(spec["window_end_ms"] - spec["window_start_ms"], 1), total["inserted"],
+                         total["inserted"] / max(time.monotonic() - started, 1e-6))
+        except Exception as exc:
+            responses = getattr(exc, "responses", None) or []
+            error_class = classify(exc, responses[-1].status if responses else None)
+            if error_class.transient:
+                raise
+            failures[spec["symbol"]] = (error_class, f"{type(exc).__name__}: {exc}")
+            log.error("%s %s: backfill stopped for this market: %s: %s (%s); the task's other markets go on",
+                      exchange, spec["symbol"], error_class.value, exc, error_class.advice)
+        total["present"] = count_present(conn, exchange, spec["symbol"], timeframe,
+                                         Window(spec["window_start_ms"], spec["window_end_ms"]))
+        total["missing"] = max(total["expected"] - total["present"], 0)
+        totals.append(total)
+    if failures:
+        raise MarketsFailed(f"backfill unit {unit['unit']}/{unit['units']} of {exchange}", failures)
+    return totals
 
 
 def reprocess_from_raw(conn, raw: RawStore, chunk: dict[str, Any], attempt: Attempt) -> dict[str, Any]:

@@ -54,10 +54,24 @@ class LoadResult:
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    valid: int = 0  # candles that passed validation (stored, unchanged, or outside the window)
+    first_reject: str | None = None  # the first reject's reason, for the error of an unusable answer
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def unusable(self) -> str | None:
+        """Why this answer is a data error of its market, or None. An empty answer is not one (a
+        market without trades in the window), nor are candles still forming; but a payload rejected
+        whole, or rows that all failed validation, are: loading 0 rows from them is a failure."""
+        if self.payloads_rejected:
+            return (f"{self.payloads_rejected} of {self.payloads} payload(s) rejected whole, e.g. "
+                    f"{self.first_reject}; the bodies are in staging.ohlcv_rejects and MongoDB raw")
+        if self.rejected and not self.valid:
+            return (f"all {self.rejected} row(s) failed validation, e.g. {self.first_reject}; "
+                    f"see staging.ohlcv_rejects")
+        return None
 
     def summary(self) -> str:
         return (f"{self.inserted} inserted, {self.updated} updated, {self.unchanged} unchanged, "
@@ -154,6 +168,7 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
                 rejects.append((doc["_id"], candle.row_index, exchange, symbol, timeframe,
                                 from_ms(candle.open_time_ms), candle.raw_row, problem, run_id))
                 continue
+            result.valid += 1
             if window is not None and not window.start_ms <= candle.open_time_ms < window.end_ms:
                 result.outside_window += 1
                 continue
@@ -187,6 +202,7 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
     result.inserted, result.updated = inserted, updated
     result.unchanged = len(rows) - inserted - updated
     result.rejected = len(rejects)
+    result.first_reject = rejects[0][7][:300] if rejects else None
     result.revised = sum(1 for a in anomalies.values() if a[1] == "revised") + len(revisions)
     result.seconds = time.monotonic() - started
     return result

@@ -34,10 +34,16 @@ PARSE_SCRIPT = textwrap.dedent(
         out["dags"][dag_id] = {
             "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md), "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs, "owner": dag.owner,
+            "dagrun_timeout": dag.dagrun_timeout.total_seconds() if dag.dagrun_timeout else None,
+            "timetable": type(dag.timetable).__name__,
             "deadlines": [d.name for d in (dag.deadline if isinstance(dag.deadline, list) else [dag.deadline])
                           if d is not None],
             "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "mapped": hasattr(t, "expand_input"),
-                                  "owner": t.owner, "upstream": sorted(t.upstream_task_ids)} for t in dag.tasks},
+                                  "owner": t.owner, "upstream": sorted(t.upstream_task_ids),
+                                  "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
+                                  "priority": t.priority_weight,
+                                  "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None}
+                      for t in dag.tasks},
         }
     print("RESULT" + json.dumps(out))
     """
@@ -69,10 +75,10 @@ def parsed(tmp_path_factory) -> dict:
 
 def test_dags_import_without_errors_or_parse_time_io(parsed: dict) -> None:
     assert parsed["errors"] == {}
-    assert set(parsed["dags"]) == {"market_candles_1m", "market_candles_1h", "market_backfill"}
+    assert set(parsed["dags"]) == {"market_candles_1m", "market_candles_1h", "market_backfill", "market_maintenance"}
 
 
-@pytest.mark.parametrize("dag_id", ["market_candles_1m", "market_candles_1h", "market_backfill"])
+@pytest.mark.parametrize("dag_id", ["market_candles_1m", "market_candles_1h", "market_backfill", "market_maintenance"])
 def test_operational_settings(parsed: dict, dag_id: str) -> None:
     dag = parsed["dags"][dag_id]
     assert "marketflow" in dag["tags"] and dag["doc_md"]
@@ -84,47 +90,65 @@ def test_operational_settings(parsed: dict, dag_id: str) -> None:
         assert task["owner"] == "marketflow", task_id
 
 
-def test_extract_and_load_are_mapped_per_exchange_in_its_pool(parsed: dict) -> None:
+def test_every_task_and_run_is_bounded_in_time(parsed: dict) -> None:
     for dag_id, dag in parsed["dags"].items():
-        if dag_id in ("market_candles_1m", "market_backfill"):
-            continue  # one ingest task per exchange / per chunk, below
-        first = "prepare_storage"
-        for exchange in ("binance", "okx"):
-            for step in ("extract", "load"):
-                task = dag["tasks"][f"{exchange}.{step}"]
-                assert task["mapped"], (exchange, step)
-                assert task["pool"] == f"exchange_{exchange}"
-            assert dag["tasks"][f"{exchange}.extract"]["upstream"] == [first]
-            assert dag["tasks"][f"{exchange}.load"]["upstream"] == [f"{exchange}.extract"]
+        assert dag["dagrun_timeout"], dag_id
+        for task_id, task in dag["tasks"].items():
+            assert task["timeout"] and task["timeout"] <= dag["dagrun_timeout"], (dag_id, task_id)
 
 
-def test_minute_dag_is_one_ingest_task_per_exchange_in_its_pool(parsed: dict) -> None:
-    # The freshness path (bench figure 6): no task per market, no prepare_storage ahead of it.
+def test_hourly_reconcile_is_one_task_per_exchange_in_its_hourly_pool(parsed: dict) -> None:
+    tasks = parsed["dags"]["market_candles_1h"]["tasks"]
+    for exchange in ("binance", "okx"):
+        task = tasks[f"{exchange}.reconcile"]
+        assert not task["mapped"] and task["pool"] == f"exchange_{exchange}_hourly"
+        assert task["upstream"] == ["prepare_storage"]
+    # the marts wait for every load whatever its state: one failing market or exchange never stops them
+    gate = tasks["marts_inputs"]
+    assert gate["trigger_rule"] == "all_done" and gate["upstream"] == ["binance.reconcile", "okx.reconcile"]
+
+
+def test_live_work_has_a_pool_and_the_priority_of_its_own(parsed: dict) -> None:
+    # The freshness path (bench figure 6): no task per market, no prepare_storage ahead of it, and
+    # no other task in any DAG shares its pool.
     tasks = parsed["dags"]["market_candles_1m"]["tasks"]
     assert set(tasks) == {"binance.ingest", "okx.ingest"}
     for exchange in ("binance", "okx"):
         task = tasks[f"{exchange}.ingest"]
         assert not task["mapped"] and task["pool"] == f"exchange_{exchange}" and task["upstream"] == []
+        others = [(d, t) for d, dag in parsed["dags"].items() for t, v in dag["tasks"].items()
+                  if v["pool"] == f"exchange_{exchange}" and d != "market_candles_1m"]
+        assert others == []
+        history = [v["priority"] for d, dag in parsed["dags"].items() if d != "market_candles_1m"
+                   for v in dag["tasks"].values()]
+        assert task["priority"] > max(history)
 
 
-def test_backfill_dag_plans_chunks_then_summarises(parsed: dict) -> None:
+def test_backfill_dag_plans_then_summarises(parsed: dict) -> None:
     tasks = parsed["dags"]["market_backfill"]["tasks"]
     for exchange in ("binance", "okx"):
         assert tasks[f"{exchange}.plan"]["upstream"] == ["prepare_storage"]
         assert tasks[f"{exchange}.ingest"]["upstream"] == [f"{exchange}.plan"]
-        assert tasks[f"{exchange}.ingest"]["mapped"] and tasks[f"{exchange}.ingest"]["pool"] == f"exchange_{exchange}"
+        assert tasks[f"{exchange}.ingest"]["mapped"]
+        assert tasks[f"{exchange}.ingest"]["pool"] == f"exchange_{exchange}_backfill"
     assert set(tasks["summary"]["upstream"]) == {"binance.ingest", "okx.ingest"}
 
 
-def test_hourly_dag_builds_marts_after_every_load(parsed: dict) -> None:
+def test_hourly_dag_builds_marts_after_the_gate(parsed: dict) -> None:
     tasks = parsed["dags"]["market_candles_1h"]["tasks"]
     dbt_tasks = [t for t in tasks if t.startswith("dbt_marts.")]
     assert "dbt_marts.ohlcv_1m_model_build" in dbt_tasks and "dbt_marts.latest_price_model_build" in dbt_tasks
     roots = [t for t in dbt_tasks if not any(u.startswith("dbt_marts.") for u in tasks[t]["upstream"])]
-    for root in roots:
-        assert {"binance.load", "okx.load"} <= set(tasks[root]["upstream"]), root
+    assert roots and all(tasks[root]["upstream"] == ["marts_inputs"] for root in roots)
     assert parsed["dags"]["market_candles_1h"]["catchup"] is True
     assert parsed["dags"]["market_candles_1m"]["catchup"] is False
+
+
+def test_hourly_schedule_starts_at_the_first_deploy_unless_a_start_is_set(parsed: dict, tmp_path: Path) -> None:
+    # the shipped markets file sets no schedule_start: no catch-up from a date in the past
+    assert parsed["dags"]["market_candles_1h"]["timetable"] == "FirstRunAtDeployTimetable"
+    out = parse_dags(tmp_path, MARKETFLOW_SCHEDULE_START="2026-11-01T00:00:00Z")
+    assert out["dags"]["market_candles_1h"]["timetable"] == "CronDataIntervalTimetable"
 
 
 def test_bad_config_fails_the_import_with_the_config_message(tmp_path: Path) -> None:
@@ -132,7 +156,7 @@ def test_bad_config_fails_the_import_with_the_config_message(tmp_path: Path) -> 
     bad.write_text("exchanges:\n  binance:\n    markets:\n      - symbol: BTC-USDT\n")
     out = parse_dags(tmp_path, MARKETFLOW_CONFIG=str(bad))
     assert {Path(p).name for p in out["errors"]} == {"market_candles_1m.py", "market_candles_1h.py",
-                                                     "market_backfill.py"}
+                                                     "market_backfill.py", "market_maintenance.py"}
     for message in out["errors"].values():
         assert f"{bad}: exchanges.binance.markets[0].symbol: malformed symbol 'BTC-USDT'" in message
 
@@ -142,9 +166,9 @@ def test_hourly_dag_repairs_gaps_after_the_marts(parsed: dict) -> None:
     schedule = tasks["gap_repairs.schedule"]
     assert any(u.startswith("dbt_marts.") for u in schedule["upstream"])
     for exchange in ("binance", "okx"):
-        assert tasks[f"gap_repairs.claim_{exchange}"]["upstream"] == ["gap_repairs.schedule"]
         repair = tasks[f"gap_repairs.repair_{exchange}"]
-        assert repair["mapped"] and repair["pool"] == f"exchange_{exchange}"
+        assert repair["upstream"] == ["gap_repairs.schedule"]
+        assert not repair["mapped"] and repair["pool"] == f"exchange_{exchange}_hourly"
     gate = tasks["gap_repairs.anything_repaired"]
     assert {"gap_repairs.repair_binance", "gap_repairs.repair_okx"} <= set(gate["upstream"])
     rebuild_roots = [t for t, v in tasks.items() if t.startswith("dbt_after_repairs.")
@@ -158,3 +182,12 @@ def test_hourly_dag_repairs_gaps_after_the_marts(parsed: dict) -> None:
                 upstream.add(u)
                 todo.append(u)
     assert "dbt_after_repairs.int_dq_candle_hours_1m_model_build" in upstream
+
+
+def test_maintenance_dag_runs_daily_without_catch_up(parsed: dict) -> None:
+    dag = parsed["dags"]["market_maintenance"]
+    assert dag["catchup"] is False and dag["max_active_runs"] == 1
+    assert dag["timetable"] == "CronTriggerTimetable"
+    # the three prunes are independent: one failing (e.g. no metadata connection) does not stop the others
+    assert {t: v["upstream"] for t, v in dag["tasks"].items()} == {
+        "prune_ops": [], "prune_rejects": [], "clean_airflow_metadata": []}

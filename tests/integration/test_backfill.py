@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 
 from marketflow.config import load_config
+from marketflow.errors import MarketsFailed
 from marketflow.pipeline import (
     Attempt,
+    backfill_unit,
     extract_market,
     ingest_market,
     load_market,
+    market_chunks,
+    plan_backfill,
     plan_chunks,
     plan_window,
     reprocess_from_raw,
@@ -127,3 +132,59 @@ def test_kept_documents_are_what_mongodb_holds(demo_config, mongo_db) -> None:
 
     for doc in mongo_db.raw_market_payload.find({"_id": {"$in": list(written)}}):
         assert aware(doc) == written[doc["_id"]]
+
+
+def _many_markets(tmp_path, n: int):
+    """A markets file with ``n`` binance markets (the emulator serves each from its synthetic series)."""
+    symbols = "\n".join(f"      - symbol: C{i}/USDT" for i in range(n))
+    (tmp_path / "many.yml").write_text(
+        "defaults:\n  history_start: '2024-01-01T00:00:00Z'\nexchanges:\n  binance:\n    markets:\n" + symbols + "\n")
+    return load_config(tmp_path / "many.yml")
+
+
+@pytest.mark.parametrize(("markets", "max_tasks", "tasks"), [(3, 1024, 3), (1000, 1024, 1000), (1500, 1024, 1024)])
+def test_a_backfill_of_any_size_plans_within_airflows_mapping_limit(tmp_path, markets, max_tasks, tasks) -> None:
+    """A year of every market: today's one-task-per-chunk plan was 365 tasks per market (three markets
+    already passed Airflow's max_map_length of 1,024); now each task works through its markets' chunks."""
+    config = _many_markets(tmp_path, markets)
+    params = {"start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z", "chunk_hours": 24}
+    units = plan_backfill(config, "binance", params, max_tasks, now_ms=1_800_000_000_000)
+    assert len(units) == tasks <= max_tasks
+    # every market exactly once, and its chunks tile its window (brute force: walk them minute by minute)
+    planned = [m["symbol"] for u in units for m in u["markets"]]
+    assert sorted(planned) == sorted(f"C{i}/USDT" for i in range(markets))
+    unit = units[-1]
+    spec = unit["markets"][0]
+    chunks = market_chunks(unit, spec)
+    assert len(chunks) == 365 and chunks[0].start_ms == spec["window_start_ms"]
+    assert all(a.end_ms == b.start_ms for a, b in itertools.pairwise(chunks)) and chunks[-1].end_ms == spec[
+        "window_end_ms"]
+    assert sum(c.candles("1m") for c in chunks) == 365 * 1440
+    # the XCom a plan hands to Airflow stays small whatever the request
+    assert len(json.dumps(units)) < 200 * markets
+
+
+def test_a_backfill_task_loads_its_other_markets_past_a_delisted_one_and_resumes(demo_config, tmp_path, mongo_db,
+                                                                                 pg_conn, emulator_url) -> None:
+    text = (REPO / "include/config/markets.demo.yml").read_text().replace(
+        "      - symbol: ETH/USDT\n", "      - {symbol: LUNA/USDT, history_start: '2022-08-14T00:00:00Z'}\n"
+        "      - symbol: ETH/USDT\n", 1)
+    (tmp_path / "m.yml").write_text(text)
+    config = load_config(tmp_path / "m.yml", env={"MARKETFLOW_EXCHANGE_URL": emulator_url})
+    params = {"start": "2022-08-14T00:00:00Z", "end": "2022-08-14T06:00:00Z", "chunk_hours": 2}
+    [unit] = plan_backfill(config, "binance", params, max_tasks=1)
+    assert [m["symbol"] for m in unit["markets"]] == ["LUNA/USDT", "ETH/USDT"]
+    raw = RawStore(mongo_db)
+    with pytest.raises(MarketsFailed) as failed:
+        backfill_unit(config, unit, raw, pg_conn, Attempt("market_backfill", "b1", "binance.ingest"))
+    assert set(failed.value.failures) == {"LUNA/USDT"}
+    assert window_coverage(pg_conn, "binance", "ETH/USDT", "1m", Window(unit["markets"][1]["window_start_ms"],
+                                                                      unit["markets"][1]["window_end_ms"]))[
+        "present"] == 360
+    # The retried task skips the chunks already complete: no candle page is fetched again.
+    pages = mongo_db.raw_market_payload.count_documents({})
+    eth_only = {**unit, "markets": unit["markets"][1:]}
+    [total] = backfill_unit(config, eth_only, raw, pg_conn, Attempt("market_backfill", "b1", "binance.ingest", -1, 2),
+                            skip_complete=True)
+    assert (total["chunks"], total["chunks_skipped"], total["present"], total["missing"]) == (3, 3, 360, 0)
+    assert mongo_db.raw_market_payload.count_documents({}) == pages

@@ -42,3 +42,88 @@ def test_recent_trailing_gap_is_left_to_the_minute_dag_older_ones_are_queued(pg_
     assert _queued(pg_conn) == {("ETH/USDT", stale), ("SOL/USDT", hole)}
     # Idempotent: the next hourly run queues nothing new for the same gaps.
     assert schedule_gap_repairs(pg_conn, limit=10, max_attempts=3, run_id="r2") == 0
+
+
+def _tasks(pg_conn) -> list[tuple]:
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT exchange, symbol, window_start, window_end, status, attempts FROM ops.backfill_tasks "
+                    "ORDER BY window_end DESC, symbol")
+        return cur.fetchall()
+
+
+def _grid_cells(gap_start: datetime, gap_end: datetime, chunk: timedelta) -> list[tuple[datetime, datetime]]:
+    """Brute force: walk the UTC grid of ``chunk`` from the epoch, keep the cells the gap touches."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    cells = []
+    cell = epoch + ((gap_start - epoch) // chunk) * chunk
+    while cell < gap_end:
+        cells.append((max(gap_start, cell), min(gap_end, cell + chunk)))
+        cell += chunk
+    return sorted(cells, key=lambda c: c[1], reverse=True)
+
+
+def test_a_two_year_gap_is_queued_chunk_by_chunk_newest_first(pg_conn) -> None:
+    """The leading gap of a market whose history starts two years back (a fresh deploy): each hourly
+    run queues at most `limit` chunks per exchange on the day grid, newest first, never the whole gap."""
+    start = datetime(2025, 1, 1, 0, 0, tzinfo=UTC) + timedelta(minutes=7)  # off the grid on purpose
+    end = datetime(2026, 12, 1, 13, 45, tzinfo=UTC)
+    _gaps(pg_conn, [("okx", "BTC/USDT", start, end, "leading", "open"),
+                    ("okx", "ETH/USDT", start, end, "leading", "open"),
+                    ("binance", "BTC/USDT", start, end, "leading", "open")])
+    cells = _grid_cells(start, end, timedelta(days=1))
+    assert len(cells) == 700 and cells[0] == (datetime(2026, 12, 1, tzinfo=UTC), end)
+
+    assert schedule_gap_repairs(pg_conn, limit=4, max_attempts=3, run_id="r1", chunk_minutes=1440) == 8
+    tasks = _tasks(pg_conn)
+    okx = [(sym, ws, we) for ex, sym, ws, we, *_ in tasks if ex == "okx"]
+    # newest first across the exchange's markets: the two newest cells of each market
+    assert okx == [(sym, *cell) for cell in cells[:2] for sym in ("BTC/USDT", "ETH/USDT")]
+    assert [(ws, we) for ex, _, ws, we, *_ in tasks if ex == "binance"] == cells[:4]
+    # the queue stays bounded: with 4 pending per exchange the next run adds nothing
+    assert schedule_gap_repairs(pg_conn, limit=4, max_attempts=3, run_id="r2", chunk_minutes=1440) == 0
+    # the repairs of run 2 landed (the dbt gap mart now ends the gap earlier): run 3 takes the next cells
+    with pg_conn.cursor() as cur:
+        cur.execute("UPDATE ops.backfill_tasks SET status = 'completed', outcome = 'repaired' "
+                    "WHERE exchange = 'binance'")
+        cur.execute("UPDATE marts.data_quality_gaps SET gap_end = %s WHERE exchange = 'binance'", (cells[3][0],))
+    pg_conn.commit()
+    assert schedule_gap_repairs(pg_conn, limit=4, max_attempts=3, run_id="r3", chunk_minutes=1440) == 4
+    assert [(ws, we) for ex, _, ws, we, st, _ in _tasks(pg_conn) if ex == "binance" and st == "pending"] == cells[4:8]
+
+
+def test_failed_repairs_neither_block_the_queue_nor_are_forgotten(pg_conn) -> None:
+    """Chunks that failed with errors max_attempts times keep no slot, and are queued again (attempts
+    reset) once gap_repair_retry_failed_hours have passed."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    holes = [now - timedelta(hours=h) for h in range(2, 7)]
+    _gaps(pg_conn, [("binance", f"S{i}/USDT", h, h + timedelta(minutes=5), "interior", "open")
+                    for i, h in enumerate(holes)])
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1") == 2
+    with pg_conn.cursor() as cur:  # both repairs failed for good (e.g. the exchange errored each time)
+        cur.execute("UPDATE ops.backfill_tasks SET status = 'failed', attempts = 3")
+    pg_conn.commit()
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r2", retry_failed_hours=6) == 2
+    assert {sym for _, sym, _, _, st, _ in _tasks(pg_conn) if st == "pending"} == {"S2/USDT", "S3/USDT"}
+    with pg_conn.cursor() as cur:
+        cur.execute("UPDATE ops.backfill_tasks SET status = 'completed', outcome = 'repaired' WHERE status = 'pending'")
+        cur.execute("UPDATE ops.backfill_tasks SET updated_at = now() - interval '7 hours' WHERE status = 'failed'")
+    pg_conn.commit()
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r3", retry_failed_hours=6) == 2
+    assert sorted((sym, st, att) for _, sym, _, _, st, att in _tasks(pg_conn) if st == "pending") == [
+        ("S0/USDT", "pending", 0), ("S1/USDT", "pending", 0)]
+
+
+def test_chunks_confirmed_empty_near_the_end_do_not_hide_older_ones(pg_conn) -> None:
+    """Before a market's listing the exchange has nothing: those chunks end confirmed empty, and the
+    older chunks of the same gap are still reached."""
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 11, tzinfo=UTC)
+    _gaps(pg_conn, [("okx", "NEW/USDT", start, end, "leading", "open")])
+    cells = _grid_cells(start, end, timedelta(days=1))
+    with pg_conn.cursor() as cur:
+        for ws, we in cells[:3]:
+            cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, "
+                        "status, outcome, attempts) VALUES ('okx', 'NEW/USDT', '1m', %s, %s, 'completed', "
+                        "'confirmed_empty', 3)", (ws, we))
+    pg_conn.commit()
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1", chunk_minutes=1440) == 2
+    assert [(ws, we) for _, _, ws, we, st, _ in _tasks(pg_conn) if st == "pending"] == cells[3:5]
