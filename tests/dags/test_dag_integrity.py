@@ -28,10 +28,17 @@ PARSE_SCRIPT = textwrap.dedent(
 
     from airflow.dag_processing.dagbag import DagBag
 
+    from airflow.serialization.serialized_objects import DagSerialization
+
     bag = DagBag(dag_folder="dags")
     out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
     for dag_id, dag in bag.dags.items():
+        try:  # what the DAG processor stores and the scheduler reads back (custom timetables included)
+            serialized = type(DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable).__name__
+        except Exception as exc:
+            serialized = f"{type(exc).__name__}: {exc}"
         out["dags"][dag_id] = {
+            "serialized_timetable": serialized,
             "tags": sorted(dag.tags), "doc_md": bool(dag.doc_md), "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs, "owner": dag.owner,
             "dagrun_timeout": dag.dagrun_timeout.total_seconds() if dag.dagrun_timeout else None,
@@ -56,6 +63,7 @@ def parse_dags(tmp_path: Path, **env: str) -> dict:
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "PYTHONPATH": str(REPO / "plugins"),
         "MARKETFLOW_EXCHANGE_URL": "http://127.0.0.1:9",
@@ -147,6 +155,10 @@ def test_hourly_dag_builds_marts_after_the_gate(parsed: dict) -> None:
 def test_hourly_schedule_starts_at_the_first_deploy_unless_a_start_is_set(parsed: dict, tmp_path: Path) -> None:
     # the shipped markets file sets no schedule_start: no catch-up from a date in the past
     assert parsed["dags"]["market_candles_1h"]["timetable"] == "FirstRunAtDeployTimetable"
+    # the scheduler can load it back (registered by plugins/marketflow_plugin.py)
+    assert {d["serialized_timetable"] for d in parsed["dags"].values()} >= {"FirstRunAtDeployTimetable"}
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["serialized_timetable"] == dag["timetable"], dag_id
     out = parse_dags(tmp_path, MARKETFLOW_SCHEDULE_START="2026-11-01T00:00:00Z")
     assert out["dags"]["market_candles_1h"]["timetable"] == "CronDataIntervalTimetable"
 
