@@ -3,6 +3,7 @@
 
   dq_as_of()                    the instant "now" of the build: var `dq_as_of` (an ISO timestamp,
                                 for reproducible rebuilds and tests) or now() (transaction start).
+                                Also what the rollups' is_closed is judged against.
   dq_timeframe_seconds(tf)      length of a ccxt timeframe in seconds (fixed-length timeframes:
                                 s/m/h/d/w; marketflow collects nothing longer than 1w).
   dq_floor_time(ts, tf)         the open time of the tf candle containing ts (UTC grid; weeks start

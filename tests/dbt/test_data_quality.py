@@ -1,5 +1,6 @@
 """The data-quality marts on hand-made staging data: gaps and their repair states, loader anomalies,
-price spikes, volume anomalies, cross-exchange divergence and the score, exactly."""
+price spikes, volume anomalies, cross-exchange divergence and the score, exactly; the live edge of
+a healthy pipeline without false gaps; the drill-down in marts."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dbt_helpers import DbtRunner, query
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 END = T0 + timedelta(hours=3)
-SELECT_DQ = ("--select", "+data_quality_gaps", "+data_quality_summary", "int_dq_candle_flags_1m")
+SELECT_DQ = ("--select", "+data_quality_gaps", "+data_quality_summary", "+data_quality_flagged_candles")
 INSERT_OHLCV = (
     "INSERT INTO staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close, volume,"
     " raw_payload_id, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'p', 'r')"
@@ -101,10 +102,12 @@ def load_scenario(conn) -> dict[str, int]:
 
         # what the loader recorded about the binance 1m payloads
         anomalies = [
-            ("p1", "duplicate_conflict", 30), ("p2", "revised", 30),  # one minute, counted once
-            ("p2", "revised", 40),
-            ("p1", "duplicate_identical", 41),  # same values twice: not a duplicate in this sense
-            ("p1", "out_of_order", 65), ("p2", "out_of_order", 65), ("p1", "out_of_order", 66),  # 3 rows
+            ("p1", "duplicate_conflict", 30), ("p2", "revised", 30),  # a duplicate AND a correction
+            ("p2", "revised", 40), ("p3", "revised", 40),  # corrected twice: one corrected minute
+            ("p1", "duplicate_identical", 41),  # same values twice: harmless, not counted
+            # minute 65 out of order in the minute run, the reconcile and a repair: one minute
+            ("p1", "out_of_order", 65), ("p2", "out_of_order", 65), ("p3", "out_of_order", 65),
+            ("p1", "out_of_order", 66),
             ("p1", "out_of_order", -10),  # before the expected range: not counted
         ]  # fmt: skip
         for payload, kind, k in anomalies:
@@ -132,8 +135,9 @@ def gap_rows(conn) -> list[tuple]:
 
 
 def summary(conn, exchange: str, symbol: str, grain: str = "hour") -> list[dict]:
-    cols = ["period_start", "period_end", "expected", "present", "missing", "duplicates", "out_of_order",
-            "price_spikes", "volume_anomalies", "cross_exchange_divergence_bps", "quality_score"]  # fmt: skip
+    cols = ["period_start", "period_end", "expected", "present", "missing", "duplicates", "corrections",
+            "out_of_order", "price_spikes", "volume_anomalies", "cross_exchange_divergence_bps",
+            "quality_score"]  # fmt: skip
     rows = query(
         conn,
         f"SELECT {', '.join(cols)} FROM marts.data_quality_summary WHERE exchange = %s AND symbol = %s"
@@ -199,20 +203,48 @@ def test_gaps_and_the_repair_state_machine(dbt: DbtRunner, pg_conn) -> None:
     assert statuses[("1m", minute(176), minute(180))] == "open"
 
 
+def score(c: dict) -> Decimal:
+    """quality_score as documented (data_quality_summary.yml, README): the share of expected candles
+    present and clean, each flag costing its weight of one candle, floored at 0."""
+    return (unrounded_score(c)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def unrounded_score(c: dict) -> Decimal:
+    penalty = (
+        c["price_spikes"]
+        + Decimal("0.5") * c["duplicates"]
+        + Decimal("0.25") * (c["corrections"] + c["volume_anomalies"])
+        + Decimal("0.1") * c["out_of_order"]
+    )
+    return Decimal(100) * max(Decimal(0), c["present"] - penalty) / c["expected"]
+
+
+COUNTS = ["expected", "present", "missing", "duplicates", "corrections", "out_of_order", "price_spikes",
+          "volume_anomalies"]  # fmt: skip
+
+
 def test_summary_counts_flags_divergence_and_score(dbt: DbtRunner, pg_conn) -> None:
     load_scenario(pg_conn)
     dbt("build", *SELECT_DQ)
 
-    # exactly one spike (its reversion is the same event) and one volume anomaly, on any market;
-    # the quiet minutes, the zero-volume minute and the divergent okx minute are not flagged
-    assert query(
+    # the drill-down in marts: every candle the summary counts, one row each, with what it is;
+    # minute 41 (identical duplicate) and anomalies outside the range or of the 1h series are not
+    # counted, the spike's reversion (71) is the same event
+    drill = query(
         pg_conn,
-        "SELECT exchange, symbol, open_time, is_price_spike, is_volume_anomaly"
-        " FROM dbt_intermediate.int_dq_candle_flags_1m ORDER BY open_time",
-    ) == [
-        ("binance", "BTC/USDT", minute(SPIKE), True, False),
-        ("binance", "BTC/USDT", minute(VOLUME_SPIKE), False, True),
-    ]
+        "SELECT exchange, symbol, open_time, period_start, is_price_spike, is_volume_anomaly, is_duplicate,"
+        " is_correction, is_out_of_order, close FROM marts.data_quality_flagged_candles ORDER BY open_time",
+    )
+    hour_of = lambda k: T0 + timedelta(hours=k // 60)  # noqa: E731
+    assert drill == [
+        ("binance", "BTC/USDT", minute(30), hour_of(30), False, False, True, True, False, binance_close(30)),
+        ("binance", "BTC/USDT", minute(40), hour_of(40), False, False, False, True, False, binance_close(40)),
+        ("binance", "BTC/USDT", minute(65), hour_of(65), False, False, False, False, True, binance_close(65)),
+        ("binance", "BTC/USDT", minute(66), hour_of(66), False, False, False, False, True, binance_close(66)),
+        ("binance", "BTC/USDT", minute(SPIKE), hour_of(SPIKE), True, False, False, False, False, binance_close(SPIKE)),
+        ("binance", "BTC/USDT", minute(VOLUME_SPIKE), hour_of(VOLUME_SPIKE), False, True, False, False, False,
+         binance_close(VOLUME_SPIKE)),
+    ]  # fmt: skip
 
     # binance divergence: the largest distance to okx's close of the same minute, per hour
     def divergence(hour: int, exchange_close, other_close, present) -> Decimal:
@@ -227,22 +259,38 @@ def test_summary_counts_flags_divergence_and_score(dbt: DbtRunner, pg_conn) -> N
     assert [(r["period_start"], r["period_end"]) for r in rows] == [
         (T0 + timedelta(hours=h), T0 + timedelta(hours=h + 1)) for h in range(3)
     ]
-    got = [(r["expected"], r["present"], r["missing"], r["duplicates"], r["out_of_order"], r["price_spikes"],
-            r["volume_anomalies"], r["cross_exchange_divergence_bps"], r["quality_score"]) for r in rows]  # fmt: skip
-    assert got == [
-        # 55/60 present, 2 duplicated minutes: 91.667 - 4
-        (60, 55, 5, 2, 0, 0, 0, want_div[0], Decimal("87.67")),
-        # 55/60, 3 out-of-order rows, 1 spike: 91.667 - 3 - 5
-        (60, 55, 5, 0, 3, 1, 0, want_div[1], Decimal("83.67")),
-        # 56/60 (the zero-volume minute counts as present), 1 volume anomaly: 93.333 - 2
-        (60, 56, 4, 0, 0, 0, 1, want_div[2], Decimal("91.33")),
-    ]
+    want = [
+        # 55/60 present; minute 30 is a duplicate and a correction, 40 a correction (twice)
+        dict(expected=60, present=55, missing=5, duplicates=1, corrections=2, out_of_order=0, price_spikes=0,
+             volume_anomalies=0),
+        # 55/60; minutes 65 (in three payloads) and 66 out of order; one spike
+        dict(expected=60, present=55, missing=5, duplicates=0, corrections=0, out_of_order=2, price_spikes=1,
+             volume_anomalies=0),
+        # 56/60 (the zero-volume minute counts as present), 1 volume anomaly
+        dict(expected=60, present=56, missing=4, duplicates=0, corrections=0, out_of_order=0, price_spikes=0,
+             volume_anomalies=1),
+    ]  # fmt: skip
+    assert [{k: r[k] for k in COUNTS} for r in rows] == want
+    assert [r["cross_exchange_divergence_bps"] for r in rows] == want_div
+    assert [r["quality_score"] for r in rows] == [score(w) for w in want]
+    assert [r["quality_score"] for r in rows] == [Decimal("90.00"), Decimal("89.67"), Decimal("92.92")]
+    # every count of the summary is the number of drill-down rows of its kind in the hour
+    kinds = {"price_spikes": 4, "volume_anomalies": 5, "duplicates": 6, "corrections": 7, "out_of_order": 8}
+    for r in rows:
+        for kind, column in kinds.items():
+            assert r[kind] == sum(1 for d in drill if d[3] == r["period_start"] and d[column]), (kind, r)
+
     (day,) = summary(pg_conn, "binance", "BTC/USDT", "day")
     assert (day["period_start"], day["period_end"]) == (T0, T0 + timedelta(days=1))
-    assert (day["expected"], day["present"], day["missing"], day["duplicates"], day["out_of_order"],
-            day["price_spikes"], day["volume_anomalies"]) == (180, 166, 14, 2, 3, 1, 1)  # fmt: skip
+    total = {k: sum(w[k] for w in want) for k in COUNTS}
+    assert {k: day[k] for k in COUNTS} == total == dict(
+        expected=180, present=166, missing=14, duplicates=1, corrections=2, out_of_order=2, price_spikes=1,
+        volume_anomalies=1)  # fmt: skip
     assert day["cross_exchange_divergence_bps"] == max(want_div)
-    assert day["quality_score"] == Decimal("78.22")  # 100 * 166/180 - 4 - 3 - 5 - 2
+    assert day["quality_score"] == score(total) == Decimal("90.86")
+    # one scale: the day is its hours weighted by their expected candles
+    weighted = sum(unrounded_score(w) * w["expected"] for w in want) / total["expected"]
+    assert day["quality_score"] == weighted.quantize(Decimal("0.01"), ROUND_HALF_UP)
 
     okx = summary(pg_conn, "okx", "BTC/USDT")
     assert [(r["present"], r["quality_score"]) for r in okx] == [(60, Decimal("100.00"))] * 3
@@ -258,23 +306,53 @@ def test_summary_counts_flags_divergence_and_score(dbt: DbtRunner, pg_conn) -> N
         10, 9, Decimal("90.00"), None)  # fmt: skip
 
 
-def test_live_market_is_expected_up_to_the_last_closed_minute(dbt: DbtRunner, pg_conn) -> None:
+def test_penalties_are_rates_of_the_expected_candles(dbt: DbtRunner, pg_conn) -> None:
+    """A day whose every hour misses a minute and whose odd hours hold a spike (two hours apart, so
+    no spike sits in another's 60-candle baseline): a missing or spiked candle costs 100 / 60 of
+    an hour and 100 / 1440 of the day, and the day scores its hours' mean weighted by expected
+    candles, on the same scale. (With absolute penalties a spike cost 5 points in an hour and in
+    a day alike, and the day lost the capped 25 for its 12 spikes: 73.33 against hours of 93.33
+    and 98.33.)"""
+    with pg_conn.cursor() as cur:
+        insert_config(cur, "binance", "BTC/USDT", "1m", T0, T0 + timedelta(days=1))
+        for k in range(24 * 60):
+            hour, m = divmod(k, 60)
+            if m != 30:  # minute 30 of every hour is missing
+                close = base_close(m) * (Decimal("1.04") if hour % 2 and m == 10 else 1)
+                insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), close.quantize(Decimal("0.01")),
+                              base_volume(k))  # fmt: skip
+    pg_conn.commit()
+    dbt("build", *SELECT_DQ)
+    hours = summary(pg_conn, "binance", "BTC/USDT")
+    assert [(r["present"], r["missing"], r["price_spikes"]) for r in hours] == [(59, 1, h % 2) for h in range(24)]
+    assert [r["quality_score"] for r in hours] == [Decimal("96.67") if h % 2 else Decimal("98.33") for h in range(24)]
+    (day,) = summary(pg_conn, "binance", "BTC/USDT", "day")
+    assert (day["expected"], day["present"], day["price_spikes"]) == (1440, 1416, 12)
+    weighted = sum(unrounded_score(r) * r["expected"] for r in hours) / day["expected"]
+    assert day["quality_score"] == weighted.quantize(Decimal("0.01"), ROUND_HALF_UP) == score(day) == Decimal("97.50")
+
+
+def test_live_market_is_expected_up_to_the_delay(dbt: DbtRunner, pg_conn) -> None:
     start = T0
     with pg_conn.cursor() as cur:
         insert_config(cur, "binance", "BTC/USDT", "1m", start, None)
         for k in range(5):
             insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), base_close(k), base_volume(k))
     pg_conn.commit()
-    # as of 00:10:30 the candles 00:00-00:09 are closed: 00:05-00:09 are missing
-    dbt("build", *SELECT_DQ, "--vars", '{"dq_as_of": "2024-01-01T00:10:30Z"}')
-    assert [r[3:9] for r in gap_rows(pg_conn)] == [(minute(5), minute(10), 5, 5, "trailing", "open")]
-    dbt("run", *SELECT_DQ, "--vars", '{"dq_as_of": "2024-01-01T00:10:30Z", "dq_expected_delay_minutes": 3}')
-    assert [r[3:5] for r in gap_rows(pg_conn)] == [(minute(5), minute(7))]
+    # as of 00:10:30, with the default delay of 2 minutes, the candles that closed by 00:08:30
+    # (00:00-00:07) are expected: 00:05-00:07 are missing
+    as_of = '"dq_as_of": "2024-01-01T00:10:30Z"'
+    dbt("build", *SELECT_DQ, "--vars", "{" + as_of + "}")
+    assert [r[3:9] for r in gap_rows(pg_conn)] == [(minute(5), minute(8), 3, 3, "trailing", "open")]
+    dbt("run", *SELECT_DQ, "--vars", "{" + as_of + ', "dq_expected_delay_minutes": 0}')
+    assert [r[3:5] for r in gap_rows(pg_conn)] == [(minute(5), minute(10))]
+    dbt("run", *SELECT_DQ, "--vars", "{" + as_of + ', "dq_expected_delay_minutes": 4}')
+    assert [r[3:5] for r in gap_rows(pg_conn)] == [(minute(5), minute(6))]
 
-    # without dq_as_of: up to now()
-    before = datetime.now(UTC).replace(second=0, microsecond=0)
+    # without dq_as_of: up to now() minus the delay
+    before = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
     dbt("run", *SELECT_DQ)
-    after = datetime.now(UTC).replace(second=0, microsecond=0)
+    after = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
     ((gap_start, gap_end, missing),) = [(r[3], r[4], r[5]) for r in gap_rows(pg_conn)]
     assert gap_start == minute(5) and before <= gap_end <= after
     assert missing == (gap_end - gap_start) / timedelta(minutes=1)
@@ -282,6 +360,23 @@ def test_live_market_is_expected_up_to_the_last_closed_minute(dbt: DbtRunner, pg
         pg_conn, "SELECT count(*), sum(expected) FROM marts.data_quality_summary WHERE grain = 'hour'"
     )
     assert expected == missing + 5 and hours == -(-(gap_end - T0) // timedelta(hours=1))
+
+
+def test_live_market_with_a_healthy_pipeline_has_no_gap(dbt: DbtRunner, pg_conn) -> None:
+    """The hourly build runs while the minute DAG is landing the minute that just closed: at
+    01:00:03 the candles up to 00:58 are in staging and 00:59 is being loaded. A healthy live
+    market has no missing minute and no gap (with a delay of 0, every live market showed 00:59
+    missing and an open trailing gap at every build)."""
+    with pg_conn.cursor() as cur:
+        insert_config(cur, "binance", "BTC/USDT", "1m", T0, None)
+        for k in range(59):
+            insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), base_close(k), base_volume(k))
+    pg_conn.commit()
+    dbt("build", *SELECT_DQ, "--vars", '{"dq_as_of": "2024-01-01T01:00:03Z"}')
+    assert gap_rows(pg_conn) == []
+    (hour,) = summary(pg_conn, "binance", "BTC/USDT")
+    assert (hour["expected"], hour["present"], hour["missing"], hour["quality_score"]) == (
+        58, 58, 0, Decimal("100.00"))  # fmt: skip
 
 
 def test_real_sample_days(dbt: DbtRunner, loaded_warehouse) -> None:
@@ -293,7 +388,7 @@ def test_real_sample_days(dbt: DbtRunner, loaded_warehouse) -> None:
     assert query(conn, "SELECT count(*) FROM marts.data_quality_gaps") == [(0,)]
     assert query(
         conn,
-        "SELECT exchange, open_time, is_price_spike, is_volume_anomaly FROM dbt_intermediate.int_dq_candle_flags_1m",
+        "SELECT exchange, open_time, is_price_spike, is_volume_anomaly FROM marts.data_quality_flagged_candles",
     ) == [("binance", datetime(2022, 8, 14, 13, 16, tzinfo=UTC), False, True)]
     days = query(
         conn,
@@ -302,14 +397,15 @@ def test_real_sample_days(dbt: DbtRunner, loaded_warehouse) -> None:
         " ORDER BY exchange, period_start",
     )
     assert days == [
-        ("binance", datetime(2022, 8, 14, tzinfo=UTC), 1440, 1440, 0, 1, Decimal("98.00"), None),
+        # one volume anomaly: a quarter of a candle out of 1,440 (99.98)
+        ("binance", datetime(2022, 8, 14, tzinfo=UTC), 1440, 1440, 0, 1, Decimal("99.98"), None),
         ("binance", datetime(2022, 8, 15, tzinfo=UTC), 1440, 1440, 0, 0, Decimal("100.00"), None),
         ("okx", datetime(2025, 11, 23, tzinfo=UTC), 480, 480, 0, 0, Decimal("100.00"), None),
         ("okx", datetime(2025, 11, 24, tzinfo=UTC), 1440, 1440, 0, 0, Decimal("100.00"), None),
         ("okx", datetime(2025, 11, 25, tzinfo=UTC), 960, 960, 0, 0, Decimal("100.00"), None),
     ]
     assert query(conn, "SELECT count(*), min(quality_score) FROM marts.data_quality_summary WHERE grain = 'hour'") == [
-        (96, Decimal("98.00"))
+        (96, Decimal("99.58"))  # the same quarter candle out of 60
     ]
 
 

@@ -11,7 +11,6 @@ from dbt_helpers import DBT_EXECUTABLE, DBT_PROJECT_DIR, DbtRunner, dbt_env_for
 
 EXPECTED_MODELS = {
     # name: (schema, materialization)
-    "int_dq_candle_flags_1m": ("dbt_intermediate", "view"),
     "int_dq_candle_hours_1m": ("dbt_intermediate", "incremental"),
     "int_dq_expected_ranges": ("dbt_intermediate", "table"),
     "int_dq_hourly_1m": ("dbt_intermediate", "table"),
@@ -25,6 +24,7 @@ EXPECTED_MODELS = {
     "stg_rate_limit_metrics": ("dbt_staging", "view"),
     "stg_ticker": ("dbt_staging", "view"),
     "api_errors": ("marts", "view"),
+    "data_quality_flagged_candles": ("marts", "view"),
     "data_quality_gaps": ("marts", "table"),
     "data_quality_summary": ("marts", "table"),
     "indicators_15m": ("marts", "incremental"),
@@ -158,7 +158,8 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
         assert by_index == keys, f"{name}: unique indexes {keys}, unique_key_index tests {by_index}"
         if keys:
             assert "unique_combination_of_columns" not in checks.get(name, {}), name
-    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_gaps", "data_quality_summary"}
+    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_gaps", "data_quality_summary",
+                       "data_quality_flagged_candles"}
     for name in unindexed_keyed:
         assert not indexed[name] and checks[name]["unique_combination_of_columns"], name
 

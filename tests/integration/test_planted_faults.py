@@ -5,7 +5,7 @@ OKX (newest first, history-candles) go through the real pipeline: ccxt extract -
 staging load (which records duplicates and disorder in staging.ohlcv_anomalies) -> ops.market_config
 sync -> `dbt build`. Every fault is planted by open time, so it lands on exactly the rows chosen
 here, whatever page holds them. Then the faults are removed and the window re-fetched: the gaps
-close, the spikes are corrected, and every corrected minute is counted as a duplicate (`revised`).
+close, the spikes are corrected, and every corrected minute is counted as a correction (`revised`).
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def dbt(warehouse_dsn: str, tmp_path: Path) -> DbtRunner:
 
 
 def build_quality_marts(dbt: DbtRunner) -> None:
-    dbt("build", "--select", "+data_quality_gaps", "+data_quality_summary", "int_dq_candle_flags_1m")
+    dbt("build", "--select", "+data_quality_gaps", "+data_quality_summary", "+data_quality_flagged_candles")
 
 
 def run_pipeline(config, raw: RawStore, conn, run_id: str) -> list[dict]:
@@ -135,36 +135,37 @@ def query(conn, sql: str, params=None) -> list[tuple]:
 
 def expected_hours(phase: int) -> dict[int, dict[str, int]]:
     """Per hour (0..2) the counts the summary must report, derived from the plan alone."""
-    hours = {h: {"expected": 60, "present": 60, "duplicates": 0, "out_of_order": 0, "price_spikes": 0,
-                 "volume_anomalies": 0} for h in range(HOURS)}  # fmt: skip
+    hours = {h: {"expected": 60, "present": 60, "duplicates": 0, "corrections": 0, "out_of_order": 0,
+                 "price_spikes": 0, "volume_anomalies": 0} for h in range(HOURS)}  # fmt: skip
 
     def add(key: str, minutes) -> None:
         for k in minutes:
             hours[k // 60][key] += 1
 
     add("out_of_order", OUT_OF_ORDER)  # anomaly rows of the first fetch stay
+    add("duplicates", CONFLICTING)
     if phase == 1:
         for k in MISSING:
             hours[k // 60]["present"] -= 1
-        add("duplicates", CONFLICTING)
         add("price_spikes", SPIKES)
         add("volume_anomalies", VOLUME_SPIKES)
     else:
-        # the re-fetch revised every minute the faults had changed: conflicting copies (the later,
+        # the re-fetch corrected every minute the faults had changed: conflicting copies (the later,
         # altered row had won), spikes, the volume spike and the zero-volume minute
-        add("duplicates", [*CONFLICTING, *SPIKES, *VOLUME_SPIKES, *ZERO_VOLUME])
+        add("corrections", [*CONFLICTING, *SPIKES, *VOLUME_SPIKES, *ZERO_VOLUME])
     return hours
 
 
 def score(c: dict[str, int]) -> Decimal:
-    value = (
-        Decimal(100) * c["present"] / c["expected"]
-        - min(2 * c["duplicates"], 20)
-        - min(c["out_of_order"], 10)
-        - min(5 * c["price_spikes"], 25)
-        - min(2 * c["volume_anomalies"], 10)
+    """quality_score as documented: the share of expected candles present and clean, in percent."""
+    penalty = (
+        c["price_spikes"]
+        + Decimal("0.5") * c["duplicates"]
+        + Decimal("0.25") * (c["corrections"] + c["volume_anomalies"])
+        + Decimal("0.1") * c["out_of_order"]
     )
-    return max(Decimal(0), min(Decimal(100), value)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    value = Decimal(100) * max(Decimal(0), c["present"] - penalty) / c["expected"]
+    return value.quantize(Decimal("0.01"), ROUND_HALF_UP)
 
 
 def summary(conn, exchange: str, grain: str) -> dict[datetime, dict]:
@@ -173,6 +174,7 @@ def summary(conn, exchange: str, grain: str) -> dict[datetime, dict]:
         "present",
         "missing",
         "duplicates",
+        "corrections",
         "out_of_order",
         "price_spikes",
         "volume_anomalies",
@@ -285,7 +287,8 @@ def test_marts_report_exactly_the_planted_faults(emulator, tmp_path, mongo_db, p
         assert gaps == want, exchange  # the zero-volume minute (00:40) is not a gap
         assert sum(g[2] for g in gaps) == len(MISSING)
         flags = query(pg_conn, "SELECT open_time, is_price_spike, is_volume_anomaly FROM"
-                               " dbt_intermediate.int_dq_candle_flags_1m WHERE exchange = %s ORDER BY open_time",
+                               " marts.data_quality_flagged_candles WHERE exchange = %s"
+                               " AND (is_price_spike OR is_volume_anomaly) ORDER BY open_time",
                       (exchange,))  # fmt: skip
         assert flags == sorted(
             [(minute(k), True, False) for k in SPIKES] + [(minute(k), False, True) for k in VOLUME_SPIKES]
@@ -298,5 +301,6 @@ def test_marts_report_exactly_the_planted_faults(emulator, tmp_path, mongo_db, p
     assert [r["inserted"] for r in results] == [len(MISSING)] * 2
     build_quality_marts(dbt)
     assert query(pg_conn, "SELECT * FROM marts.data_quality_gaps") == []  # the pending task's window is full
-    assert query(pg_conn, "SELECT count(*) FROM dbt_intermediate.int_dq_candle_flags_1m") == [(0,)]
+    assert query(pg_conn, "SELECT count(*) FROM marts.data_quality_flagged_candles"
+                          " WHERE is_price_spike OR is_volume_anomaly") == [(0,)]
     check_summary(pg_conn, phase=2)

@@ -6,8 +6,10 @@
 
   configured  range_start = history_start floored to the timeframe's grid (the extract fetches the
               candle containing history_start); range_end = the earliest of
-                - the in-progress candle's open time at build time (dq_as_of(), minus
-                  var dq_expected_delay_minutes): every closed candle is expected,
+                - the in-progress candle's open time at (build time dq_as_of() minus var
+                  dq_expected_delay_minutes, default 2): every candle that closed at least that
+                  long ago is expected (a healthy minute DAG lands a minute within seconds of
+                  its close; the one being loaded right now is not missing),
                 - history_end ceiled to the grid (candles opening before history_end are fetched),
                 - for a disabled market, the end of its last candle (no new data is expected once a
                   market stops being extracted; holes before that still count).
@@ -70,7 +72,7 @@ bounded as (
             when range_source = 'observed' then last_candle_at + {{ timeframe_to_interval('timeframe') }}
             -- least() ignores NULLs: no history_end = live, an enabled market has no candle bound
             else least(
-                {{ dq_floor_time(dq_as_of() ~ " - interval '" ~ (var('dq_expected_delay_minutes', 0) | int) ~ " minutes'", 'timeframe') }},
+                {{ dq_floor_time(dq_as_of() ~ " - interval '" ~ (var('dq_expected_delay_minutes', 2) | int) ~ " minutes'", 'timeframe') }},
                 {{ dq_ceil_time('history_end', 'timeframe') }},
                 case when not enabled
                     then coalesce(last_candle_at + {{ timeframe_to_interval('timeframe') }}, '-infinity'::timestamptz)

@@ -37,8 +37,10 @@ anomalies as (
         a.exchange,
         a.symbol,
         date_trunc('hour', a.open_time, 'UTC') as period_start,
-        count(distinct a.open_time) filter (where a.kind in ('duplicate_conflict', 'revised')) as duplicates,
-        count(*) filter (where a.kind = 'out_of_order') as out_of_order
+        -- distinct minutes: one minute seen by the minute run, the reconcile and a repair counts once
+        count(distinct a.open_time) filter (where a.kind = 'duplicate_conflict')    as duplicates,
+        count(distinct a.open_time) filter (where a.kind = 'revised')               as corrections,
+        count(distinct a.open_time) filter (where a.kind = 'out_of_order')          as out_of_order
     from ranges as r
     join {{ ref('stg_ohlcv_anomalies') }} as a
         on a.exchange = r.exchange
@@ -71,6 +73,7 @@ counted as (
             )
         end as present,
         coalesce(anomalies.duplicates, 0) as duplicates,
+        coalesce(anomalies.corrections, 0) as corrections,
         coalesce(anomalies.out_of_order, 0) as out_of_order,
         (select count(*) from unnest(hours.spike_times) as t
          where t >= periods.expected_from and t < periods.expected_to) as price_spikes,
@@ -98,6 +101,7 @@ select
     present,
     expected - present                  as missing,
     duplicates,
+    corrections,
     out_of_order,
     price_spikes,
     volume_anomalies,
