@@ -395,21 +395,19 @@ class Stack:
         """The Airflow UI password of ADMIN_USER: a random token kept in the stack's state."""
         return stored_secret(self.state_dir / "airflow-admin.password")
 
-    def schedule_start(self) -> str:
-        """The hour the stack first started, kept so the hourly DAG never catches up on older hours."""
-        path = self.state_dir / "schedule_start"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            now = time.gmtime()
-            path.write_text(time.strftime("%Y-%m-%dT%H:00:00Z", now))
-        return path.read_text().strip()
-
     def env(self) -> dict[str, str]:
         pg, mongo_uri = self.postgres, f"mongodb://127.0.0.1:{self.mongo_port}/marketflow"
         env = service_env(pg, mongo_uri, f"http://127.0.0.1:{self.emulator_port}")
         env["MARKETFLOW_CONFIG"] = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
-        env["MARKETFLOW_SCHEDULE_START"] = os.environ.get("MARKETFLOW_SCHEDULE_START", self.schedule_start())
-        return env | airflow_env(self.airflow_home, pg, self.airflow_port)
+        return env | airflow_env(self.airflow_home, pg, self.airflow_port,
+                                 parallelism=_parallelism(env["MARKETFLOW_CONFIG"], env))
+
+
+def _parallelism(config_path: str, env: dict[str, str]) -> int:
+    """Executor slots for every pool of the markets file at once (MarketflowConfig.required_parallelism)."""
+    from marketflow.config import load_config
+
+    return load_config(config_path, env={**os.environ, **env}).required_parallelism()
 
 
 def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database: str = WAREHOUSE_DB) -> dict[str, str]:
@@ -436,7 +434,8 @@ def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database:
     }
 
 
-def airflow_env(home: Path, pg: PostgresServer, port: int, metadata_db: str = AIRFLOW_DB) -> dict[str, str]:
+def airflow_env(home: Path, pg: PostgresServer, port: int, metadata_db: str = AIRFLOW_DB,
+                parallelism: int = 12) -> dict[str, str]:
     return {
         "AIRFLOW_HOME": str(home),
         # standalone starts its components as `airflow ...` subprocesses, found on PATH.
@@ -445,9 +444,11 @@ def airflow_env(home: Path, pg: PostgresServer, port: int, metadata_db: str = AI
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        # The default of 32 costs ~1.8 GiB here; the demo needs a handful of slots.
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+        # The default of 32 costs ~1.8 GiB here. Enough for every pool at once (live, hourly, backfill, dbt;
+        # check-config prints the figure): with fewer, long history tasks could hold every executor slot
+        # while a minute ingest waits, and no priority frees a running slot.
+        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(parallelism),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         # Each task process re-parses its DAG file; on a busy 2-core machine that can pass 30 s.
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",

@@ -6,7 +6,10 @@ history:
 * ``exchange_<name>``           the minute DAG's ingest task only (priority 1000)
 * ``exchange_<name>_hourly``    the hourly reconcile and gap repairs (priority 10)
 * ``exchange_<name>_backfill``  market_backfill (priority 1)
+* ``marketflow_dbt``             dbt tasks, so they never fill the executor
 
+With core.parallelism at least ``MarketflowConfig.required_parallelism()`` (the sum of the pools), no
+mix of history tasks can hold every executor slot while a live task waits.
 History work also leaves the exchange's ``live_rate_reserve`` of the shared rate-limit bucket to the
 minute path (rate_limit.py). Every task has an execution_timeout and every DAG a run timeout from
 the markets file's ``defaults.timeouts``.
@@ -24,7 +27,7 @@ from typing import Any
 from airflow.sdk import Asset, DeadlineAlert, DeadlineReference, SyncCallback, TaskGroup, get_current_context, task
 
 from marketflow import PROJECT_ROOT
-from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.config import DBT_POOL, ExchangeConfig, MarketflowConfig, load_config
 from marketflow.errors import retry_policy
 
 log = logging.getLogger(__name__)
@@ -290,7 +293,7 @@ def dbt_marts(config: MarketflowConfig, group_id: str = "dbt_marts", select: lis
         # over two models (relationships) runs as its own task after both are built.
         render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD,
                                    should_detach_multiple_parents_tests=True, select=select or []),
-        operator_args={"install_deps": False, "outlets": [MART_OHLCV_1M]},
+        operator_args={"install_deps": False, "outlets": [MART_OHLCV_1M], "pool": DBT_POOL},
         default_args={"retries": 2, "retry_policy": DbtRetryPolicy(), "on_failure_callback": log_failing_tests,
                       "execution_timeout": seconds(config.timeouts.dbt_task), "weight_rule": "absolute",
                       "priority_weight": HOURLY_PRIORITY},

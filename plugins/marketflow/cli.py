@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
     elif args.cmd == "pools":
         spec = {name: {"slots": slots, "include_deferred": False, "description": what}
-                for ex in config.exchanges for name, (slots, what) in ex.pools().items()}
+                for name, (slots, what) in config.pools().items()}
         if args.format == "json":
             print(json.dumps(spec, indent=2))
         else:
@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             state = "enabled" if ex.enabled else "disabled"
             print(f"  {ex.name} ({ex.ccxt_id}, {state}, {ex.api_base_url or 'live'}): "
                   + ", ".join(f"{m.symbol} {'/'.join(m.timeframes)}" for m in ex.markets))
+        print(f"  pools: {', '.join(f'{name} ({slots})' for name, (slots, _) in config.pools().items())}; "
+              f"give Airflow's executor at least {config.required_parallelism()} slots (core.parallelism)")
     elif args.cmd == "markets":
         return _markets(args, config)
     return 0

@@ -23,6 +23,7 @@ from marketflow import PROJECT_ROOT
 from marketflow.timeframes import SUPPORTED_TIMEFRAMES
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "markets.yml"
+DBT_POOL = "marketflow_dbt"
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
@@ -131,12 +132,26 @@ class MarketflowConfig:
     gap_repair_retry_failed_hours: int = 6  # a chunk that failed with errors is queued again after this
     alert_after_failures: int = 3  # consecutive failed extracts of one market before an alert
     suspend_after_failures: int = 3  # permanent failures in a row that suspend a market
+    dbt_pool_slots: int = 2  # dbt tasks at a time (pool marketflow_dbt), so they never fill the executor
     timeouts: Timeouts = field(default_factory=Timeouts)
     housekeeping: HousekeepingConfig = field(default_factory=lambda: HousekeepingConfig())  # defined below
 
     @property
     def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
         return tuple(e for e in self.exchanges if e.enabled)
+
+    def pools(self) -> dict[str, tuple[int, str]]:
+        """Every Airflow pool the DAGs use: name -> (slots, what runs in it)."""
+        pools = {DBT_POOL: (self.dbt_pool_slots, "marketflow: dbt model and test tasks")}
+        for ex in self.exchanges:
+            pools.update(ex.pools())
+        return pools
+
+    def required_parallelism(self) -> int:
+        """Executor slots for every pool at once, plus the second minute run's live tasks. With fewer,
+        long history tasks can hold every slot and a live task waits for one: no priority frees a slot."""
+        live_runs = 2  # market_candles_1m's max_active_runs
+        return sum(slots for slots, _ in self.pools().values()) + (live_runs - 1) * len(self.enabled_exchanges)
 
     def exchange(self, name: str) -> ExchangeConfig:
         for ex in self.exchanges:
@@ -224,6 +239,7 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
                           "schedule_start", "gap_repair_max_tasks", "gap_repair_max_attempts",
                           "gap_repair_chunk_minutes", "gap_repair_time_budget_minutes",
                           "gap_repair_retry_failed_hours", "alert_after_failures", "suspend_after_failures",
+                          "dbt_pool_slots",
                           "timeouts"}, path, "defaults")
     default_tfs = _timeframes(defaults.get("timeframes", ["1m"]), path, "defaults.timeframes")
     default_start = _timestamp(defaults.get("history_start", "2024-01-01T00:00:00Z"), path, "defaults.history_start")
@@ -253,6 +269,7 @@ def _parse(data: Any, path: Path) -> MarketflowConfig:
         gap_repair_retry_failed_hours=number("gap_repair_retry_failed_hours", 6),
         alert_after_failures=number("alert_after_failures", 3),
         suspend_after_failures=number("suspend_after_failures", 3),
+        dbt_pool_slots=number("dbt_pool_slots", 2),
         timeouts=_timeouts(defaults.get("timeouts") or {}, path),
         housekeeping=_housekeeping(data.get("housekeeping"), path),
     )

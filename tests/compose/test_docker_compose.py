@@ -714,6 +714,14 @@ def test_core_airflow_settings() -> None:
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"].lower() == "false"
     assert 1 <= int(env["AIRFLOW__CORE__PARALLELISM"]) <= 16, "keep parallelism small for a laptop stack"
+    # ... but enough for every pool of the shipped markets file at once: else history tasks can hold
+    # every slot while a minute ingest waits (MarketflowConfig.required_parallelism)
+    from marketflow.config import load_config
+
+    needed = load_config(REPO_ROOT / "include" / "config" / "markets.yml", env={}).required_parallelism()
+    assert int(env["AIRFLOW__CORE__PARALLELISM"]) >= needed
+    concurrency = service_env("airflow-worker").get("AIRFLOW__CELERY__WORKER_CONCURRENCY")
+    assert int(concurrency or env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) >= needed
     assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).hostname == "postgres"
     assert urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).path == "/airflow"
     assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
