@@ -3,10 +3,10 @@
 A fresh deploy must not start with a storm of catch-up runs from some date in the past (each a full
 reconcile, dbt build and repair round), nor should the start move on every DAG parse or restart.
 ``FirstRunAtDeployTimetable`` is Airflow's data-interval cron timetable, except for the run it
-schedules when the DAG has no run yet: that one is the interval the deploy falls in (the current
-hour, run when it closes), so nothing before the deploy is ever scheduled. Every later run follows
-the last one, as with ``catchup=True``: after downtime the missed hours are run one at a time
-(``max_active_runs=1``).
+schedules when the DAG has no run yet: that one is the latest closed interval (the hour before the
+deploy, run at once, so the marts exist within minutes), as with ``catchup=False``. Every later run
+follows the last one, as with ``catchup=True``: after downtime the missed hours are run one at a time
+(``max_active_runs=1``), never hours before the deploy.
 The first run lives in Airflow's metadata, so nothing has to be persisted beside it and it survives
 restarts and redeploys. History before the deploy is loaded with ``market_backfill``.
 
@@ -16,7 +16,6 @@ deserialize the DAG's timetable in the scheduler).
 
 from __future__ import annotations
 
-from airflow._shared.timezones.timezone import coerce_datetime, utcnow
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -26,12 +25,7 @@ class FirstRunAtDeployTimetable(CronDataIntervalTimetable):
 
     def next_dagrun_info(self, *, last_automated_data_interval: DataInterval | None,
                          restriction: TimeRestriction) -> DagRunInfo | None:
-        if last_automated_data_interval is not None:
-            return super().next_dagrun_info(last_automated_data_interval=last_automated_data_interval,
-                                            restriction=restriction)
-        start = self._align_to_prev(coerce_datetime(utcnow()))  # the interval the deploy falls in
-        if restriction.earliest is not None:
-            start = max(start, self._align_to_next(restriction.earliest))
-        if restriction.latest is not None and start > restriction.latest:
-            return None
-        return DagRunInfo.interval(start=start, end=self._get_next(start))
+        if last_automated_data_interval is None:  # the first run: no catch-up before it
+            restriction = TimeRestriction(restriction.earliest, restriction.latest, catchup=False)
+        return super().next_dagrun_info(last_automated_data_interval=last_automated_data_interval,
+                                        restriction=restriction)

@@ -1,8 +1,8 @@
 """The hourly DAG's schedule on a fresh deploy: one run, not a catch-up storm; catch-up after downtime.
 
 Airflow's own cron timetable is the reference: with catchup=True it starts at start_date (the storm a
-fresh deploy with a date in the past got); FirstRunAtDeployTimetable must start with the hour of the
-deploy, then follow the last run like the reference does.
+fresh deploy with a date in the past got); FirstRunAtDeployTimetable must start with the latest closed
+hour at deploy (one run), then follow the last run like the reference does.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ def _hour(ts: datetime) -> datetime:
     return coerce_datetime(ts.replace(minute=0, second=0, microsecond=0))
 
 
-def test_the_first_run_is_the_hour_of_the_deploy_not_the_start_date() -> None:
+def test_the_first_run_is_the_hour_before_the_deploy_not_the_start_date() -> None:
     before = _hour(datetime.now(UTC))
     first = FirstRunAtDeployTimetable("0 * * * *", "UTC").next_dagrun_info(
         last_automated_data_interval=None, restriction=RESTRICTION)
     after = _hour(datetime.now(UTC))
-    assert first is not None  # runs when the current hour closes: nothing is queued at deploy
+    assert first is not None  # one run, at once: the latest closed hour
     assert (first.data_interval.start, first.data_interval.end) in {
-        (before, before + timedelta(hours=1)), (after, after + timedelta(hours=1))}
-    assert first.run_after == first.data_interval.end
+        (before - timedelta(hours=1), before), (after - timedelta(hours=1), after)}
     # the reference with catchup=True would have started at the start date: ~26,000 runs to catch up
     storm = CronDataIntervalTimetable("0 * * * *", "UTC").next_dagrun_info(
         last_automated_data_interval=None, restriction=RESTRICTION)
