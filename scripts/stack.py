@@ -231,7 +231,7 @@ class PostgresServer:
         self.initdb()
         if not self.is_running():
             opts = (f"-p {self.port} -c listen_addresses={self.host} -k {self.data_dir} "
-                    "-c max_connections=100 -c shared_buffers=256MB")
+                    "-c max_connections=200 -c shared_buffers=256MB")
             subprocess.run(
                 _as_postgres_user([self._pg("pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data_dir),
                                    "-l", str(self.log_file), "-o", opts]),
