@@ -21,6 +21,7 @@ DEFAULT_CONFIG = {
     "ban_seconds": 2,
     "ban_after": 3,
     "okx_rate_limit_factor": 1.0,
+    "clock_offset_s": 0.0,
 }
 
 

@@ -152,3 +152,21 @@ def test_weight_header_and_429_then_418(make_exchange, live):
     stats = live.stats()
     assert stats["http_429_by_cause"]["rate_limit"] >= 2 and stats["http_418_by_cause"]["ban"] == 1
     assert stats["binance_weight"]["127.0.0.1"]["bans"] == 1
+
+
+def test_clock_offset_moves_server_time_and_the_weight_minute(live):
+    """clock_offset_s runs the exchange's clock ahead: serverTime and the minute a weight budget
+    lasts to follow it. The offset puts the exchange half a minute away from the host's second, so
+    a Retry-After counted on the host's clock would be ~30 s off."""
+    host_second = time.time() % 60
+    exchange_second = (host_second + 30) % 60
+    offset = exchange_second - host_second
+    live.configure(binance_weight_limit=3, clock_offset_s=offset)
+    assert live.admin("GET", "/config")["clock_offset_s"] == offset
+    _, _, body = live.get("/api/v3/time")
+    assert abs(json.loads(body)["serverTime"] / 1000 - (time.time() + offset)) < 1
+    klines = f"/api/v3/klines?symbol=ETHUSDT&interval=1m&startTime={BINANCE_DAY1}&limit=10"
+    assert live.get(klines)[0] == 200  # weight 2, with the time's 1 the whole budget
+    status, headers, _ = live.get(klines)
+    left_in_exchange_minute = 60 - (time.time() + offset) % 60
+    assert status == 429 and abs(int(headers["Retry-After"]) - left_in_exchange_minute) <= 1.5

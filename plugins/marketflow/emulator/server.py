@@ -148,6 +148,10 @@ class Emulator:
     ) -> None:
         self.registry = registry
         self.clock = clock
+        # The exchange's clock runs this many seconds ahead of the host's (negative: behind). Moves
+        # server time, the in-progress candle and the wall-clock minute of Binance's weight budget,
+        # e.g. to have a budget run out a few seconds before the exchange's minute ends.
+        self.clock_offset_s = 0.0
         self.binance = BinanceApi(registry, binance_weight_limit)
         self.okx = OkxApi(registry)
         self.weights = BinanceWeights(binance_weight_limit, ban_seconds, ban_after)
@@ -162,6 +166,7 @@ class Emulator:
             "ban_seconds": self.weights.ban_seconds,
             "ban_after": self.weights.ban_after,
             "okx_rate_limit_factor": self.okx_limits.factor,
+            "clock_offset_s": self.clock_offset_s,
         }
 
     def set_config(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -177,7 +182,13 @@ class Emulator:
             self.weights.ban_after = max(1, int(values["ban_after"]))
         if "okx_rate_limit_factor" in values:
             self.okx_limits.factor = float(values["okx_rate_limit_factor"])
+        if "clock_offset_s" in values:
+            self.clock_offset_s = float(values["clock_offset_s"])
         return self.config()
+
+    def now(self) -> float:
+        """The exchange's time (epoch seconds)."""
+        return self.clock() + self.clock_offset_s
 
     def reset(self) -> None:
         self.stats.reset()
@@ -202,7 +213,7 @@ class Emulator:
         if exchange == "okx":
             return self._error("okx", status, {"msg": "Too Many Requests", "code": "50011"}, headers)
         if status == 418:
-            until = banned_until_ms or int((self.clock() + retry_after) * 1000)
+            until = banned_until_ms or int((self.now() + retry_after) * 1000)
             msg = (
                 f"Way too much request weight used; IP banned until {until}. "
                 "Please use WebSocket Streams for live updates to avoid bans."
@@ -253,7 +264,7 @@ class Emulator:
                 self.stats.response("timeout")
                 return None
             if exchange == "binance":
-                resp.headers["X-MBX-USED-WEIGHT-1M"] = str(self.weights.used(client_ip, self.clock()))
+                resp.headers["X-MBX-USED-WEIGHT-1M"] = str(self.weights.used(client_ip, self.now()))
             self.stats.response(resp.status, "fault")
             return resp
         resp = self._serve(method, path, params, exchange, client_ip, ctx)
@@ -263,7 +274,7 @@ class Emulator:
     def _serve(
         self, method: str, path: str, params: dict[str, str], exchange: str, ip: str, ctx: RequestContext
     ) -> Response:
-        now = self.clock()
+        now = self.now()
         now_ms = int(now * 1000)
         weight_headers: dict[str, str] = {}
         if exchange == "binance":
@@ -339,7 +350,7 @@ class Emulator:
                     return self._admin(200, {"faults": []})
             if path == "/__admin/stats" and method == "GET":
                 snap = self.stats.snapshot()
-                snap["binance_weight"] = self.weights.snapshot(self.clock())
+                snap["binance_weight"] = self.weights.snapshot(self.now())
                 snap["faults"] = self.faults.describe()
                 return self._admin(200, snap)
             if path == "/__admin/reset" and method == "POST":
