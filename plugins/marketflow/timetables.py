@@ -25,7 +25,9 @@ class FirstRunAtDeployTimetable(CronDataIntervalTimetable):
 
     def next_dagrun_info(self, *, last_automated_data_interval: DataInterval | None,
                          restriction: TimeRestriction) -> DagRunInfo | None:
-        if last_automated_data_interval is None:  # the first run: no catch-up before it
+        # The scheduler's first run: no catch-up before it. A bounded range (restriction.latest set:
+        # `airflow backfill create` walks its hours from an empty start too) is walked as Airflow does.
+        if last_automated_data_interval is None and restriction.latest is None:
             restriction = TimeRestriction(restriction.earliest, restriction.latest, catchup=False)
         return super().next_dagrun_info(last_automated_data_interval=last_automated_data_interval,
                                         restriction=restriction)

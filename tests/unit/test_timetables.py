@@ -46,3 +46,20 @@ def test_after_the_first_run_missed_hours_are_caught_up_one_at_a_time() -> None:
     assert nxt is not None and nxt == reference.next_dagrun_info(last_automated_data_interval=last,
                                                                  restriction=RESTRICTION)
     assert (nxt.data_interval.start, nxt.data_interval.end) == (now - timedelta(hours=4), now - timedelta(hours=3))
+
+
+def _walk(timetable, start: datetime, end: datetime) -> list[DataInterval]:
+    """What `airflow backfill create` does (SerializedDAG.iter_dagrun_infos_between): from no run at
+    all, with the range's end as the latest bound."""
+    restriction, last, out = TimeRestriction(start, end, catchup=True), None, []
+    while (info := timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)):
+        out.append(info.data_interval)
+        last = info.data_interval
+    return out
+
+
+def test_a_backfill_of_a_bounded_range_walks_every_hour_of_it() -> None:
+    start, end = LONG_AGO, LONG_AGO + timedelta(hours=5)
+    walked = _walk(FirstRunAtDeployTimetable("0 * * * *", "UTC"), start, end)
+    assert walked == _walk(CronDataIntervalTimetable("0 * * * *", "UTC"), start, end)
+    assert [i.start for i in walked] == [start + timedelta(hours=h) for h in range(6)]
