@@ -62,6 +62,7 @@
 {%- set has_flags = timeframe != '1m' -%}  {#- ohlcv_1m holds closed minutes only; rollups carry the flags #}
 {%- set state_columns = ['ema_12', 'ema_26', 'ema_50', 'rsi_avg_gain_14', 'rsi_avg_loss_14', 'macd_fast_ema',
                          'macd_signal'] -%}
+{{- require_columns(['is_closed', 'inputs_complete', 'macd_fast_ema']) }}
 with
 {%- if is_incremental() %}
 touched as (

@@ -93,6 +93,7 @@
 {%- set width = "interval '" ~ width ~ "'" -%}
 {%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
 {%- set finer, finer_ingested = rollup_finer(timeframe) -%}
+{{- require_columns(['is_closed', 'quote_volume_missing_minutes']) }}
 with
 {%- if is_incremental() %}
 touched as (

@@ -244,3 +244,18 @@ def test_forming_buckets_close_on_a_later_build(dbt: DbtRunner, pg_conn, sample_
     incremental = ref.table_checksums(conn, tables)
     dbt("run", "--full-refresh", *ref.DBT_SELECT, "--vars", json.dumps(as_of))
     assert ref.table_checksums(conn, tables) == incremental
+
+
+def test_a_table_from_before_the_flags_asks_for_a_full_refresh(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    """An upgrade adds columns to incremental tables (on_schema_change: fail): the run names the
+    table and the one command that fixes it, and that command works."""
+    ref.load_minutes(pg_conn, [c for c in sample_candles if c.exchange == "okx"], "okx", T0)
+    dbt("run", *ref.DBT_SELECT)
+    with pg_conn.cursor() as cur:
+        cur.execute("alter table marts.ohlcv_1h drop column is_closed")  # as built by the previous release
+    pg_conn.commit()
+    failed = dbt("run", "--select", "ohlcv_1h", expect_success=False)
+    assert "was built before it had the columns is_closed" in failed.output, failed.output
+    assert "dbt build --full-refresh -s ohlcv_1h+" in failed.output, failed.output
+    dbt("build", "--full-refresh", "-s", "ohlcv_1h+", "--indirect-selection", "cautious")
+    assert ref.fetch(pg_conn, "select count(*) filter (where is_closed) from marts.ohlcv_1h") == [(48,)]
