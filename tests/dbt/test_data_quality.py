@@ -95,7 +95,9 @@ def load_scenario(conn) -> dict[str, int]:
         hour = lambda h: T0 + timedelta(hours=h)  # noqa: E731
         tasks["confirmed_empty"] = insert_task(cur, "1h", hour(2), hour(3), "completed", "confirmed_empty", 3)
         tasks["failed"] = insert_task(cur, "1h", hour(5), hour(7), "failed", None, 3, "NetworkError: boom")
-        tasks["other_window"] = insert_task(cur, "1h", hour(5), hour(6), "pending")  # not this gap's window
+        # a chunk of that gap that claims a repair while it is still empty: the gap stays open and the
+        # task shown is the one with exactly the gap's window
+        tasks["other_window"] = insert_task(cur, "1h", hour(5), hour(6), "completed", "repaired", 1)
         tasks["running"] = insert_task(cur, "1h", hour(10), hour(11), "running", None, 1)
         tasks["repaired"] = insert_task(cur, "1h", hour(15), hour(16), "completed", "repaired", 1)
         tasks["pending"] = insert_task(cur, "1m", minute(0), minute(5), "pending")
@@ -156,7 +158,7 @@ def test_gaps_and_the_repair_state_machine(dbt: DbtRunner, pg_conn) -> None:
     dbt("build", *SELECT_DQ)
     h = lambda n: T0 + timedelta(hours=n)  # noqa: E731
     assert gap_rows(pg_conn) == [
-        # the 1h series: one row per hole, its status from the task with exactly its window
+        # the 1h series: one row per hole, its status from the tasks overlapping it
         ("binance", "BTC/USDT", "1h", h(2), h(3), 1, 60, "interior", "confirmed_empty_at_source", True,
          tasks["confirmed_empty"], 3, None),
         ("binance", "BTC/USDT", "1h", h(5), h(7), 2, 120, "interior", "open", True, tasks["failed"], 3,

@@ -17,6 +17,7 @@ EXPECTED_MODELS = {
     "int_indicator_functions": ("dbt_intermediate", "view"),
     "int_markets": ("dbt_intermediate", "table"),
     "stg_api_errors": ("dbt_staging", "view"),
+    "stg_market_health": ("dbt_staging", "view"),
     "stg_backfill_tasks": ("dbt_staging", "view"),
     "stg_market_config": ("dbt_staging", "view"),
     "stg_ohlcv": ("dbt_staging", "view"),

@@ -96,6 +96,10 @@ tasks as (
     from {{ ref('stg_backfill_tasks') }}
 ),
 
+-- A long gap is repaired in chunks (ops.schedule_gap_repairs), so a gap's tasks are the ones whose
+-- window overlaps it: one pending or running makes it repair_scheduled; confirmed-empty windows that
+-- cover all of it make it confirmed_empty_at_source. The task shown is the active one, else the one
+-- with exactly the gap's window, else the latest.
 gaps as (
     select
         m.exchange,
@@ -107,8 +111,8 @@ gaps as (
         m.gap_kind,
         case
             when t.status in ('pending', 'running') then 'repair_scheduled'
-            when t.status = 'completed' and t.outcome = 'confirmed_empty' then 'confirmed_empty_at_source'
-            -- no task, a failed one, or one that claims a repair while the window is still empty
+            when empty.covered then 'confirmed_empty_at_source'
+            -- no task, failed ones, or ones that claim a repair while the window is still empty
             else 'open'
         end as status,
         t.task_id,
@@ -119,15 +123,36 @@ gaps as (
         t.candles_found,
         t.updated_at
     from missing as m
-    left join tasks as t
-        on t.exchange = m.exchange
-       and t.symbol = m.symbol
-       and t.timeframe = m.timeframe
-       and t.window_start = m.gap_start
-       and t.window_end = m.gap_end
+    left join lateral (
+        select tasks.*
+        from tasks
+        where tasks.exchange = m.exchange
+          and tasks.symbol = m.symbol
+          and tasks.timeframe = m.timeframe
+          and tasks.window_start < m.gap_end
+          and tasks.window_end > m.gap_start
+        order by
+            tasks.status in ('pending', 'running') desc,
+            (tasks.window_start, tasks.window_end) = (m.gap_start, m.gap_end) desc,
+            tasks.updated_at desc,
+            tasks.task_id desc
+        limit 1
+    ) as t on true
+    left join lateral (
+        select coalesce(range_agg(tstzrange(tasks.window_start, tasks.window_end))
+                        @> tstzrange(m.gap_start, m.gap_end), false) as covered
+        from tasks
+        where tasks.exchange = m.exchange
+          and tasks.symbol = m.symbol
+          and tasks.timeframe = m.timeframe
+          and tasks.window_start < m.gap_end
+          and tasks.window_end > m.gap_start
+          and tasks.status = 'completed'
+          and tasks.outcome = 'confirmed_empty'
+    ) as empty on true
 ),
 
--- completed repairs whose window is not (any more) a gap: the record that it was filled
+-- completed repairs whose window is not (any more) inside a gap: the record that it was filled
 repaired as (
     select
         t.exchange,
@@ -154,8 +179,8 @@ repaired as (
           where m.exchange = t.exchange
             and m.symbol = t.symbol
             and m.timeframe = t.timeframe
-            and m.gap_start = t.window_start
-            and m.gap_end = t.window_end
+            and m.gap_start <= t.window_start
+            and m.gap_end >= t.window_end
       )
 ),
 
