@@ -64,8 +64,13 @@ def airflow_env(tmp_path_factory, pg_server, mongo_uri, emulator_url) -> dict[st
 KNOWN_DEADLINE_CRASH = ("FROM deadline_alert", "'dict' object has no attribute 'hex'")
 
 
-def dags_test(env: dict[str, str], log: Path) -> None:
-    res = subprocess.run([str(VENV_BIN / "airflow"), "dags", "test", "market_candles_1h", "-c", json.dumps(WINDOW)],
+def dags_test(env: dict[str, str], log: Path, logical_date: str | None = None, expect_success: bool = True,
+              mark_success: str | None = None) -> dict[str, str]:
+    """Run the hourly DAG once with ``airflow dags test``; returns {task_id: state} of that run.
+    ``mark_success``: a regex of task ids Airflow marks successful instead of running them."""
+    res = subprocess.run([str(VENV_BIN / "airflow"), "dags", "test", "market_candles_1h",
+                          *([logical_date] if logical_date else []), "-c", json.dumps(WINDOW),
+                          *(["--mark-success-pattern", mark_success] if mark_success else [])],
                          env=env, capture_output=True, text=True, timeout=1800)
     output = res.stdout + res.stderr
     log.write_text(output)
@@ -76,12 +81,15 @@ def dags_test(env: dict[str, str], log: Path) -> None:
     try:
         [run_id] = db.execute("SELECT run_id FROM dag_run WHERE dag_id = 'market_candles_1h' "
                               "ORDER BY id DESC LIMIT 1").fetchone()
-        states = dict(db.execute("SELECT state, count(*) FROM task_instance WHERE dag_id = 'market_candles_1h' "
-                                 "AND run_id = ? GROUP BY state", (run_id,)).fetchall())
+        tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'market_candles_1h' "
+                                "AND run_id = ?", (run_id,)).fetchall())
     finally:
         db.close()
-    # Everything succeeded; the post-repair rebuild is skipped when no gap needed repairing.
-    assert set(states) <= {"success", "skipped"} and states.get("success", 0) >= 10, (states, str(log))
+    if expect_success:
+        # Everything succeeded; the post-repair rebuild is skipped when no gap needed repairing.
+        states = set(tasks.values())
+        assert states <= {"success", "skipped"} and len(tasks) >= 10, (tasks, str(log))
+    return tasks
 
 
 def checksums(dsn: str) -> dict[str, tuple[int, str]]:
@@ -129,3 +137,74 @@ def test_airflow_backfill_create_plans_one_hourly_run_per_hour(airflow_env) -> N
     planned = [line for line in res.stdout.splitlines() if line.startswith("| 2026-11-02")]
     assert [line.split("|")[1].strip() for line in planned] == [
         f"2026-11-02 0{h}:00:00+00:00" for h in range(6)]
+
+
+# The demo markets plus a synthetic market and one the emulator does not list (a delisted market).
+FAILING_MARKET_CONFIG = """
+defaults:
+  timeframes: [1m]
+  overlap_minutes: 0
+  suspend_after_failures: 2
+exchanges:
+  binance:
+    api_base_url: ${MARKETFLOW_EXCHANGE_URL}
+    options: {fetchMarkets: {types: [spot]}}
+    markets:
+      - {symbol: ETH/USDT, history_start: "2022-08-14T00:00:00Z", history_end: "2022-08-16T00:00:00Z"}
+      - {symbol: SOL/USDT, history_start: "2022-08-14T00:00:00Z", history_end: "2022-08-14T06:00:00Z"}
+      - {symbol: LUNA/USDT, history_start: "2022-08-14T00:00:00Z", history_end: "2022-08-16T00:00:00Z"}
+  okx:
+    api_base_url: ${MARKETFLOW_EXCHANGE_URL}
+    options: {fetchMarkets: {types: [spot]}}
+    markets:
+      - {symbol: BTC/USDT, history_start: "2025-11-23T16:00:00Z", history_end: "2025-11-25T16:00:00Z"}
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_market_env(tmp_path_factory, airflow_env, pg_server) -> dict[str, str]:
+    """Its own warehouse, MongoDB database and Airflow home, with FAILING_MARKET_CONFIG."""
+    name = f"mf_airflow_failing_{os.getpid()}"
+    pg_server.drop_database(name)
+    pg_server.create_database(name)
+    home = tmp_path_factory.mktemp("airflow_home_failing")
+    config = home / "markets.yml"
+    config.write_text(FAILING_MARKET_CONFIG)
+    mongo = airflow_env["AIRFLOW_CONN_MARKETFLOW_MONGO"].rsplit("/", 1)[0]
+    env = {**airflow_env, "AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+           "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pg_server.dsn(name), "MARKETFLOW_CONFIG": str(config),
+           "AIRFLOW_CONN_MARKETFLOW_MONGO": f"{mongo}/mf_airflow_failing_{os.getpid()}"}
+    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    yield env
+    pg_server.drop_database(name)
+
+
+@pytest.mark.airflow
+def test_a_delisted_market_never_stops_the_other_markets_marts(failing_market_env, tmp_path) -> None:
+    """Two hourly runs with a market the exchange no longer lists: each hour the other three markets'
+    marts are built (the dbt tasks wait for every load whatever its state), the bad market's reconcile
+    fails without a retry, and the second failure in a row suspends it with one alert. (The second
+    hour builds only ohlcv_1m of the marts, to keep the test short: the first built them all.)"""
+    dsn = failing_market_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
+    truth = sample_candles()
+    hours = [("2026-12-01T01:00:00+00:00", None),
+             ("2026-12-01T02:00:00+00:00", r"dbt_marts\.(?!ohlcv_1m_model_build$).*")]
+    for hour, (logical_date, skipped) in enumerate(hours, 1):
+        tasks = dags_test(failing_market_env, tmp_path / f"hour{hour}.log", logical_date, expect_success=False,
+                          mark_success=skipped)
+        assert tasks["binance.reconcile"] == "failed", tasks
+        assert tasks["okx.reconcile"] == "success" and tasks["marts_inputs"] == "success", tasks
+        dbt = {t: s for t, s in tasks.items() if t.startswith("dbt_marts.")}
+        assert dbt and set(dbt.values()) == {"success"} and dbt["dbt_marts.ohlcv_1m_model_build"] == "success", dbt
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT exchange, symbol, count(*) FROM marts.ohlcv_1m GROUP BY 1, 2 ORDER BY 1, 2")
+            assert cur.fetchall() == [("binance", "ETH/USDT", len(truth[("binance", "ETH/USDT")])),
+                                      ("binance", "SOL/USDT", 360),
+                                      ("okx", "BTC/USDT", len(truth[("okx", "BTC/USDT")]))]
+            cur.execute("SELECT try_number, outcome, error_class FROM ops.market_task_outcomes "
+                        "WHERE symbol = 'LUNA/USDT' ORDER BY finished_at DESC LIMIT 1")
+            assert cur.fetchone() == (1, "failed_permanent", "bad_symbol")  # one try: no retry of a bad symbol
+            cur.execute("SELECT status FROM ops.market_health WHERE symbol = 'LUNA/USDT'")
+            assert cur.fetchone()[0] == ("failing" if hour == 1 else "suspended")
+            cur.execute("SELECT kind, subject FROM ops.alerts")
+            assert cur.fetchall() == ([] if hour == 1 else [("market_suspended", "binance LUNA/USDT")])
