@@ -68,7 +68,7 @@ test: install dbt-parse lint
 	$(VENV)/bin/pytest
 
 # Fault-injection suite (faults/): every case, the results table, docs/faults.md rewritten.
-faults: $(VENV)/.installed
+faults: $(VENV)/.installed $(DBT_VENV)/.installed
 	$(VENV)/bin/python -m faults
 
 # Benchmarks (bench/): every figure in one run on the bench's own services and emulators.

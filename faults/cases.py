@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pymongo
@@ -29,29 +30,40 @@ BINANCE_KLINES = {"exchange": "binance", "path": "/api/v3/klines"}
 BINANCE_MARKETS = {"exchange": "binance", "path": "/api/v3/exchangeInfo"}
 OKX_CANDLES = {"exchange": "okx", "path": "/api/v5/market/history-candles"}
 OKX_MARKETS = {"exchange": "okx", "path": "/api/v5/public/instruments"}
+# weight_budget_429: seconds of the exchange's minute left when the run starts (its market list and
+# first page must fit in them; the pipeline then waits out the rest of the minute).
+MINUTE_LEFT_S = 10.0
 
 
 def _count(env: CaseEnv, sql: str) -> int:
     return int(env.query(sql)[0][0])
 
 
+def _epoch(value: datetime | str) -> float:
+    """A time from MongoDB (a datetime, naive meaning UTC; or ISO text) as epoch seconds."""
+    stamp = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
 # ---- drivers -------------------------------------------------------------------------------------------
 def drive_weight_budget(env: CaseEnv) -> None:
     """The emulator's Binance budget is cut to 20 weight/min: the market list (20) fits, the first
-    page (2) is answered 429 with Retry-After = the rest of the minute. Retrying before then is a
-    strike, 3 strikes a 418 ban: zero bans proves the pipeline waits out the Retry-After it is given."""
-    second = time.time() % 60
-    if second > 56:  # the list and the first page must fall into the same wall-clock minute
-        time.sleep(60.2 - second)
-    run = DagRun(env, f"{env.slug}-1")
-    run.run()
+    page (2) is answered 429 with Retry-After = the rest of the exchange's minute. Retrying before
+    then is a strike, 3 strikes a 418 ban: zero bans proves the pipeline waits out the Retry-After it
+    is given. The exchange's clock is set so that its minute ends MINUTE_LEFT_S after the run starts:
+    the list and the first page fall into one minute, and the wait is seconds, not up to a minute."""
+    offset = (60 - MINUTE_LEFT_S) - time.time() % 60
+    env.emulator.configure(clock_offset_s=offset)
+    DagRun(env, f"{env.slug}-1").run()
     over_budget = env.emulator.stats().get("http_429_by_cause", {}).get("rate_limit", 0)
     env.check("the emulator answered 429 for the exhausted weight budget", over_budget >= 1, f"({over_budget})")
+    # A request before the Retry-After ran out would have been answered 429 again (a strike).
+    env.check("the pipeline came back only after the Retry-After", over_budget == 1, f"({over_budget} 429s)")
 
 
 def drive_duplicates(env: CaseEnv) -> None:
     run = DagRun(env, f"{env.slug}-1").run()
-    seen = sum(r.get("duplicates_in_batch", 0) for r in run.loaded.values())
+    seen = sum(int(d.get("duplicates_in_batch") or 0) for d in run.load_logs())
     env.check("the loader saw the duplicated rows", seen > 0, f"({seen} duplicates in batch)")
     recorded = _count(env, "SELECT count(*) FROM staging.ohlcv_anomalies WHERE kind = 'duplicate_identical'")
     env.check("staging.ohlcv_anomalies records them", recorded > 0, f"({recorded})")
@@ -98,7 +110,7 @@ class Outage:
     def attach(self, run: DagRun) -> None:
         run.after_failure = lambda record: self.failed.set()
 
-        def gate(task: str, exchange: str, n: int) -> None:
+        def gate(exchange: str, n: int) -> None:
             self.restored.wait(180)
             time.sleep(RETRY_DELAY_S)
 
@@ -133,7 +145,7 @@ def drive_postgres_stopped_extract(env: CaseEnv) -> None:
 
 def _outage_mid_extract(env: CaseEnv, what: str, stop: Callable[[], None], start: Callable[[], None]) -> None:
     """Run the DAG with ``stop`` once the first Binance page is in raw and ``start`` once the try
-    running then has failed; that Binance extract try must have failed."""
+    running then has failed; that try of Binance's task must have failed."""
     watcher = pymongo.MongoClient(env.mongo_uri, serverSelectionTimeoutMS=2000)
     pages = watcher[env.mongo_db].raw_market_payload
     outage = Outage(env, lambda: pages.count_documents({"kind": "ohlcv"}) >= 1, what, stop, start)
@@ -144,8 +156,8 @@ def _outage_mid_extract(env: CaseEnv, what: str, stop: Callable[[], None], start
     finally:
         outage.finish()
         watcher.close()
-    failed = run.failed_tries("extract", "binance")
-    env.check("the Binance extract try running during the outage failed", failed,
+    failed = run.failed_tries("binance")
+    env.check("the Binance task try running during the outage failed", failed,
               f"({failed[0].error if failed else 'no failed try'})")
 
 
@@ -158,11 +170,11 @@ def drive_postgres_stopped(env: CaseEnv) -> None:
     env.install_hold_trigger()
     tag = "pgstop"
     run = DagRun(env, f"{env.slug}-1")
-    run.app_names[("load", "okx", 1)] = f"faults-hold:60:{tag}"
+    run.app_names[("okx", 1)] = f"faults-hold:60:{tag}"
     before: dict[str, Any] = {}
 
-    def snapshot(task: str, exchange: str, n: int) -> None:
-        if (task, exchange, n) == ("load", "okx", 1):
+    def snapshot(exchange: str, n: int) -> None:
+        if (exchange, n) == ("okx", 1):
             before["state"] = env.staging_state()
 
     run.before_try = snapshot
@@ -172,9 +184,9 @@ def drive_postgres_stopped(env: CaseEnv) -> None:
     outage.attach(run)
     gate = run.retry_gate
 
-    def check_then_retry(task: str, exchange: str, n: int) -> None:
-        gate(task, exchange, n)
-        if (task, exchange, n) == ("load", "okx", 2):
+    def check_then_retry(exchange: str, n: int) -> None:
+        gate(exchange, n)
+        if (exchange, n) == ("okx", 2):
             after = env.staging_state()
             env.check("after the restart staging holds what it held before the interrupted load",
                       after == before.get("state"), f"(before {before.get('state')}, after {after})")
@@ -184,30 +196,29 @@ def drive_postgres_stopped(env: CaseEnv) -> None:
         run.run()
     finally:
         outage.finish()
-    env.check("the OKX load try running during the outage failed", run.failed_tries("load", "okx"))
+    env.check("the OKX task try running during the outage failed", run.failed_tries("okx"))
 
 
 def drive_worker_killed(env: CaseEnv) -> None:
-    """The OKX load's first try runs in a worker process of its own, held inside its transaction
-    after inserting every row (an AFTER INSERT trigger sleeps for that session only); the worker is
-    SIGKILLed there. Its session dies with the transaction; the retry must find staging as it was
-    before (Binance only) and end equal to the fault-free run."""
+    """The first try of OKX's task runs in a worker process of its own, held inside its load
+    transaction after inserting every row (an AFTER INSERT trigger sleeps for that session only); the
+    worker is SIGKILLed there. Its session dies with the transaction; the retry must find staging as
+    it was before (Binance only) and end equal to the fault-free run."""
     env.install_hold_trigger()
     tag = "sigkill"
     run = DagRun(env, f"{env.slug}-1")
     before: dict[str, Any] = {}
 
-    def killed_load() -> Any:
+    def killed_try() -> Any:
         before["state"] = env.staging_state()
-        worker = spawn_worker(env, "load-okx-1", {"mode": "load", "run_id": run.run_id, "try_number": 1,
-                                                  "extracted": run.extracted["okx"],
-                                                  "app_name": f"faults-hold:5:{tag}"})
+        worker = spawn_worker(env, "okx-try-1", {"mode": "task", "run_id": run.run_id, "exchange": "okx",
+                                                 "try_number": 1, "app_name": f"faults-hold:5:{tag}"})
         try:
             env.wait_until(lambda: not worker.running()
                            or any(w == "PgSleep" for _, w in env.held_backends(tag)),
-                           120, "the load worker holds its transaction open")
+                           120, "the worker holds its load transaction open")
             if not worker.running():
-                raise CaseError(f"the load worker exited ({worker.exitcode}) before it could be killed; "
+                raise CaseError(f"the worker exited ({worker.exitcode}) before it could be killed; "
                                 f"see {worker.log_path}")
             locks = _count(env, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                                 f"WHERE a.application_name LIKE 'faults-hold:%{tag}' "
@@ -216,16 +227,15 @@ def drive_worker_killed(env: CaseEnv) -> None:
                       f"({locks} locks on staging.ohlcv)")
         finally:
             worker.kill()
-        env.event("load worker SIGKILLed mid-transaction")
-        raise WorkerKilled(f"load worker {worker.pid} SIGKILLed with its transaction open "
-                           f"(exit {worker.exitcode})")
+        env.event("worker SIGKILLed mid-load")
+        raise WorkerKilled(f"worker {worker.pid} SIGKILLed with its load transaction open (exit {worker.exitcode})")
 
-    run.overrides[("load", "okx", 1)] = killed_load
+    run.overrides[("okx", 1)] = killed_try
 
-    def gate(task: str, exchange: str, n: int) -> None:
-        if (task, exchange, n) == ("load", "okx", 2):
+    def gate(exchange: str, n: int) -> None:
+        if (exchange, n) == ("okx", 2):
             # the orphaned session ends once its statement finishes and it finds the client gone
-            env.wait_until(lambda: not env.held_backends(tag), 60, "the killed worker's session has ended")
+            env.wait_until(lambda: not env.held_backends(tag), 60, "the killed worker's sessions have ended")
             after = env.staging_state()
             env.check("nothing the killed worker wrote remains (staging as before its try)",
                       after == before.get("state"), f"(before {before.get('state')}, after {after})")
@@ -238,9 +248,9 @@ def drive_worker_killed(env: CaseEnv) -> None:
 def drive_two_runs(env: CaseEnv) -> None:
     """Two DAG runs of the same window in two processes, started together: both extract (every
     request slowed, so they overlap) and both load (each upsert held 2 s inside its
-    transaction, so the second waits on the first's rows), then both claim the gap-repair queue
-    (ops.backfill_tasks, FOR UPDATE SKIP LOCKED) holding one window per market. Afterwards each
-    window was claimed and repaired exactly once, and a third run changes nothing."""
+    transaction, so the second waits on the first's rows), then both work through the gap-repair
+    queue (pipeline.run_gap_repairs: ops.backfill_tasks, FOR UPDATE SKIP LOCKED) holding one window
+    per market. Afterwards each window was repaired exactly once, and a third run changes nothing."""
     assert env.services is not None
     env.install_hold_trigger()
     conn = env.connect()
@@ -249,7 +259,7 @@ def drive_two_runs(env: CaseEnv) -> None:
             for exchange, window in env.windows.items():
                 cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, "
                             "reason) VALUES (%s, %s, '1m', to_timestamp(%s / 1000.0), to_timestamp(%s / 1000.0), "
-                            "'fault suite')", (exchange, env.market(exchange).symbol, window.start_ms, window.end_ms))
+                            "'gap')", (exchange, env.market(exchange).symbol, window.start_ms, window.end_ms))
         conn.commit()
     finally:
         conn.close()
@@ -264,7 +274,7 @@ def drive_two_runs(env: CaseEnv) -> None:
         ready[name].unlink(missing_ok=True)
         workers[name] = spawn_worker(env, f"run-{name}", {
             "mode": "dag", "run_id": f"{env.slug}-{name}", "app_name": "faults-hold:2:concurrent",
-            "claim_backfill": True, "ready_path": str(ready[name]), "go_path": str(go)})
+            "repair_gaps": True, "ready_path": str(ready[name]), "go_path": str(go)})
     try:
         env.wait_until(lambda: all(p.exists() for p in ready.values()), 120, "both runs are ready")
         go.write_text("go")
@@ -279,27 +289,25 @@ def drive_two_runs(env: CaseEnv) -> None:
     for name, res in results.items():
         run = DagRun(env, f"{env.slug}-{name}")  # the worker's run, for the report
         run.records = [TryRecord(**r) for r in res["records"]]
-        run.loaded = res["loaded"]
         runs.append(run)
         if res.get("error"):
             raise CaseError(f"run {name} failed: {res['error']}")
 
-    def span(run: DagRun, task: str, exchange: str) -> tuple[float, float]:
-        rec = next(r for r in run.records if r.ok and r.task == task and r.exchange == exchange)
-        return rec.started_at, rec.ended_at
+    def overlapped(spans: list[tuple[float, float]]) -> bool:
+        return len(spans) == 2 and max(s for s, _ in spans) < min(e for _, e in spans)
 
-    def overlap(task: str) -> bool:
-        return any(max(span(runs[0], task, ex)[0], span(runs[1], task, ex)[0])
-                   < min(span(runs[0], task, ex)[1], span(runs[1], task, ex)[1]) for ex in env.windows)
-
-    env.check("the two runs' extracts overlapped in time", overlap("extract"))
-    env.check("the two runs' loads overlapped in time", overlap("load"))
-    claims = [c["task_id"] for res in results.values() for c in res.get("claimed", [])]
+    tasks = {ex: [(r.started_at, r.ended_at) for run in runs for r in run.records if r.ok and r.exchange == ex]
+             for ex in env.windows}
+    env.check("the two runs' tasks overlapped in time", all(overlapped(s) for s in tasks.values()))
+    # the pipeline's own log of each load (raw_ingestion_log): start and end of every market's load
+    loads = {ex: [(_epoch(d["started_at"]), _epoch(d["finished_at"])) for run in runs
+                  for d in run.load_logs() if d.get("exchange") == ex] for ex in env.windows}
+    env.check("the two runs' loads overlapped in time", all(overlapped(s) for s in loads.values()), f"({loads})")
+    repaired = sum(sum(counts.values()) for res in results.values() for counts in res["repairs"].values())
     queue = env.query("SELECT task_id, status, attempts FROM ops.backfill_tasks ORDER BY task_id")
-    env.check("each queued window was claimed by exactly one run", sorted(claims) == [t for t, _, _ in queue],
-              f"(claims {sorted(claims)}, queue {queue})")
-    env.check("each queued window was repaired once", all(s == "completed" and a == 1 for _, s, a in queue),
-              f"({queue})")
+    env.check("each queued window was claimed by exactly one run", repaired == len(queue) and all(
+        a == 1 for _, _, a in queue), f"(repairs {[res['repairs'] for res in results.values()]}, queue {queue})")
+    env.check("each queued window was repaired", all(s == "completed" for _, s, _ in queue), f"({queue})")
     state = env.staging_state()
     third = DagRun(env, f"{env.slug}-c").run()
     env.check("a third run of the window changes nothing", third.changed_rows() == 0
@@ -315,8 +323,9 @@ CASES: tuple[Case, ...] = (
                  {"kind": "http_429", **OKX_CANDLES, "count": 3, "retry_after": 1}),
          quick=True),
     Case("weight_budget_429", "429 for the weight budget",
-         "The emulator's Binance budget is cut to 20 weight/min, so a page is refused with a real 429 whose "
-         "Retry-After runs to the end of the minute; retrying early would be a strike and 3 strikes a ban.",
+         "The emulator's Binance budget is cut to 20 weight/min, so after the market list (20) a page is refused "
+         "with a real 429 whose Retry-After runs to the end of the exchange's minute (its clock set to end it "
+         f"{MINUTE_LEFT_S:.0f} s after the run starts); retrying early would be a strike and 3 strikes a ban.",
          emulator_config={"binance_weight_limit": 20}, drive=drive_weight_budget),
     Case("http_418", "418 bans",
          "Binance bans the IP (418, Retry-After 2 s / 3 s) on the market list and on a klines page; the pipeline "
@@ -367,26 +376,26 @@ CASES: tuple[Case, ...] = (
          "MongoDB is stopped once the first Binance page is stored, while the second (slowed 2 s) is in "
          "flight; it is restarted after the extract try has failed.",
          faults=({"kind": "slow", **BINANCE_KLINES, "count": 2, "ms": 2000},),
-         drive=drive_mongo_stopped),
+         drive=drive_mongo_stopped, exclusive=True),
     Case("postgres_stopped_extract", "Postgres stopped during extract",
          "PostgreSQL, which holds the exchange's shared rate-limit bucket, is stopped (immediate shutdown) once "
          "the first Binance page is stored, while the second (slowed 2 s) is in flight; restarted after the "
          "extract try has failed.",
          faults=({"kind": "slow", **BINANCE_KLINES, "count": 2, "ms": 2000},),
-         drive=drive_postgres_stopped_extract),
+         drive=drive_postgres_stopped_extract, exclusive=True),
     Case("postgres_stopped", "Postgres stopped during load",
          "PostgreSQL is stopped (immediate shutdown) while the OKX load holds its upsert transaction open; "
          "restarted (crash recovery) after the try has failed.",
-         drive=drive_postgres_stopped),
+         drive=drive_postgres_stopped, exclusive=True),
     Case("worker_sigkill", "worker SIGKILLed mid-load",
-         "The OKX load runs in a worker process that is SIGKILLed inside its upsert transaction; the "
+         "OKX's task runs in a worker process that is SIGKILLed inside its load's upsert transaction; the "
          "task's retry runs after the orphaned session is gone.",
-         drive=drive_worker_killed),
+         drive=drive_worker_killed, exclusive=True),
     Case("two_runs", "same window, two runs at once",
          "Two processes run the DAG for the same window at the same moment (every request slowed 0.3 s, "
          "upserts held 2 s inside their transactions) and then both claim the gap-repair queue; then a third run.",
          faults=({"kind": "slow", "probability": 1.0, "ms": 300},),
-         drive=drive_two_runs, quick=True),
+         drive=drive_two_runs, quick=True, exclusive=True),
     Case("mixed", "all transient faults, at random",
          "Every request may get a 429, a 5xx, a cut-off body or no answer (10 % each, seeded), every candle "
          "response may repeat or shuffle rows (50 % each): the faults a bad hour on a real exchange brings.",

@@ -1,15 +1,17 @@
 """The machinery of the fault suite: services, an Airflow-like task runner, and the bookkeeping.
 
-* ``Services``: a dedicated exchange emulator (short ban settings), PostgreSQL and MongoDB. The suite
-  starts its own (``Services.start``) or borrows the pytest session's (``Services.attach``).
+* ``Services``: a dedicated exchange emulator (short ban settings), PostgreSQL and MongoDB, all the
+  suite's own (``Services.start``): some cases stop them.
 * ``CaseEnv``: one case's world: a fresh warehouse database with include/sql applied, a fresh MongoDB
   database, a markets file pointing at the emulator, and the case's own counters and checks.
-* ``DagRun``: what Airflow does with one run of the candle DAG: per market an extract task, then a
-  load task, each tried up to ``tries`` times (at-least-once: a failed try is simply run again with
-  try_number + 1), every try on fresh database connections like a fresh task process. Inside each
-  try the pipeline does its own in-task retries (marketflow.exchanges.call_with_retries).
+* ``DagRun``: what Airflow does with one run of the hourly candle DAG: per exchange its reconcile
+  task (pipeline.run_exchange_markets), tried up to ``tries`` times under the pipeline's retry
+  policy (at-least-once: a failed try is run again with try_number + 1), every try on fresh
+  database connections and caches like a fresh task process. Inside each try the pipeline does its
+  own in-task retries (marketflow.exchanges.call_with_retries).
 * ``Suite``: runs a fault-free baseline once, then each case on its own databases, and compares
-  staging.ohlcv candle by candle (and by checksum) with the baseline.
+  staging.ohlcv candle by candle (and by checksum) with the baseline, then the marts dbt builds from
+  it (ohlcv_1m and the rollups, faults/marts.py) by count and checksum.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,12 @@ import pymongo
 import stack
 
 from faults import REPO
+from faults.marts import MartBuilder, MartState, differing_marts, expected_mart_rows, mart_state
+from marketflow import exchanges
 from marketflow.config import MarketConfig, MarketflowConfig, load_config
 from marketflow.emulator.testing import EmulatorProcess
-from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
-from marketflow.raw_store import RawStore
+from marketflow.pipeline import Attempt, plan_window
+from marketflow.raw_store import INGESTION_LOG, RawStore
 from marketflow.schema import apply_ddl
 from marketflow.staging_load import table_checksum
 from marketflow.timeframes import Window
@@ -62,7 +67,8 @@ CLIENT_TIMEOUT_MS = 3000  # the markets file's timeout_ms: ccxt gives up on a si
 
 # The dedicated emulator: Binance's real weight budget (6000/min, which the pipeline's own pacing
 # must respect), and short bans so a pacing mistake costs seconds, not minutes.
-EMULATOR_CONFIG = {"binance_weight_limit": 6000, "ban_seconds": 5, "ban_after": 3, "okx_rate_limit_factor": 1.0}
+EMULATOR_CONFIG = {"binance_weight_limit": 6000, "ban_seconds": 5, "ban_after": 3, "okx_rate_limit_factor": 1.0,
+                   "clock_offset_s": 0.0}
 
 # Airflow: DEFAULT_ARGS of airflow_tasks.py give a task 3 retries (4 tries) with a 20 s exponential
 # delay. The suite is stricter, 3 tries per task, and waits 1 s between them (the rate-limit pauses
@@ -144,9 +150,8 @@ class Services:
     mongo_uri: str
     emulator: EmulatorProcess
     workdir: Path
-    mongo: stack.ManagedProcess | None = None  # None: MongoDB is not ours to stop
-    owns_pg: bool = False
-    owns_workdir: bool = False
+    mongo: stack.ManagedProcess
+    owns_workdir: bool = True  # False: keep the servers' data (python -m faults --keep)
 
     @classmethod
     def start(cls, workdir: Path) -> Services:
@@ -166,23 +171,13 @@ class Services:
                 with contextlib.suppress(Exception):
                     stop()
             raise
-        return cls(pg, f"mongodb://127.0.0.1:{mongo.port}", emulator, workdir, mongo, owns_pg=True,
-                   owns_workdir=True)
-
-    @classmethod
-    def attach(cls, pg: stack.PostgresServer, mongo_uri: str, workdir: Path,
-               mongo: stack.ManagedProcess | None = None) -> Services:
-        """Use servers someone else runs (the pytest session's); only the emulator is our own."""
-        workdir.mkdir(parents=True, exist_ok=True)
-        return cls(pg, mongo_uri, start_emulator(), workdir, mongo)
+        return cls(pg, f"mongodb://127.0.0.1:{mongo.port}", emulator, workdir, mongo)
 
     def close(self) -> None:
         self.emulator.stop()
-        if self.owns_pg:
-            if self.mongo is not None:
-                self.mongo.stop()
-            with contextlib.suppress(Exception):
-                self.pg.stop()
+        self.mongo.stop()
+        with contextlib.suppress(Exception):
+            self.pg.stop()
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -194,17 +189,12 @@ class Services:
 
     # Outages. Only servers this suite started are ever stopped, by the PID recorded at start.
     def stop_mongo(self) -> None:
-        if self.mongo is None or not self.owns_pg:
-            raise CaseError("this case stops MongoDB, so it needs a MongoDB the suite started itself")
         self.mongo.stop()
 
     def start_mongo(self) -> None:
-        assert self.mongo is not None
         self.mongo.start()
 
     def stop_postgres(self, mode: str = "immediate") -> None:
-        if not self.owns_pg:
-            raise CaseError("this case stops PostgreSQL, so it needs a PostgreSQL the suite started itself")
         _pg_ctl(self.pg, "stop", "-m", mode, "-w", "-t", "60")
 
     def start_postgres(self) -> None:
@@ -229,20 +219,17 @@ class Check:
 @dataclass
 class CaseEnv:
     slug: str
-    database: str  # the warehouse database and the MongoDB database, both fresh per case
+    database: str  # the warehouse database, fresh per case
     dsn: str
     mongo_uri: str
     config_path: Path
     config: MarketflowConfig
     tries: int = TASK_TRIES
+    mongo_db: str = ""  # the MongoDB database, fresh per case
     services: Services | None = None  # None in a worker process
     events: Counter = field(default_factory=Counter)  # the suite's own faults (outages, kills)
     checks: list[Check] = field(default_factory=list)
     runs: list[DagRun] = field(default_factory=list)  # every DagRun of the case, for its report
-
-    @property
-    def mongo_db(self) -> str:
-        return self.database
 
     @property
     def emulator(self) -> EmulatorProcess:
@@ -338,122 +325,138 @@ class WorkerKilled(RuntimeError):
     pass
 
 
-TryFn = Callable[[int], Any]
+def fresh_task_process() -> None:
+    """Forget what this process cached from earlier tries, as a new Airflow task process would.
+
+    Every try runs in this one process, but in Airflow each is a process of its own: ccxt's market
+    list kept by an earlier try (or the baseline) would answer the next one without a request, so
+    faults planted on the market list would never fire. What tasks share across processes
+    (ops.market_lists in the case's database) is kept."""
+    exchanges._markets_cache.clear()
 
 
 class DagRun:
-    """One run of the candle DAG: for each market an extract task, then its load task.
+    """One run of the hourly candle DAG over the suite's window (dag_run.conf start/end): per exchange
+    its ``<exchange>.reconcile`` task (airflow_tasks.exchange_ingest), whose body is
+    ``pipeline.run_exchange_markets``: every market of the exchange extracted into raw and loaded
+    into staging, each on its own. Airflow's part is played here: each task is tried up to ``tries``
+    times on fresh connections and with nothing cached in the process, with the pipeline's own retry
+    policy (errors.retry_policy: a permanent failure is not retried); a later try re-runs only the
+    markets an earlier one left failing. Exchanges run one after the other, so a fault can be aimed
+    at a point of the run.
 
-    Hooks (all optional) let a case aim a fault at one try:
-      ``app_names[(task, exchange, try)]``  application_name of that try's warehouse connection
-      ``overrides[(task, exchange, try)]``  a callable run instead of the in-process try
-      ``before_try(task, exchange, try)``   called before every try
-      ``after_failure(record)``            called when a try fails
-      ``retry_gate(task, exchange, try)``   waits before a retry (default: RETRY_DELAY_S)
+    Hooks (all optional) let a case aim a fault at one try of one exchange's task:
+      ``app_names[(exchange, try)]``  application_name of every warehouse connection of that try
+      ``overrides[(exchange, try)]``  a callable run instead of the in-process try (e.g. a worker)
+      ``before_try(exchange, try)``   called before every try
+      ``after_failure(record)``      called when a try fails
+      ``retry_gate(exchange, try)``   waits before a retry (default: RETRY_DELAY_S)
     """
 
-    def __init__(self, env: CaseEnv, run_id: str, tries: int | None = None, load_app_name: str | None = None):
+    TASK = "reconcile"
+
+    def __init__(self, env: CaseEnv, run_id: str, tries: int | None = None, app_name: str | None = None):
         self.env = env
         self.run_id = run_id
         self.tries = tries or env.tries
-        self.load_app_name = load_app_name or "marketflow"
-        self.app_names: dict[tuple[str, str, int], str] = {}
-        self.overrides: dict[tuple[str, str, int], Callable[[], Any]] = {}
-        self.before_try: Callable[[str, str, int], None] = lambda task, exchange, n: None
+        self.default_app_name = app_name or "marketflow"
+        self.app_names: dict[tuple[str, int], str] = {}
+        self.overrides: dict[tuple[str, int], Callable[[], Any]] = {}
+        self.before_try: Callable[[str, int], None] = lambda exchange, n: None
         self.after_failure: Callable[[TryRecord], None] = lambda record: None
-        self.retry_gate: Callable[[str, str, int], None] = lambda task, exchange, n: time.sleep(RETRY_DELAY_S)
+        self.retry_gate: Callable[[str, int], None] = lambda exchange, n: time.sleep(RETRY_DELAY_S)
         self.records: list[TryRecord] = []
-        self.extracted: dict[str, dict[str, Any]] = {}
-        self.loaded: dict[str, dict[str, Any]] = {}
+        self.results: dict[str, dict[str, Any]] = {}  # exchange -> what its task returned
         self.window = plan_window(TIMEFRAME, None, None, RUN_CONF, env.config.overlap_minutes)
         env.runs.append(self)
 
-    def attempt(self, task: str, exchange: str, try_number: int) -> Attempt:
-        index = [m.exchange for m in self.env.config.markets(TIMEFRAME)].index(exchange)
-        return Attempt(DAG_ID, self.run_id, f"{exchange}.{task}", index, try_number)
+    @property
+    def exchanges(self) -> list[str]:
+        return list(dict.fromkeys(m.exchange for m in self.env.config.markets(TIMEFRAME)))
+
+    def attempt(self, exchange: str, try_number: int) -> Attempt:
+        return Attempt(DAG_ID, self.run_id, f"{exchange}.{self.TASK}", -1, try_number)
 
     def run(self) -> DagRun:
-        """Every market's extract -> load; like Airflow's mapped task groups, a market whose task
-        failed all its tries does not stop the others, and the run fails at the end."""
+        """Every exchange's task; like Airflow, a task that failed does not stop the others' and the
+        run fails at the end."""
         failed = []
-        for market in self.env.config.markets(TIMEFRAME):
+        for exchange in self.exchanges:
             try:
-                self.run_market(market.exchange)
+                self.results[exchange] = self.task(exchange)
             except TaskFailed as exc:
                 failed.append(str(exc))
         if failed:
             raise TaskFailed("; ".join(failed))
         return self
 
-    def run_market(self, exchange: str) -> dict[str, Any]:
-        self.extracted[exchange] = self.task("extract", exchange, lambda n: self.extract_try(exchange, n))
-        self.loaded[exchange] = self.task("load", exchange,
-                                          lambda n: self.load_try(exchange, self.extracted[exchange], n))
-        return self.loaded[exchange]
+    def task(self, exchange: str) -> dict[str, Any]:
+        from marketflow.errors import retry_policy
 
-    def task(self, task: str, exchange: str, fn: TryFn) -> Any:
-        last: BaseException | None = None
+        policy = retry_policy()
         for n in range(1, self.tries + 1):
             if n > 1:
-                self.retry_gate(task, exchange, n)
-            self.before_try(task, exchange, n)
-            override = self.overrides.get((task, exchange, n))
+                self.retry_gate(exchange, n)
+            fresh_task_process()
+            self.before_try(exchange, n)
+            override = self.overrides.get((exchange, n))
             started, wall = time.monotonic(), time.time()
             try:
-                result = override() if override is not None else fn(n)
+                result = override() if override is not None else self.try_task(exchange, n)
             except Exception as exc:
-                last = exc
-                record = TryRecord(task, exchange, n, False, time.monotonic() - started,
+                record = TryRecord(self.TASK, exchange, n, False, time.monotonic() - started,
                                    f"{type(exc).__name__}: {exc}"[:300], wall, time.time())
                 self.records.append(record)
-                log.warning("%s %s %s try %d/%d failed: %s", self.run_id, exchange, task, n, self.tries,
+                log.warning("%s %s.%s try %d/%d failed: %s", self.run_id, exchange, self.TASK, n, self.tries,
                             record.error)
                 self.after_failure(record)
+                # A killed task process never reaches the policy: Airflow retries it as usual.
+                decision = None if isinstance(exc, WorkerKilled) else policy.evaluate(exc, n, self.tries)
+                if decision is not None and decision.action.name == "FAIL":
+                    raise TaskFailed(f"{exchange} {self.TASK} failed at try {n} without a retry ({decision.reason}): "
+                                     f"{type(exc).__name__}: {exc}") from exc
+                if n == self.tries:
+                    raise TaskFailed(f"{exchange} {self.TASK} failed all {self.tries} tries; last: "
+                                     f"{type(exc).__name__}: {exc}") from exc
                 continue
-            self.records.append(TryRecord(task, exchange, n, True, time.monotonic() - started, None, wall,
+            self.records.append(TryRecord(self.TASK, exchange, n, True, time.monotonic() - started, None, wall,
                                           time.time()))
             return result
-        raise TaskFailed(f"{exchange} {task} failed all {self.tries} tries; last: {type(last).__name__}: {last}")
+        raise AssertionError("unreachable")
 
-    def app_name(self, task: str, exchange: str, n: int, default: str) -> str:
-        return self.app_names.get((task, exchange, n), default)
+    def app_name(self, exchange: str, n: int) -> str:
+        return self.app_names.get((exchange, n), self.default_app_name)
 
-    def extract_try(self, exchange: str, n: int) -> dict[str, Any]:
-        """The extract task's body (airflow_tasks.extract): raw store, shared rate limiter, error log."""
+    def try_task(self, exchange: str, n: int) -> dict[str, Any]:
+        """One try of the task's body, as airflow_tasks.exchange_ingest's reconcile task runs it."""
+        from marketflow.pipeline import run_exchange_markets
+
         env = self.env
         client = env.mongo_client()
-        ops_conn = None
         try:
-            ops_conn = env.connect(self.app_name("extract", exchange, n, "marketflow"), autocommit=True)
-            return extract_market(env.config, env.market(exchange), TIMEFRAME, self.window,
-                                  RawStore(client[env.mongo_db]), self.attempt("extract", exchange, n),
-                                  ops_conn=ops_conn)
+            return run_exchange_markets(env.config, exchange, TIMEFRAME, self.window, RUN_CONF,
+                                        RawStore(client[env.mongo_db]), lambda: env.connect(self.app_name(exchange, n)),
+                                        self.attempt(exchange, n), live=False)
         finally:
-            if ops_conn is not None:
-                with contextlib.suppress(Exception):
-                    ops_conn.close()
             client.close()
 
-    def load_try(self, exchange: str, extracted: dict[str, Any], n: int) -> dict[str, Any]:
-        """The load task's body (airflow_tasks.load)."""
-        env = self.env
-        client = env.mongo_client()
-        conn = None
-        try:
-            conn = env.connect(self.app_name("load", exchange, n, self.load_app_name))
-            return load_market(conn, RawStore(client[env.mongo_db]), extracted, self.attempt("load", exchange, n))
-        finally:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.close()
-            client.close()
+    def failed_tries(self, exchange: str | None = None) -> list[TryRecord]:
+        return [r for r in self.records if not r.ok and (exchange is None or r.exchange == exchange)]
 
-    def failed_tries(self, task: str | None = None, exchange: str | None = None) -> list[TryRecord]:
-        return [r for r in self.records if not r.ok and (task is None or r.task == task)
-                and (exchange is None or r.exchange == exchange)]
+    def load_logs(self) -> list[dict[str, Any]]:
+        """The pipeline's own record of the successful loads of this run's tasks (raw_ingestion_log,
+        one document per market attempt): counts (inserted, updated, duplicates_in_batch, ...), times."""
+        tasks = tuple(f"{exchange}.{self.TASK}" for exchange in self.exchanges)
+        client = self.env.mongo_client()
+        try:
+            docs = client[self.env.mongo_db][INGESTION_LOG].find(
+                {"run_id": self.run_id, "stage": "load", "status": "success"})
+            return [d for d in docs if str(d.get("task_id", "")).startswith(tasks)]  # not the gap repairs'
+        finally:
+            client.close()
 
     def changed_rows(self) -> int:
-        return sum(r.get("inserted", 0) + r.get("updated", 0) for r in self.loaded.values())
+        return sum(int(d.get("inserted") or 0) + int(d.get("updated") or 0) for d in self.load_logs())
 
 
 # ---- child processes ---------------------------------------------------------------------------------
@@ -505,7 +508,7 @@ def spawn_worker(env: CaseEnv, name: str, spec: dict[str, Any]) -> Worker:
     base = env.services.workdir / "workers" / f"{env.slug}-{name}"
     base.parent.mkdir(parents=True, exist_ok=True)
     spec_path, result_path, log_path = (base.with_suffix(s) for s in (".json", ".result.json", ".log"))
-    spec = {"dsn": env.dsn, "mongo_uri": env.mongo_uri, "database": env.database,
+    spec = {"dsn": env.dsn, "mongo_uri": env.mongo_uri, "database": env.database, "mongo_db": env.mongo_db,
             "config_path": str(env.config_path), "slug": env.slug, "tries": env.tries, **spec,
             "result_path": str(result_path), "log_path": str(log_path)}
     result_path.unlink(missing_ok=True)
@@ -531,6 +534,7 @@ def staging_rows(env: CaseEnv) -> list[tuple[tuple[str, str, str, int], Row]]:
 class Baseline:
     rows: dict[tuple[str, str, str, int], Row]
     state: tuple[int, str]
+    marts: MartState
     seconds: float
 
 
@@ -546,16 +550,23 @@ class CaseResult:
     duplicated: int = 0
     bans: int = 0
     checksum_ok: bool = False
+    marts: MartState = field(default_factory=dict)
+    marts_differ: list[str] = field(default_factory=list)  # empty and marts built: as the fault-free run
     error: str | None = None
     checks: list[Check] = field(default_factory=list)
     tries: str = ""
     in_task_retries: int = 0
     seconds: float = 0.0
+    dbt_seconds: float = 0.0
+
+    @property
+    def marts_ok(self) -> bool:
+        return bool(self.marts) and not self.marts_differ
 
     @property
     def ok(self) -> bool:
         return (self.error is None and self.lost == 0 and self.duplicated == 0 and self.bans == 0
-                and self.checksum_ok and all(c.ok for c in self.checks))
+                and self.checksum_ok and self.marts_ok and all(c.ok for c in self.checks))
 
     def problems(self) -> list[str]:
         out = [f"error: {self.error}"] if self.error else []
@@ -567,11 +578,21 @@ class CaseResult:
             out.append(f"{self.bans} bans (418 sent because the pipeline ignored a Retry-After)")
         if not self.checksum_ok and self.error is None:
             out.append("staging.ohlcv checksum differs from the fault-free run")
+        if self.marts_differ:
+            out.append("marts differ from the fault-free run: " + ", ".join(self.marts_differ))
+        elif not self.marts and self.error is None:
+            out.append("the marts were not built")
         out += [f"check failed: {c.what} {c.detail}".strip() for c in self.checks if not c.ok]
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "ok": self.ok, "marts_ok": self.marts_ok}
+
+
+def faults_hit(stats: dict[str, Any], events: Counter) -> int:
+    """How many faults hit the run: the emulator's fired faults and weight-budget 429s, our outages."""
+    return (sum(stats.get("faults_fired", {}).get("by_kind", {}).values())
+            + stats.get("http_429_by_cause", {}).get("rate_limit", 0) + sum(events.values()))
 
 
 def describe_faults(stats: dict[str, Any], events: Counter) -> str:
@@ -598,7 +619,10 @@ def summarize_tries(records: list[TryRecord]) -> str:
 
 @dataclass
 class Case:
-    """One fault scenario. ``faults`` are installed on the emulator before ``drive`` runs the DAG."""
+    """One fault scenario. ``faults`` are installed on the emulator before ``drive`` runs the DAG
+    (default: one DagRun of the window). ``drive`` may add its own checks (``env.check``) and
+    events (``env.event``); the suite then checks that every planted fault fired and that some
+    fault hit the run at all, and compares staging and the marts with the fault-free run."""
 
     slug: str
     name: str
@@ -608,51 +632,131 @@ class Case:
     drive: Callable[[CaseEnv], Any] | None = None  # default: one DagRun
     quick: bool = False
     tries: int | None = None
+    # Nothing may run beside it (the previous case's marts build): it stops a service, or forks worker
+    # processes (a fork while another thread holds a lock can leave the child stuck on it).
+    exclusive: bool = False
+
+
+@dataclass
+class Lane:
+    """A warehouse database name and the dbt process that builds marts in it: a parsed dbt manifest
+    names its database, so each lane's dbt serves one name. Two lanes let a case's marts build
+    while the next case runs (dbt costs CPU for seconds; most cases wait on retries and timeouts)."""
+
+    marts: MartBuilder
+    pending: Future[CaseResult] | None = None
+
+    @property
+    def database(self) -> str:
+        return self.marts.database
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            with contextlib.suppress(Exception):  # a finishing job records its own errors in its result
+                self.pending.result()
+            self.pending = None
+
+
+LANES = ("a", "b")
+
+
+def start_mart_builders(workdir: Path) -> list[MartBuilder]:
+    """The lanes' dbt processes, started: their start-up and parse need no server, so start them
+    before the services (a few seconds of CPU each that would otherwise hold up the baseline)."""
+    builders: list[MartBuilder] = []
+    try:
+        for name in LANES:
+            # the same name every run: dbt's parse state is kept per name (faults/marts.py)
+            builders.append(MartBuilder(f"faults_{name}", workdir / name))
+            builders[-1].start()
+    except BaseException:
+        for builder in builders:
+            builder.close()
+        raise
+    return builders
 
 
 class Suite:
-    def __init__(self, services: Services, tries: int = TASK_TRIES, keep: bool = False) -> None:
+    """The baseline and the cases on ``services``; close() (or ``with``) stops its dbt processes
+    (``marts``: started by start_mart_builders, else here).
+
+    ``run_case`` runs one case to the end. ``run_cases`` overlaps: while a case's marts are built
+    and compared in the background, the next case runs (on the other lane's database); an
+    ``exclusive`` case waits until nothing runs in the background."""
+
+    def __init__(self, services: Services, tries: int = TASK_TRIES, keep: bool = False,
+                 marts: list[MartBuilder] | None = None) -> None:
         self.services = services
         self.tries = tries
         self.keep = keep
+        self.lanes = [Lane(b) for b in marts or start_mart_builders(services.workdir / "dbt")]
         self.config_path = write_markets_file(services.workdir / "markets.yml", services.emulator.base_url)
         self.config = load_config(self.config_path)
         self.windows = market_windows(self.config)
         self.baseline: Baseline | None = None
+        self._turn = 0
+        self._background = ThreadPoolExecutor(max_workers=len(self.lanes), thread_name_prefix="marts")
+
+    def close(self) -> None:
+        for lane in self.lanes:
+            lane.wait()
+            lane.marts.close()
+        self._background.shutdown()
+
+    def __enter__(self) -> Suite:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def expected(self) -> int:
         return sum(w.candles(TIMEFRAME) for w in self.windows.values())
 
-    @contextlib.contextmanager
-    def case_env(self, slug: str, tries: int | None = None) -> Iterator[CaseEnv]:
-        database = f"faults_{os.getpid()}_{slug}"[:63]
+    def _lane(self, exclusive: bool) -> Lane:
+        """The next lane, once its previous case is done (every lane's, for an exclusive case)."""
+        lane = self.lanes[self._turn]
+        self._turn = (self._turn + 1) % len(self.lanes)
+        for other in self.lanes if exclusive else [lane]:
+            other.wait()
+        return lane
+
+    def open_env(self, slug: str, lane: Lane, tries: int | None = None) -> CaseEnv:
+        """A fresh warehouse (include/sql applied) under the lane's name and a fresh MongoDB database."""
+        database, mongo_db = lane.database, f"faults_{slug}"[:63]
         pg = self.services.pg
         pg.drop_database(database)
         pg.create_database(database)
         env = CaseEnv(slug, database, pg.dsn(database), self.services.mongo_uri, self.config_path, self.config,
-                      tries or self.tries, self.services)
+                      tries or self.tries, mongo_db, self.services)
         conn = env.connect()
         try:
             apply_ddl(conn)
         finally:
             conn.close()
         client = env.mongo_client()
-        client.drop_database(database)
         try:
-            RawStore(client[database]).ensure_indexes(self.config.raw_retention_days)
+            client.drop_database(mongo_db)
+            RawStore(client[mongo_db]).ensure_indexes(self.config.raw_retention_days)
         finally:
             client.close()
-        try:
-            yield env
-        finally:
-            if not self.keep:
-                with contextlib.suppress(Exception):
-                    pg.drop_database(database)
-                with contextlib.suppress(Exception):
-                    client = env.mongo_client()
-                    client.drop_database(database)
-                    client.close()
+        return env
+
+    def close_env(self, env: CaseEnv) -> None:
+        """Drop the case's databases, or with ``keep`` rename the warehouse after the case."""
+        pg = self.services.pg
+        with contextlib.suppress(Exception):
+            if self.keep:
+                kept = f"faults_{env.slug}"[:63]
+                pg.drop_database(kept)
+                pg.psql_admin(f'ALTER DATABASE "{env.database}" RENAME TO "{kept}"')
+            else:
+                pg.drop_database(env.database)
+        if not self.keep:
+            with contextlib.suppress(Exception):
+                client = env.mongo_client()
+                client.drop_database(env.mongo_db)
+                client.close()
 
     def reset_emulator(self, config: dict[str, Any] | None = None) -> None:
         emu = self.services.emulator
@@ -660,65 +764,122 @@ class Suite:
         emu.configure(**{**EMULATOR_CONFIG, **(config or {})})
         emu.reset()
 
+    def build_marts(self, env: CaseEnv, lane: Lane) -> MartState:
+        """dbt run of ohlcv_1m and its rollups in the case's warehouse, then their counts and checksums."""
+        lane.marts.build(env.dsn)
+        conn = env.connect()
+        try:
+            return mart_state(conn)
+        finally:
+            conn.close()
+
     def run_baseline(self) -> Baseline:
         """The fault-free run every case is compared with."""
         started = time.monotonic()
         self.reset_emulator()
-        with self.case_env("baseline") as env:
+        for lane in self.lanes:
+            lane.wait()
+        lane = self.lanes[0]  # the lane whose dbt is started first; the first case takes it too
+        env = self.open_env("baseline", lane)
+        try:
             DagRun(env, "baseline").run()
             rows = staging_rows(env)
             state = env.staging_state()
+            marts = self.build_marts(env, lane)
+        finally:
+            self.close_env(env)
         stats = self.services.emulator.stats()
         if len(rows) != self.expected or state[0] != self.expected:
             raise RuntimeError(f"the fault-free run landed {len(rows)} candles, the windows hold {self.expected}")
         if stats.get("http_429_sent") or stats.get("http_418_sent"):
             raise RuntimeError(f"the fault-free run was rate limited: {stats}")
-        self.baseline = Baseline(dict(rows), state, time.monotonic() - started)
+        # The yardstick's marts must hold every candle and bucket (counted here from the candles), or
+        # comparing the cases with them would prove little.
+        times: dict[tuple[str, str], list[int]] = {}
+        for (exchange, symbol, _, ms), _values in rows:
+            times.setdefault((exchange, symbol), []).append(ms)
+        want = expected_mart_rows(times)
+        got = {mart: n for mart, (n, _) in marts.items()}
+        if got != want:
+            raise RuntimeError(f"the fault-free run's marts hold {got} rows; its candles make {want}")
+        self.baseline = Baseline(dict(rows), state, marts, time.monotonic() - started)
         return self.baseline
 
     def run_case(self, case: Case) -> CaseResult:
+        return self.start_case(case).result()
+
+    def run_cases(self, cases: Iterable[Case]) -> Iterator[CaseResult]:
+        """Every case's result, in order; each case's marts are built while the next case runs."""
+        previous: Future[CaseResult] | None = None
+        for case in cases:
+            current = self.start_case(case)
+            if previous is not None:
+                yield previous.result()
+            previous = current
+        if previous is not None:
+            yield previous.result()
+
+    def start_case(self, case: Case) -> Future[CaseResult]:
+        """Run the case and measure staging here; build and compare its marts in the background."""
         if self.baseline is None:
             self.run_baseline()
         assert self.baseline is not None
+        lane = self._lane(case.exclusive)
         result = CaseResult(case.slug, case.name, expected=len(self.baseline.rows))
         started = time.monotonic()
         self.reset_emulator(case.emulator_config)
         emu = self.services.emulator
-        with self.case_env(case.slug, case.tries) as env:
-            try:
-                if case.faults:  # fixed ids: the emulator seeds each fault's RNG with its id
-                    emu.add_faults([{"id": f"{case.slug}-{i}", **f} for i, f in enumerate(case.faults, 1)])
-                if case.drive is None:
-                    DagRun(env, f"{case.slug}-1").run()
-                else:
-                    case.drive(env)
-            except Exception as exc:
-                result.error = f"{type(exc).__name__}: {exc}"
-                log.error("%s: %s", case.slug, traceback.format_exc())
-            finally:
-                with contextlib.suppress(Exception):
-                    planted = emu.faults()
-                    unfired = [f["id"] for f in planted if (f["remaining"] or 0) > 0 or not f["fired"]]
-                    if planted:
-                        env.check("every planted fault fired", not unfired,
-                                  f"(not fired: {unfired})" if unfired else "")
-                with contextlib.suppress(Exception):
-                    emu.clear_faults()
+        env = self.open_env(case.slug, lane, case.tries)
+        try:
+            if case.faults:  # fixed ids: the emulator seeds each fault's RNG with its id
+                emu.add_faults([{"id": f"{case.slug}-{i}", **f} for i, f in enumerate(case.faults, 1)])
+            if case.drive is None:
+                DagRun(env, f"{case.slug}-1").run()
+            else:
+                case.drive(env)
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {exc}"
+            log.error("%s: %s", case.slug, traceback.format_exc())
+        finally:
+            with contextlib.suppress(Exception):
+                planted = emu.faults()
+                unfired = [f["id"] for f in planted if (f["remaining"] or 0) > 0 or not f["fired"]]
+                if planted:
+                    env.check("every planted fault fired", not unfired, f"(not fired: {unfired})" if unfired else "")
+            with contextlib.suppress(Exception):
+                emu.clear_faults()
+        try:
             stats = emu.stats()
+            hits = faults_hit(stats, env.events)
+            env.check("faults hit the run", hits > 0, f"({hits})")
             result.faults = describe_faults(stats, env.events)
             result.bans = int(stats.get("http_418_by_cause", {}).get("ban", 0))
-            result.checks = list(env.checks)
             result.tries = "; ".join(summarize_tries(r.records) for r in env.runs if r.records) or "-"
-            try:
-                self.measure(env, result)
-                result.in_task_retries = int(env.query("SELECT count(*) FROM ops.api_errors WHERE will_retry")[0][0])
-            except Exception as exc:
-                result.error = result.error or f"measuring failed: {type(exc).__name__}: {exc}"
+            self.measure_staging(env, result)
+            result.in_task_retries = int(env.query("SELECT count(*) FROM ops.api_errors WHERE will_retry")[0][0])
+        except Exception as exc:
+            result.error = result.error or f"measuring failed: {type(exc).__name__}: {exc}"
         result.seconds = time.monotonic() - started
-        log.info("%s: %s", case.slug, json.dumps(result.as_dict(), default=str))
+        lane.pending = self._background.submit(self._finish_case, env, lane, result)
+        return lane.pending
+
+    def _finish_case(self, env: CaseEnv, lane: Lane, result: CaseResult) -> CaseResult:
+        started = time.monotonic()
+        try:
+            result.marts = self.build_marts(env, lane)
+            assert self.baseline is not None
+            result.marts_differ = differing_marts(result.marts, self.baseline.marts)
+        except Exception as exc:
+            result.error = result.error or f"building the marts failed: {type(exc).__name__}: {exc}"
+            log.error("%s: %s", env.slug, traceback.format_exc())
+        finally:
+            self.close_env(env)
+        result.dbt_seconds = time.monotonic() - started
+        result.checks = list(env.checks)
+        log.info("%s: %s", env.slug, json.dumps(result.as_dict(), default=str))
         return result
 
-    def measure(self, env: CaseEnv, result: CaseResult) -> None:
+    def measure_staging(self, env: CaseEnv, result: CaseResult) -> None:
         assert self.baseline is not None
         rows = staging_rows(env)
         landed_keys = [k for k, _ in rows]

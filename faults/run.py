@@ -1,10 +1,11 @@
 """Run the fault suite: ``python -m faults`` (``make faults``) or ``python faults/run.py``.
 
     python -m faults                    every case; prints the table, rewrites docs/faults.md
-    python -m faults --quick            the subset `make test` runs (tests/faults/test_quick_faults.py)
+    python -m faults --quick            a smoke subset for development (make test runs every case)
     python -m faults --case http_5xx    named cases only (see --list)
 
-Exits 1 when any case lost or duplicated a candle, got the pipeline banned, failed a check or errored.
+Exits 1 when any case lost or duplicated a candle, got the pipeline banned, left a mart other than
+the fault-free run's, failed a check (a planted fault that never fired, too) or errored.
 """
 
 from __future__ import annotations
@@ -33,16 +34,23 @@ from faults.harness import (
     CaseResult,
     Services,
     Suite,
+    start_mart_builders,
 )
+from faults.marts import MARTS
 
 LOCAL = REPO / ".local" / "faults"
 DOCS = REPO / "docs" / "faults.md"
-COLUMNS = ("case", "faults injected", "candles expected", "landed", "lost", "duplicated", "bans")
+COLUMNS = ("case", "faults injected", "candles expected", "landed", "lost", "duplicated", "bans",
+           "marts as fault-free")
+
+
+def marts_cell(result: CaseResult) -> str:
+    return f"{len(MARTS) - len(result.marts_differ)}/{len(MARTS)}" if result.marts else "not built"
 
 
 def table_rows(results: list[CaseResult]) -> list[tuple[str, ...]]:
     return [(r.name if r.ok else f"{r.name} (FAILED)", r.faults, str(r.expected), str(r.landed), str(r.lost),
-             str(r.duplicated), str(r.bans)) for r in results]
+             str(r.duplicated), str(r.bans), marts_cell(r)) for r in results]
 
 
 def text_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUMNS) -> str:
@@ -66,28 +74,31 @@ def markdown_table(rows: list[tuple[str, ...]], columns: tuple[str, ...] = COLUM
 
 
 def summary_line(results: list[CaseResult]) -> str:
-    return (f"{len(results)} cases, {sum(r.lost for r in results)} lost, "
-            f"{sum(r.duplicated for r in results)} duplicated, {sum(r.bans for r in results)} bans")
+    return (f"{len(results)} cases ({sum(not r.ok for r in results)} failed), {sum(r.lost for r in results)} lost, "
+            f"{sum(r.duplicated for r in results)} duplicated, {sum(r.bans for r in results)} bans, "
+            f"{sum(not r.marts_ok for r in results)} with marts other than the fault-free run's")
 
 
 DOC = """\
 # Fault-injection suite
 
 `make faults` (`.local/venv/bin/python -m faults`) runs every fault below against the real pipeline
-code and rewrites this file with the results; `make test` runs the quick subset
-(`tests/faults/test_quick_faults.py`: {quick}). The cases are defined in `faults/cases.py`, the
-machinery in `faults/harness.py`.
+code and rewrites this file with the results. `make test` runs every case too
+(`tests/faults/test_fault_suite.py`, one test per case, on the same runner). The cases are defined
+in `faults/cases.py`, the machinery in `faults/harness.py`, the marts' side in `faults/marts.py`.
 
 **The claim under test**: whatever a case does to the exchange, MongoDB, PostgreSQL or the worker,
 once the run's retries are done `staging.ohlcv` holds exactly the candles of the fault-free run:
 the same rows with the same values (compared candle by candle, and by
 `marketflow.staging_load.table_checksum` over every column but the lineage columns
 `raw_payload_id`, `run_id`, `ingested_at`), none twice, and the pipeline's own pacing never got it
-banned.
+banned. And the marts dbt builds from that staging (`dbt run` of {marts}) equal the fault-free
+run's: the same row count and checksum per mart, lineage (`raw_payload_id`, `run_id`,
+`ingested_at`, `last_ingested_at`) excluded.
 
 ## Results
 
-Last full run: {when}, {n} cases in {seconds:.0f} s.
+Last full run: {when}, {n} cases in {seconds:.0f} s (building the marts: {dbt_seconds:.0f} s of it).
 
 {table}
 
@@ -102,9 +113,11 @@ and 429s it sent for an exhausted weight budget) plus the suite's own outages, k
 runs; *candles expected* = the fault-free run's rows; *landed* = candles present with exactly the
 fault-free values; *lost* = expected - landed (missing or with other values); *duplicated* = rows
 for a key twice, or for a key the fault-free run does not have; *bans* = 418s the emulator sent on
-its own because requests ignored a Retry-After (injected 418s are faults, listed as such);
+its own because requests ignored a Retry-After (injected 418s are faults, listed as such); *marts
+as fault-free* = of the {n_marts} marts, those with the fault-free run's row count and checksum;
 *in-task retries* = `ops.api_errors` rows with `will_retry`. A case fails on any lost, duplicated
-or ban, a checksum difference, a failed case check, or an error.
+or ban, a staging or mart checksum difference, a planted fault that never fired (or a case no fault
+hit at all), a failed case check, or an error.
 
 ## The cases
 
@@ -120,17 +133,42 @@ or ban, a checksum difference, a failed case check, or an error.
   under `.local/faults/` on free ports and stopped by their recorded PIDs. Each case gets a fresh
   warehouse database (include/sql applied) and MongoDB database; the emulator's faults, statistics,
   weights and bans are reset.
-* **Airflow's retries**: a run is, per market, the extract task then the load task, like
-  `candle_pipeline` in `airflow_tasks.py`. Each task gets up to {tries} tries (a failed try is run again
-  with `try_number + 1` on fresh connections, {delay:.0f} s later instead of Airflow's 20 s), and inside
-  each try the pipeline does its own retries (`exchanges.call_with_retries`: 4 attempts, backoff with
-  jitter, Retry-After honoured through the shared rate-limit bucket in Postgres).
+* **Airflow's retries**: a run is the hourly DAG's `<exchange>.reconcile` task for each exchange,
+  one after the other (`airflow_tasks.exchange_ingest`, whose body `pipeline.run_exchange_markets`
+  extracts and loads every market of the exchange). Each task gets up to {tries} tries (a failed try
+  is run again with `try_number + 1` on fresh connections, {delay:.0f} s later instead of Airflow's
+  delay), decided by the pipeline's own retry policy (`errors.retry_policy`: a permanent failure is
+  not retried), and a later try re-runs only the markets an earlier one left failing. Inside each
+  try the pipeline does its own retries (`exchanges.call_with_retries`: 4 attempts, backoff with
+  jitter, Retry-After honoured through the shared rate-limit bucket in Postgres). Every try starts
+  with nothing cached in the process (ccxt's market list included), as a new task process would;
+  what task processes share through Postgres (`ops.market_lists`) stays.
+* **Did the fault happen?** After the run the suite reads the emulator's fault book: a planted fault
+  that did not fire all its `count` (or never, for one with a probability) fails the case, and so does
+  a case that no fault hit at all. Drivers add their own evidence (the 429s for the weight budget,
+  the task try that failed during an outage, the kill inside the open transaction).
 * **Outages and kills** are aimed at a fixed point: MongoDB goes down as soon as the first page is
   in raw while the next one is in flight; PostgreSQL goes down, and the load worker is SIGKILLed,
   while the load's upsert transaction is open with its rows inserted (an `AFTER INSERT` trigger
   created in the case's database holds it open, only for sessions whose `application_name` the
   suite sets). The service comes back once the try has failed; before the retry the case checks
   that staging holds exactly what it held before the interrupted try.
+* **The marts**: once the case's runs are done, real dbt (`.local/dbt-venv`) runs {marts} and what
+  they are built from in the case's warehouse. One dbt process parses the project once and serves
+  every case (`faults/dbt_server.py`), so a case costs its models' run, about 2 s. The fault-free
+  run's marts must hold a row per candle and per UTC bucket (counted from its candles), or the suite
+  stops before the cases.
+
+## Adding a case
+
+Append a `Case` to `CASES` in `faults/cases.py`: emulator faults as fault specs
+(`plugins/marketflow/emulator/README.md`), `emulator_config` for the emulator's limits, and for
+anything else a `drive(env)` that runs the DAG (`DagRun(env, run_id).run()`, with the hooks
+`overrides`, `before_try`, `after_failure`, `retry_gate` and `app_names`, keyed by exchange and try
+number, to aim at one task try; `spawn_worker` for a try in a process of its own), records what it
+did with `env.event(...)` and checks with `env.check(...)` that it hit the run. A case that stops a
+service or forks a worker is `exclusive`. The comparison with the fault-free run (staging and marts)
+comes with it.
 """
 
 
@@ -146,10 +184,10 @@ def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, pat
                 if failed else "")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(DOC.format(failures=failures,
-        quick=", ".join(c.name for c in QUICK), when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        n=len(results), seconds=seconds, table=markdown_table(table_rows(results)), summary=summary_line(results),
-        details=details, cases="\n".join(f"* **{c.name}** (`{c.slug}`{', quick' if c.quick else ''}): {c.summary}"
-                                         for c in cases),
+        when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), n=len(results), seconds=seconds,
+        dbt_seconds=sum(r.dbt_seconds for r in results), marts=", ".join(f"`{m}`" for m in MARTS),
+        n_marts=len(MARTS), table=markdown_table(table_rows(results)), summary=summary_line(results),
+        details=details, cases="\n".join(f"* **{c.name}** (`{c.slug}`): {c.summary}" for c in cases),
         markets=windows, timeout=CLIENT_TIMEOUT_MS, weight=EMULATOR_CONFIG["binance_weight_limit"],
         ban=EMULATOR_CONFIG["ban_seconds"], ban_after=EMULATOR_CONFIG["ban_after"], tries=TASK_TRIES,
         delay=RETRY_DELAY_S))
@@ -157,14 +195,14 @@ def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, pat
 
 def run_cases(suite: Suite, cases: list[Case], out=sys.stdout) -> list[CaseResult]:
     baseline = suite.run_baseline()
+    marts = ", ".join(f"{m} {n}" for m, (n, _) in baseline.marts.items())
     print(f"fault-free run: {len(baseline.rows)} candles in {baseline.seconds:.1f}s "
-          f"(staging checksum {baseline.state[1]})", file=out, flush=True)
+          f"(staging checksum {baseline.state[1]}; marts: {marts})", file=out, flush=True)
     results = []
-    for i, case in enumerate(cases, 1):
-        print(f"[{i:>2}/{len(cases)}] {case.name} ...", end=" ", file=out, flush=True)
-        result = suite.run_case(case)
+    for i, result in enumerate(suite.run_cases(cases), 1):  # each arrives once its marts are compared
         results.append(result)
-        print(f"{'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s ({result.tries})", file=out, flush=True)
+        print(f"[{i:>2}/{len(cases)}] {result.name}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s, "
+              f"marts {result.dbt_seconds:.1f}s ({result.tries})", file=out, flush=True)
         for problem in result.problems():
             print(f"        {problem}", file=out, flush=True)
     return results
@@ -189,7 +227,7 @@ def configure_logging(log_file: Path, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", default=[], metavar="SLUG", help="run only this case (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="only the quick subset make test runs")
+    parser.add_argument("--quick", action="store_true", help="only a smoke subset, for development")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--tries", type=int, default=TASK_TRIES, help="task tries per task (Airflow retries + 1)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/faults.md")
@@ -211,13 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     workdir = LOCAL / f"run-{os.getpid()}"
     print(f"fault suite: {len(cases)} cases, log {log_file.relative_to(REPO)}", flush=True)
-    services = Services.start(workdir)
-    services.owns_workdir = not args.keep
-    try:
-        suite = Suite(services, tries=args.tries, keep=args.keep)
+    with contextlib.ExitStack() as running:
+        builders = start_mart_builders(workdir / "dbt")  # dbt starts up while the services do
+        for builder in builders:
+            running.callback(builder.close)
+        services = running.enter_context(Services.start(workdir))
+        services.owns_workdir = not args.keep
+        suite = running.enter_context(Suite(services, tries=args.tries, keep=args.keep, marts=builders))
         results = run_cases(suite, cases)
-    finally:
-        services.close()
     seconds = time.monotonic() - started
 
     rows = table_rows(results)

@@ -5,10 +5,10 @@ runs ``run_spec`` (faults.harness.spawn_worker); ``python -m faults.worker spec.
 spec the suite wrote by hand. It runs the same pipeline code the in-process runner does and writes
 its outcome to ``spec["result_path"]`` as JSON. Modes:
 
-  load  one try of one market's load task (``extracted``, ``try_number``, ``app_name``)
-  dag   a whole DagRun (every market, extract then load, with retries), optionally after a start
-        barrier (``ready_path`` written, then wait for ``go_path``) and followed by claiming and
-        running the queued ops.backfill_tasks of every exchange (``claim_backfill``)
+  task  one try of one exchange's task (``exchange``, ``try_number``, ``app_name``)
+  dag   a whole DagRun (every exchange's task, with retries), optionally after a start barrier
+        (``ready_path`` written, then wait for ``go_path``) and followed by working through the
+        queued gap repairs of every exchange as the hourly DAG's gap_repairs tasks do (``repair_gaps``)
 """
 
 from __future__ import annotations
@@ -23,24 +23,24 @@ from pathlib import Path
 from typing import Any
 
 import faults  # noqa: F401  (puts plugins/ and scripts/ on sys.path)
-from faults.harness import DAG_ID, CaseEnv, DagRun
+from faults.harness import DAG_ID, CaseEnv, DagRun, fresh_task_process
 from marketflow.config import load_config
-from marketflow.ops import claim_tasks
-from marketflow.pipeline import Attempt, repair_gap
+from marketflow.pipeline import Attempt, run_gap_repairs
 from marketflow.raw_store import RawStore
 
 
 def env_from(spec: dict[str, Any]) -> CaseEnv:
     return CaseEnv(spec["slug"], spec["database"], spec["dsn"], spec["mongo_uri"], Path(spec["config_path"]),
-                   load_config(spec["config_path"]), spec.get("tries") or 3)
+                   load_config(spec["config_path"]), spec.get("tries") or 3, spec["mongo_db"])
 
 
-def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+def run_task(spec: dict[str, Any]) -> dict[str, Any]:
     env = env_from(spec)
     run = DagRun(env, spec["run_id"])
-    exchange, n = spec["extracted"]["exchange"], spec["try_number"]
-    run.app_names[("load", exchange, n)] = spec["app_name"]
-    return {"loaded": run.load_try(exchange, spec["extracted"], n)}
+    exchange, n = spec["exchange"], spec["try_number"]
+    run.app_names[(exchange, n)] = spec["app_name"]
+    fresh_task_process()
+    return {"result": run.try_task(exchange, n)}
 
 
 def barrier(spec: dict[str, Any]) -> None:
@@ -56,7 +56,7 @@ def barrier(spec: dict[str, Any]) -> None:
 
 def run_dag(spec: dict[str, Any]) -> dict[str, Any]:
     env = env_from(spec)
-    run = DagRun(env, spec["run_id"], load_app_name=spec.get("app_name"))
+    run = DagRun(env, spec["run_id"], app_name=spec.get("app_name"))
     barrier(spec)
     out: dict[str, Any] = {"started_at": time.time()}
     error = None
@@ -64,29 +64,27 @@ def run_dag(spec: dict[str, Any]) -> dict[str, Any]:
         run.run()
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-    out.update(error=error, records=[asdict(r) for r in run.records], loaded=run.loaded,
-               extracted={ex: {k: v for k, v in e.items() if k != "payload_ids"} for ex, e in run.extracted.items()})
-    if spec.get("claim_backfill"):
-        out["claimed"] = claim_and_repair(env, spec["run_id"])
+    out.update(error=error, records=[asdict(r) for r in run.records], results=run.results)
+    if spec.get("repair_gaps"):
+        out["repairs"] = repair_gaps(env, spec["run_id"])
     out["finished_at"] = time.time()
     return out
 
 
-def claim_and_repair(env: CaseEnv, run_id: str) -> list[dict[str, Any]]:
-    """What the gap_repairs group does: claim an exchange's queued windows, re-fetch each one."""
-    claimed = []
-    for market in env.config.markets():
-        conn = env.connect("marketflow")
-        client = env.mongo_client()
-        try:
-            for task in claim_tasks(conn, market.exchange, 10, run_id):
-                state = repair_gap(env.config, task, RawStore(client[env.mongo_db]), conn,
-                                   Attempt(DAG_ID, run_id, f"repair_{market.exchange}", task.task_id, 1))
-                claimed.append({"task_id": task.task_id, "exchange": task.exchange, "state": state})
-        finally:
-            conn.close()
-            client.close()
-    return claimed
+def repair_gaps(env: CaseEnv, run_id: str) -> dict[str, dict[str, int]]:
+    """What the hourly DAG's gap_repairs tasks do: per exchange, work through its queued windows."""
+    out = {}
+    client = env.mongo_client()
+    try:
+        for exchange in dict.fromkeys(m.exchange for m in env.config.markets()):
+            fresh_task_process()
+            out[exchange] = run_gap_repairs(env.config, exchange, RawStore(client[env.mongo_db]),
+                                            lambda: env.connect("marketflow"),
+                                            Attempt(DAG_ID, run_id, f"gap_repairs.repair_{exchange}", -1, 1),
+                                            threads=env.config.exchange(exchange).pool_slots, budget_seconds=120)
+    finally:
+        client.close()
+    return out
 
 
 def run_spec(spec: dict[str, Any]) -> None:
@@ -101,7 +99,7 @@ def run_spec(spec: dict[str, Any]) -> None:
         os.close(fd)
     logging.basicConfig(level=logging.INFO, force=True, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
-    result = {"load": run_load, "dag": run_dag}[spec["mode"]](spec)
+    result = {"task": run_task, "dag": run_dag}[spec["mode"]](spec)
     Path(spec["result_path"]).write_text(json.dumps(result, default=str))
 
 
