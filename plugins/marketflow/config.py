@@ -465,6 +465,7 @@ class HousekeepingConfig:
     rejects_body_retention_days: int = 30  # then a reject keeps its reason and the body's first 200 characters
     rejects_retention_days: int = 365  # then the reject row itself goes
     airflow_metadata_retention_days: int = 30  # `airflow db clean`: runs, task instances, XComs, logs, jobs
+    ticker_retention_days: int = 30  # staging.ticker snapshots (each market's latest always stays)
     batch_size: int = 10_000  # rows per DELETE, each committed on its own
 
 

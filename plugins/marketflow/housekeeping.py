@@ -87,7 +87,15 @@ OPS_RULES = (
     PruneRule("ops.rate_limit_metrics", ("exchange", "minute"), "minute"),
     PruneRule("ops.market_lists", ("exchange", "api"), "loaded_at"),
     PruneRule("ops.backfill_tasks", ("task_id",), "updated_at", "status = 'completed' AND outcome = 'repaired'"),
+    PruneRule("ops.market_task_outcomes", ("dag_id", "run_id", "task_id", "exchange", "symbol"), "finished_at",
+              scan_in_key_order=False),
 )
+# Ticker snapshots (one per live market and minute) after ticker_retention_days, except each market's
+# latest: marts.latest_price shows it however old it is (with its staleness).
+TICKER_RULE = PruneRule("staging.ticker", ("exchange", "symbol", "ts"), "ingested_at",
+                        "ts < (SELECT max(l.ts) FROM staging.ticker AS l "
+                        "WHERE l.exchange = ticker.exchange AND l.symbol = ticker.symbol)",
+                        scan_in_key_order=False)
 REJECTS_RULE = PruneRule("staging.ohlcv_rejects", ("raw_payload_id", "row_index"), "rejected_at",
                          scan_in_key_order=False)
 
@@ -193,10 +201,13 @@ def cut_reject_bodies(conn, cut: datetime, batch_size: int) -> Pruned:
 
 
 def prune_ops(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
-    """Every ops table's rows older than ``ops_retention_days`` before ``now``."""
+    """Every ops table's rows older than ``ops_retention_days`` before ``now``, and ticker snapshots
+    older than ``ticker_retention_days`` (each market's latest stays)."""
     _prepare_session(conn)
     cut = now - timedelta(days=config.ops_retention_days)
-    return [prune_rule(conn, rule, cut, config.batch_size) for rule in OPS_RULES]
+    pruned = [prune_rule(conn, rule, cut, config.batch_size) for rule in OPS_RULES]
+    return [*pruned, prune_rule(conn, TICKER_RULE, now - timedelta(days=config.ticker_retention_days),
+                                config.batch_size)]
 
 
 def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:

@@ -21,7 +21,7 @@ from marketflow.housekeeping import BODY_KEEP_CHARS, BODY_PRUNE_ABOVE, prune_ops
 
 NOW = datetime(2026, 12, 1, 3, 17, tzinfo=UTC)
 CONFIG = HousekeepingConfig(ops_retention_days=30, rejects_body_retention_days=30, rejects_retention_days=365,
-                            batch_size=250)
+                            ticker_retention_days=30, batch_size=250)
 OPS_CUT = NOW - timedelta(days=30)
 BODY_CUT = NOW - timedelta(days=30)
 REJECT_CUT = NOW - timedelta(days=365)
@@ -83,6 +83,22 @@ def _fill_ops(conn, rng: random.Random) -> dict[str, set]:
         # only completed repairs go: the gap marts derive a confirmed-empty or failed gap's status from its row
         expected["ops.backfill_tasks"] = {i for i, status, outcome, at in tasks
                                           if not (status == "completed" and outcome == "repaired" and at < OPS_CUT)}
+
+        outcomes = [(f"run-{i}", rng.choice(["BTC/USDT", "ETH/USDT"]), at) for i, at in enumerate(_times(rng, 700, 60))]
+        cur.executemany("INSERT INTO ops.market_task_outcomes (dag_id, run_id, task_id, exchange, symbol, try_number, "
+                        "outcome, finished_at) VALUES ('market_candles_1m', %s, 'binance.ingest', 'binance', %s, 1, "
+                        "'success', %s)", outcomes)
+        expected["ops.market_task_outcomes"] = {run for run, _, at in outcomes if at >= OPS_CUT}
+
+        # tickers: one market with snapshots on both sides of the cut, one whose last snapshot is old
+        snapshots = [("binance", "BTC/USDT", at) for at in _times(rng, 500, 60)]
+        snapshots += [("okx", "OLD/USDT", OPS_CUT - timedelta(days=d)) for d in (3, 2, 1)]
+        rng.shuffle(snapshots)
+        cur.executemany("INSERT INTO staging.ticker (exchange, symbol, ts, last, raw_payload_id, run_id, ingested_at) "
+                        "VALUES (%s, %s, %s, 1, 'p', 'r', %s)", [(ex, sym, at, at) for ex, sym, at in snapshots])
+        latest = {(ex, sym): max(at for e, s, at in snapshots if (e, s) == (ex, sym)) for ex, sym, _ in snapshots}
+        expected["staging.ticker"] = {(ex, sym, at) for ex, sym, at in snapshots
+                                      if at >= OPS_CUT or latest[(ex, sym)] == at}
     conn.commit()
     return expected
 
@@ -94,6 +110,8 @@ def _ops_keys(conn) -> dict[str, set]:
         "ops.rate_limit_metrics": "SELECT exchange, minute FROM ops.rate_limit_metrics",
         "ops.market_lists": "SELECT exchange, api FROM ops.market_lists",
         "ops.backfill_tasks": "SELECT task_id FROM ops.backfill_tasks",
+        "ops.market_task_outcomes": "SELECT run_id FROM ops.market_task_outcomes",
+        "staging.ticker": "SELECT exchange, symbol, ts FROM staging.ticker",
     }
     keys = {}
     with conn.cursor() as cur:
