@@ -43,6 +43,9 @@ class HttpExchange:
     received_at_ms: int
     # Whether ccxt decoded the body as JSON (None: ccxt did not try), so it is not decoded twice.
     json_ok: bool | None = None
+    # The call this response answered failed and was retried (a 5xx, a body that is not JSON): raw keeps
+    # it as evidence of the conversation, the loader never reads it as data.
+    superseded: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -266,6 +269,8 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
             if not will_retry:
                 exc.responses = seen  # type: ignore[attr-defined]
                 raise
+            for response in responses:
+                response.superseded = True
             if error_class is ErrorClass.RATE_LIMIT:
                 status = last.status if last else None
                 wait = retry_after_seconds(last, 60.0 if status == 418 else 10.0)

@@ -155,6 +155,7 @@ class RawStore:
                 "headers": {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS},
                 "body": response.body, "content_hash": content_hash(response.body), "body_bytes": len(response.body),
                 "fetched_at": fetched_at, "run_id": ctx.run_id, "try_number": ctx.try_number, "error": error,
+                "superseded": response.superseded,
             }
             # last_fetched_ms orders the replay from raw (find_payload_ids): an integer, and $max so that a
             # late write of an older fetch (a slow retry) never moves it back. last_fetched_at feeds the TTL.

@@ -43,7 +43,7 @@ MAX_REJECT_BODY = 1_000_000
 class LoadResult:
     payloads: int = 0
     payloads_rejected: int = 0
-    payloads_skipped: int = 0  # stored error responses (HTTP != 200): evidence, not data
+    payloads_skipped: int = 0  # stored error responses (HTTP != 200, or retried calls' answers): evidence
     candles_parsed: int = 0
     still_open: int = 0
     outside_window: int = 0
@@ -141,7 +141,8 @@ def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol
         anomalies[(payload, kind, ts)] = (payload, kind, from_ms(ts), exchange, symbol, timeframe, detail, run_id)
 
     for doc in docs:
-        if doc.get("http_status") != 200:
+        # Error responses, and answers to a call that failed and was retried: evidence, not data.
+        if doc.get("http_status") != 200 or doc.get("superseded"):
             result.payloads_skipped += 1
             continue
         received_ms = utc_ms(doc["fetched_at"])
@@ -339,7 +340,7 @@ def load_ticker_payloads(conn, docs: list[dict[str, Any]], run_id: str) -> tuple
     """Upsert ticker snapshots; returns (rows written, problems). Bad payloads are reported, not loaded."""
     rows, problems = [], []
     for doc in docs:
-        if doc.get("http_status") != 200:
+        if doc.get("http_status") != 200 or doc.get("superseded"):
             continue
         try:
             t = parse_ticker(doc)
