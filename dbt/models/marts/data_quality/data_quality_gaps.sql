@@ -100,6 +100,46 @@ tasks as (
 -- window overlaps it: one pending or running makes it repair_scheduled; confirmed-empty windows that
 -- cover all of it make it confirmed_empty_at_source. The task shown is the active one, else the one
 -- with exactly the gap's window, else the latest.
+overlapping as (
+    select
+        m.exchange,
+        m.symbol,
+        m.timeframe,
+        m.gap_start,
+        m.gap_end,
+        t.task_id,
+        t.status,
+        t.outcome,
+        t.attempts,
+        t.last_error,
+        t.candles_found,
+        t.updated_at,
+        t.status in ('pending', 'running')                               as is_active,
+        (t.window_start, t.window_end) = (m.gap_start, m.gap_end)          as is_exact,
+        tstzrange(t.window_start, t.window_end)                            as task_window
+    from missing as m
+    join tasks as t
+        on t.exchange = m.exchange
+       and t.symbol = m.symbol
+       and t.timeframe = m.timeframe
+       and t.window_start < m.gap_end
+       and t.window_end > m.gap_start
+),
+
+shown as (
+    select distinct on (exchange, symbol, timeframe, gap_start) *
+    from overlapping
+    order by exchange, symbol, timeframe, gap_start, is_active desc, is_exact desc, updated_at desc, task_id desc
+),
+
+confirmed_empty as (
+    select exchange, symbol, timeframe, gap_start
+    from overlapping
+    where status = 'completed' and outcome = 'confirmed_empty'
+    group by exchange, symbol, timeframe, gap_start, gap_end
+    having range_agg(task_window) @> tstzrange(gap_start, gap_end)
+),
+
 gaps as (
     select
         m.exchange,
@@ -110,8 +150,8 @@ gaps as (
         m.step,
         m.gap_kind,
         case
-            when t.status in ('pending', 'running') then 'repair_scheduled'
-            when empty.covered then 'confirmed_empty_at_source'
+            when t.is_active then 'repair_scheduled'
+            when e.gap_start is not null then 'confirmed_empty_at_source'
             -- no task, failed ones, or ones that claim a repair while the window is still empty
             else 'open'
         end as status,
@@ -123,33 +163,12 @@ gaps as (
         t.candles_found,
         t.updated_at
     from missing as m
-    left join lateral (
-        select tasks.*
-        from tasks
-        where tasks.exchange = m.exchange
-          and tasks.symbol = m.symbol
-          and tasks.timeframe = m.timeframe
-          and tasks.window_start < m.gap_end
-          and tasks.window_end > m.gap_start
-        order by
-            tasks.status in ('pending', 'running') desc,
-            (tasks.window_start, tasks.window_end) = (m.gap_start, m.gap_end) desc,
-            tasks.updated_at desc,
-            tasks.task_id desc
-        limit 1
-    ) as t on true
-    left join lateral (
-        select coalesce(range_agg(tstzrange(tasks.window_start, tasks.window_end))
-                        @> tstzrange(m.gap_start, m.gap_end), false) as covered
-        from tasks
-        where tasks.exchange = m.exchange
-          and tasks.symbol = m.symbol
-          and tasks.timeframe = m.timeframe
-          and tasks.window_start < m.gap_end
-          and tasks.window_end > m.gap_start
-          and tasks.status = 'completed'
-          and tasks.outcome = 'confirmed_empty'
-    ) as empty on true
+    left join shown as t
+        on t.exchange = m.exchange and t.symbol = m.symbol and t.timeframe = m.timeframe
+       and t.gap_start = m.gap_start
+    left join confirmed_empty as e
+        on e.exchange = m.exchange and e.symbol = m.symbol and e.timeframe = m.timeframe
+       and e.gap_start = m.gap_start
 ),
 
 -- completed repairs whose window is not (any more) inside a gap: the record that it was filled
