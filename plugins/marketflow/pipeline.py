@@ -497,42 +497,10 @@ def run_gap_repairs(config: MarketflowConfig, exchange: str, raw: RawStore, conn
     return counts
 
 
-def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any], now_ms: int | None = None
-                ) -> list[dict[str, Any]]:
-    """Split a backfill request into per-market windows of ``chunk_hours`` (each clipped to the
-    market's history and to closed candles), oldest first."""
-    timeframe = params.get("timeframe") or "1m"
-    if not params.get("start") or not params.get("end"):
-        raise ValueError("a backfill needs 'start' and 'end' (ISO-8601, UTC), e.g. 2024-01-01T00:00:00Z")
-    window = plan_window(timeframe, None, None, {"start": params["start"], "end": params["end"]}, 0)
-    chunk_ms = int(params.get("chunk_hours") or 24) * 3_600_000
-    if chunk_ms <= 0:
-        raise ValueError("chunk_hours must be a positive number of hours")
-    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    chunks = []
-    for market in config.exchange(exchange).markets:
-        if timeframe not in market.timeframes or not selected(market, params):
-            continue
-        clipped = market_window(market, timeframe, window, now_ms)
-        start = clipped.start_ms
-        while start < clipped.end_ms:
-            end = min(start + chunk_ms, clipped.end_ms)
-            chunks.append({"exchange": exchange, "symbol": market.symbol, "timeframe": timeframe,
-                           "window_start_ms": start, "window_end_ms": end})
-            start = end
-    for i, chunk in enumerate(chunks, 1):
-        chunk["chunk"], chunk["chunks"] = i, len(chunks)
-    return chunks
-
-
-def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any], max_tasks: int,
-                  now_ms: int | None = None) -> list[dict[str, Any]]:
-    """A backfill request as at most ``max_tasks`` work units (Airflow's max_map_length bounds how many
-    mapped tasks a run can expand to): one unit per market while they fit, else the markets dealt
-    round-robin into ``max_tasks`` units. A unit carries each market's clipped window, not its chunks,
-    so a year of 1,000 markets stays a small XCom; the task works through the chunks itself."""
-    if max_tasks < 1:
-        raise ValueError(f"max_tasks must be at least 1, got {max_tasks}")
+def _backfill_request(config: MarketflowConfig, exchange: str, params: dict[str, Any], now_ms: int | None
+                      ) -> tuple[str, int, list[dict[str, Any]]]:
+    """A backfill request checked: (timeframe, chunk ms, each selected market's window clipped to its
+    history and to closed candles, the empty ones left out)."""
     timeframe = params.get("timeframe") or "1m"
     chunk_ms = int(params.get("chunk_hours") or 24) * 3_600_000
     if chunk_ms <= 0:
@@ -549,10 +517,35 @@ def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any
         if not clipped.empty:
             markets.append({"symbol": market.symbol, "window_start_ms": clipped.start_ms,
                             "window_end_ms": clipped.end_ms})
+    return timeframe, chunk_ms, markets
+
+
+def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any], now_ms: int | None = None
+                ) -> list[dict[str, Any]]:
+    """Split a backfill request into per-market windows of ``chunk_hours`` (each clipped to the
+    market's history and to closed candles), oldest first."""
+    timeframe, chunk_ms, markets = _backfill_request(config, exchange, params, now_ms)
+    unit = {"chunk_ms": chunk_ms}
+    chunks = [{"exchange": exchange, "symbol": m["symbol"], "timeframe": timeframe,
+               "window_start_ms": w.start_ms, "window_end_ms": w.end_ms}
+              for m in markets for w in market_chunks(unit, m)]
+    for i, chunk in enumerate(chunks, 1):
+        chunk["chunk"], chunk["chunks"] = i, len(chunks)
+    return chunks
+
+
+def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any], max_tasks: int,
+                  now_ms: int | None = None) -> list[dict[str, Any]]:
+    """A backfill request as at most ``max_tasks`` work units (Airflow's max_map_length bounds how many
+    mapped tasks a run can expand to): one unit per market while they fit, else the markets dealt
+    round-robin into ``max_tasks`` units. A unit carries each market's clipped window, not its chunks,
+    so a year of 1,000 markets stays a small XCom; the task works through the chunks itself."""
+    if max_tasks < 1:
+        raise ValueError(f"max_tasks must be at least 1, got {max_tasks}")
+    timeframe, chunk_ms, markets = _backfill_request(config, exchange, params, now_ms)
     n = min(max_tasks, len(markets))
-    units = [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms, "unit": i + 1, "units": n,
-              "markets": markets[i::n]} for i in range(n)]
-    return units
+    return [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms, "unit": i + 1, "units": n,
+             "markets": markets[i::n]} for i in range(n)]
 
 
 def market_chunks(unit: dict[str, Any], market: dict[str, Any]) -> list[Window]:
