@@ -37,11 +37,13 @@ from typing import Any
 import psycopg2
 import pymongo
 import stack
+import yaml
 
 from faults import REPO
 from faults.marts import MartBuilder, MartState, differing_marts, expected_mart_rows, mart_state
 from marketflow import exchanges
 from marketflow.config import MarketConfig, MarketflowConfig, load_config
+from marketflow.connections import session_options
 from marketflow.emulator.testing import EmulatorProcess
 from marketflow.pipeline import Attempt, plan_window
 from marketflow.raw_store import INGESTION_LOG, RawStore
@@ -99,27 +101,27 @@ CREATE TRIGGER faults_hold_load AFTER INSERT ON staging.ohlcv
     FOR EACH STATEMENT EXECUTE FUNCTION public.faults_hold_load();
 """
 
-MARKETS_YML = """\
-# Written by the fault suite (faults/harness.py): the bundled recordings, a few hours each.
-defaults:
-  timeframes: [1m]
-  overlap_minutes: 0
-exchanges:
-{blocks}"""
-MARKET_BLOCK = """\
-  {exchange}:
-    api_base_url: {url}
-    options: {{fetchMarkets: {{types: [spot]}}}}
-    timeout_ms: {timeout_ms}
-    markets:
-      - {{symbol: {symbol}, history_start: "{start}", history_end: "{end}"}}
-"""
+MARKETS_HEADER = "# Written by the fault suite (faults/harness.py): the bundled recordings, a few hours each.\n"
 
 
-def write_markets_file(path: Path, emulator_url: str) -> Path:
-    blocks = "".join(MARKET_BLOCK.format(exchange=ex, symbol=sym, start=start, end=end, url=emulator_url,
-                                         timeout_ms=CLIENT_TIMEOUT_MS) for ex, sym, start, end in MARKETS)
-    path.write_text(MARKETS_YML.format(blocks=blocks))
+def markets_document(emulator_url: str, markets: Iterable[tuple[str, str, str, str]] = MARKETS,
+                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The markets file of a run: every exchange pointed at the emulator with the suite's client
+    timeout, each market bounded to its window; ``defaults`` adds or overrides keys of ``defaults:``."""
+    exchanges: dict[str, Any] = {}
+    for exchange, symbol, start, end in markets:
+        block = exchanges.setdefault(exchange, {"api_base_url": emulator_url,
+                                                "options": {"fetchMarkets": {"types": ["spot"]}},
+                                                "timeout_ms": CLIENT_TIMEOUT_MS, "markets": []})
+        block["markets"].append({"symbol": symbol, "history_start": start, "history_end": end})
+    return {"defaults": {"timeframes": [TIMEFRAME], "overlap_minutes": 0, **(defaults or {})},
+            "exchanges": exchanges}
+
+
+def write_markets_file(path: Path, emulator_url: str, markets: Iterable[tuple[str, str, str, str]] = MARKETS,
+                       defaults: dict[str, Any] | None = None) -> Path:
+    document = markets_document(emulator_url, markets, defaults)
+    path.write_text(MARKETS_HEADER + yaml.safe_dump(document, sort_keys=False))
     return path
 
 
@@ -244,9 +246,17 @@ class CaseEnv:
         return next(m for m in self.config.markets(TIMEFRAME) if m.exchange == exchange)
 
     def connect(self, application_name: str = "marketflow-faults", autocommit: bool = False):
+        """A session of the suite's own (setup, checks, measuring): no pipeline timeouts."""
         conn = psycopg2.connect(self.dsn, application_name=application_name, connect_timeout=10)
         conn.autocommit = autocommit
         return conn
+
+    def pipeline_connect(self, application_name: str = "marketflow"):
+        """A session of the pipeline, opened as production opens every one of them
+        (connections.warehouse_connection): lock_timeout, statement_timeout and
+        idle_in_transaction_session_timeout from the markets file's ``defaults.timeouts``."""
+        return psycopg2.connect(self.dsn, application_name=application_name, connect_timeout=10,
+                                options=session_options(self.config.timeouts))
 
     def mongo_client(self) -> pymongo.MongoClient:
         return pymongo.MongoClient(self.mongo_uri, serverSelectionTimeoutMS=MONGO_TIMEOUT_MS,
@@ -435,7 +445,8 @@ class DagRun:
         client = env.mongo_client()
         try:
             return run_exchange_markets(env.config, exchange, TIMEFRAME, self.window, RUN_CONF,
-                                        RawStore(client[env.mongo_db]), lambda: env.connect(self.app_name(exchange, n)),
+                                        RawStore(client[env.mongo_db]),
+                                        lambda: env.pipeline_connect(self.app_name(exchange, n)),
                                         self.attempt(exchange, n), live=False)
         finally:
             client.close()
@@ -632,6 +643,10 @@ class Case:
     drive: Callable[[CaseEnv], Any] | None = None  # default: one DagRun
     quick: bool = False
     tries: int | None = None
+    # The case's own markets file: markets beside the recordings (e.g. one the exchange does not list)
+    # and keys of its ``defaults:`` (e.g. timeouts). The fault-free candles stay the yardstick.
+    extra_markets: tuple[tuple[str, str, str, str], ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
     # Nothing may run beside it (the previous case's marts build): it stops a service, or forks worker
     # processes (a fork while another thread holds a lock can leave the child stuck on it).
     exclusive: bool = False
@@ -721,13 +736,20 @@ class Suite:
             other.wait()
         return lane
 
-    def open_env(self, slug: str, lane: Lane, tries: int | None = None) -> CaseEnv:
-        """A fresh warehouse (include/sql applied) under the lane's name and a fresh MongoDB database."""
+    def open_env(self, slug: str, lane: Lane, tries: int | None = None, case: Case | None = None) -> CaseEnv:
+        """A fresh warehouse (include/sql applied) under the lane's name and a fresh MongoDB database;
+        the suite's markets file, or the case's own when it adds markets or defaults."""
         database, mongo_db = lane.database, f"faults_{slug}"[:63]
+        config_path, config = self.config_path, self.config
+        if case is not None and (case.extra_markets or case.defaults):
+            config_path = write_markets_file(self.services.workdir / f"markets-{slug}.yml",
+                                             self.services.emulator.base_url, MARKETS + case.extra_markets,
+                                             case.defaults)
+            config = load_config(config_path)
         pg = self.services.pg
         pg.drop_database(database)
         pg.create_database(database)
-        env = CaseEnv(slug, database, pg.dsn(database), self.services.mongo_uri, self.config_path, self.config,
+        env = CaseEnv(slug, database, pg.dsn(database), self.services.mongo_uri, config_path, config,
                       tries or self.tries, mongo_db, self.services)
         conn = env.connect()
         try:
@@ -829,7 +851,7 @@ class Suite:
         started = time.monotonic()
         self.reset_emulator(case.emulator_config)
         emu = self.services.emulator
-        env = self.open_env(case.slug, lane, case.tries)
+        env = self.open_env(case.slug, lane, case.tries, case)
         try:
             if case.faults:  # fixed ids: the emulator seeds each fault's RNG with its id
                 emu.add_faults([{"id": f"{case.slug}-{i}", **f} for i, f in enumerate(case.faults, 1)])

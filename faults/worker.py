@@ -79,7 +79,7 @@ def repair_gaps(env: CaseEnv, run_id: str) -> dict[str, dict[str, int]]:
         for exchange in dict.fromkeys(m.exchange for m in env.config.markets()):
             fresh_task_process()
             out[exchange] = run_gap_repairs(env.config, exchange, RawStore(client[env.mongo_db]),
-                                            lambda: env.connect("marketflow"),
+                                            lambda: env.pipeline_connect("marketflow"),
                                             Attempt(DAG_ID, run_id, f"gap_repairs.repair_{exchange}", -1, 1),
                                             threads=env.config.exchange(exchange).pool_slots, budget_seconds=120)
     finally:
