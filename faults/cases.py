@@ -7,6 +7,7 @@ concurrency are driven by a ``drive`` function that aims them at a deterministic
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,11 +17,13 @@ from typing import Any
 import pymongo
 
 from faults.harness import (
+    CLIENT_TIMEOUT_MS,
     RETRY_DELAY_S,
     Case,
     CaseEnv,
     CaseError,
     DagRun,
+    TaskFailed,
     TryRecord,
     WorkerKilled,
     spawn_worker,
@@ -33,6 +36,15 @@ OKX_MARKETS = {"exchange": "okx", "path": "/api/v5/public/instruments"}
 # weight_budget_429: seconds of the exchange's minute left when the run starts (its market list and
 # first page must fit in them; the pipeline then waits out the rest of the minute).
 MINUTE_LEFT_S = 10.0
+# delisted_market: a market in the markets file that the exchange does not list (a delisting), bounded
+# like the recordings; the case's runs, and the permanent failures in a row that suspend a market.
+DELISTED = ("binance", "LUNA/USDT", "2022-08-14T00:00:00Z", "2022-08-15T00:00:00Z")
+DELISTED_SUSPEND_AFTER = 2
+DELISTED_RUNS = DELISTED_SUSPEND_AFTER + 1  # the last run finds it suspended
+# hung_connection: how long the exchange holds the connection without a byte of answer.
+HANG_S = 60
+# postgres_lock: the load's lock_timeout (defaults.timeouts.db_lock of the case's markets file).
+DB_LOCK_S = 2
 
 
 def _count(env: CaseEnv, sql: str) -> int:
@@ -314,6 +326,229 @@ def drive_two_runs(env: CaseEnv) -> None:
               and env.staging_state() == state, f"({third.changed_rows()} rows inserted or updated)")
 
 
+class Background:
+    """``fn`` in a thread of its own; ``finish()`` joins it and raises what it raised. ``done`` tells
+    its waits that the run is over (the moment they wait for will not come)."""
+
+    def __init__(self, env: CaseEnv, what: str, fn: Callable[[threading.Event], None]) -> None:
+        self.what, self.done, self.error = what, threading.Event(), None
+        self.thread = threading.Thread(target=self._run, args=(fn,), name=f"{env.slug}-{what}", daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[[threading.Event], None]) -> None:
+        try:
+            fn(self.done)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout: float = 90) -> None:
+        self.done.set()
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise CaseError(f"{self.what}: {type(self.error).__name__}: {self.error}")
+
+
+def _await(env: CaseEnv, done: threading.Event, predicate: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    """Wait for ``predicate`` unless the run ends first (then the moment never came: a CaseError)."""
+    value = env.wait_until(lambda: done.is_set() or predicate(), timeout, what, interval=0.01)
+    if value is True and done.is_set() and not predicate():
+        raise CaseError(f"the run ended before {what}")
+    return value
+
+
+def drive_delisted(env: CaseEnv) -> None:
+    """The case's markets file lists LUNA/USDT on Binance beside ETH/USDT; the exchange does not list
+    it (a delisting), so it has no candle to give: the candles the case must land are exactly the
+    fault-free run's (the recordings), and LUNA/USDT adds none. Three hourly runs: in each of the
+    first two the market fails for good (bad_symbol) while ETH/USDT in the same task and OKX load,
+    and Airflow spends no retry on it (the retry policy); the second failure in a row suspends it
+    with one alert (suspend_after_failures: 2), and the third run skips it and goes green."""
+    exchange, symbol, start, end = DELISTED
+    start_ms = int(datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() * 1000)
+    end_ms = int(datetime.fromisoformat(end.replace("Z", "+00:00")).timestamp() * 1000)
+    # The source itself is the yardstick for what exists: no listing, and its klines refused outright.
+    served = {(m["exchange"], m["symbol"]) for m in env.emulator.admin("GET", "/markets")["markets"]}
+    status, _, body = env.emulator.get(f"/api/v3/klines?symbol={symbol.replace('/', '')}&interval=1m"
+                                       f"&startTime={start_ms}&endTime={end_ms - 1}&limit=1000")
+    code = json.loads(body).get("code") if status == 400 else None
+    env.check(f"the exchange holds no candle of {symbol}: not listed, its klines answered -1121 Invalid symbol, "
+              "so the candles expected are the fault-free run's", (exchange, symbol) not in served and code == -1121,
+              f"(listed: {(exchange, symbol) in served}; klines: HTTP {status} {body[:60]!r})")
+
+    failed_runs: list[str] = []  # runs whose evidence shows the delisted market failing for good
+    problems: list[str] = []
+    for i in range(1, DELISTED_RUNS + 1):
+        run = DagRun(env, f"{env.slug}-{i}")
+        try:
+            run.run()
+            error = None
+        except TaskFailed as exc:  # Airflow marks the task failed; the run's other tasks ran
+            error = str(exc)
+        outcomes = {sym: (outcome, cls) for sym, outcome, cls in env.query(
+            "SELECT symbol, outcome, error_class FROM ops.market_task_outcomes WHERE run_id = %s", (run.run_id,))}
+        tries = {ex: [(r.try_number, r.ok) for r in run.records if r.exchange == ex] for ex in run.exchanges}
+        others_ok = (all(o == ("success", None) for sym, o in outcomes.items() if sym != symbol)
+                     and len(outcomes) == 3 and tries["okx"] == [(1, True)])
+        if i <= DELISTED_SUSPEND_AFTER:
+            want = (outcomes.get(symbol) == ("failed_permanent", "bad_symbol") and tries[exchange] == [(1, False)]
+                    and error is not None and "binance reconcile failed at try 1 without a retry" in error
+                    and "bad_symbol is permanent" in error)
+            if want:
+                failed_runs.append(run.run_id)
+                env.event("delisted market in the markets file (bad_symbol)")
+        else:
+            want = outcomes.get(symbol) == ("suspended", None) and tries[exchange] == [(1, True)] and error is None
+        if not (want and others_ok):
+            problems.append(f"run {i}: outcomes {outcomes}, tries {tries}, error {error}")
+    env.check(f"runs 1-{DELISTED_SUSPEND_AFTER}: {symbol} failed_permanent (bad_symbol), Binance's task failed at "
+              f"its first try with no retry (retry policy), ETH/USDT and OKX loaded; run {DELISTED_RUNS}: it was "
+              "skipped as suspended and every task succeeded", not problems, "; ".join(problems)[:600])
+    health = {sym: (st, perm, cls) for sym, st, perm, cls in env.query(
+        "SELECT symbol, status, consecutive_permanent_failures, last_error_class FROM ops.market_health "
+        "WHERE exchange = %s", (exchange,))}
+    env.check(f"ops.market_health: {symbol} suspended after {DELISTED_SUSPEND_AFTER} permanent failures "
+              "(bad_symbol), ETH/USDT active",
+              health == {symbol: ("suspended", DELISTED_SUSPEND_AFTER, "bad_symbol"),
+                         "ETH/USDT": ("active", 0, None)}, f"({health})")
+    alerts = env.query("SELECT kind, subject FROM ops.alerts ORDER BY alert_id")
+    env.check(f"exactly one alert: market_suspended for {exchange} {symbol}",
+              alerts == [("market_suspended", f"{exchange} {symbol}")], f"({alerts})")
+
+
+def _klines_requests(env: CaseEnv) -> int:
+    return int(env.emulator.stats().get("requests", {}).get("binance", {}).get(BINANCE_KLINES["path"], 0))
+
+
+def drive_hung_connection(env: CaseEnv) -> None:
+    """Binance's second klines page meets an exchange that accepts the connection and never answers
+    (held HANG_S, far past the client's timeout), with the first page already in raw. The emulator
+    decides a request's delay before its terminal faults: the first two pages are slowed 1.5 s, and
+    the hang is planted as soon as the second has arrived, so it is that request, still in its delay,
+    that hangs. ccxt's timeout (the markets file's timeout_ms, counted from the request) must end
+    the call as a classified ``timeout`` in seconds, and the call be retried and answered."""
+    marks: dict[str, Any] = {}
+    watcher = pymongo.MongoClient(env.mongo_uri, serverSelectionTimeoutMS=2000)
+    pages = watcher[env.mongo_db].raw_market_payload
+
+    def plant(done: threading.Event) -> None:
+        _await(env, done, lambda: _klines_requests(env) >= 2, "Binance asks for its second klines page")
+        env.emulator.add_faults([{"id": f"{env.slug}-hang", "kind": "timeout", **BINANCE_KLINES, "count": 1,
+                                  "seconds": HANG_S}])
+        marks["hung_at"] = time.time()  # the request arrived up to one poll before
+        marks["pages_stored"] = pages.count_documents({"exchange": "binance", "kind": "ohlcv"})
+
+    background = Background(env, "plant the hang", plant)
+    run = DagRun(env, f"{env.slug}-1")
+    try:
+        run.run()
+    finally:
+        background.finish()
+        watcher.close()
+    env.check("the hung request was Binance's second klines page, the first already in raw",
+              marks.get("pages_stored") == 1, f"({marks.get('pages_stored')} Binance pages stored when it hung)")
+    # A call that got no answer has no response to name its endpoint: every Binance error row counts.
+    errors = env.query("SELECT extract(epoch FROM occurred_at), error_class, exception, will_retry, try_number "
+                       "FROM ops.api_errors WHERE exchange = 'binance'")
+    client_s = CLIENT_TIMEOUT_MS / 1000
+    timeouts = [(float(at) - marks["hung_at"], retry, n) for at, cls, exc, retry, n in errors
+                if cls == "timeout" and exc == "RequestTimeout"] if "hung_at" in marks else []
+    env.check("ops.api_errors has the hung call: class timeout (RequestTimeout), retried in the task",
+              len(errors) == 1 and len(timeouts) == 1 and timeouts[0][1:] == (True, 1), f"({errors})")
+    elapsed = timeouts[0][0] if timeouts else None
+    env.check(f"the client gave up after its {client_s:.0f} s timeout, not the {HANG_S} s hang",
+              elapsed is not None and client_s - 1 <= elapsed <= client_s + 5,
+              f"({elapsed and round(elapsed, 2)} s from the request to the error)")
+    binance = [r for r in run.records if r.exchange == "binance"]
+    requests = _klines_requests(env)
+    tries = [(r.try_number, r.ok, round(r.seconds, 1)) for r in binance]
+    env.check("the page was asked again and answered inside Binance's first try, far within the hang",
+              [(n, ok) for n, ok, _ in tries] == [(1, True)] and binance[0].seconds < HANG_S / 2 and requests == 3,
+              f"({requests} klines requests; tries {tries})")
+
+
+def drive_lock_held(env: CaseEnv) -> None:
+    """Another session takes ``LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE`` (as a long migration or a
+    manual fix would) before OKX's first try and holds it until that try has failed. The load's COPY
+    queues behind it; the session's lock_timeout (``defaults.timeouts.db_lock``, applied like in
+    production) ends the wait as a database error (transient), and Airflow's retry, after the lock
+    is gone, loads the same candles."""
+    victim = "marketflow-lock-victim"
+    run = DagRun(env, f"{env.slug}-1")
+    run.app_names[("okx", 1)] = victim
+    lock: dict[str, Any] = {}
+    waits: list[tuple[str, list[int]]] = []
+
+    def observe(done: threading.Event) -> None:
+        waits.extend(_await(env, done, lambda: env.query(
+            "SELECT l.mode, pg_blocking_pids(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE a.datname = current_database() AND a.application_name = %s AND NOT l.granted "
+            "AND l.relation = 'staging.ohlcv'::regclass", (victim,)), "the OKX load waits for the lock"))
+        # A load without a lock_timeout would wait for as long as the lock is held, and the lock is only
+        # released for the retry: let go after a while, so the case fails on its checks instead of hanging.
+        give_up = time.monotonic() + DB_LOCK_S + 60
+        while not done.is_set() and "conn" in lock and time.monotonic() < give_up:
+            time.sleep(0.05)
+        if not done.is_set() and "conn" in lock:
+            env.event("lock released by the case after a minute: the load never gave up waiting")
+            release()
+
+    def take(exchange: str, n: int) -> None:
+        if (exchange, n) != ("okx", 1):
+            return
+        conn = env.connect("faults-lock-holder")
+        with conn.cursor() as cur:
+            cur.execute("LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE")  # reads go on; every write waits
+        lock.update(conn=conn, pid=conn.get_backend_pid(), taken=time.monotonic())
+        lock["observer"] = Background(env, "observe the lock wait", observe)
+
+    def release() -> None:
+        conn = lock.pop("conn", None)
+        if conn is not None:
+            conn.rollback()
+            conn.close()
+            lock.update(held_s=time.monotonic() - lock["taken"], released_at=time.time())
+
+    def gate(exchange: str, n: int) -> None:
+        if (exchange, n) == ("okx", 2):
+            release()
+        time.sleep(RETRY_DELAY_S)
+
+    run.before_try, run.retry_gate = take, gate
+    try:
+        run.run()
+    finally:
+        release()
+        if "observer" in lock:
+            lock["observer"].finish()
+    if waits:
+        env.event("lock held on staging.ohlcv past the load's lock_timeout")
+    env.check("the OKX load waited for the lock: its RowExclusiveLock on staging.ohlcv blocked by the holder",
+              any(mode == "RowExclusiveLock" and lock.get("pid") in blockers for mode, blockers in waits),
+              f"({waits}, holder {lock.get('pid')})")
+    env.check(f"the lock was held past the load's lock_timeout ({DB_LOCK_S} s)",
+              lock.get("held_s", 0) > DB_LOCK_S, f"(held {lock.get('held_s', 0):.1f} s)")
+    client = env.mongo_client()
+    try:
+        load = client[env.mongo_db].raw_ingestion_log.find_one(
+            {"run_id": run.run_id, "task_id": "okx.reconcile[BTC/USDT]", "try_number": 1, "stage": "load"}) or {}
+    finally:
+        client.close()
+    env.check(f"the load gave up at its lock_timeout: database error LockNotAvailable after ~{DB_LOCK_S} s",
+              load.get("status") == "failed" and load.get("error_class") == "database"
+              and load.get("exception") == "LockNotAvailable" and "lock timeout" in str(load.get("error_message"))
+              and DB_LOCK_S - 0.2 <= float(load.get("duration_s") or 0) <= DB_LOCK_S + 3,
+              f"({ {k: load.get(k) for k in ('status', 'error_class', 'exception', 'duration_s')} })")
+    okx = [r for r in run.records if r.exchange == "okx"]
+    failed = okx[0].error if okx and not okx[0].ok else ""
+    env.check("the failed try's error: class database, naming the lock timeout",
+              "BTC/USDT: database: LockNotAvailable" in (failed or "") and "lock timeout" in (failed or ""),
+              f"({(failed or '')[:200]})")
+    env.check("Airflow's retry ran after the lock was released and loaded OKX (try 2); Binance's first try was "
+              "untouched", [(r.try_number, r.ok) for r in okx] == [(1, False), (2, True)]
+              and okx[1].started_at >= lock.get("released_at", float("inf"))
+              and [(r.try_number, r.ok) for r in run.records if r.exchange == "binance"] == [(1, True)])
+
+
 # ---- the cases -------------------------------------------------------------------------------------------
 CASES: tuple[Case, ...] = (
     Case("http_429_burst", "429 bursts",
@@ -396,6 +631,26 @@ CASES: tuple[Case, ...] = (
          "upserts held 2 s inside their transactions) and then both claim the gap-repair queue; then a third run.",
          faults=({"kind": "slow", "probability": 1.0, "ms": 300},),
          drive=drive_two_runs, quick=True, exclusive=True),
+    Case("delisted_market", "delisted market",
+         f"The case's markets file adds {DELISTED[1]} on Binance (bounded like the recordings), which the exchange "
+         "does not list: its candles do not exist at the source, so the case must land exactly the fault-free "
+         f"run's. In {DELISTED_RUNS} hourly runs it fails for good (bad_symbol) without an Airflow retry while "
+         f"ETH/USDT and OKX load; after {DELISTED_SUSPEND_AFTER} failures in a row it is suspended with one alert "
+         "and the last run skips it.",
+         extra_markets=(DELISTED,), defaults={"suspend_after_failures": DELISTED_SUSPEND_AFTER},
+         drive=drive_delisted),
+    Case("hung_connection", "hung exchange connection",
+         f"Binance's second klines page, the first already in raw, meets an exchange that accepts the connection "
+         f"and never answers ({HANG_S} s; planted while that request sits in a 1.5 s delay); ccxt's "
+         f"{CLIENT_TIMEOUT_MS // 1000} s timeout ends the call as a timeout, in ops.api_errors, and the page is "
+         "asked again.",
+         faults=({"kind": "slow", **BINANCE_KLINES, "count": 2, "ms": 1500},),
+         drive=drive_hung_connection),
+    Case("postgres_lock", "Postgres lock held past the lock timeout",
+         "Another session holds LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE from before OKX's first try until it "
+         f"has failed: the load's COPY waits its lock_timeout (db_lock: {DB_LOCK_S} s in the case's markets file) "
+         "and fails as a database error (LockNotAvailable, transient); Airflow's retry loads after the release.",
+         defaults={"timeouts": {"db_lock": DB_LOCK_S}}, drive=drive_lock_held),
     Case("mixed", "all transient faults, at random",
          "Every request may get a 429, a 5xx, a cut-off body or no answer (10 % each, seeded), every candle "
          "response may repeat or shuffle rows (50 % each): the faults a bad hour on a real exchange brings.",

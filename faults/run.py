@@ -110,14 +110,15 @@ Last full run: {when}, {n} cases in {seconds:.0f} s (building the marts: {dbt_se
 
 Columns: *faults injected* = what the emulator's `/__admin/stats` counted as fired (`faults_fired`,
 and 429s it sent for an exhausted weight budget) plus the suite's own outages, kills and concurrent
-runs; *candles expected* = the fault-free run's rows; *landed* = candles present with exactly the
-fault-free values; *lost* = expected - landed (missing or with other values); *duplicated* = rows
-for a key twice, or for a key the fault-free run does not have; *bans* = 418s the emulator sent on
-its own because requests ignored a Retry-After (injected 418s are faults, listed as such); *marts
-as fault-free* = of the {n_marts} marts, those with the fault-free run's row count and checksum;
-*in-task retries* = `ops.api_errors` rows with `will_retry`. A case fails on any lost, duplicated
-or ban, a staging or mart checksum difference, a planted fault that never fired (or a case no fault
-hit at all), a failed case check, or an error.
+runs; *candles expected* = the fault-free run's rows, what the exchange holds for the window (a
+market it does not list, like the delisted case's, holds none and adds none); *landed* = candles
+present with exactly the fault-free values; *lost* = expected - landed (missing or with other
+values); *duplicated* = rows for a key twice, or for a key the fault-free run does not have; *bans* =
+418s the emulator sent on its own because requests ignored a Retry-After (injected 418s are
+faults, listed as such); *marts as fault-free* = of the {n_marts} marts, those with the fault-free
+run's row count and checksum; *in-task retries* = `ops.api_errors` rows with `will_retry`. A case
+fails on any lost, duplicated or ban, a staging or mart checksum difference, a planted fault that
+never fired (or a case no fault hit at all), a failed case check, or an error.
 
 ## The cases
 
@@ -126,7 +127,9 @@ hit at all), a failed case check, or an error.
 ## How a case runs
 
 * **Data**: the bundled real recordings (`include/sample_data`), {markets}. The markets file the
-  suite writes points both exchanges at the emulator with `timeout_ms: {timeout}`.
+  suite writes points both exchanges at the emulator with `timeout_ms: {timeout}`. A case may write
+  its own (`Case.extra_markets`, `Case.defaults`): a market the exchange does not list, a short
+  `timeouts.db_lock`; the fault-free run stays the yardstick.
 * **Services**: a dedicated exchange emulator (`marketflow.emulator.testing.EmulatorProcess`, Binance
   weight budget {weight}/min, bans of {ban} s after {ban_after} strikes), PostgreSQL
   (`stack.PostgresServer`) and MongoDB (`stack.mongo_server`: mongod, else nx-27017), all started
@@ -137,8 +140,10 @@ hit at all), a failed case check, or an error.
   one after the other (`airflow_tasks.exchange_ingest`, whose body `pipeline.run_exchange_markets`
   extracts and loads every market of the exchange). Each task gets up to {tries} tries (a failed try
   is run again with `try_number + 1` on fresh connections, {delay:.0f} s later instead of Airflow's
-  delay), decided by the pipeline's own retry policy (`errors.retry_policy`: a permanent failure is
-  not retried), and a later try re-runs only the markets an earlier one left failing. Inside each
+  delay; every warehouse session of the pipeline is opened as in production, with
+  `connections.session_options`: `lock_timeout`, `statement_timeout` from `defaults.timeouts`),
+  decided by the pipeline's own retry policy (`errors.retry_policy`: a permanent failure is not
+  retried), and a later try re-runs only the markets an earlier one left failing. Inside each
   try the pipeline does its own retries (`exchanges.call_with_retries`: 4 attempts, backoff with
   jitter, Retry-After honoured through the shared rate-limit bucket in Postgres). Every try starts
   with nothing cached in the process (ccxt's market list included), as a new task process would;
@@ -162,13 +167,15 @@ hit at all), a failed case check, or an error.
 ## Adding a case
 
 Append a `Case` to `CASES` in `faults/cases.py`: emulator faults as fault specs
-(`plugins/marketflow/emulator/README.md`), `emulator_config` for the emulator's limits, and for
-anything else a `drive(env)` that runs the DAG (`DagRun(env, run_id).run()`, with the hooks
+(`plugins/marketflow/emulator/README.md`), `emulator_config` for the emulator's limits,
+`extra_markets` / `defaults` for a markets file of its own, and for anything else a `drive(env)`
+that runs the DAG (`DagRun(env, run_id).run()`, with the hooks
 `overrides`, `before_try`, `after_failure`, `retry_gate` and `app_names`, keyed by exchange and try
 number, to aim at one task try; `spawn_worker` for a try in a process of its own), records what it
-did with `env.event(...)` and checks with `env.check(...)` that it hit the run. A case that stops a
-service or forks a worker is `exclusive`. The comparison with the fault-free run (staging and marts)
-comes with it.
+did with `env.event(...)` and checks with `env.check(...)` that it hit the run (a fault planted
+mid-run, e.g. once a request has arrived, goes through `env.emulator.add_faults` from a thread of
+the drive). A case that stops a service or forks a worker is `exclusive`. The comparison with the
+fault-free run (staging and marts) comes with it.
 """
 
 
