@@ -46,7 +46,10 @@ def to_ms(ts: datetime) -> int:
     if ts.tzinfo is None:
         raise ValueError(f"naive datetime {ts!r}: marketflow works in UTC, pass an aware datetime")
     # Integer arithmetic: ts.timestamp() * 1000 is a float and was 1 ms off for about 1 % of instants.
-    return (ts - _EPOCH) // _ONE_MS
+    # The difference is made a plain timedelta first: Airflow hands tasks pendulum DateTimes, whose
+    # difference (a pendulum Interval) cannot be floor-divided by a timedelta.
+    delta = ts - _EPOCH
+    return timedelta(days=delta.days, seconds=delta.seconds, microseconds=delta.microseconds) // _ONE_MS
 
 
 def utc_ms(ts: datetime) -> int:

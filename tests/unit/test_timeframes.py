@@ -124,3 +124,17 @@ def test_epoch_milliseconds_round_trip_exactly() -> None:
     for t in [0, 1, -1, 999, 1_086_009_440_909, *(rng.randrange(-(2**40), 2**43) for _ in range(20_000))]:
         assert to_ms(from_ms(t)) == t, t
         assert from_ms(t) == dt_of(t)
+
+
+def test_airflows_pendulum_datetimes_convert_like_plain_ones() -> None:
+    """Airflow hands a scheduled task its data interval as pendulum DateTimes (dags test and conf
+    windows do not): plan_window must take them as it takes datetime."""
+    import calendar
+
+    import pendulum
+
+    start = pendulum.datetime(2026, 12, 3, 16, 54, 0, 123_000, tz="UTC")
+    expected = calendar.timegm((2026, 12, 3, 16, 54, 0)) * 1000 + 123
+    assert to_ms(start) == to_ms(datetime(2026, 12, 3, 16, 54, 0, 123_000, tzinfo=UTC)) == expected
+    window = plan_window("1m", start, start.add(minutes=1), {}, 2)
+    assert (iso(window.start_ms), iso(window.end_ms)) == ("2026-12-03T16:52:00Z", "2026-12-03T16:55:00Z")
