@@ -23,6 +23,7 @@ class ErrorClass(StrEnum):
     AUTH = "auth"
     DATA = "data"
     DATABASE = "database"
+    INTERNAL = "internal"
 
     @property
     def transient(self) -> bool:
@@ -46,6 +47,8 @@ ADVICE = {
     ErrorClass.AUTH: "the exchange refused our credentials; check the Airflow connection's API key",
     ErrorClass.DATA: "the exchange's answer could not be used; it is kept in raw and rejected with a reason",
     ErrorClass.DATABASE: "Postgres or MongoDB was unavailable; retried with backoff",
+    ErrorClass.INTERNAL: "a fault in marketflow itself, not in the exchange's data; the traceback is in the task "
+                         "log: fix or report it, then clear the task",
 }
 
 @cache
@@ -93,6 +96,10 @@ def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
         return ErrorClass.TIMEOUT
     if isinstance(exc, ConnectionError | OSError):
         return ErrorClass.NETWORK
+    # Faults of the code itself: calling them "the exchange's data" would send an operator to the wrong place.
+    if isinstance(exc, AttributeError | NameError | ImportError | AssertionError | NotImplementedError
+                  | RecursionError):
+        return ErrorClass.INTERNAL
     # Anything else (ValueError, KeyError, a parser surprise) is about the data we were given.
     return ErrorClass.DATA
 

@@ -5,7 +5,7 @@ A market that fails never stops the others; what happens to it depends on the fa
 * transient (network, timeout, rate limit, exchange down, database): the market stays ``failing``
   and is retried (in the task, then by Airflow); after ``alert_after_failures`` failures in a row one
   ``consecutive_failures`` alert is raised.
-* permanent (bad symbol, auth, bad request, unusable data): after ``suspend_after_failures`` of them
+* permanent for the market (bad symbol, auth, bad request, unusable data): after ``suspend_after_failures`` of them
   in a row the market is ``suspended`` with one ``market_suspended`` alert, and is no longer called
   until its configuration changes (the fingerprint below) or an operator resumes it
   (``python -m marketflow.cli markets resume <exchange> <symbol>``).
@@ -27,6 +27,8 @@ from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import ErrorClass
 
 log = logging.getLogger(__name__)
+
+SUSPENDING = frozenset({ErrorClass.BAD_SYMBOL, ErrorClass.AUTH, ErrorClass.BAD_REQUEST, ErrorClass.DATA})
 
 
 def fingerprint(config: MarketflowConfig, market: MarketConfig) -> str:
@@ -73,7 +75,9 @@ def record_failure(conn, config: MarketflowConfig, market: MarketConfig, error_c
     reach ``suspend_after_failures``, else ``consecutive_failures`` when all failures in a row reach
     ``alert_after_failures`` and the last one is transient (a permanent streak alerts when it suspends,
     a few runs later, instead of twice)."""
-    permanent = not error_class.transient
+    # What the market itself cannot get past (the exchange refuses it or its data); a fault of marketflow
+    # (internal) is not the market's and must not suspend every market it hits: it alerts instead.
+    permanent = error_class in SUSPENDING
     with conn.cursor() as cur:
         cur.execute(
             """

@@ -225,3 +225,18 @@ def test_market_states_listed_by_the_cli(config, warehouse_dsn, monkeypatch, cap
     out = capsys.readouterr().out
     assert "binance LUNA/USDT" in out and "suspended" in out and "delisted on 2022-05-13" in out
     assert cli.main(["markets", "resume", "binance", "ETH/USDT"]) == 1  # not suspended: says so, exits 1
+
+
+def test_a_fault_of_marketflow_itself_alerts_but_never_suspends_markets(config, warehouse_dsn) -> None:
+    """A bug in the pipeline fails every market it touches; suspending them all would turn one fix
+    into resuming every market by hand. It raises the consecutive-failures alert instead."""
+    cfg = config()
+    conn = psycopg2.connect(warehouse_dsn)
+    try:
+        for _ in range(cfg.suspend_after_failures + 2):
+            status = market_health.record_failure(conn, cfg, cfg.market("binance", "ETH/USDT"), ErrorClass.INTERNAL,
+                                                  "AttributeError: 'timedelta' object has no attribute 'x'")
+            assert status == "failing"
+    finally:
+        conn.close()
+    assert rows(warehouse_dsn, "SELECT kind FROM ops.alerts") == [("consecutive_failures",)]

@@ -32,6 +32,7 @@ from marketflow.errors import ErrorClass, backoff, classify
         (ConnectionRefusedError(111, "refused"), ErrorClass.NETWORK),
         (TimeoutError(), ErrorClass.TIMEOUT),
         (ValueError("close 'abc' is not a number"), ErrorClass.DATA),
+        (AttributeError("'timedelta' object has no attribute '_to_microseconds'"), ErrorClass.INTERNAL),
     ],
 )
 def test_classify(exc: BaseException, expected: ErrorClass) -> None:
