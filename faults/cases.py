@@ -375,7 +375,6 @@ def drive_delisted(env: CaseEnv) -> None:
               "so the candles expected are the fault-free run's", (exchange, symbol) not in served and code == -1121,
               f"(listed: {(exchange, symbol) in served}; klines: HTTP {status} {body[:60]!r})")
 
-    failed_runs: list[str] = []  # runs whose evidence shows the delisted market failing for good
     problems: list[str] = []
     for i in range(1, DELISTED_RUNS + 1):
         run = DagRun(env, f"{env.slug}-{i}")
@@ -393,8 +392,7 @@ def drive_delisted(env: CaseEnv) -> None:
             want = (outcomes.get(symbol) == ("failed_permanent", "bad_symbol") and tries[exchange] == [(1, False)]
                     and error is not None and "binance reconcile failed at try 1 without a retry" in error
                     and "bad_symbol is permanent" in error)
-            if want:
-                failed_runs.append(run.run_id)
+            if want:  # the evidence that the delisted market hit this run
                 env.event("delisted market in the markets file (bad_symbol)")
         else:
             want = outcomes.get(symbol) == ("suspended", None) and tries[exchange] == [(1, True)] and error is None
@@ -432,9 +430,9 @@ def drive_hung_connection(env: CaseEnv) -> None:
 
     def plant(done: threading.Event) -> None:
         _await(env, done, lambda: _klines_requests(env) >= 2, "Binance asks for its second klines page")
+        marks["hung_at"] = time.time()  # the request arrived up to one poll before
         env.emulator.add_faults([{"id": f"{env.slug}-hang", "kind": "timeout", **BINANCE_KLINES, "count": 1,
                                   "seconds": HANG_S}])
-        marks["hung_at"] = time.time()  # the request arrived up to one poll before
         marks["pages_stored"] = pages.count_documents({"exchange": "binance", "kind": "ohlcv"})
 
     background = Background(env, "plant the hang", plant)
