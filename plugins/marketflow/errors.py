@@ -46,7 +46,9 @@ ADVICE = {
     ErrorClass.BAD_SYMBOL: "the exchange does not list this symbol; fix or remove it in the markets file",
     ErrorClass.AUTH: "the exchange refused our credentials; check the Airflow connection's API key",
     ErrorClass.DATA: "the exchange's answer could not be used; it is kept in raw and rejected with a reason",
-    ErrorClass.DATABASE: "Postgres or MongoDB was unavailable; retried with backoff",
+    ErrorClass.DATABASE: "Postgres or MongoDB was unavailable, or a wait there ran out (another session held a "
+                         "lock past db_lock, a statement ran past db_statement; see pg_stat_activity); retried "
+                         "with backoff",
     ErrorClass.INTERNAL: "a fault in marketflow itself, not in the exchange's data; the traceback is in the task "
                          "log: fix or report it, then clear the task",
 }
