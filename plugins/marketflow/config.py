@@ -24,6 +24,8 @@ from marketflow.timeframes import SUPPORTED_TIMEFRAMES
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "markets.yml"
 DBT_POOL = "marketflow_dbt"
+# The window each exchange counts its published limit over, where ccxt does not say (seconds).
+RATE_LIMIT_WINDOWS = {"binance": 60.0, "okx": 2.0}
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
@@ -73,8 +75,18 @@ class ExchangeConfig:
     # Share of the bucket that only the minute (live) path may spend: history (the hourly reconcile,
     # gap repairs, backfills) waits once the bucket is this low, so it can never take the last tokens.
     live_rate_reserve: float = 0.3
+    # The window the exchange counts its limit over (Binance: a clock minute of weight; OKX: 2 seconds
+    # per endpoint). The shared bucket's burst is sized so that a full burst plus a window's refill
+    # stays inside the limit: a sliding 2 s window allows no burst of 2 s of calls on top of the rate.
+    rate_limit_window_seconds: float = 1.0
     hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
     backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
+
+    @property
+    def burst_seconds(self) -> float:
+        """Seconds of the bucket's refill it may hold: what ``rate_limit_share`` leaves of the exchange's
+        window (capacity + window x rate <= window x limit), at most 2 s."""
+        return min(2.0, self.rate_limit_window_seconds * (1 - self.rate_limit_share) / self.rate_limit_share)
 
     @property
     def pool(self) -> str:
@@ -307,8 +319,8 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
                               f"MARKETFLOW_{name.upper()}_API_KEY / _SECRET")
     _only_keys(node, {"ccxt_id", "enabled", "api_base_url", "options", "pool_slots", "hourly_pool_slots",
                       "backfill_pool_slots", "timeout_ms", "rate_limit_share", "live_rate_reserve",
-                      "credentials_conn_id", "rate_limit_per_minute", "timeframes", "history_start", "markets"},
-               path, key)
+                      "rate_limit_window_seconds", "credentials_conn_id", "rate_limit_per_minute", "timeframes",
+                      "history_start", "markets"}, path, key)
     ccxt_id = str(node.get("ccxt_id", name))
     _check_ccxt_id(ccxt_id, path, f"{key}.ccxt_id" if "ccxt_id" in node else key)
     enabled = _bool(node.get("enabled", True), path, f"{key}.enabled")
@@ -357,6 +369,9 @@ def _exchange(name: Any, node: Any, path: Path, default_tfs: tuple[str, ...], de
         timeout_ms=_positive_int(node.get("timeout_ms", 10_000), path, f"{key}.timeout_ms"),
         rate_limit_share=_share(node.get("rate_limit_share", 0.9), path, f"{key}.rate_limit_share"),
         live_rate_reserve=_share(node.get("live_rate_reserve", 0.3), path, f"{key}.live_rate_reserve"),
+        rate_limit_window_seconds=_positive_float(
+            node.get("rate_limit_window_seconds", RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0)), path,
+            f"{key}.rate_limit_window_seconds"),
         hourly_pool_slots=_positive_int(node.get("hourly_pool_slots", 1), path, f"{key}.hourly_pool_slots"),
         backfill_pool_slots=_positive_int(node.get("backfill_pool_slots", 2), path, f"{key}.backfill_pool_slots"),
         credentials_conn_id=node.get("credentials_conn_id") or None,
@@ -432,6 +447,16 @@ def _positive_int(value: Any, path: Path, key: str, allow_zero: bool = False) ->
         raise ConfigError(path, key, f"{value!r} is not an integer", "write a whole number") from None
     if number < 0 or (number == 0 and not allow_zero):
         raise ConfigError(path, key, f"{number} is out of range", "use a positive number")
+    return number
+
+
+def _positive_float(value: Any, path: Path, key: str) -> float:
+    try:
+        number = float(str(value))
+    except ValueError:
+        raise ConfigError(path, key, f"{value!r} is not a number", "write a number of seconds, e.g. 60") from None
+    if not number > 0:
+        raise ConfigError(path, key, f"{number} is out of range", "use a positive number of seconds")
     return number
 
 

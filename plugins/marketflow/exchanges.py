@@ -132,7 +132,7 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, de
         limiter = SharedRateLimiter(limiter_conn, cfg.name,
                                     per_minute=cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit,
                                     share=cfg.rate_limit_share, live=live, reserve=cfg.live_rate_reserve,
-                                    deadline=deadline)
+                                    deadline=deadline, burst_seconds=cfg.burst_seconds)
         limiter.ensure_bucket()
         install(exchange, limiter)
     return exchange

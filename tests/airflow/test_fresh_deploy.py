@@ -190,7 +190,8 @@ def test_a_fresh_deploy_runs_one_bounded_hour_while_live_minutes_land_on_time(de
 
     with urllib.request.urlopen(f"{deployed['emulator']}/__admin/stats", timeout=10) as resp:
         stats = json.loads(resp.read())
-    assert (stats["http_429_sent"], stats["http_418_sent"]) == (0, 0), stats["responses_by_status"]
+    limited = _query(dsn, "SELECT exchange, sum(http_429), sum(http_418) FROM ops.rate_limit_metrics GROUP BY 1")
+    assert (stats["http_429_sent"], stats["http_418_sent"]) == (0, 0), (stats["http_429_by_cause"], limited)
 
 
 def _task_states(meta: str, run_id: str) -> list[tuple]:

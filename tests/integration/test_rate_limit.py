@@ -115,3 +115,56 @@ def test_history_waits_at_the_reserve_while_live_takes_it(warehouse_dsn: str) ->
     with pytest.raises(TimeoutError, match="history call"):
         history.acquire(1)
     assert live.acquire(1) < 0.05  # the reserve is live's
+
+
+def test_workers_at_okxs_full_limit_never_get_a_429(warehouse_dsn: str, emulator_url: str, tmp_path) -> None:
+    """Four workers page OKX's history candles as fast as the shared bucket lets them, against the
+    emulator's real OKX limit (20 requests per sliding 2 s per endpoint). The bucket's burst is sized
+    from OKX's 2 s window: with the former 2 s of burst, a full bucket plus 2 s of refill allowed
+    ~32 calls in one window, and OKX answered 429."""
+    import json
+    import urllib.request
+    from pathlib import Path
+
+    from marketflow.config import load_config
+    from marketflow.exchanges import build_exchange
+
+    repo = Path(__file__).resolve().parents[2]
+    config = load_config(repo / "include/config/markets.demo.yml", env={"MARKETFLOW_EXCHANGE_URL": emulator_url})
+    okx = config.exchange("okx")
+
+    def stats() -> dict:
+        with urllib.request.urlopen(f"{emulator_url}/__admin/stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    conns = [psycopg2.connect(warehouse_dsn) for _ in range(4)]
+    for conn in conns:
+        conn.autocommit = True
+    clients = [build_exchange(okx, conn, live=False) for conn in conns]
+    clients[0].load_markets()
+    for client in clients[1:]:
+        client.set_markets(clients[0].markets, clients[0].currencies)
+    with conns[0].cursor() as cur:  # start with a full bucket, the worst case
+        cur.execute("UPDATE ops.rate_limit_buckets SET tokens = capacity WHERE exchange = 'okx'")
+    before = stats()
+    stop = time.monotonic() + 6
+    calls: list[int] = []
+
+    def work(client) -> None:
+        since = 1_700_000_000_000  # old enough for /market/history-candles
+        while time.monotonic() < stop:
+            client.fetch_ohlcv("BTC/USDT", "1m", since=since, limit=100)
+            calls.append(1)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    after = stats()
+    for conn in conns:
+        conn.close()
+    history = "/api/v5/market/history-candles"
+    served = after["requests"]["okx"].get(history, 0) - before["requests"].get("okx", {}).get(history, 0)
+    assert after["http_429_sent"] - before["http_429_sent"] == 0
+    assert served >= 30 and len(calls) == served  # the workers really ran at the limit (~8 calls/s)
