@@ -18,6 +18,7 @@ help:
 	@echo "             backfill the bundled real candles through Airflow into the marts"
 	@echo "make down    stop everything make demo started (data is kept in .local/state)"
 	@echo "make test    unit + integration + dbt + DAG tests on their own throwaway services"
+	@echo "make faults  every fault-injection case, then the long scenarios (a fresh deploy on Airflow)"
 	@echo "make bench   benchmarks against the machine's limits and a peer (bench/results/latest.md);"
 	@echo "             QUICK=1 for smaller sizes (10 min instead of <= 60)"
 	@echo "make lint    ruff"
@@ -67,9 +68,11 @@ lint: $(VENV)/.installed
 test: install dbt-parse lint
 	$(VENV)/bin/pytest
 
-# Fault-injection suite (faults/): every case, the results table, docs/faults.md rewritten.
-faults: $(VENV)/.installed $(DBT_VENV)/.installed
+# Fault-injection suite (faults/): every case, the results table, docs/faults.md rewritten; then
+# the long production scenarios on a real Airflow deployment (pytest -m scenario, about 15 min).
+faults: install dbt-parse
 	$(VENV)/bin/python -m faults
+	$(VENV)/bin/pytest -m scenario
 
 # Benchmarks (bench/): every figure in one run on the bench's own services and emulators.
 bench: install dbt-parse

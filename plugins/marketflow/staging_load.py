@@ -374,7 +374,8 @@ RERUN_INVARIANT_TABLES: dict[str, tuple[list[str], list[str]]] = {
     "marts.ohlcv_1m": (["exchange", "symbol", "open_time"], []),
     # Views evaluated when queried: staleness and is_active move with the clock, the rest must not.
     "marts.latest_price": (["exchange", "symbol"], ["staleness_seconds"]),
-    "marts.markets": (["exchange", "symbol"], ["is_active"]),
+    # last_success_at records when the pipeline last loaded the market: a re-run moves it by design.
+    "marts.markets": (["exchange", "symbol"], ["is_active", "last_success_at"]),
 }
 
 

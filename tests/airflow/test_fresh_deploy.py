@@ -124,6 +124,7 @@ def deployed(pg_server, mongo_uri, test_root):
 
 
 @pytest.mark.airflow
+@pytest.mark.scenario
 def test_a_fresh_deploy_runs_one_bounded_hour_while_live_minutes_land_on_time(deployed) -> None:
     meta, dsn, env = deployed["metadata"], deployed["warehouse"], deployed["env"]
     dags = ("market_candles_1m", "market_candles_1h", "market_backfill")

@@ -568,7 +568,10 @@ def test_make_env_never_overwrites_an_existing_env(tmp_path: Path) -> None:
 
 
 def test_make_env_target_runs_the_generator() -> None:
-    dry = subprocess.run(["make", "-n", "env"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    # Under CI's own make (MAKELEVEL set) a sub-make prints "Entering directory" lines: not ours.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "env"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, check=False)
     assert dry.returncode == 0, dry.stderr
     assert re.search(r"python3? scripts/make_env\.py\s*$", dry.stdout.strip()), dry.stdout
     assert re.search(r"^\.PHONY:.*\benv\b", MAKEFILE.read_text(), re.MULTILINE), "env must be .PHONY"
