@@ -1,7 +1,7 @@
 """The fault cases. Each one runs the candle DAG (extract -> load per market, Airflow retries) over the
 same window as the fault-free baseline and must land exactly the same candles.
 
-Emulator faults are plain fault specs (plugins/marketflow/emulator/README.md); outages, kills and
+Emulator faults are plain fault specs (exchange_emulator/README.md); outages, kills and
 concurrency are driven by a ``drive`` function that aims them at a deterministic point of the run.
 """
 

@@ -39,12 +39,12 @@ import pymongo
 import stack
 import yaml
 
+from exchange_emulator.testing import EmulatorProcess
 from faults import REPO
 from faults.marts import MartBuilder, MartState, differing_marts, expected_mart_rows, mart_state
 from marketflow import exchanges
 from marketflow.config import MarketConfig, MarketflowConfig, load_config
 from marketflow.connections import session_options
-from marketflow.emulator.testing import EmulatorProcess
 from marketflow.pipeline import Attempt, plan_window
 from marketflow.raw_store import INGESTION_LOG, RawStore
 from marketflow.schema import apply_ddl

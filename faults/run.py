@@ -130,7 +130,7 @@ never fired (or a case no fault hit at all), a failed case check, or an error.
   suite writes points both exchanges at the emulator with `timeout_ms: {timeout}`. A case may write
   its own (`Case.extra_markets`, `Case.defaults`): a market the exchange does not list, a short
   `timeouts.db_lock`; the fault-free run stays the yardstick.
-* **Services**: a dedicated exchange emulator (`marketflow.emulator.testing.EmulatorProcess`, Binance
+* **Services**: a dedicated exchange emulator (`exchange_emulator.testing.EmulatorProcess`, Binance
   weight budget {weight}/min, bans of {ban} s after {ban_after} strikes), PostgreSQL
   (`stack.PostgresServer`) and MongoDB (`stack.mongo_server`: mongod, else nx-27017), all started
   under `.local/faults/` on free ports and stopped by their recorded PIDs. Each case gets a fresh
@@ -167,7 +167,7 @@ never fired (or a case no fault hit at all), a failed case check, or an error.
 ## Adding a case
 
 Append a `Case` to `CASES` in `faults/cases.py`: emulator faults as fault specs
-(`plugins/marketflow/emulator/README.md`), `emulator_config` for the emulator's limits,
+(`exchange_emulator/README.md`), `emulator_config` for the emulator's limits,
 `extra_markets` / `defaults` for a markets file of its own, and for anything else a `drive(env)`
 that runs the DAG (`DagRun(env, run_id).run()`, with the hooks
 `overrides`, `before_try`, `after_failure`, `retry_gate` and `app_names`, keyed by exchange and try

@@ -349,9 +349,9 @@ def mongo_server(state_dir: Path, run_dir: Path, port: int) -> ManagedProcess:
 
 def emulator_server(run_dir: Path, port: int, data_dir: Path, extra: list[str] | None = None) -> ManagedProcess:
     python = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
-    argv = [python, "-m", "marketflow.emulator", "--data-dir", str(data_dir), "--port", str(port),
+    argv = [python, "-m", "exchange_emulator", "--data-dir", str(data_dir), "--port", str(port),
             "--host", "127.0.0.1", *(extra or [])]
-    return ManagedProcess("emulator", run_dir, argv, port, env={"PYTHONPATH": str(REPO / "plugins")})
+    return ManagedProcess("emulator", run_dir, argv, port, env={"PYTHONPATH": str(REPO)})
 
 
 @dataclass

@@ -940,7 +940,7 @@ def test_emulator_is_optional_and_follows_the_contract() -> None:
     emulator = services()[EMULATOR_SERVICE]
     assert emulator.get("profiles") == ["offline"]
     assert command_list(EMULATOR_SERVICE) == [
-        "python", "-m", "marketflow.emulator",
+        "python", "-m", "exchange_emulator",
         "--data-dir", "/opt/airflow/include/sample_data",
         "--port", "8765", "--host", "0.0.0.0",
     ]  # fmt: skip

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import psycopg2
 
+from exchange_emulator.testing import EmulatorProcess
 from marketflow import exchanges
 from marketflow.config import load_config
-from marketflow.emulator.testing import EmulatorProcess
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_chunks
 from marketflow.raw_store import RawStore
 from marketflow.timeframes import Window

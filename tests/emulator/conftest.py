@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from marketflow.emulator import EmulatorProcess
+from exchange_emulator import EmulatorProcess
 
 from .helpers import DEFAULT_CONFIG, SAMPLE_DIR
 

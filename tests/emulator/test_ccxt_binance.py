@@ -8,7 +8,7 @@ import time
 import ccxt
 import pytest
 
-from marketflow.emulator import ccxt_options, ccxt_urls
+from exchange_emulator import ccxt_options, ccxt_urls
 
 from .helpers import BINANCE_DAY1, binance_rows
 

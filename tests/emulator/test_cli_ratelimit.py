@@ -7,9 +7,9 @@ import re
 import subprocess
 import sys
 
-from marketflow.emulator import EmulatorProcess
-from marketflow.emulator.ratelimit import BinanceWeights, OkxLimiter
-from marketflow.emulator.server import make_parser
+from exchange_emulator import EmulatorProcess
+from exchange_emulator.ratelimit import BinanceWeights, OkxLimiter
+from exchange_emulator.server import make_parser
 
 from .helpers import REPO, SAMPLE_DIR
 
@@ -52,10 +52,10 @@ def test_start_line_flags_and_faults_from_cli_and_env(tmp_path, emu):
 
 def test_cli_help_lists_the_flags():
     out = subprocess.run(
-        [sys.executable, "-m", "marketflow.emulator", "--help"],
+        [sys.executable, "-m", "exchange_emulator", "--help"],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(REPO / "plugins")},
+        env={"PYTHONPATH": str(REPO)},
         check=True,
     ).stdout
     for flag in (

@@ -8,7 +8,7 @@ import time
 import ccxt
 import pytest
 
-from marketflow.emulator.faults import FaultBook, FaultError, RequestContext, apply_row_fault
+from exchange_emulator.faults import FaultBook, FaultError, RequestContext, apply_row_fault
 
 from .helpers import BINANCE_DAY1, OKX_FIRST, binance_rows
 

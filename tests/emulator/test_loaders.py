@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from marketflow.emulator.loaders import (
+from exchange_emulator.loaders import (
     LoaderError,
     load_file,
     merge_sorted,

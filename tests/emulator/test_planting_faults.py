@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from marketflow.emulator.faults import FaultBook, FaultError, apply_row_fault
+from exchange_emulator.faults import FaultBook, FaultError, apply_row_fault
 
 from .helpers import BINANCE_DAY1, OKX_FIRST, binance_rows
 

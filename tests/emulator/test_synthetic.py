@@ -8,8 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from marketflow.emulator.synthetic import SyntheticMarket
-from marketflow.emulator.timeframes import BINANCE_INTERVALS, DAY, OKX_BARS
+from exchange_emulator.synthetic import SyntheticMarket
+from exchange_emulator.timeframes import BINANCE_INTERVALS, DAY, OKX_BARS
 
 LISTING = 1483228800000  # 2017-01-01
 T0 = 1699920000000  # 2023-11-14 00:00 UTC

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from marketflow.emulator.candles import aggregate_series
-from marketflow.emulator.loaders import RecordedMarket, RecordedSeries, load_file
-from marketflow.emulator.markets import RecordedSource
-from marketflow.emulator.timeframes import BINANCE_INTERVALS, DAY, HOUR, OKX_BARS, parse_ccxt_timeframe
+from exchange_emulator.candles import aggregate_series
+from exchange_emulator.loaders import RecordedMarket, RecordedSeries, load_file
+from exchange_emulator.markets import RecordedSource
+from exchange_emulator.timeframes import BINANCE_INTERVALS, DAY, HOUR, OKX_BARS, parse_ccxt_timeframe
 
 from .helpers import BINANCE_DAY1, BINANCE_DIR, OKX_DIR, binance_rows
 

@@ -7,9 +7,9 @@ import multiprocessing
 import psycopg2
 import pytest
 
+from exchange_emulator.testing import EmulatorProcess
 from marketflow import exchanges
 from marketflow.config import load_config
-from marketflow.emulator.testing import EmulatorProcess
 from marketflow.exchanges import build_exchange, load_markets
 
 MARKETS = """

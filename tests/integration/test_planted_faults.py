@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from exchange_emulator import EmulatorProcess
 from marketflow.config import load_config
-from marketflow.emulator import EmulatorProcess
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
 from marketflow.raw_store import RawStore
 from marketflow.timeframes import to_ms

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from marketflow.emulator.candles import Candle, aggregate_series, decimals_of, max_str, min_str, sum_str
-from marketflow.emulator.loaders import RecordedMarket, scan_data_dir
-from marketflow.emulator.synthetic import SyntheticMarket
-from marketflow.emulator.timeframes import DAY, HOUR, Timeframe, parse_ccxt_timeframe
+from exchange_emulator.candles import Candle, aggregate_series, decimals_of, max_str, min_str, sum_str
+from exchange_emulator.loaders import RecordedMarket, scan_data_dir
+from exchange_emulator.synthetic import SyntheticMarket
+from exchange_emulator.timeframes import DAY, HOUR, Timeframe, parse_ccxt_timeframe
 
 log = logging.getLogger(__name__)
 

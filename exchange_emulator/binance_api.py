@@ -6,10 +6,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from marketflow.emulator.candles import Candle, fixed_str
-from marketflow.emulator.markets import Market, Registry
-from marketflow.emulator.synthetic import h64
-from marketflow.emulator.timeframes import BINANCE_INTERVALS
+from exchange_emulator.candles import Candle, fixed_str
+from exchange_emulator.markets import Market, Registry
+from exchange_emulator.synthetic import h64
+from exchange_emulator.timeframes import BINANCE_INTERVALS
 
 FAR_FUTURE = 2**62
 MAX_KLINES = 1000

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import NamedTuple
 
-from marketflow.emulator.timeframes import Timeframe
+from exchange_emulator.timeframes import Timeframe
 
 # wide enough for sums of 8-decimal quote volumes over years of candles
 _CTX = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)

@@ -22,9 +22,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from marketflow.emulator.ccxt_config import ccxt_config, ccxt_options, ccxt_urls
+from exchange_emulator.ccxt_config import ccxt_config, ccxt_options, ccxt_urls
 
-_PLUGINS_DIR = Path(__file__).resolve().parents[2]  # .../plugins
+_ROOT = Path(__file__).resolve().parents[1]  # the repository root, which holds exchange_emulator/
 _READY = re.compile(r"emulator listening on (http://\S+)")
 
 
@@ -47,7 +47,7 @@ class EmulatorProcess:
         startup_timeout: float = 30.0,
         python: str = sys.executable,
     ) -> None:
-        args = [python, "-m", "marketflow.emulator", "--host", host, "--port", "0", "--seed", str(seed)]
+        args = [python, "-m", "exchange_emulator", "--host", host, "--port", "0", "--seed", str(seed)]
         if data_dir is not None:
             args += ["--data-dir", str(data_dir)]
         if synthetic_markets:
@@ -74,7 +74,7 @@ class EmulatorProcess:
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> EmulatorProcess:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PLUGINS_DIR), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
         env.pop("EMULATOR_FAULTS", None)  # a stray shell setting must not leak into tests
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)

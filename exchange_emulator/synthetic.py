@@ -30,8 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from marketflow.emulator.candles import Candle
-from marketflow.emulator.timeframes import DAY, MINUTE, Timeframe
+from exchange_emulator.candles import Candle
+from exchange_emulator.timeframes import DAY, MINUTE, Timeframe
 
 # Plausible 2017-2025 price levels; other symbols get a hashed level.
 _BASE_PRICES = {

@@ -34,8 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marketflow.emulator.candles import Candle, estimated_quote_volume
-from marketflow.emulator.timeframes import MINUTE, Timeframe, parse_ccxt_timeframe
+from exchange_emulator.candles import Candle, estimated_quote_volume
+from exchange_emulator.timeframes import MINUTE, Timeframe, parse_ccxt_timeframe
 
 log = logging.getLogger(__name__)
 

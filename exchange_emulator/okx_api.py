@@ -5,10 +5,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from marketflow.emulator.candles import Candle, dec_str_trim
-from marketflow.emulator.markets import Market, Registry
-from marketflow.emulator.synthetic import h64
-from marketflow.emulator.timeframes import OKX_BARS
+from exchange_emulator.candles import Candle, dec_str_trim
+from exchange_emulator.markets import Market, Registry
+from exchange_emulator.synthetic import h64
+from exchange_emulator.timeframes import OKX_BARS
 
 MAX_CANDLES = 300  # /market/candles; ccxt also sends up to 300 to /market/history-candles
 DEFAULT_CANDLES = 100

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from marketflow.emulator.binance_api import BinanceApi, BinanceError, request_weight
-from marketflow.emulator.faults import (
+from exchange_emulator.binance_api import BinanceApi, BinanceError, request_weight
+from exchange_emulator.faults import (
     BODY_KINDS,
     DELAY_KINDS,
     ROW_KINDS,
@@ -30,11 +30,11 @@ from marketflow.emulator.faults import (
     apply_row_fault,
     corrupt_body,
 )
-from marketflow.emulator.markets import DEFAULT_LISTING, Registry
-from marketflow.emulator.okx_api import OkxApi, OkxError
-from marketflow.emulator.ratelimit import BinanceWeights, OkxLimiter
+from exchange_emulator.markets import DEFAULT_LISTING, Registry
+from exchange_emulator.okx_api import OkxApi, OkxError
+from exchange_emulator.ratelimit import BinanceWeights, OkxLimiter
 
-log = logging.getLogger("marketflow.emulator")
+log = logging.getLogger("exchange_emulator")
 
 BINANCE_PREFIXES = ("/api/v1/", "/api/v3/", "/sapi/", "/fapi/", "/dapi/", "/eapi/", "/papi/", "/futures/")
 OKX_PREFIX = "/api/v5/"
@@ -459,7 +459,7 @@ def _parse_faults(raw: str | None) -> Any:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m marketflow.emulator", description="Offline Binance/OKX spot emulator"
+        prog="python -m exchange_emulator", description="Offline Binance/OKX spot emulator"
     )
     p.add_argument(
         "--data-dir", type=Path, default=None, help="recorded candles: DIR/<exchange>/<BASE-QUOTE>/<tf>/*"

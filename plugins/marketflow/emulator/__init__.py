@@ -1,9 +1,0 @@
-"""Offline Binance/OKX spot exchange emulator for ccxt (see README.md in this package).
-
-Run: ``PYTHONPATH=plugins python -m marketflow.emulator --data-dir DIR --port 8765``.
-"""
-
-from marketflow.emulator.ccxt_config import ccxt_config, ccxt_options, ccxt_urls
-from marketflow.emulator.testing import EmulatorProcess
-
-__all__ = ["EmulatorProcess", "ccxt_config", "ccxt_options", "ccxt_urls"]
