@@ -23,15 +23,10 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import Param, dag
 
-from marketflow.airflow_tasks import (
-    DEFAULT_ARGS,
-    backfill_pipeline,
-    backfill_summary,
-    deadline,
-    prepare_storage,
-    seconds,
-)
 from marketflow.config import load_config
+from marketflow.tasks.backfill import backfill_pipeline, backfill_summary
+from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
+from marketflow.tasks.storage import prepare_storage
 from marketflow.timeframes import SUPPORTED_TIMEFRAMES
 
 CONFIG = load_config()

@@ -29,17 +29,12 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import (
-    DEFAULT_ARGS,
-    dbt_marts,
-    deadline,
-    exchange_ingest,
-    gap_repairs,
-    marts_inputs,
-    prepare_storage,
-    seconds,
-)
 from marketflow.config import load_config
+from marketflow.tasks.dbt import dbt_marts
+from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
+from marketflow.tasks.ingest import exchange_ingest, marts_inputs
+from marketflow.tasks.repairs import gap_repairs
+from marketflow.tasks.storage import prepare_storage
 from marketflow.timetables import FirstRunAtDeployTimetable
 
 CONFIG = load_config()

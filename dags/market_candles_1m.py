@@ -32,8 +32,9 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import CronDataIntervalTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, deadline, exchange_ingest, seconds
 from marketflow.config import load_config
+from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
+from marketflow.tasks.ingest import exchange_ingest
 
 CONFIG = load_config()
 

@@ -22,59 +22,17 @@ run deletes nothing more.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
-from airflow.sdk import CronTriggerTimetable, dag, get_current_context, task
+from airflow.sdk import CronTriggerTimetable, dag
 
-from marketflow.airflow_tasks import DEFAULT_ARGS, deadline
 from marketflow.config import load_config
+from marketflow.tasks.defaults import DEFAULT_ARGS, deadline
+from marketflow.tasks.maintenance import housekeeping_tasks, task_timeout
 
 CONFIG = load_config()
-TASK_TIMEOUT = timedelta(seconds=CONFIG.timeouts.maintenance_task)
 # The three tasks run side by side; the run may take one retry of the slowest.
-RUN_TIMEOUT = 2 * TASK_TIMEOUT
-
-
-def _run_time() -> datetime:
-    """The run's logical date (the cut is relative to it, so a re-run cuts at the same place); now when
-    triggered without one."""
-    return get_current_context().get("logical_date") or datetime.now(UTC)
-
-
-@task(execution_timeout=TASK_TIMEOUT, multiple_outputs=False)
-def prune_ops() -> dict[str, int]:
-    from marketflow.connections import warehouse_connection
-    from marketflow.housekeeping import prune_ops
-
-    conn = warehouse_connection()
-    try:
-        return {p.table: p.rows for p in prune_ops(conn, load_config().housekeeping, _run_time())}
-    finally:
-        conn.close()
-
-
-@task(execution_timeout=TASK_TIMEOUT, multiple_outputs=False)
-def prune_rejects() -> dict[str, int]:
-    from marketflow.connections import warehouse_connection
-    from marketflow.housekeeping import prune_rejects
-
-    conn = warehouse_connection()
-    try:
-        return {p.table: p.rows for p in prune_rejects(conn, load_config().housekeeping, _run_time())}
-    finally:
-        conn.close()
-
-
-@task(execution_timeout=TASK_TIMEOUT, multiple_outputs=False)
-def clean_airflow_metadata() -> dict[str, Any]:
-    from marketflow.housekeeping import airflow_db_url_from_connection, clean_airflow_metadata
-
-    housekeeping = load_config().housekeeping
-    cut = _run_time() - timedelta(days=housekeeping.airflow_metadata_retention_days)
-    # ends the CLI a minute before the task's own timeout, so the error names what was stopped
-    return clean_airflow_metadata(airflow_db_url_from_connection(), cut, housekeeping.batch_size,
-                                  timeout_s=max(60.0, TASK_TIMEOUT.total_seconds() - 60))
+RUN_TIMEOUT = 2 * task_timeout(CONFIG)
 
 
 @dag(
@@ -90,9 +48,7 @@ def clean_airflow_metadata() -> dict[str, Any]:
     doc_md=__doc__,
 )
 def market_maintenance() -> None:
-    prune_ops()
-    prune_rejects()
-    clean_airflow_metadata()
+    housekeeping_tasks(CONFIG)
 
 
 market_maintenance()

@@ -1,0 +1,95 @@
+"""market_backfill: plan -> ingest per work unit, per exchange, and the summary."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import TaskGroup, get_current_context, task
+
+from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.tasks.assets import STAGING_OHLCV
+from marketflow.tasks.context import current_attempt
+from marketflow.tasks.defaults import BACKFILL_PRIORITY, seconds
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("chunks", "chunks_skipped", "inserted", "updated", "unchanged", "rejected", "expected", "present",
+                "missing")
+
+
+def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
+    """plan -> ingest per work unit of a `market_backfill` request, in the exchange's backfill pool.
+
+    A unit is one market (or, past Airflow's max_map_length, several): its task works through every
+    chunk of ``chunk_hours`` of its markets' windows (extract to raw, then load to staging), so a
+    backfill of any size plans within Airflow's mapping limit, and a year of a market is one task
+    process, not 365. Raw is written first, so a failed load loses nothing; a retried task skips the
+    chunks already complete. Returns the group (to order it after other tasks) and the mapped output
+    (for the summary).
+    """
+
+    @task(task_id="plan", execution_timeout=seconds(600))
+    def plan() -> list[dict[str, Any]]:
+        from airflow.configuration import conf
+
+        from marketflow.pipeline import plan_backfill
+
+        ctx = get_current_context()
+        max_tasks = conf.getint("core", "max_map_length", fallback=1024)
+        units = plan_backfill(load_config(), exchange.name, dict(ctx["params"]), max_tasks)
+        markets = sum(len(u["markets"]) for u in units)
+        log.info("%s: %d market(s) in %d task(s) (max_map_length %d), to %s", exchange.name, markets, len(units),
+                 max_tasks, "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
+        return units
+
+    @task(task_id="ingest", pool=exchange.backfill_pool, priority_weight=BACKFILL_PRIORITY, outlets=[STAGING_OHLCV],
+          execution_timeout=seconds(config.timeouts.backfill_task),
+          map_index_template="{{ task.op_kwargs['unit']['markets'] | map(attribute='symbol') | join(', ') }}")
+    def ingest(unit: dict[str, Any]) -> list[dict[str, Any]]:
+        from marketflow.connections import raw_database, warehouse_connection
+        from marketflow.pipeline import backfill_unit
+        from marketflow.raw_store import RawStore
+
+        attempt, ctx = current_attempt()
+        cfg = load_config()
+        conn = warehouse_connection(timeouts=cfg.timeouts)
+        from_raw = bool(ctx["params"].get("from_raw"))
+        # only fetching needs it (rate-limit bucket, API errors), not a rebuild from raw
+        ops_conn = None if from_raw else warehouse_connection(timeouts=cfg.timeouts)
+        if ops_conn is not None:
+            ops_conn.autocommit = True
+        try:
+            totals = backfill_unit(cfg, unit, RawStore(raw_database()), conn, attempt, from_raw=from_raw,
+                                   ops_conn=ops_conn, skip_complete=attempt.try_number > 1)
+        finally:
+            conn.close()
+            if ops_conn is not None:
+                ops_conn.close()
+        log.info("unit %d/%d of %s done", unit["unit"], unit["units"], exchange.name)
+        return totals
+
+    with TaskGroup(group_id=exchange.name, tooltip=f"backfill {exchange.name}, a task per market") as group:
+        ingested = ingest.expand(unit=plan())
+    return group, ingested
+
+
+@task(task_id="summary", trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+def backfill_summary(*per_exchange: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """What the backfill loaded, rejected, and left missing, per market, in words and numbers."""
+    totals: dict[str, dict[str, int]] = {}
+    for units in per_exchange:
+        for unit in units or []:
+            for r in unit or []:
+                m = totals.setdefault(f"{r['exchange']} {r['symbol']}", dict.fromkeys(SUMMARY_KEYS, 0))
+                for key in SUMMARY_KEYS:
+                    m[key] += int(r.get(key) or 0)
+    if not totals:
+        log.warning("backfill loaded nothing: no task finished (see the failed tasks) or no market matched")
+    for market, m in sorted(totals.items()):
+        log.info("%s: %d chunks (%d already complete); %d inserted, %d updated, %d unchanged, %d rejected; "
+                 "%d of %d candles present, %d missing (left as gaps for the repair loop)", market, m["chunks"],
+                 m["chunks_skipped"], m["inserted"], m["updated"], m["unchanged"], m["rejected"], m["present"],
+                 m["expected"], m["missing"])
+    return totals

@@ -1,0 +1,41 @@
+"""Storage preparation: the staging DDL, ops.market_config mirrored from the markets file, raw indexes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import task
+
+from marketflow.config import MarketflowConfig, load_config
+from marketflow.tasks.defaults import seconds
+
+
+def prepare(conn: Any, config: MarketflowConfig) -> None:
+    """Apply the staging DDL, mirror the markets file into ops.market_config, index the raw collections.
+    All idempotent."""
+    from marketflow.connections import raw_database
+    from marketflow.ops import sync_market_config
+    from marketflow.raw_store import RawStore
+    from marketflow.schema import apply_ddl
+
+    apply_ddl(conn)
+    sync_market_config(conn, config)
+    RawStore(raw_database()).ensure_indexes(config.raw_retention_days)
+
+
+def prepare_storage(config: MarketflowConfig) -> Any:
+    @task(task_id="prepare_storage", retries=2, execution_timeout=seconds(config.timeouts.hourly_task))
+    def prepare_task() -> bool:
+        """Apply the staging DDL, mirror the markets file into ops.market_config, index the raw
+        collections. All idempotent."""
+        from marketflow.connections import warehouse_connection
+
+        cfg = load_config()
+        conn = warehouse_connection(timeouts=cfg.timeouts)
+        try:
+            prepare(conn, cfg)
+        finally:
+            conn.close()
+        return True
+
+    return prepare_task()
