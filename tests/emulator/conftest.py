@@ -36,10 +36,21 @@ def live(emu: EmulatorProcess) -> Iterator[EmulatorProcess]:
 
 @pytest.fixture
 def make_exchange(live: EmulatorProcess):
+    """A real ccxt client pointed at the emulator the way production points one at a mirror
+    (marketflow.exchanges.rewrite_hosts on ccxt's own API urls, as `api_base_url` does), not through
+    the emulator's own URL table; only the emulator's spot-only options are its own."""
+    import copy
+
     import ccxt
 
+    from marketflow.exchanges import rewrite_hosts
+
     def make(exchange_id: str, **extra):
-        ex = getattr(ccxt, exchange_id)(live.ccxt_config(exchange_id, **{"timeout": 10_000, **extra}))
+        klass = getattr(ccxt, exchange_id)
+        urls = copy.deepcopy(klass().urls)
+        urls["api"] = rewrite_hosts(urls["api"], live.base_url)
+        ex = klass({"urls": urls, "options": live.ccxt_options(exchange_id), "enableRateLimit": True,
+                    "timeout": 10_000, **extra})
         ex.number = str  # keep the wire strings, so values can be compared exactly
         return ex
 
