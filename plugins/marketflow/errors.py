@@ -6,11 +6,13 @@ a message that says what to fix. The class is what raw_ingestion_log and ops.api
 
 from __future__ import annotations
 
-import random
 import socket
-from datetime import timedelta
 from enum import StrEnum
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tenacity
 
 
 class ErrorClass(StrEnum):
@@ -106,10 +108,13 @@ def classify(exc: BaseException, http_status: int | None = None) -> ErrorClass:
     return ErrorClass.DATA
 
 
-def backoff(attempt: int, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None) -> timedelta:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)]."""
-    ceiling = min(cap, base * (2 ** max(0, attempt)))
-    return timedelta(seconds=(rng or random).uniform(0, ceiling))
+def backoff(base: float = 1.0, cap: float = 60.0) -> tenacity.wait.wait_base:
+    """Exponential backoff with full jitter, as a tenacity wait: after failed attempt n (1, 2, ...),
+    uniform in [0, min(cap, base * 2^n)]."""
+    import tenacity  # here, not with the module: every DAG file imports this one
+
+    # tenacity's window after attempt n is multiplier * 2^(n-1)
+    return tenacity.wait_random_exponential(multiplier=2 * base, max=cap)
 
 
 class PermanentError(RuntimeError):

@@ -20,8 +20,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import ccxt
+import tenacity
 
 from marketflow.config import ExchangeConfig
+from marketflow.errors import ErrorClass, backoff, classify
 from marketflow.secrets import exchange_credentials, redact
 from marketflow.timeframes import Window, ceil_ms, iso, timeframe_ms
 
@@ -240,57 +242,100 @@ def _require_json(responses: list[HttpExchange]) -> None:
                                     f"({len(response.body)} bytes, starts {response.body[:60]!r})")
 
 
+@dataclass
+class _Failure:
+    """One failed attempt of a call: its class and the answers it got."""
+
+    exc: BaseException
+    error_class: ErrorClass
+    responses: list[HttpExchange]
+
+    @property
+    def last(self) -> HttpExchange | None:
+        return self.responses[-1] if self.responses else None
+
+    @property
+    def status(self) -> int | None:
+        return self.last.status if self.last else None
+
+    @property
+    def pause(self) -> float:
+        """What the exchange asked for after a 429/418 (Retry-After; a ban lasts longer by default)."""
+        return retry_after_seconds(self.last, 60.0 if self.status == 418 else 10.0)
+
+
 def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, list[HttpExchange]]:
-    """Run one ccxt call; retry transient failures. Returns its result and every response seen,
-    failed attempts included, so raw keeps the whole conversation.
+    """Run one ccxt call; retry transient failures (tenacity). Returns its result and every response
+    seen, failed attempts included, so raw keeps the whole conversation.
 
     429/418: the exchange's Retry-After pauses the shared bucket (every worker), then retry.
-    network, timeout, 5xx: exponential backoff with jitter. Anything else: raise at once.
+    network, timeout, 5xx: exponential backoff with full jitter (errors.backoff). Anything else, the
+    last of MAX_CALL_ATTEMPTS, or a pause over MAX_IN_TASK_PAUSE_S: raise, with ``responses`` attached.
     """
-    from marketflow.errors import ErrorClass, backoff, classify
-
     seen: list[HttpExchange] = []
-    for attempt in range(1, MAX_CALL_ATTEMPTS + 1):
+    failures: list[_Failure] = []
+
+    def attempt() -> Any:
         exchange.recorder.take()
         try:
             result = call()
             _require_json(exchange.recorder.responses)
         except Exception as exc:
             responses = exchange.recorder.take()
-            seen += responses
-            last = responses[-1] if responses else None
-            error_class = classify(exc, last.status if last else None)
-            will_retry = error_class.transient and attempt < MAX_CALL_ATTEMPTS
-            if exchange.error_sink is not None:
-                exchange.error_sink({"endpoint": last.endpoint if last else None,
-                                     "http_status": last.status if last else None, "error_class": error_class.value,
-                                     "exception": type(exc).__name__, "message": exchange.redact(str(exc))[:2000],
-                                     "attempt": attempt, "will_retry": will_retry})
-            if not will_retry:
-                exc.responses = seen  # type: ignore[attr-defined]
-                raise
-            for response in responses:
-                response.superseded = True
-            if error_class is ErrorClass.RATE_LIMIT:
-                status = last.status if last else None
-                wait = retry_after_seconds(last, 60.0 if status == 418 else 10.0)
-                reason = f"HTTP {status} on {what}"
-                if exchange.shared_limiter is not None:
-                    exchange.shared_limiter.pause(wait, reason, status)
-                if wait > MAX_IN_TASK_PAUSE_S:
-                    exc.responses = seen  # type: ignore[attr-defined]
-                    raise
-                if exchange.shared_limiter is None:
-                    time.sleep(wait)  # with a shared limiter the next acquire waits out the pause
-            else:
-                wait = backoff(attempt).total_seconds()
-                time.sleep(wait)
-            log.warning("%s %s: %s (%s: %s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
-                        error_class.value, type(exc).__name__, exchange.redact(str(exc))[:300], attempt,
-                        MAX_CALL_ATTEMPTS, wait)
-            continue
-        return result, seen + exchange.recorder.take()
-    raise AssertionError("unreachable")
+            seen.extend(responses)
+            failure = _Failure(exc, classify(exc, responses[-1].status if responses else None), responses)
+            failures.append(failure)
+            if failure.error_class is ErrorClass.RATE_LIMIT and exchange.shared_limiter is not None:
+                # every worker waits out the exchange's pause, whether or not this call is retried
+                exchange.shared_limiter.pause(failure.pause, f"HTTP {failure.status} on {what}", failure.status)
+            raise
+        seen.extend(exchange.recorder.take())
+        return result
+
+    def rate_limit_pause(state: tenacity.RetryCallState) -> float:
+        failure = failures[-1]
+        return failure.pause if failure.error_class is ErrorClass.RATE_LIMIT else 0.0
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        if failures[-1].error_class is ErrorClass.RATE_LIMIT:
+            # with a shared limiter the next acquire waits out the pause; else this process sleeps it
+            return 0.0 if exchange.shared_limiter is not None else rate_limit_pause(state)
+        return exponential(state)
+
+    def before_retry(state: tenacity.RetryCallState) -> None:
+        failure = failures[-1]
+        for response in failure.responses:
+            response.superseded = True
+        _report(exchange, failure, state.attempt_number, will_retry=True)
+        log.warning("%s %s: %s (%s: %s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
+                    failure.error_class.value, type(failure.exc).__name__,
+                    exchange.redact(str(failure.exc))[:300], state.attempt_number, MAX_CALL_ATTEMPTS,
+                    rate_limit_pause(state) or state.upcoming_sleep)
+
+    exponential = backoff()
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda exc: failures[-1].error_class.transient),
+        # a long pause (a ban) is left to Airflow's retry instead of a sleeping worker
+        stop=tenacity.stop_after_attempt(MAX_CALL_ATTEMPTS)
+        | (lambda state: rate_limit_pause(state) > MAX_IN_TASK_PAUSE_S),
+        wait=wait, before_sleep=before_retry, reraise=True)
+    try:
+        result = retrying(attempt)
+    except Exception as exc:
+        if failures and failures[-1].exc is exc:
+            _report(exchange, failures[-1], len(failures), will_retry=False)
+        exc.responses = seen  # type: ignore[attr-defined]
+        raise
+    return result, seen
+
+
+def _report(exchange: ccxt.Exchange, failure: _Failure, attempt: int, will_retry: bool) -> None:
+    if exchange.error_sink is not None:
+        last = failure.last
+        exchange.error_sink({"endpoint": last.endpoint if last else None, "http_status": failure.status,
+                             "error_class": failure.error_class.value, "exception": type(failure.exc).__name__,
+                             "message": exchange.redact(str(failure.exc))[:2000], "attempt": attempt,
+                             "will_retry": will_retry})
 
 
 def parser_for(ccxt_id: str) -> ccxt.Exchange:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import ccxt
 import psycopg2
 import pymongo.errors
@@ -54,12 +52,18 @@ def test_transient_and_permanent_classes() -> None:
 
 
 def test_backoff_is_jittered_exponential_and_capped() -> None:
-    rng = random.Random(7)
-    delays = [backoff(a, base=1, cap=8, rng=rng).total_seconds() for a in range(6) for _ in range(200)]
-    for attempt in range(6):
-        chunk = delays[attempt * 200:(attempt + 1) * 200]
-        assert min(chunk) >= 0 and max(chunk) <= min(8, 2 ** attempt)
-        assert len(set(chunk)) > 150  # jittered, not a fixed schedule
+    """After failed attempt n the wait is uniform in [0, min(cap, 2^n)]: 2, 4, 8 s for the in-task retries."""
+    import tenacity
+
+    wait = backoff(base=1, cap=8)
+    state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+    for attempt in range(1, 7):
+        state.attempt_number = attempt
+        chunk = [wait(state) for _ in range(400)]
+        ceiling = min(8, 2 ** attempt)
+        assert min(chunk) >= 0 and max(chunk) <= ceiling
+        assert max(chunk) > 0.9 * ceiling and min(chunk) < 0.1 * ceiling  # the whole window is used
+        assert len(set(chunk)) > 350  # jittered, not a fixed schedule
 
 
 def test_airflow_retry_policy_fails_permanent_errors_at_once() -> None:
