@@ -14,9 +14,9 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 import ccxt
@@ -26,6 +26,9 @@ from marketflow.config import ExchangeConfig
 from marketflow.errors import ErrorClass, backoff, classify
 from marketflow.secrets import exchange_credentials, redact
 from marketflow.timeframes import Window, ceil_ms, iso, timeframe_ms
+
+if TYPE_CHECKING:
+    from marketflow.rate_limit import SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -60,33 +63,71 @@ class HttpExchange:
 
 @dataclass
 class ResponseRecorder:
-    """Wraps ccxt's ``on_rest_response`` hook to keep every response it sees."""
+    """Every response a client saw since the last ``take``, as received."""
 
     responses: list[HttpExchange] = field(default_factory=list)
-
-    def install(self, exchange: ccxt.Exchange) -> None:
-        original = exchange.on_rest_response
-
-        def record(code, reason, url, method, headers, body, *args, **kwargs):  # type: ignore[no-untyped-def]
-            # Credentials and signatures never reach raw: redacted the moment a response is seen.
-            self.responses.append(HttpExchange(method, exchange.redact(url), int(code), dict(headers or {}),
-                                               exchange.redact(body or ""), int(time.time() * 1000)))
-            return original(code, reason, url, method, headers, body, *args, **kwargs)
-
-        exchange.on_rest_response = record
-        original_parse = exchange.parse_json
-
-        def parse(http_response):  # type: ignore[no-untyped-def]
-            decoded = original_parse(http_response)  # None when the body is not a JSON object or array
-            if self.responses:
-                self.responses[-1].json_ok = decoded is not None
-            return decoded
-
-        exchange.parse_json = parse
 
     def take(self) -> list[HttpExchange]:
         taken, self.responses = self.responses, []
         return taken
+
+
+class PipelineClient:
+    """What marketflow adds to a ccxt exchange class, through the methods ccxt itself calls on every
+    request (overridden in a subclass, see ``client_class``; ``tests/unit/test_ccxt_upgrade.py`` pins
+    their signatures and call order, so a ccxt release that changes them fails there):
+
+    * ``on_rest_response``: each response is recorded (redacted) before ccxt parses it;
+    * ``parse_json``: whether ccxt could decode the body, so it is not decoded twice;
+    * ``throttle``: a request first takes its cost from the bucket shared by every worker
+      (``shared_limiter``, rate_limit.py), then ccxt's own throttle spaces this process's calls.
+    """
+
+    # Numbers stay the exchange's decimal strings all the way to Postgres NUMERIC.
+    number = str
+    # Called with each failed call's details (ops.api_errors); set by the pipeline.
+    error_sink: Callable[[dict[str, Any]], None] | None = None
+    shared_limiter: SharedRateLimiter | None = None
+
+    def __init__(self, config: dict[str, Any], secrets: tuple[str, ...] = ()) -> None:
+        self.recorder = ResponseRecorder()
+        self._secrets = secrets
+        super().__init__(config)  # type: ignore[call-arg]
+
+    def redact(self, text: str) -> str:
+        """``text`` without this client's credentials or signature parameters."""
+        return redact(text, self._secrets)
+
+    def on_rest_response(self, code, reason, url, method, response_headers, response_body, request_headers,
+                         request_body):  # type: ignore[no-untyped-def]
+        # Credentials and signatures never reach raw: redacted the moment a response is seen.
+        self.recorder.responses.append(HttpExchange(method, self.redact(url), int(code), dict(response_headers or {}),
+                                                    self.redact(response_body or ""), int(time.time() * 1000)))
+        return super().on_rest_response(code, reason, url, method, response_headers,  # type: ignore[misc]
+                                        response_body, request_headers, request_body)
+
+    def parse_json(self, http_response):  # type: ignore[no-untyped-def]
+        decoded = super().parse_json(http_response)  # type: ignore[misc]  # None: not a JSON object or array
+        if self.recorder.responses:
+            self.recorder.responses[-1].json_ok = decoded is not None
+        return decoded
+
+    def throttle(self, cost=None):  # type: ignore[no-untyped-def]
+        if self.shared_limiter is not None:
+            self.shared_limiter.acquire(cost if cost is not None else 1)
+        return super().throttle(cost)  # type: ignore[misc]
+
+
+@functools.cache
+def client_class(ccxt_id: str) -> type:
+    """ccxt's class for ``ccxt_id`` with ``PipelineClient`` in front of it (one class per exchange)."""
+    base = getattr(ccxt, ccxt_id)
+    return type(f"Pipeline{base.__name__}", (PipelineClient, base), {"__module__": __name__})
+
+
+def ccxt_exchange_ids() -> frozenset[str]:
+    """The exchange ids this ccxt release supports (importing ccxt takes ~1-2 s)."""
+    return frozenset(ccxt.exchanges)
 
 
 def rewrite_hosts(urls: Any, base_url: str) -> Any:
@@ -105,38 +146,29 @@ def _default_api_urls(ccxt_id: str) -> dict[str, Any]:
 
 
 def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, deadline: float | None = None
-                   ) -> ccxt.Exchange:
+                   ) -> PipelineClient:
     """A ccxt client for ``cfg``: rate limiting on, every response recorded, decimals kept as strings.
 
     With ``limiter_conn`` (an autocommit Postgres connection) every request also draws on the
     exchange's bucket shared by all workers (rate_limit.py): as the minute path (``live``) or as
     history work, which leaves the exchange's ``live_rate_reserve`` to it. ``deadline``
     (time.monotonic()) bounds how long a request waits there for its tokens."""
-    klass = getattr(ccxt, cfg.ccxt_id)
     credentials = exchange_credentials(cfg.name, cfg.credentials_conn_id)
     params: dict[str, Any] = {"enableRateLimit": True, "timeout": cfg.timeout_ms, "options": dict(cfg.options),
                               **credentials}
     if cfg.api_base_url:
         urls = copy.deepcopy(_default_api_urls(cfg.ccxt_id))
         params["urls"] = {**urls, "api": rewrite_hosts(urls["api"], cfg.api_base_url)}
-    exchange = klass(params)
-    # Numbers stay the exchange's decimal strings all the way to Postgres NUMERIC.
-    exchange.number = str
-    secrets = tuple(credentials.values())
-    exchange.redact = lambda text: redact(text, secrets)
-    exchange.recorder = ResponseRecorder()
-    exchange.recorder.install(exchange)
-    exchange.shared_limiter = None
-    exchange.error_sink = None  # called with each failed call's details (ops.api_errors)
+    exchange = client_class(cfg.ccxt_id)(params, secrets=tuple(credentials.values()))
     if limiter_conn is not None:
-        from marketflow.rate_limit import SharedRateLimiter, install
+        from marketflow.rate_limit import SharedRateLimiter
 
         limiter = SharedRateLimiter(limiter_conn, cfg.name,
                                     per_minute=cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit,
                                     share=cfg.rate_limit_share, live=live, reserve=cfg.live_rate_reserve,
                                     deadline=deadline, burst_seconds=cfg.burst_seconds)
         limiter.ensure_bucket()
-        install(exchange, limiter)
+        exchange.shared_limiter = limiter
     return exchange
 
 
@@ -264,7 +296,7 @@ class _Failure:
         return retry_after_seconds(self.last, 60.0 if self.status == 418 else 10.0)
 
 
-def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, list[HttpExchange]]:
+def call_with_retries(exchange: PipelineClient, call, what: str) -> tuple[Any, list[HttpExchange]]:
     """Run one ccxt call; retry transient failures (tenacity). Returns its result and every response
     seen, failed attempts included, so raw keeps the whole conversation.
 
@@ -329,7 +361,7 @@ def call_with_retries(exchange: ccxt.Exchange, call, what: str) -> tuple[Any, li
     return result, seen
 
 
-def _report(exchange: ccxt.Exchange, failure: _Failure, attempt: int, will_retry: bool) -> None:
+def _report(exchange: PipelineClient, failure: _Failure, attempt: int, will_retry: bool) -> None:
     if exchange.error_sink is not None:
         last = failure.last
         exchange.error_sink({"endpoint": last.endpoint if last else None, "http_status": failure.status,
@@ -342,8 +374,7 @@ def parser_for(ccxt_id: str) -> ccxt.Exchange:
     """An offline ccxt instance used only for its response parsers."""
     exchange = _PARSERS.get(ccxt_id)
     if exchange is None:
-        exchange = getattr(ccxt, ccxt_id)()
-        exchange.number = str
+        exchange = client_class(ccxt_id)({})
         _PARSERS[ccxt_id] = exchange
     return exchange
 

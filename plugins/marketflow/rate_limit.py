@@ -197,18 +197,3 @@ class SharedRateLimiter:
                     (self.exchange, minute, m.tokens, m.acquisitions, m.denied, m.wait_seconds, m.http_429,
                      m.http_418, m.live_tokens, m.live_wait_seconds),
                 )
-
-
-def install(exchange, limiter: SharedRateLimiter) -> None:
-    """Make every ccxt request of ``exchange`` take its cost from the shared bucket first.
-
-    ccxt's own throttle still runs after it, keeping one process's calls evenly spaced.
-    """
-    original = exchange.throttle
-
-    def throttle(cost=None):  # type: ignore[no-untyped-def]
-        limiter.acquire(cost if cost is not None else 1)
-        return original(cost)
-
-    exchange.throttle = throttle
-    exchange.shared_limiter = limiter
