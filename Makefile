@@ -8,7 +8,6 @@ TOOLS    := $(LOCAL)/tools
 UV       := $(TOOLS)/bin/uv
 VENV     := $(LOCAL)/venv
 DBT_VENV := $(LOCAL)/dbt-venv
-export PYTHONPATH := $(CURDIR)/plugins
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
 .PHONY: help install demo down status test lint dbt-parse lock clean faults bench env
@@ -22,6 +21,8 @@ help:
 	@echo "make bench   benchmarks against the machine's limits and a peer (bench/results/latest.md);"
 	@echo "             QUICK=1 for smaller sizes (10 min instead of <= 60)"
 	@echo "make lint    ruff"
+	@echo "make lock    regenerate the pinned requirements*.txt from pyproject.toml and requirements-*.in"
+	@echo "             (keeps the current pins where they still fit; UPGRADE=1 moves every pin to the newest)"
 	@echo "make env     .env for docker compose with generated secrets (never overwrites an existing .env)"
 	@echo "make clean   remove .local (virtualenvs and all local data)"
 
@@ -30,12 +31,14 @@ $(UV):
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==0.13.8
 
 # Airflow side (with the test tools) and dbt in separate virtualenvs: their pins conflict.
+# The Airflow side gets marketflow itself (plugins/marketflow, with the `marketflow` command) and the
+# exchange emulator (a test tool, exchange_emulator/) as editable installs on top of the pins.
 # --compile-bytecode: every Airflow task and dbt run is a new interpreter; without .pyc files
 # (uv writes none by default, and PYTHONDONTWRITEBYTECODE stops Python from caching them) each one
 # compiles its imports from source again: dbt's start-up was 3.1 s of imports instead of 1.6 s.
-$(VENV)/.installed: requirements.txt requirements-dev.txt | $(UV)
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml exchange_emulator/pyproject.toml | $(UV)
 	@[ -x $(VENV)/bin/python ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dev.txt -e . -e ./exchange_emulator
 	@touch $@
 
 $(DBT_VENV)/.installed: requirements-dbt.txt | $(UV)
@@ -50,13 +53,13 @@ dbt-parse: $(DBT_VENV)/.installed
 	cd dbt && ../$(DBT_VENV)/bin/dbt parse --quiet --profiles-dir .
 
 demo: install dbt-parse
-	$(VENV)/bin/python scripts/demo.py
+	$(VENV)/bin/python -m scripts.demo
 
 down:
-	@[ -x $(VENV)/bin/python ] && $(VENV)/bin/python scripts/stack.py down || true
+	@[ -x $(VENV)/bin/python ] && $(VENV)/bin/python -m scripts.stack down || true
 
 status:
-	$(VENV)/bin/python scripts/stack.py status
+	$(VENV)/bin/python -m scripts.stack status
 
 # docker-compose.yaml's secrets: the repository ships none (scripts/make_env.py, standard library only).
 env:
@@ -78,8 +81,16 @@ faults: install dbt-parse
 bench: install dbt-parse
 	QUICK=$(QUICK) $(VENV)/bin/python -m bench
 
-lock:
-	@echo "Edit the direct pins in requirements*.txt, then regenerate the full lists with uv pip compile."
+# The direct dependencies live in pyproject.toml (the product), requirements-dev.in (tests and tools)
+# and requirements-dbt.in; the .txt files are their full resolution for Python 3.11 on Linux. uv keeps
+# every pin already in a .txt file that still satisfies the inputs, so adding one dependency moves
+# nothing else; UPGRADE=1 re-resolves everything to the newest releases.
+LOCK := $(UV) pip compile --quiet --python-version 3.11 --python-platform linux \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock: | $(UV)
+	$(LOCK) pyproject.toml -o requirements.txt
+	$(LOCK) pyproject.toml requirements-dev.in -o requirements-dev.txt
+	$(LOCK) requirements-dbt.in -o requirements-dbt.txt
 
 clean: down
 	rm -rf $(LOCAL) dbt/target dbt/logs

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +16,10 @@ from pathlib import Path
 
 import psycopg2
 
+from marketflow.schema import apply_ddl
+from scripts import stack
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "plugins"))
-
-import stack  # noqa: E402
-
-from marketflow.schema import apply_ddl  # noqa: E402
 
 # MARKETFLOW_BENCH_DIR: another directory for the bench's services and files, so two runs (e.g. of
 # single figures while developing) never share, and wipe, one PostgreSQL data directory.

@@ -1,6 +1,6 @@
 """Offline Binance/OKX spot exchange emulator for ccxt (see README.md in this package).
 
-Run: ``PYTHONPATH=plugins python -m exchange_emulator --data-dir DIR --port 8765``.
+Run: ``python -m exchange_emulator --data-dir DIR --port 8765``.
 """
 
 from exchange_emulator.ccxt_config import ccxt_config, ccxt_options, ccxt_urls

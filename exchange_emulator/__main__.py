@@ -1,4 +1,4 @@
-"""``python -m exchange_emulator`` (PYTHONPATH=plugins)."""
+"""``python -m exchange_emulator`` (or the ``exchange-emulator`` command)."""
 
 import sys
 

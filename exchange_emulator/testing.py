@@ -19,12 +19,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from exchange_emulator.ccxt_config import ccxt_config, ccxt_options, ccxt_urls
 
-_ROOT = Path(__file__).resolve().parents[1]  # the repository root, which holds exchange_emulator/
 _READY = re.compile(r"emulator listening on (http://\S+)")
 
 
@@ -74,7 +72,6 @@ class EmulatorProcess:
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self) -> EmulatorProcess:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
         env.pop("EMULATOR_FAULTS", None)  # a stray shell setting must not leak into tests
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)

@@ -7,12 +7,6 @@ docs/faults.md. tests/faults/test_fault_suite.py runs every case inside ``make t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-# The suite drives the pipeline package (plugins/) and the service helpers (scripts/stack.py) directly.
-for _path in (REPO / "scripts", REPO / "plugins"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))

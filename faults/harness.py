@@ -36,7 +36,6 @@ from typing import Any
 
 import psycopg2
 import pymongo
-import stack
 import yaml
 
 from exchange_emulator.testing import EmulatorProcess
@@ -48,8 +47,9 @@ from marketflow.connections import session_options
 from marketflow.pipeline import Attempt, plan_window
 from marketflow.raw_store import INGESTION_LOG, RawStore
 from marketflow.schema import apply_ddl
-from marketflow.staging_load import table_checksum
 from marketflow.timeframes import Window
+from scripts import stack
+from scripts.warehouse_checks import table_checksum
 
 log = logging.getLogger("faults")
 

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from faults import REPO
-from marketflow.staging_load import table_checksum
+from scripts.warehouse_checks import table_checksum
 
 log = logging.getLogger("faults")
 

@@ -1,4 +1,4 @@
-"""Run the fault suite: ``python -m faults`` (``make faults``) or ``python faults/run.py``.
+"""Run the fault suite: ``python -m faults`` (``make faults``), from the repository root.
 
     python -m faults                    every case; prints the table, rewrites docs/faults.md
     python -m faults --quick            a smoke subset for development (make test runs every case)
@@ -18,9 +18,6 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: python faults/run.py
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from faults import REPO
 from faults.cases import CASES, QUICK, by_slug

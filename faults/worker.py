@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import faults  # noqa: F401  (puts plugins/ and scripts/ on sys.path)
 from faults.harness import DAG_ID, CaseEnv, DagRun, fresh_task_process
 from marketflow.config import load_config
 from marketflow.pipeline import Attempt, run_gap_repairs
@@ -31,7 +30,7 @@ from marketflow.raw_store import RawStore
 
 def env_from(spec: dict[str, Any]) -> CaseEnv:
     return CaseEnv(spec["slug"], spec["database"], spec["dsn"], spec["mongo_uri"], Path(spec["config_path"]),
-                   load_config(spec["config_path"]), spec.get("tries") or 3, spec["mongo_db"])
+                   load_config(spec["config_path"]), spec.get("tries"), spec["mongo_db"])
 
 
 def run_task(spec: dict[str, Any]) -> dict[str, Any]:

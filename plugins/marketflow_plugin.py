@@ -1,7 +1,7 @@
 """marketflow's Airflow plugin: registers what Airflow itself must be able to load.
 
 Only this file is a plugin; plugins/.airflowignore keeps Airflow's plugin loader out of the
-``marketflow`` package (DAG files import it from plugins/, which Airflow puts on sys.path).
+``marketflow`` package (DAG files import it from plugins/, which Airflow puts on its import path).
 """
 
 from __future__ import annotations

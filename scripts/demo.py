@@ -20,13 +20,9 @@ from pathlib import Path
 
 import psycopg2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugins"))
-
-import stack
-
 from marketflow.config import load_config
-from marketflow.staging_load import RERUN_INVARIANT_TABLES, table_checksum
+from scripts import stack
+from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
 
 DAG_ID = "market_candles_1h"
 TIMEOUT_S = 30 * 60

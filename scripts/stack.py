@@ -351,7 +351,7 @@ def emulator_server(run_dir: Path, port: int, data_dir: Path, extra: list[str] |
     python = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
     argv = [python, "-m", "exchange_emulator", "--data-dir", str(data_dir), "--port", str(port),
             "--host", "127.0.0.1", *(extra or [])]
-    return ManagedProcess("emulator", run_dir, argv, port, env={"PYTHONPATH": str(REPO)})
+    return ManagedProcess("emulator", run_dir, argv, port)
 
 
 @dataclass
@@ -426,7 +426,6 @@ def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database:
         "MARKETFLOW_DBT_EXECUTABLE": str(LOCAL / "dbt-venv" / "bin" / "dbt"),
         "MARKETFLOW_DBT_PROJECT_DIR": str(REPO / "dbt"),
         "MARKETFLOW_CONFIG": os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include" / "config" / "markets.yml")),
-        "PYTHONPATH": str(REPO / "plugins"),
         # No phoning home from an offline stack.
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",

@@ -1,7 +1,7 @@
 """Shared fixtures: the test run starts its own real PostgreSQL and MongoDB-protocol server.
 
-Nothing here mocks a database. Set MARKETFLOW_TEST_PG_DSN / MONGO_URI to run the same tests
-against servers you already have (e.g. a real mongod).
+Nothing here mocks a database. Set MONGO_URI to run the same tests against a MongoDB you already
+have (e.g. a real mongod).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +16,10 @@ import psycopg2
 import pymongo
 import pytest
 
+from marketflow.schema import apply_ddl
+from scripts import stack
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "plugins"))
-sys.path.insert(0, str(REPO / "scripts"))
-
-import stack  # noqa: E402  (scripts/stack.py)
-
-from marketflow.schema import apply_ddl  # noqa: E402
 
 TEST_ROOT = Path(os.environ.get("MARKETFLOW_TEST_DIR", REPO / ".local" / "test"))
 _counter = itertools.count()

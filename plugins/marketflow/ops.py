@@ -221,12 +221,3 @@ def count_present(conn, exchange: str, symbol: str, timeframe: str, window: Wind
             (exchange, symbol, timeframe, window.start_ms, window.end_ms),
         )
         return int(cur.fetchone()[0])
-
-
-def task_rows(conn) -> list[tuple[Any, ...]]:
-    """All tasks, for logs and tests: (exchange, symbol, window_start, window_end, status, outcome, attempts)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT exchange, symbol, window_start, window_end, status, outcome, attempts "
-                    "FROM ops.backfill_tasks ORDER BY window_start")
-        return cur.fetchall()
-

@@ -19,8 +19,8 @@ import psycopg2
 import pytest
 from support.sample import sample_candles
 
-from marketflow.staging_load import RERUN_INVARIANT_TABLES, table_checksum
 from marketflow.timeframes import to_ms
+from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".local" / "venv" / "bin"

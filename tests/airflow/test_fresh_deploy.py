@@ -29,9 +29,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-import stack
 
 from marketflow.config import load_config
+from scripts import stack
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".local" / "venv" / "bin"

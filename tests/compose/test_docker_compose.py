@@ -495,7 +495,7 @@ def test_secrets_are_required_from_env_and_not_hardcoded() -> None:
 
 
 def test_every_credential_is_required_and_never_has_a_default() -> None:
-    import make_env  # scripts/make_env.py
+    from scripts import make_env
 
     assert secret_variables() == set(make_env.GENERATED), "`make env` must generate exactly the secrets compose needs"
     uses = [(name, op) for name, op in referenced_variables(raw_compose()) if SECRET_NAME.search(name)]

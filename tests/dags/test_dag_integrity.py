@@ -65,7 +65,6 @@ def parse_dags(tmp_path: Path, **env: str) -> dict:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
-        "PYTHONPATH": str(REPO / "plugins"),
         "MARKETFLOW_EXCHANGE_URL": "http://127.0.0.1:9",
         **env,
     }

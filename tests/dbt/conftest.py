@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dbt_helpers import DBT_EXECUTABLE, Candle, DbtRunner, copy_candles, dbt_env_for, read_sample_candles
+from support.dbt_helpers import DBT_EXECUTABLE, Candle, DbtRunner, copy_candles, dbt_env_for, read_sample_candles
 
 
 @pytest.fixture

@@ -210,7 +210,7 @@ DBT_SELECT = ("--select", "+path:models/marts/indicators", "--indirect-selection
 
 def load_minutes(conn, candles: list, run_id: str, ingested_at: datetime | None = None) -> None:
     """COPY candles (dbt_helpers.Candle) into staging.ohlcv; stamp them with `ingested_at`."""
-    from dbt_helpers import copy_candles
+    from support.dbt_helpers import copy_candles
 
     copy_candles(conn, candles, run_id=run_id)
     if ingested_at is not None:

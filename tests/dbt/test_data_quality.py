@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
-from dbt_helpers import DbtRunner, query
+from support.dbt_helpers import DbtRunner, query
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 END = T0 + timedelta(hours=3)

@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from dbt_helpers import Candle, DbtRunner, checksums, dec, query
+from support.dbt_helpers import Candle, DbtRunner, checksums, dec, query
 
 INSERT_OHLCV = (
     "insert into staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close,"

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from dbt_helpers import DBT_EXECUTABLE, DBT_PROJECT_DIR, DbtRunner, dbt_env_for
+from support.dbt_helpers import DBT_EXECUTABLE, DBT_PROJECT_DIR, DbtRunner, dbt_env_for
 
 EXPECTED_MODELS = {
     # name: (schema, materialization)

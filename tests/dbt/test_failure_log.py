@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dbt_helpers import DbtRunner
+from support.dbt_helpers import DbtRunner
 
 from marketflow.dbt_failures import log_failing_tests
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from marketflow.config import load_config
-from marketflow.ops import claim_tasks, schedule_gap_repairs, sync_market_config, task_rows
+from marketflow.ops import claim_tasks, schedule_gap_repairs, sync_market_config
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window, repair_gap
 from marketflow.raw_store import RawStore
+from scripts.warehouse_checks import task_rows
 
 # The recording ends 2022-08-15 23:59; history_end ten minutes later leaves a window the
 # exchange (emulator) has nothing for.

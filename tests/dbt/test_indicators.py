@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import ohlcv_reference as ref
-from dbt_helpers import Candle, DbtRunner
+from support.dbt_helpers import Candle, DbtRunner
 from support.sample import sample_candles as read_sample_files
 
 REL_TOLERANCE = 1e-9

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import ohlcv_reference as ref
-from dbt_helpers import Candle, DbtRunner
+from support.dbt_helpers import Candle, DbtRunner
 from support.sample import sample_candles as read_sample_files
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

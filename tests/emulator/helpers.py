@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "plugins") not in sys.path:
-    sys.path.insert(0, str(REPO / "plugins"))
 
 SAMPLE_DIR = REPO / "include" / "sample_data"
 BINANCE_DIR = SAMPLE_DIR / "binance" / "ETH-USDT" / "1m"

@@ -11,21 +11,14 @@ when candles are missing or one value differs.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-# The suite lives in faults/ at the repo root; the root itself (dags/, dbt/, ...) stays off sys.path.
-sys.path.insert(0, str(REPO))
-try:
-    from faults.cases import BINANCE_KLINES, CASES
-    from faults.harness import Case, CaseEnv, CaseResult, DagRun, Services, Suite, start_mart_builders
-    from faults.marts import MARTS
-finally:
-    sys.path.remove(str(REPO))
+from faults.cases import BINANCE_KLINES, CASES
+from faults.harness import Case, CaseEnv, CaseResult, DagRun, Services, Suite, TaskFailed, start_mart_builders
+from faults.marts import MARTS
 
 EXPECTED_CANDLES = 2040  # the recordings' windows: Binance 24 h (1440) + OKX 10 h (600)
 
@@ -84,7 +77,7 @@ def test_a_fault_outlasting_the_retries_is_reported_as_lost(suite: Suite) -> Non
                 faults=({"kind": "http_418", **BINANCE_KLINES, "count": 1, "retry_after": 600},), tries=1)
     result = suite.run_case(case)
     assert not result.ok
-    assert result.error is not None and "binance reconcile failed all 1 tries" in result.error
+    assert result.error is not None and "binance reconcile failed at try 1 of 1, not retried" in result.error
     assert (result.lost, result.landed, result.duplicated) == (1440, 600, 0)
     assert not result.checksum_ok
     # Every mart loses Binance's rows and buckets (its 1d and 1w bucket included).
@@ -110,3 +103,31 @@ def test_one_changed_volume_is_caught_in_every_mart(suite: Suite) -> None:
     assert {m: n for m, (n, _) in result.marts.items()} == {m: n for m, (n, _) in suite.baseline.marts.items()}
     assert result.marts_differ == [f"{m} ({result.marts[m][0]} rows vs {result.marts[m][0]}, other values)"
                                    for m in MARTS]
+
+
+def _raises(exc: Exception):
+    def try_task() -> None:
+        raise exc
+
+    return try_task
+
+
+def test_the_suite_retries_each_task_as_the_dag_does(suite: Suite) -> None:
+    """The suite's retries are the DAG task's (dags/market_candles_1h.py): a transient failure is tried
+    retries + 1 = 4 times with Airflow's delays (20 s doubling, waited at RETRY_TIME_SCALE); a permanent
+    one (the retry policy's FAIL) is not retried, in the suite as in Airflow."""
+    import ccxt
+
+    env = CaseEnv("retry_rules", "", "", "", suite.config_path, suite.config)
+    run = DagRun(env, "retry-rules-1")
+    waits: list[tuple[str, int, float]] = []
+    run.retry_gate = lambda exchange, n: waits.append((exchange, n, run.task_rules(exchange).delay_before(n)))
+    for n in range(1, 10):
+        run.overrides[("binance", n)] = _raises(ccxt.NetworkError("binance GET /api/v3/klines: connection reset"))
+        run.overrides[("okx", n)] = _raises(ccxt.BadSymbol("okx does not have market symbol LUNA/USDT"))
+    with pytest.raises(TaskFailed) as failed:
+        run.run()
+    assert [(r.exchange, r.try_number) for r in run.records] == [("binance", n) for n in (1, 2, 3, 4)] + [("okx", 1)]
+    assert waits == [("binance", 2, 20.0), ("binance", 3, 40.0), ("binance", 4, 80.0)]
+    assert "binance reconcile failed at try 4 of 4, not retried (all 4 tries used)" in str(failed.value)
+    assert "okx reconcile failed at try 1 of 4, not retried (retry policy: bad_symbol is permanent" in str(failed.value)

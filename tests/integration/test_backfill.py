@@ -24,8 +24,8 @@ from marketflow.pipeline import (
     window_coverage,
 )
 from marketflow.raw_store import RawStore
-from marketflow.staging_load import table_checksum
 from marketflow.timeframes import Window, iso
+from scripts.warehouse_checks import table_checksum
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = ["exchange", "symbol", "timeframe", "open_time"]

@@ -10,7 +10,8 @@ from support.payloads import MIN, T0, kline, store
 
 from marketflow import staging_load
 from marketflow.raw_store import RawStore
-from marketflow.staging_load import load_candle_payloads, table_checksum
+from marketflow.staging_load import load_candle_payloads
+from scripts.warehouse_checks import table_checksum
 
 
 def rejects(conn) -> list[tuple[int, str]]:

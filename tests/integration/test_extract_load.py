@@ -11,8 +11,8 @@ from support.sample import sample_candles
 from marketflow.config import load_config
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
 from marketflow.raw_store import RawStore
-from marketflow.staging_load import table_checksum
 from marketflow.timeframes import Window, to_ms
+from scripts.warehouse_checks import table_checksum
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "include" / "config" / "markets.demo.yml"

@@ -9,8 +9,8 @@ from marketflow.exchanges import rewrite_hosts
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
 from marketflow.raw_store import RawStore
 from marketflow.schema import apply_ddl, ddl_files
-from marketflow.staging_load import table_checksum
 from marketflow.timeframes import floor_ms, to_ms
+from scripts.warehouse_checks import table_checksum
 
 LIVE = """
 exchanges:

@@ -10,13 +10,13 @@ close, the spikes are corrected, and every corrected minute is counted as a corr
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+from support.dbt_helpers import DBT_EXECUTABLE, DbtRunner, dbt_env_for
 
 from exchange_emulator import EmulatorProcess
 from marketflow.config import load_config
@@ -25,8 +25,6 @@ from marketflow.raw_store import RawStore
 from marketflow.timeframes import to_ms
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "dbt"))
-from dbt_helpers import DBT_EXECUTABLE, DbtRunner, dbt_env_for  # noqa: E402
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
 HOURS = 3

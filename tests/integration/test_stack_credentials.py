@@ -18,7 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import psycopg2
 import pytest
-import stack
+
+from scripts import stack
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = {"marketflow", "airflow", "admin", "postgres", stack.DB_USER, stack.WAREHOUSE_DB, stack.AIRFLOW_DB,

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-import stack
+
+from scripts import stack
 
 # argv[1]: file for the helper pids; argv[2]: port to listen on (ManagedProcess.start waits for it);
 # argv[3]: "stubborn" = the child ignores SIGTERM and starts a grandchild in a session of its own.

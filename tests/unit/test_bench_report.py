@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from bench.context import _cpu_seconds, _trees
 from bench.report import Figure, write_report
 
