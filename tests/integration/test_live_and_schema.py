@@ -8,9 +8,8 @@ from marketflow.config import load_config
 from marketflow.exchanges import rewrite_hosts
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
 from marketflow.raw_store import RawStore
-from marketflow.schema import apply_ddl, ddl_files
+from marketflow.schema import apply_ddl, current, head
 from marketflow.timeframes import floor_ms, to_ms
-from scripts.warehouse_checks import table_checksum
 
 LIVE = """
 exchanges:
@@ -53,10 +52,9 @@ def test_live_minutes_and_tickers(tmp_path, emulator_url, mongo_db, pg_conn) -> 
 
 
 def test_ddl_reapplies_as_a_no_op(pg_conn) -> None:
-    before = table_checksum(pg_conn, "ops.schema_migrations", ["filename"])
-    assert before[0] == len(ddl_files())
-    assert apply_ddl(pg_conn) == []  # nothing new or changed
-    assert table_checksum(pg_conn, "ops.schema_migrations", ["filename"]) == before
+    assert current(pg_conn) == head()
+    assert apply_ddl(pg_conn) == []  # at head: no revision runs
+    assert current(pg_conn) == head()
 
 
 def test_ddl_turns_jit_off_for_new_sessions_of_the_pipeline_role(warehouse_dsn: str) -> None:
@@ -92,15 +90,11 @@ def test_base_url_rewrites_every_api_host_and_keeps_paths() -> None:
         "rest": "http://127.0.0.1:8765", "nested": {"x": "http://127.0.0.1:8765/api/v5"}, "rateLimit": 50}
 
 
-def test_ddl_is_current_until_a_file_changes(pg_conn, tmp_path) -> None:
-    import shutil
+def test_ddl_is_current_only_at_head(pg_conn) -> None:
+    from marketflow.schema import apply_ddl, ddl_is_current, downgrade
 
-    from marketflow.schema import SQL_DIR, apply_ddl, ddl_is_current
-
-    assert ddl_is_current(pg_conn)  # the fixture applied include/sql
-    changed = tmp_path / "sql"
-    shutil.copytree(SQL_DIR, changed)
-    (changed / "999_extra.sql").write_text("SELECT 1;\n")
-    assert not ddl_is_current(pg_conn, changed)
-    apply_ddl(pg_conn, changed)
-    assert ddl_is_current(pg_conn, changed)
+    assert ddl_is_current(pg_conn)  # the fixture upgraded to head
+    assert downgrade(pg_conn, "-1") == [f"-{head()}"]
+    assert not ddl_is_current(pg_conn)  # the minute path prepares storage first
+    assert apply_ddl(pg_conn) == [head()]
+    assert ddl_is_current(pg_conn)
