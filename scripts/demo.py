@@ -132,6 +132,9 @@ def main() -> int:
     say("preparing the Airflow metadata database and pools")
     (st.airflow_home).mkdir(parents=True, exist_ok=True)
     airflow(env, "db", "migrate")
+    say("migrating the warehouse schema (marketflow db upgrade)")
+    subprocess.run([str(stack.VENV_BIN / "python"), "-m", "marketflow.cli", "db", "upgrade"],
+                   env={**os.environ, **env}, check=True)
     pools = subprocess.run([str(stack.VENV_BIN / "python"), "-m", "marketflow.cli", "pools", "--format", "json"],
                            env={**os.environ, **env}, check=True, capture_output=True, text=True).stdout
     (st.airflow_home / "pools.json").write_text(pools)
