@@ -9,7 +9,7 @@ Run daily by the ``market_maintenance`` DAG, with the retentions of the markets 
   completed repairs (outcome ``repaired``). Rows of windows confirmed empty at the source, and failed
   or pending ones, stay: ``marts.data_quality_gaps`` derives a gap's status from them, and without
   its row a window confirmed empty would be re-fetched all over again. State tables (market_health,
-  market_config, rate_limit_buckets, schema_migrations) hold one row per thing, not history.
+  market_config, rate_limit_buckets) hold one row per thing, not history.
 * **rejects** (``staging.ohlcv_rejects``): after ``rejects_body_retention_days`` a body over
   BODY_PRUNE_ABOVE bytes (a whole payload can be 1 MB) is cut to its first BODY_KEEP_CHARS characters
   plus a note of its size; the row, its reason and identity stay until ``rejects_retention_days``.
