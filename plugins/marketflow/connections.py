@@ -25,24 +25,31 @@ def session_options(timeouts: Timeouts | None = None) -> str:
             f"-c idle_in_transaction_session_timeout={max(t.db_statement, 600) * 1000}")
 
 
-def warehouse_connection(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | None = None):
-    """A psycopg2 connection to the warehouse described by the Airflow connection ``conn_id``, with the
-    session timeouts above (``timeouts`` from the markets file; defaults otherwise).
+def warehouse_conninfo(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | None = None) -> str:
+    """The libpq connection string of the warehouse, from the Airflow connection ``conn_id`` (an
+    AIRFLOW_CONN_* variable, a secrets backend or the metadata DB: Airflow resolves it, its URI form
+    percent-decoded), with the session timeouts above. psycopg's ``make_conninfo`` quotes every
+    value, so a password with ``@ : / % ' `` or spaces arrives intact. The one way product code
+    reaches the warehouse: tasks, callbacks and the ``marketflow`` command alike."""
+    from airflow.sdk import BaseHook
+    from psycopg.conninfo import make_conninfo
 
-    The hook resolves the connection (env, secrets backend, metadata DB); psycopg2 is opened
-    explicitly because PostgresHook.get_conn() returns psycopg 3 when SQLAlchemy 2 is installed,
-    and the loader's COPY path is written for psycopg2.
-    """
-    import psycopg2
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    conn = PostgresHook.get_connection(conn_id)
+    conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson
-    params = {k: extra[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if k in extra}
-    return psycopg2.connect(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password,
-                            dbname=conn.schema, application_name="marketflow",
-                            connect_timeout=int(extra.get("connect_timeout", 10)),
-                            options=session_options(timeouts), **params)
+    ssl = {k: extra[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if k in extra}
+    return make_conninfo(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password,
+                         dbname=conn.schema, application_name="marketflow",
+                         connect_timeout=int(extra.get("connect_timeout", 10)), options=session_options(timeouts),
+                         **ssl)
+
+
+def warehouse_connection(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | None = None):
+    """A psycopg2 connection to ``warehouse_conninfo(conn_id, timeouts)`` (``timeouts`` from the
+    markets file; defaults otherwise). psycopg2, not the hook's get_conn(): PostgresHook returns
+    psycopg 3 when SQLAlchemy 2 is installed, and the loader, rate limiter and ops code use psycopg2."""
+    import psycopg2
+
+    return psycopg2.connect(warehouse_conninfo(conn_id, timeouts))
 
 
 # A MongoDB that does not answer ends a call in seconds, not after pymongo's 30 s server selection,
