@@ -61,7 +61,8 @@ for _name in ("ccxt.base.exchange", "ccxt"):
 
 def _mask_in_airflow_logs(values: Iterable[str]) -> None:
     try:
-        from airflow.sdk.execution_time.secrets_masker import mask_secret
+        # the task's masker, and the supervisor's that writes the task log
+        from airflow.sdk.log import mask_secret
     except ImportError:  # outside Airflow: redact() still protects what we store
         return
     for value in values:
