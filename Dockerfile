@@ -11,6 +11,8 @@
 #   Airflow's. Cosmos / the CLI reach it through MARKETFLOW_DBT_EXECUTABLE=${DBT_VENV}/bin/dbt.
 # * Nothing that docker-compose bind-mounts in development (dags/, plugins/, include/, dbt/) is
 #   copied into the image; .dockerignore keeps the build context down to the two requirements files.
+# * The product and nothing else: no exchange emulator, nx-27017 or other test tool, no tests, bench or
+#   fault suite (requirements-dev.txt holds those; tests/compose/test_image_contents.py checks it).
 
 ARG AIRFLOW_VERSION=3.3.2
 ARG PYTHON_VERSION=3.11

@@ -941,13 +941,17 @@ def test_emulator_is_optional_and_follows_the_contract() -> None:
     assert emulator.get("profiles") == ["offline"]
     assert command_list(EMULATOR_SERVICE) == [
         "python", "-m", "exchange_emulator",
-        "--data-dir", "/opt/airflow/include/sample_data",
+        "--data-dir", "/opt/emulator/sample_data",
         "--port", "8765", "--host", "0.0.0.0",
     ]  # fmt: skip
-    data_dir = host_path_for(EMULATOR_SERVICE, "/opt/airflow/include/sample_data")
+    data_dir = host_path_for(EMULATOR_SERVICE, "/opt/emulator/sample_data")
     assert data_dir == REPO_ROOT / "include" / "sample_data" and data_dir.is_dir(), data_dir
-    assert host_path_for(EMULATOR_SERVICE, "/opt/airflow/plugins") == REPO_ROOT / "plugins"
-    assert "/opt/airflow/plugins" in service_env(EMULATOR_SERVICE).get("PYTHONPATH", "").split(":")
+    # `python -m` finds the package in the working directory, where its mount is.
+    package = host_path_for(EMULATOR_SERVICE, f"{emulator['working_dir']}/exchange_emulator")
+    assert package == REPO_ROOT / "exchange_emulator" and (package / "__main__.py").exists(), package
+    # A test tool on a plain Python image: neither the Airflow image nor the product's mounts.
+    assert "build" not in emulator and emulator["image"] != services()[INIT_SERVICE]["image"]
+    assert host_path_for(EMULATOR_SERVICE, "/opt/airflow/plugins") is None
 
 
 # ==================================================================================================
@@ -998,7 +1002,7 @@ def test_dockerfile_copies_only_unmounted_existing_files() -> None:
 
 
 def test_airflow_image_is_built_from_this_dockerfile() -> None:
-    for name in [*AIRFLOW_COMPONENTS, INIT_SERVICE, EMULATOR_SERVICE]:
+    for name in [*AIRFLOW_COMPONENTS, INIT_SERVICE]:
         build = services()[name].get("build")
         assert build, f"{name} must build ./Dockerfile (it needs the requirements and the dbt venv)"
         context = build if isinstance(build, str) else build.get("context", ".")
