@@ -44,7 +44,7 @@ def test_the_shipped_markets_file_states_the_defaults() -> None:
     ("housekeeping:\n  ops_retention_days: a month\n", "housekeeping.ops_retention_days", "is not an integer"),
     ("housekeeping:\n  rejects_body_retention_days: 400\n", "housekeeping.rejects_body_retention_days",
      "400 days is longer than rejects_retention_days (365)"),
-    ("housekeeping:\n  batch_size: 10\n", "housekeeping.batch_size", "10 rows is out of range"),
+    ("housekeeping:\n  batch_size: 10\n", "housekeeping.batch_size", "10 is out of range"),  # fix: 100 to 1000000 rows
 ])
 def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, section: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as err:
