@@ -28,30 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from marketflow.config import ConfigError, MarketflowConfig, load_config
 
 PROG = "marketflow"
-
-
-def warehouse_dsn() -> str:
-    """The warehouse from the same settings Airflow and dbt use (connection URI, else MARKETFLOW_PG_*)."""
-    uri = os.environ.get("AIRFLOW_CONN_MARKETFLOW_POSTGRES")
-    if uri:
-        return uri.replace("postgres://", "postgresql://", 1)
-    env = os.environ
-    missing = [k for k in ("MARKETFLOW_PG_HOST", "MARKETFLOW_PG_USER", "MARKETFLOW_PG_DATABASE") if k not in env]
-    if missing:
-        raise SystemExit(f"no warehouse configured: set AIRFLOW_CONN_MARKETFLOW_POSTGRES or {', '.join(missing)}")
-    # Quoted: a password with '@', ':' or '/' would otherwise end the user part of the URL.
-    return (f"postgresql://{quote(env['MARKETFLOW_PG_USER'], safe='')}:"
-            f"{quote(env.get('MARKETFLOW_PG_PASSWORD', ''), safe='')}@"
-            f"{env['MARKETFLOW_PG_HOST']}:{env.get('MARKETFLOW_PG_PORT', '5432')}/{env['MARKETFLOW_PG_DATABASE']}")
 
 
 def _warehouse(config: MarketflowConfig | None = None):

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from support.sample import sample_candles
 
+from marketflow import schema
 from marketflow.config import load_config
 from marketflow.pipeline import Attempt, extract_market, load_market
 from marketflow.raw_store import RawStore
@@ -83,8 +83,25 @@ def test_replay_names_an_unknown_exchange(warehouse_dsn) -> None:
     assert res.returncode == 2 and "no exchange kraken in" in res.stderr
 
 
-@pytest.mark.parametrize("args", [(), ("--all",)])
-def test_gaps_without_the_mart_says_how_to_build_it(warehouse_dsn, args) -> None:
-    res = marketflow(connections(warehouse_dsn), "gaps", *args)
+def test_db_upgrade_brings_an_empty_database_to_head(pg_server) -> None:
+    name = f"mf_cli_db_{os.getpid()}"
+    pg_server.drop_database(name)
+    pg_server.create_database(name)
+    try:
+        env = connections(pg_server.dsn(name))
+        before = marketflow(env, "db", "current")
+        assert before.returncode == 0 and before.stdout.startswith("none"), before.stdout + before.stderr
+        first = marketflow(env, "db", "upgrade")
+        assert first.returncode == 0 and "upgraded through" in first.stdout, first.stdout + first.stderr
+        after = marketflow(env, "db", "current")
+        assert after.stdout.split(";")[0] == schema.head()
+        again = marketflow(env, "db", "upgrade")
+        assert again.returncode == 0 and "already at head" in again.stdout
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_gaps_without_the_mart_says_how_to_build_it(warehouse_dsn) -> None:
+    res = marketflow(connections(warehouse_dsn), "gaps", "--all")
     assert res.returncode == 2
     assert "marts.data_quality_gaps does not exist yet" in res.stderr and "dbt build" in res.stderr
