@@ -8,88 +8,27 @@ same window must leave every staging and mart table byte-for-byte unchanged.
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
+from support.airflow_cli import AIRFLOW, MART_CONSUMER_DAG_ID, MART_OHLCV_1H_URI, asset_events, dags_test, metadata
 from support.sample import sample_candles
 
 from marketflow.timeframes import to_ms
 from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
 
-REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = REPO / ".local" / "venv" / "bin"
 WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T16:00:00Z"}
+HOURLY = "market_candles_1h"
+STAGING_OHLCV_URI = "postgres://warehouse:5432/marketflow/staging/ohlcv"
 
 
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory, pg_server, mongo_uri, emulator_url) -> dict[str, str]:
-    manifest = REPO / "dbt" / "target" / "manifest.json"
-    assert manifest.exists(), "run `make dbt-parse` first (make test does)"
-    name = f"mf_airflow_{os.getpid()}"
-    pg_server.drop_database(name)
-    pg_server.create_database(name)
-    home = tmp_path_factory.mktemp("airflow_home")
-    mongo = urlsplit(mongo_uri)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "False",
-        "PYTHONPATH": str(REPO / "plugins"),
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
-        "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pg_server.dsn(name),
-        "AIRFLOW_CONN_MARKETFLOW_MONGO": f"mongo://{mongo.netloc}/mf_airflow_{os.getpid()}",
-        "MARKETFLOW_CONFIG": str(REPO / "include" / "config" / "markets.demo.yml"),
-        "MARKETFLOW_EXCHANGE_URL": emulator_url,
-        "MARKETFLOW_DBT_EXECUTABLE": str(REPO / ".local" / "dbt-venv" / "bin" / "dbt"),
-    }
-    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
-    yield env
-    pg_server.drop_database(name)
-
-
-# apache/airflow#73428: `airflow dags test` crashes while finishing a run of a DAG with `deadline=`
-# (a dict is bound where the deadline alert's UUID belongs). Only that exact crash is tolerated; the
-# run is judged by its task instances in the metadata database instead of the exit code.
-KNOWN_DEADLINE_CRASH = ("FROM deadline_alert", "'dict' object has no attribute 'hex'")
-
-
-def dags_test(env: dict[str, str], log: Path, logical_date: str | None = None, expect_success: bool = True,
-              mark_success: str | None = None) -> dict[str, str]:
-    """Run the hourly DAG once with ``airflow dags test``; returns {task_id: state} of that run.
-    ``mark_success``: a regex of task ids Airflow marks successful instead of running them."""
-    res = subprocess.run([str(VENV_BIN / "airflow"), "dags", "test", "market_candles_1h",
-                          *([logical_date] if logical_date else []), "-c", json.dumps(WINDOW),
-                          *(["--mark-success-pattern", mark_success] if mark_success else [])],
-                         env=env, capture_output=True, text=True, timeout=1800)
-    output = res.stdout + res.stderr
-    log.write_text(output)
-    if res.returncode != 0:
-        assert all(sign in output for sign in KNOWN_DEADLINE_CRASH), (
-            f"market_candles_1h failed; full log in {log}:\n{output[-6000:]}")
-    db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
-    try:
-        [run_id] = db.execute("SELECT run_id FROM dag_run WHERE dag_id = 'market_candles_1h' "
-                              "ORDER BY id DESC LIMIT 1").fetchone()
-        tasks = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'market_candles_1h' "
-                                "AND run_id = ?", (run_id,)).fetchall())
-    finally:
-        db.close()
-    if expect_success:
-        # Everything succeeded; the post-repair rebuild is skipped when no gap needed repairing.
-        states = set(tasks.values())
-        assert states <= {"success", "skipped"} and len(tasks) >= 10, (tasks, str(log))
-    return tasks
+def hourly_run(env: dict[str, str], log: Path, logical_date: str | None = None, expect_success: bool = True,
+               mark_success: str | None = None) -> dict[str, str]:
+    """One run of the hourly DAG over WINDOW; {task_id: state}."""
+    return dags_test(env, HOURLY, log, logical_date, WINDOW, expect_success, mark_success, min_tasks=10)
 
 
 # Every dbt task except the models behind RERUN_INVARIANT_TABLES' marts is marked successful instead
@@ -107,7 +46,7 @@ def checksums(dsn: str) -> dict[str, tuple[int, str]]:
 @pytest.mark.airflow
 def test_hourly_dag_lands_every_sample_candle_exactly_and_reruns_change_nothing(airflow_env, tmp_path) -> None:
     dsn = airflow_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
-    dags_test(airflow_env, tmp_path / "first.log")
+    hourly_run(airflow_env, tmp_path / "first.log")
 
     truth = sample_candles()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
@@ -126,9 +65,26 @@ def test_hourly_dag_lands_every_sample_candle_exactly_and_reruns_change_nothing(
         latest = {(ex, sym): price for ex, sym, price in cur.fetchall()}
         assert latest == {market: candles[max(candles)][3] for market, candles in truth.items()}
 
+        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts'")
+        mart_relations = {table for (table,) in cur.fetchall()}
+
+    # Assets: the loads emitted staging.ohlcv; each relation in the marts schema got an event from the
+    # dbt task that built it and from no other task; the DAG scheduled on marts.ohlcv_1h is queued.
+    [(run_id,)] = metadata(airflow_env, "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1",
+                           (HOURLY,))
+    staged = {task for task, run in asset_events(airflow_env, STAGING_OHLCV_URI, HOURLY) if run == run_id}
+    assert {"binance.reconcile", "okx.reconcile"} <= staged <= {
+        "binance.reconcile", "okx.reconcile", "gap_repairs.repair_binance", "gap_repairs.repair_okx"}, staged
+    marts = metadata(airflow_env, "SELECT a.uri, e.source_task_id FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                                  "WHERE e.source_run_id = ? AND a.uri LIKE '%/marts/%'", (run_id,))
+    assert {uri.rsplit("/", 1)[1] for uri, _ in marts} == mart_relations and len(mart_relations) >= 15
+    assert all(task.split(".", 1)[1] == f"{uri.rsplit('/', 1)[1]}_model_build" for uri, task in marts), marts
+    assert metadata(airflow_env, "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id "
+                                 "WHERE a.uri = ?", (MART_OHLCV_1H_URI,)) == [(MART_CONSUMER_DAG_ID,)]
+
     first, loaded_at = checksums(dsn), last_success(dsn)
     # The re-run rebuilds the models behind the tables compared (the first run built every model).
-    dags_test(airflow_env, tmp_path / "second.log", mark_success=ONLY_RERUN_CHECKED_MARTS)
+    hourly_run(airflow_env, tmp_path / "second.log", mark_success=ONLY_RERUN_CHECKED_MARTS)
     assert checksums(dsn) == first
     # The one column allowed to move: when the pipeline last loaded each market.
     again = last_success(dsn)
@@ -144,9 +100,8 @@ def last_success(dsn: str) -> dict[tuple[str, str], object]:
 @pytest.mark.airflow
 def test_airflow_backfill_create_plans_one_hourly_run_per_hour(airflow_env) -> None:
     """History through Airflow's own backfill over the hourly DAG (README): each hour is one run."""
-    airflow = str(VENV_BIN / "airflow")
-    subprocess.run([airflow, "dags", "reserialize"], env=airflow_env, check=True, capture_output=True, timeout=600)
-    res = subprocess.run([airflow, "backfill", "create", "--dag-id", "market_candles_1h",
+    # (the DAGs were serialized into the metadata database by the airflow_env fixture)
+    res = subprocess.run([AIRFLOW, "backfill", "create", "--dag-id", "market_candles_1h",
                           "--from-date", "2026-11-02T00:00:00+00:00", "--to-date", "2026-11-02T05:00:00+00:00",
                           "--dry-run"], env=airflow_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -190,7 +145,7 @@ def failing_market_env(tmp_path_factory, airflow_env, pg_server) -> dict[str, st
     env = {**airflow_env, "AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
            "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pg_server.dsn(name), "MARKETFLOW_CONFIG": str(config),
            "AIRFLOW_CONN_MARKETFLOW_MONGO": f"{mongo}/mf_airflow_failing_{os.getpid()}"}
-    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     yield env
     pg_server.drop_database(name)
 
@@ -204,8 +159,8 @@ def test_a_delisted_market_never_stops_the_other_markets_marts(failing_market_en
     dsn = failing_market_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
     truth = sample_candles()
     for hour, logical_date in enumerate(["2026-12-01T01:00:00+00:00", "2026-12-01T02:00:00+00:00"], 1):
-        tasks = dags_test(failing_market_env, tmp_path / f"hour{hour}.log", logical_date, expect_success=False,
-                          mark_success=ONLY_RERUN_CHECKED_MARTS)
+        tasks = hourly_run(failing_market_env, tmp_path / f"hour{hour}.log", logical_date, expect_success=False,
+                           mark_success=ONLY_RERUN_CHECKED_MARTS)
         assert tasks["binance.reconcile"] == "failed", tasks
         assert tasks["okx.reconcile"] == "success" and tasks["marts_inputs"] == "success", tasks
         dbt = {t: s for t, s in tasks.items() if t.startswith("dbt_marts.")}

@@ -48,7 +48,8 @@ def deadline(dag_id: str, limit: timedelta) -> DeadlineAlert:
     Airflow 3's replacement for SLAs. Note apache/airflow#73428: `airflow dags test` crashes at the
     end of a run of a DAG with a deadline (tests/airflow tolerates exactly that crash).
     """
-    words = f"{int(limit.total_seconds() // 60)} minutes"
+    total = int(limit.total_seconds())
+    words = f"{total // 60} minutes" if total >= 60 else f"{total} seconds"
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=limit,
