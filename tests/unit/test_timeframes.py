@@ -138,3 +138,20 @@ def test_airflows_pendulum_datetimes_convert_like_plain_ones() -> None:
     assert to_ms(start) == to_ms(datetime(2026, 12, 3, 16, 54, 0, 123_000, tzinfo=UTC)) == expected
     window = plan_window("1m", start, start.add(minutes=1), {}, 2)
     assert (iso(window.start_ms), iso(window.end_ms)) == ("2026-12-03T16:52:00Z", "2026-12-03T16:55:00Z")
+
+
+@pytest.mark.parametrize("timeframe", SUPPORTED_TIMEFRAMES)
+def test_durations_agree_with_ccxt_and_the_emulator(timeframe: str) -> None:
+    """Three implementations kept apart on purpose (the emulator is the tests' model of the exchanges
+    and shares no code with the pipeline; the pipeline does not import ccxt at DAG parse time, which
+    costs over a second): each timeframe's length in ccxt's parse_timeframe, the pipeline's and the
+    emulator's grid must be the same, and so must the weekly grid's Monday anchor."""
+    from ccxt.base.exchange import Exchange
+
+    from exchange_emulator.timeframes import parse_ccxt_timeframe
+
+    grid = parse_ccxt_timeframe(timeframe)
+    assert grid is not None
+    assert timeframe_ms(timeframe) == Exchange.parse_timeframe(timeframe) * 1000 == grid.ms
+    monday = ms_of(datetime(2024, 1, 1, tzinfo=UTC))  # a Monday
+    assert floor_ms(monday + 1, timeframe) == grid.floor(monday + 1)
