@@ -346,7 +346,9 @@ def call_with_retries(exchange: PipelineClient, call, what: str) -> tuple[Any, l
 
     exponential = backoff()
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception(lambda exc: failures[-1].error_class.transient),
+        # only what attempt() classified: a BaseException (Airflow's execution_timeout) ends the call at once
+        retry=tenacity.retry_if_exception(lambda exc: bool(failures) and failures[-1].exc is exc
+                                          and failures[-1].error_class.transient),
         # a long pause (a ban) is left to Airflow's retry instead of a sleeping worker
         stop=tenacity.stop_after_attempt(MAX_CALL_ATTEMPTS)
         | (lambda state: rate_limit_pause(state) > MAX_IN_TASK_PAUSE_S),
