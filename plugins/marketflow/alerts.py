@@ -26,7 +26,7 @@ def post_webhook(url: str, payload: dict[str, Any]) -> str | None:
         resp = requests.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_S)
     except requests.RequestException as exc:  # an unreachable webhook must not fail the pipeline
         return f"{type(exc).__name__}: {exc}"
-    return None if resp.ok else f"HTTP {resp.status_code}"
+    return None if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
 
 
 def raise_alert(conn, kind: str, subject: str, message: str, dag_id: str | None = None,
