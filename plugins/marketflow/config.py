@@ -35,6 +35,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -95,7 +96,11 @@ def _mistake(problem: str, fix: str) -> PydanticCustomError:
     return PydanticCustomError("config", "{problem}. Fix: {fix}", {"problem": problem, "fix": fix})
 
 
-def _raise_at(title: str, found: list[tuple[tuple[str | int, ...], Any, str, str]]) -> None:
+# Mistakes a check found: (location below the model, the value, the problem, the fix).
+_Found = list[tuple[tuple[str | int, ...], Any, str, str]]
+
+
+def _raise_at(title: str, found: _Found) -> None:
     """Report mistakes a model-level check found, each at its own key below the model (pydantic prefixes
     the model's own location), all at once."""
     if found:
@@ -234,7 +239,7 @@ class Timeouts(_Section):
 
     @model_validator(mode="after")
     def _tasks_fit_their_runs(self) -> Timeouts:
-        found = []
+        found: _Found = []
         for task, run in (("minute_task", "minute_run"), ("hourly_task", "hourly_run"),
                           ("backfill_task", "backfill_run")):
             if getattr(self, task) > getattr(self, run):
@@ -362,7 +367,7 @@ class ExchangeFile(_Section):
     @model_validator(mode="after")
     def _each_market_once(self) -> ExchangeFile:
         seen: dict[str, int] = {}
-        found = []
+        found: _Found = []
         for i, market in enumerate(self.markets):
             if market.symbol in seen:
                 found.append((("markets", i, "symbol"), market.symbol,
@@ -390,7 +395,7 @@ class MarketsFile(_Section):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _whole_file(cls, data: Any, handler: Any) -> MarketsFile:
+    def _whole_file(cls, data: Any, handler: ModelWrapValidatorHandler[MarketsFile]) -> MarketsFile:
         """Checks that need an exchange's name (its key) or what a market inherits, reported together
         with every mistake pydantic finds."""
         found = _exchange_name_checks(data)
@@ -416,9 +421,9 @@ class MarketsFile(_Section):
         return model
 
 
-def _exchange_name_checks(data: Any) -> list[tuple[tuple[str | int, ...], Any, str, str]]:
+def _exchange_name_checks(data: Any) -> _Found:
     """API keys in the file, and an exchange key that is no ccxt id while ccxt_id is not set."""
-    found: list[tuple[tuple[str | int, ...], Any, str, str]] = []
+    found: _Found = []
     exchanges = data.get("exchanges") if isinstance(data, dict) else None
     if not isinstance(exchanges, dict):
         return found
