@@ -5,10 +5,11 @@
 * ``CaseEnv``: one case's world: a fresh warehouse database with include/sql applied, a fresh MongoDB
   database, a markets file pointing at the emulator, and the case's own counters and checks.
 * ``DagRun``: what Airflow does with one run of the hourly candle DAG: per exchange its reconcile
-  task (pipeline.run_exchange_markets), tried up to ``tries`` times under the pipeline's retry
-  policy (at-least-once: a failed try is run again with try_number + 1), every try on fresh
-  database connections and caches like a fresh task process. Inside each try the pipeline does its
-  own in-task retries (marketflow.exchanges.call_with_retries).
+  task (pipeline.run_exchange_markets), retried as the DAG's task object says (its retries, retry
+  policy and delays, read from dags/market_candles_1h.py: a failed try is run again with
+  try_number + 1 unless the policy fails it), every try on fresh database connections and caches
+  like a fresh task process. Inside each try the pipeline does its own in-task retries
+  (marketflow.exchanges.call_with_retries).
 * ``Suite``: runs a fault-free baseline once, then each case on its own databases, and compares
   staging.ohlcv candle by candle (and by checksum) with the baseline, then the marts dbt builds from
   it (ohlcv_1m and the rollups, faults/marts.py) by count and checksum.
@@ -17,6 +18,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -31,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +76,14 @@ CLIENT_TIMEOUT_MS = 3000  # the markets file's timeout_ms: ccxt gives up on a si
 EMULATOR_CONFIG = {"binance_weight_limit": 6000, "ban_seconds": 5, "ban_after": 3, "okx_rate_limit_factor": 1.0,
                    "clock_offset_s": 0.0}
 
-# Airflow: DEFAULT_ARGS of airflow_tasks.py give a task 3 retries (4 tries) with a 20 s exponential
-# delay. The suite is stricter, 3 tries per task, and waits 1 s between them (the rate-limit pauses
-# and bans the pipeline records live in Postgres, so they outlast the shorter delay anyway).
-TASK_TRIES = 3
-RETRY_DELAY_S = 1.0
+# Airflow's part is read from the DAG itself: the hourly DAG's `<exchange>.reconcile` task object, as
+# dags/market_candles_1h.py builds it, gives the tries (retries + 1), the retry policy (a permanent
+# error class fails without a retry) and the delays (retry_delay, backoff, max_retry_delay). The
+# delays are compressed by RETRY_TIME_SCALE so a case does not sit through minutes of waiting (the
+# rate-limit pauses and bans the pipeline records live in Postgres and are honoured inside the task
+# anyway); the first retry of a 20 s retry_delay waits 1 s.
+HOURLY_DAG_FILE = REPO / "dags" / "market_candles_1h.py"
+RETRY_TIME_SCALE = 1 / 20
 # MongoHook's client waits up to 30 s for a server; the suite's gives up after 3 s, so its short
 # outages fail the try they hit, as a longer outage would in production, instead of stalling it.
 MONGO_TIMEOUT_MS = 3000
@@ -226,7 +233,7 @@ class CaseEnv:
     mongo_uri: str
     config_path: Path
     config: MarketflowConfig
-    tries: int = TASK_TRIES
+    tries: int | None = None  # None: the DAG task's own (retries + 1)
     mongo_db: str = ""  # the MongoDB database, fresh per case
     services: Services | None = None  # None in a worker process
     events: Counter = field(default_factory=Counter)  # the suite's own faults (outages, kills)
@@ -327,6 +334,76 @@ class TryRecord:
     ended_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class RetryRules:
+    """How Airflow retries one task of a DAG, read from the task object the DAG file builds."""
+
+    task_id: str
+    tries: int  # retries + 1
+    policy: Any  # airflow.sdk.RetryPolicy or None
+    retry_delay: timedelta
+    backoff: float  # retry_exponential_backoff: a multiplier; 0 or 1 is a constant delay
+    max_retry_delay: timedelta | None
+
+    @classmethod
+    def of(cls, task: Any) -> RetryRules:
+        return cls(task.task_id, task.retries + 1, getattr(task, "retry_policy", None), task.retry_delay,
+                   float(task.retry_exponential_backoff or 0), task.max_retry_delay)
+
+    def decide(self, exc: BaseException, try_number: int, tries: int) -> tuple[bool, timedelta | None, str]:
+        """(retry?, the delay the policy asks for or None, why) after try ``try_number`` failed with ``exc``,
+        as Airflow's task runner decides it: the policy first (FAIL ends the task at once), then the count."""
+        decision = None if self.policy is None else self.policy.evaluate(exc, try_number, tries - 1)
+        if decision is not None and decision.action.name == "FAIL":
+            return False, None, f"retry policy: {decision.reason}"
+        if try_number >= tries:
+            return False, None, f"all {tries} tries used"
+        return True, decision.retry_delay if decision is not None else None, "retried"
+
+    def delay_before(self, try_number: int, override: timedelta | None = None) -> float:
+        """Seconds Airflow waits before try ``try_number`` (>= 2): the policy's delay, else retry_delay
+        times backoff ** (retries so far - 1), capped at max_retry_delay. (Airflow adds up to as much
+        again, a hash of the try, to spread retries; the lower bound is modelled.)"""
+        delay = override
+        if delay is None:
+            factor = self.backoff ** (try_number - 2) if self.backoff not in (0.0, 1.0) else 1.0
+            delay = max(timedelta(seconds=1), self.retry_delay * factor)
+            if self.max_retry_delay:
+                delay = min(delay, self.max_retry_delay)
+        return delay.total_seconds()
+
+
+@functools.cache
+def hourly_dag_retry_rules(config_path: str) -> dict[str, RetryRules]:
+    """task_id -> RetryRules of every task of market_candles_1h, as dags/market_candles_1h.py builds the
+    DAG for the markets file ``config_path``: the one source of the suite's retries."""
+    saved = os.environ.get("MARKETFLOW_CONFIG")
+    os.environ["MARKETFLOW_CONFIG"] = config_path
+    try:
+        spec = importlib.util.spec_from_file_location("faults_market_candles_1h", HOURLY_DAG_FILE)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        dag = module.market_candles_1h()
+    finally:
+        if saved is None:
+            os.environ.pop("MARKETFLOW_CONFIG", None)
+        else:
+            os.environ["MARKETFLOW_CONFIG"] = saved
+    return {task.task_id: RetryRules.of(task) for task in dag.tasks}
+
+
+def describe_retry_rules(config_path: str) -> str:
+    """The reconcile task's retry settings in words, for the suite's report."""
+    rules = next(r for task_id, r in hourly_dag_retry_rules(config_path).items() if task_id.endswith(".reconcile"))
+    growth = f"times {rules.backoff:g} per retry" if rules.backoff not in (0.0, 1.0) else "constant"
+    cap = f", at most {rules.max_retry_delay.total_seconds():.0f} s" if rules.max_retry_delay else ""
+    delay = rules.retry_delay.total_seconds()
+    return (f"{rules.tries} tries ({rules.tries - 1} retries), a retry delay of {delay:.0f} s "
+            f"({growth}{cap}), waited at {RETRY_TIME_SCALE:g} of its length, and the retry policy "
+            f"`{type(rules.policy).__name__}`")
+
+
 class TaskFailed(RuntimeError):
     """A task failed all its tries: Airflow would mark it failed (and the run with it)."""
 
@@ -347,20 +424,21 @@ def fresh_task_process() -> None:
 
 class DagRun:
     """One run of the hourly candle DAG over the suite's window (dag_run.conf start/end): per exchange
-    its ``<exchange>.reconcile`` task (airflow_tasks.exchange_ingest), whose body is
+    its ``<exchange>.reconcile`` task (tasks.ingest.exchange_ingest), whose body is
     ``pipeline.run_exchange_markets``: every market of the exchange extracted into raw and loaded
-    into staging, each on its own. Airflow's part is played here: each task is tried up to ``tries``
-    times on fresh connections and with nothing cached in the process, with the pipeline's own retry
-    policy (errors.retry_policy: a permanent failure is not retried); a later try re-runs only the
-    markets an earlier one left failing. Exchanges run one after the other, so a fault can be aimed
-    at a point of the run.
+    into staging, each on its own. Airflow's part is played here with the task's own retry settings
+    (hourly_dag_retry_rules: retries, retry policy, delays): each try on fresh connections and with
+    nothing cached in the process; a permanent failure (the policy's FAIL) is not retried; a later try
+    re-runs only the markets an earlier one left failing (the pipeline's per-market retry). ``tries``
+    overrides the DAG's count (the yardstick self-test). Exchanges run one after the other, so a fault
+    can be aimed at a point of the run.
 
     Hooks (all optional) let a case aim a fault at one try of one exchange's task:
       ``app_names[(exchange, try)]``  application_name of every warehouse connection of that try
       ``overrides[(exchange, try)]``  a callable run instead of the in-process try (e.g. a worker)
       ``before_try(exchange, try)``   called before every try
       ``after_failure(record)``      called when a try fails
-      ``retry_gate(exchange, try)``   waits before a retry (default: RETRY_DELAY_S)
+      ``retry_gate(exchange, try)``   waits before a retry (default: wait_retry_delay, the DAG's delay)
     """
 
     TASK = "reconcile"
@@ -368,13 +446,15 @@ class DagRun:
     def __init__(self, env: CaseEnv, run_id: str, tries: int | None = None, app_name: str | None = None):
         self.env = env
         self.run_id = run_id
-        self.tries = tries or env.tries
+        self.rules = hourly_dag_retry_rules(str(env.config_path))
+        self.tries_override = tries or env.tries
         self.default_app_name = app_name or "marketflow"
         self.app_names: dict[tuple[str, int], str] = {}
         self.overrides: dict[tuple[str, int], Callable[[], Any]] = {}
         self.before_try: Callable[[str, int], None] = lambda exchange, n: None
         self.after_failure: Callable[[TryRecord], None] = lambda record: None
-        self.retry_gate: Callable[[str, int], None] = lambda exchange, n: time.sleep(RETRY_DELAY_S)
+        self.retry_gate: Callable[[str, int], None] = self.wait_retry_delay
+        self._delay_override: dict[tuple[str, int], timedelta | None] = {}
         self.records: list[TryRecord] = []
         self.results: dict[str, dict[str, Any]] = {}  # exchange -> what its task returned
         self.window = plan_window(TIMEFRAME, None, None, RUN_CONF, env.config.overlap_minutes)
@@ -383,6 +463,17 @@ class DagRun:
     @property
     def exchanges(self) -> list[str]:
         return list(dict.fromkeys(m.exchange for m in self.env.config.markets(TIMEFRAME)))
+
+    def task_rules(self, exchange: str) -> RetryRules:
+        return self.rules[f"{exchange}.{self.TASK}"]
+
+    def tries(self, exchange: str) -> int:
+        return self.tries_override or self.task_rules(exchange).tries
+
+    def wait_retry_delay(self, exchange: str, n: int) -> None:
+        """Wait what Airflow would before try ``n`` of the exchange's task, times RETRY_TIME_SCALE."""
+        delay = self.task_rules(exchange).delay_before(n, self._delay_override.get((exchange, n)))
+        time.sleep(delay * RETRY_TIME_SCALE)
 
     def attempt(self, exchange: str, try_number: int) -> Attempt:
         return Attempt(DAG_ID, self.run_id, f"{exchange}.{self.TASK}", -1, try_number)
@@ -401,10 +492,8 @@ class DagRun:
         return self
 
     def task(self, exchange: str) -> dict[str, Any]:
-        from marketflow.errors import retry_policy
-
-        policy = retry_policy()
-        for n in range(1, self.tries + 1):
+        rules, tries = self.task_rules(exchange), self.tries(exchange)
+        for n in range(1, tries + 1):
             if n > 1:
                 self.retry_gate(exchange, n)
             fresh_task_process()
@@ -417,17 +506,18 @@ class DagRun:
                 record = TryRecord(self.TASK, exchange, n, False, time.monotonic() - started,
                                    f"{type(exc).__name__}: {exc}"[:300], wall, time.time())
                 self.records.append(record)
-                log.warning("%s %s.%s try %d/%d failed: %s", self.run_id, exchange, self.TASK, n, self.tries,
+                log.warning("%s %s.%s try %d/%d failed: %s", self.run_id, exchange, self.TASK, n, tries,
                             record.error)
                 self.after_failure(record)
-                # A killed task process never reaches the policy: Airflow retries it as usual.
-                decision = None if isinstance(exc, WorkerKilled) else policy.evaluate(exc, n, self.tries)
-                if decision is not None and decision.action.name == "FAIL":
-                    raise TaskFailed(f"{exchange} {self.TASK} failed at try {n} without a retry ({decision.reason}): "
+                if isinstance(exc, WorkerKilled):
+                    # A killed task process never reaches the policy: Airflow retries it while tries are left.
+                    retry, delay, why = n < tries, None, f"all {tries} tries used"
+                else:
+                    retry, delay, why = rules.decide(exc, n, tries)
+                if not retry:
+                    raise TaskFailed(f"{exchange} {self.TASK} failed at try {n} of {tries}, not retried ({why}): "
                                      f"{type(exc).__name__}: {exc}") from exc
-                if n == self.tries:
-                    raise TaskFailed(f"{exchange} {self.TASK} failed all {self.tries} tries; last: "
-                                     f"{type(exc).__name__}: {exc}") from exc
+                self._delay_override[(exchange, n + 1)] = delay
                 continue
             self.records.append(TryRecord(self.TASK, exchange, n, True, time.monotonic() - started, None, wall,
                                           time.time()))
@@ -438,7 +528,7 @@ class DagRun:
         return self.app_names.get((exchange, n), self.default_app_name)
 
     def try_task(self, exchange: str, n: int) -> dict[str, Any]:
-        """One try of the task's body, as airflow_tasks.exchange_ingest's reconcile task runs it."""
+        """One try of the task's body, as tasks.ingest.exchange_ingest's reconcile task runs it."""
         from marketflow.pipeline import run_exchange_markets
 
         env = self.env
@@ -699,7 +789,7 @@ class Suite:
     and compared in the background, the next case runs (on the other lane's database); an
     ``exclusive`` case waits until nothing runs in the background."""
 
-    def __init__(self, services: Services, tries: int = TASK_TRIES, keep: bool = False,
+    def __init__(self, services: Services, tries: int | None = None, keep: bool = False,
                  marts: list[MartBuilder] | None = None) -> None:
         self.services = services
         self.tries = tries

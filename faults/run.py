@@ -25,12 +25,11 @@ from faults.harness import (
     CLIENT_TIMEOUT_MS,
     EMULATOR_CONFIG,
     MARKETS,
-    RETRY_DELAY_S,
-    TASK_TRIES,
     Case,
     CaseResult,
     Services,
     Suite,
+    describe_retry_rules,
     start_mart_builders,
 )
 from faults.marts import MARTS
@@ -134,13 +133,13 @@ never fired (or a case no fault hit at all), a failed case check, or an error.
   warehouse database (include/sql applied) and MongoDB database; the emulator's faults, statistics,
   weights and bans are reset.
 * **Airflow's retries**: a run is the hourly DAG's `<exchange>.reconcile` task for each exchange,
-  one after the other (`airflow_tasks.exchange_ingest`, whose body `pipeline.run_exchange_markets`
-  extracts and loads every market of the exchange). Each task gets up to {tries} tries (a failed try
-  is run again with `try_number + 1` on fresh connections, {delay:.0f} s later instead of Airflow's
-  delay; every warehouse session of the pipeline is opened as in production, with
-  `connections.session_options`: `lock_timeout`, `statement_timeout` from `defaults.timeouts`),
-  decided by the pipeline's own retry policy (`errors.retry_policy`: a permanent failure is not
-  retried), and a later try re-runs only the markets an earlier one left failing. Inside each
+  one after the other (`tasks.ingest.exchange_ingest`, whose body `pipeline.run_exchange_markets`
+  extracts and loads every market of the exchange), retried as that task object of
+  `dags/market_candles_1h.py` says: {retries} (a failed try is run again with `try_number + 1` on
+  fresh connections; every warehouse session of the pipeline is opened as in production, with
+  `connections.session_options`: `lock_timeout`, `statement_timeout` from `defaults.timeouts`). The
+  policy (`errors.retry_policy`) fails a permanent error class without a retry, in the suite as in
+  Airflow, and a later try re-runs only the markets an earlier one left failing. Inside each
   try the pipeline does its own retries (`exchanges.call_with_retries`: 4 attempts, backoff with
   jitter, Retry-After honoured through the shared rate-limit bucket in Postgres). Every try starts
   with nothing cached in the process (ccxt's market list included), as a new task process would;
@@ -176,7 +175,8 @@ fault-free run (staging and marts) comes with it.
 """
 
 
-def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, path: Path = DOCS) -> None:
+def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, retries: str,
+               path: Path = DOCS) -> None:
     details = "\n".join(
         f"| {r.name} | {r.tries} | {r.in_task_retries} | "
         + ("; ".join(f"{'ok' if c.ok else 'FAILED'}: {c.what}" for c in r.checks) or "-").replace("|", "\\|")
@@ -193,8 +193,8 @@ def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, pat
         n_marts=len(MARTS), table=markdown_table(table_rows(results)), summary=summary_line(results),
         details=details, cases="\n".join(f"* **{c.name}** (`{c.slug}`): {c.summary}" for c in cases),
         markets=windows, timeout=CLIENT_TIMEOUT_MS, weight=EMULATOR_CONFIG["binance_weight_limit"],
-        ban=EMULATOR_CONFIG["ban_seconds"], ban_after=EMULATOR_CONFIG["ban_after"], tries=TASK_TRIES,
-        delay=RETRY_DELAY_S))
+        ban=EMULATOR_CONFIG["ban_seconds"], ban_after=EMULATOR_CONFIG["ban_after"],
+        retries=retries))
 
 
 def run_cases(suite: Suite, cases: list[Case], out=sys.stdout) -> list[CaseResult]:
@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", action="append", default=[], metavar="SLUG", help="run only this case (repeatable)")
     parser.add_argument("--quick", action="store_true", help="only a smoke subset, for development")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
-    parser.add_argument("--tries", type=int, default=TASK_TRIES, help="task tries per task (Airflow retries + 1)")
+    parser.add_argument("--tries", type=int, default=None,
+                        help="task tries per task (default: the DAG task's retries + 1)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/faults.md")
     parser.add_argument("--keep", action="store_true", help="keep the services' data and the case databases")
     parser.add_argument("-v", "--verbose", action="store_true", help="log to the console too")
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"wall time {seconds:.0f}s" + (f"; data kept in {workdir}" if args.keep else ""))
     if full and not args.no_docs:
-        write_docs(results, cases, seconds)
+        write_docs(results, cases, seconds, describe_retry_rules(str(suite.config_path)))
         print(f"wrote {DOCS.relative_to(REPO)}")
     failed = [r for r in results if not r.ok]
     for r in failed:

@@ -33,7 +33,8 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_policy": retry_policy(),
     "retries": 3,
     "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
+    # A multiplier in Airflow 3 (True counts as 1: a constant delay): 20 s, 40 s, 80 s.
+    "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=5),
     "weight_rule": "absolute",
     "priority_weight": HOURLY_PRIORITY,
