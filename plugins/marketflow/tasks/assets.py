@@ -7,12 +7,14 @@
 
 The URIs name the warehouse logically, not by the host and port it has in one environment
 (Airflow's ``postgres`` scheme wants ``host:port/database/schema/table``): the same DAG deployed
-locally, in compose or in production emits the same URI, and a consumer writes
+locally, in compose or in production emits the same URI. An asset is its URI alone (Airflow names it
+by the URI): a consumer that declares ``Asset("<uri>")`` is the same asset, where one with another
+name for the same URI would conflict with ours and Airflow would refuse both as inactive. A consumer
+writes
 
-    from marketflow.tasks.assets import mart
-    @dag(schedule=[mart("ohlcv_1h")], ...)
+    @dag(schedule=[Asset("postgres://warehouse:5432/marketflow/marts/ohlcv_1h")], ...)
 
-or, in a project without marketflow on its path, ``Asset("postgres://warehouse:5432/marketflow/marts/ohlcv_1h")``.
+or, with marketflow on its path, ``schedule=[marketflow.tasks.assets.mart("ohlcv_1h")]``.
 """
 
 from __future__ import annotations
@@ -20,12 +22,11 @@ from __future__ import annotations
 from airflow.sdk import Asset
 
 WAREHOUSE_URI = "postgres://warehouse:5432/marketflow"
-GROUP = "marketflow"
 
 
 def relation(schema: str, table: str) -> Asset:
-    """The asset of one warehouse relation, named ``schema.table``."""
-    return Asset(name=f"{schema}.{table}", uri=f"{WAREHOUSE_URI}/{schema}/{table}", group=GROUP)
+    """The asset of one warehouse relation ``schema.table``."""
+    return Asset(f"{WAREHOUSE_URI}/{schema}/{table}")
 
 
 def mart(model: str) -> Asset:
