@@ -86,7 +86,7 @@ in `faults/cases.py`, the machinery in `faults/harness.py`, the marts' side in `
 **The claim under test**: whatever a case does to the exchange, MongoDB, PostgreSQL or the worker,
 once the run's retries are done `staging.ohlcv` holds exactly the candles of the fault-free run:
 the same rows with the same values (compared candle by candle, and by
-`marketflow.staging_load.table_checksum` over every column but the lineage columns
+`scripts.warehouse_checks.table_checksum` over every column but the lineage columns
 `raw_payload_id`, `run_id`, `ingested_at`), none twice, and the pipeline's own pacing never got it
 banned. And the marts dbt builds from that staging (`dbt run` of {marts}) equal the fault-free
 run's: the same row count and checksum per mart, lineage (`raw_payload_id`, `run_id`,
