@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import psycopg2
 import pytest
 from support.airflow_cli import AIRFLOW, metadata
+from support.webhook import Webhook
 
 from marketflow.schema import apply_ddl
 
@@ -39,22 +37,11 @@ probe()
 
 @pytest.mark.airflow
 def test_alert_notifier_as_on_failure_callback(airflow_env: dict[str, str], tmp_path: Path) -> None:
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    webhook = Webhook()
+    received = webhook.received
     probe = Path(airflow_env["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{PROBE_DAG_ID}.py"
     probe.write_text(PROBE)
-    env = {**airflow_env, "MARKETFLOW_ALERT_WEBHOOK": f"http://127.0.0.1:{server.server_port}/hook"}
+    env = {**airflow_env, "MARKETFLOW_ALERT_WEBHOOK": webhook.url}
     with psycopg2.connect(airflow_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]) as conn:
         apply_ddl(conn)  # ops.alerts (the DAGs' storage preparation does this in production)
     try:
@@ -62,7 +49,7 @@ def test_alert_notifier_as_on_failure_callback(airflow_env: dict[str, str], tmp_
                              timeout=600)
     finally:
         probe.unlink()
-        server.shutdown()
+        webhook.close()
     (tmp_path / "dags_test.log").write_text(res.stdout + res.stderr)
     assert res.returncode != 0, "the probe's task fails, so its run does"
     assert metadata(env, "SELECT task_id, state FROM task_instance WHERE dag_id = ?", (PROBE_DAG_ID,)) == [

@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import psycopg2
 import pytest
 from support.airflow_cli import REPO, VENV_BIN, asset_events, dags_test, metadata
 from support.sample import sample_candles
+from support.webhook import Webhook
 
 from marketflow.config import load_config
 from scripts import stack
@@ -196,31 +195,6 @@ def test_a_missed_deadline_runs_marketflows_callback_in_airflow(pg_server, mongo
         (kind, dag_id, run_id, message)]
     assert "not finished 1 seconds after it was queued" in message, message
     assert run[0][1] == "success"  # a missed deadline alerts; it does not fail the run
-
-
-class Webhook:
-    """A local HTTP endpoint that keeps the JSON bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        received: list[dict] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.received = received
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def query(dsn: str, sql: str) -> list[tuple]:

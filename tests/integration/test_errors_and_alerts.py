@@ -4,13 +4,12 @@ alerts: tests/integration/test_failure_isolation.py)."""
 from __future__ import annotations
 
 import json
-import threading
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import psycopg2
 import pytest
+from support.webhook import Webhook
 
 from marketflow import exchanges
 from marketflow.alerts import raise_alert
@@ -63,25 +62,13 @@ def test_every_failed_call_is_recorded_with_its_class(tmp_path, emulator_url, mo
 
 
 def test_alert_webhook_delivery_and_failure_are_recorded(ops_conn) -> None:
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    webhook = Webhook()
     try:
         raise_alert(ops_conn, "deadline_missed", "market_candles_1m", "run not done in 5 min", "market_candles_1m",
-                    "run-1", webhook=f"http://127.0.0.1:{server.server_port}/hook")
+                    "run-1", webhook=webhook.url)
     finally:
-        server.shutdown()
+        webhook.close()
+    received = webhook.received
     raise_alert(ops_conn, "deadline_missed", "market_candles_1h", "late", webhook="http://127.0.0.1:9/nothing")
     assert received == [{"kind": "deadline_missed", "subject": "market_candles_1m", "message": "run not done in 5 min",
                          "dag_id": "market_candles_1m", "run_id": "run-1"}]
