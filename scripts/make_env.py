@@ -52,6 +52,11 @@ GENERATED: dict[str, Callable[[], str]] = {
 }
 # Values that were published (the former .env.example) or that anyone would guess.
 WEAK = re.compile(r"(?i)^(dev-only-.*|admin|airflow|marketflow|postgres|mongo|root|password|changeme|secret)$")
+# Values docker-compose.yaml pastes into connection URIs: compose cannot percent-encode, so a
+# reserved character (@ : / ? # %) would break the URI (airflow-init refuses them too).
+IN_URIS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "MARKETFLOW_PG_USER", "MARKETFLOW_PG_PASSWORD",
+           "MARKETFLOW_MONGO_USER", "MARKETFLOW_MONGO_PASSWORD")
+URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
 
 
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"{key} is empty" for key in GENERATED if key in existing and not existing[key]]
     problems += [f"{key} holds a published or guessable value" for key in GENERATED
                  if existing.get(key) and WEAK.match(existing[key])]
+    problems += [f"{key} has characters that break the connection URIs (only letters, digits, - _ . ~ are safe)"
+                 for key in IN_URIS if existing.get(key) and not URL_SAFE.fullmatch(existing[key])]
     if problems:
         print(f"{args.env_file}: " + "; ".join(problems) + ". Fix: set a new value there (see .env.example), or move "
               "the file away and run `make env`; changing AIRFLOW_FERNET_KEY needs `airflow rotate-fernet-key`",

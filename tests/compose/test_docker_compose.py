@@ -567,6 +567,39 @@ def test_make_env_never_overwrites_an_existing_env(tmp_path: Path) -> None:
     assert path.read_text() == before
 
 
+def test_make_env_reports_a_value_that_would_break_a_connection_uri(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    assert run_make_env(path).returncode == 0
+    text = path.read_text()
+    good = parse_env_file(path)["MARKETFLOW_PG_PASSWORD"]
+    path.write_text(text.replace(f"MARKETFLOW_PG_PASSWORD={good}", "MARKETFLOW_PG_PASSWORD=p@ss/word"))
+    res = run_make_env(path)
+    assert res.returncode == 1, res.stdout
+    assert "MARKETFLOW_PG_PASSWORD has characters that break the connection URIs" in res.stderr, res.stderr
+    path.write_text(text)  # the generated values pass
+    assert run_make_env(path).returncode == 0
+
+
+def test_airflow_init_refuses_credentials_that_would_break_a_connection_uri(tmp_path: Path) -> None:
+    """The init's first step, run as written in the compose file: a reserved character in a value
+    compose pastes into a URI stops the init (and with it every Airflow service) with a message."""
+    snippets = re.findall(r"python3? - <<'(\w+)'\n(.*?)\n\1$", init_script(), re.DOTALL | re.MULTILINE)
+    check = next(code for _, code in snippets if "URI" in code and "sys.exit" in code)
+    generated = tmp_path / ".env"
+    assert run_make_env(generated).returncode == 0
+    env = {**os.environ, **parse_env_file(generated)}
+
+    def run(**override: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", check], env={**env, **override}, capture_output=True,
+                              text=True, check=False)
+
+    assert run().returncode == 0
+    for name, value in (("MARKETFLOW_PG_PASSWORD", "a@b"), ("POSTGRES_PASSWORD", "x/y?z"),
+                        ("MARKETFLOW_MONGO_USER", "me:you"), ("MARKETFLOW_MONGO_PASSWORD", "100%")):
+        res = run(**{name: value})
+        assert res.returncode == 1 and name in res.stderr and "Fix:" in res.stderr, (name, res.stderr)
+
+
 def test_make_env_target_runs_the_generator() -> None:
     # Under CI's own make (MAKELEVEL set) a sub-make prints "Entering directory" lines: not ours.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
