@@ -1,4 +1,4 @@
-"""Offline Binance/OKX spot exchange emulator for ccxt (see README.md in this package).
+"""Offline Binance/OKX/Bybit spot exchange emulator for ccxt (see README.md in this package).
 
 Run: ``python -m exchange_emulator --data-dir DIR --port 8765``.
 """

@@ -1,4 +1,4 @@
-"""ccxt overrides that point the real ccxt Binance/OKX classes at the emulator.
+"""ccxt overrides that point the real ccxt Binance/OKX/Bybit classes at the emulator.
 
 Every API base URL ccxt knows for the exchange is redirected (mirroring the real path
 layout), so even an unexpected call hits the emulator (and gets a 404) instead of the
@@ -44,7 +44,11 @@ def ccxt_urls(exchange_id: str, base_url: str) -> dict[str, Any]:
         return {"api": api, "test": dict(api), "demo": dict(api)}
     if exchange_id == "okx":
         return {"api": {"rest": base}, "test": {"rest": base}}
-    raise ValueError(f"emulator only speaks binance and okx, not {exchange_id!r}")
+    if exchange_id == "bybit":
+        # ccxt 4.5.x bybit: every api key is https://api.{hostname}, v5 paths below it
+        api = {key: base for key in ("spot", "futures", "v2", "public", "private")}
+        return {"api": api, "test": dict(api), "demotrading": dict(api)}
+    raise ValueError(f"emulator only speaks binance, okx and bybit, not {exchange_id!r}")
 
 
 def ccxt_options(exchange_id: str) -> dict[str, Any]:
@@ -55,7 +59,12 @@ def ccxt_options(exchange_id: str) -> dict[str, Any]:
     if exchange_id == "okx":
         # only /api/v5/public/instruments?instType=SPOT
         return {"fetchMarkets": {"types": ["spot"]}, "defaultType": "spot"}
-    raise ValueError(f"emulator only speaks binance and okx, not {exchange_id!r}")
+    if exchange_id == "bybit":
+        # only /v5/market/instruments-info?category=spot (ccxt's default also loads linear, inverse and
+        # options). load_markets' fetch_currencies would ask the private /v5/asset/coin/query-info, but
+        # ccxt's bybit returns {} without a request when no API key is set (no option switches it off).
+        return {"fetchMarkets": {"types": ["spot"]}, "defaultType": "spot"}
+    raise ValueError(f"emulator only speaks binance, okx and bybit, not {exchange_id!r}")
 
 
 def ccxt_config(exchange_id: str, base_url: str, **extra: Any) -> dict[str, Any]:

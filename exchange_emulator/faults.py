@@ -35,7 +35,7 @@ volume_spike        open_times: [ms, ...] (required) every volume field (and the
                     multiplied by factor (default 50); factor 0 = a zero-volume candle
 ==================  =============================================================
 
-Row kinds only match candle endpoints (/api/v3/klines, /api/v5/market/*candles). With
+Row kinds only match candle endpoints (/api/v3/klines, /api/v5/market/*candles, /v5/market/kline). With
 ``open_times`` a row fault only fires on a response that holds at least one of those rows, so
 planting by open time does not depend on how a client pages; give it a ``count`` of at least the
 number of pages the times may span (or ``probability: 1`` for every matching response).
@@ -79,7 +79,7 @@ class FaultError(ValueError):
 
 @dataclass
 class RequestContext:
-    exchange: str  # "binance", "okx" or "" for unknown paths
+    exchange: str  # "binance", "okx", "bybit" or "" for unknown paths
     path: str
     symbol: str | None  # unified BTC/USDT, when the request names one
     candles: bool
@@ -160,8 +160,8 @@ class FaultBook:
         if unknown:
             raise FaultError(f"fault {kind}: unknown field(s) {sorted(unknown)}")
         exchange = spec.get("exchange")
-        if exchange is not None and exchange not in ("binance", "okx"):
-            raise FaultError("fault exchange must be 'binance' or 'okx'")
+        if exchange is not None and exchange not in ("binance", "okx", "bybit"):
+            raise FaultError("fault exchange must be 'binance', 'okx' or 'bybit'")
         probability = spec.get("probability")
         count = spec.get("count")
         if probability is not None:
@@ -289,8 +289,9 @@ def _price_spike(row: list, factor: Decimal) -> list:
 
 def _volume_spike(row: list, exchange: str, factor: Decimal) -> list:
     row = list(row)
-    # binance: volume, quote volume, taker base, taker quote (+ trades); okx: vol, volCcy, volCcyQuote
-    fields = (5, 7, 9, 10) if exchange == "binance" else (5, 6, 7)
+    # binance: volume, quote volume, taker base, taker quote (+ trades); okx: vol, volCcy, volCcyQuote;
+    # bybit: volume, turnover
+    fields = {"binance": (5, 7, 9, 10), "bybit": (5, 6)}.get(exchange, (5, 6, 7))
     for i in fields:
         if i < len(row) and isinstance(row[i], str):
             row[i] = _scale(row[i], factor)

@@ -17,7 +17,7 @@ from exchange_emulator.timeframes import DAY, HOUR, Timeframe, parse_ccxt_timefr
 
 log = logging.getLogger(__name__)
 
-EXCHANGES = ("binance", "okx")
+EXCHANGES = ("binance", "okx", "bybit")
 DEFAULT_SYNTHETIC_SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT")
 DEFAULT_LISTING = "2017-01-01"
 
@@ -83,7 +83,8 @@ class Market:
 
     @property
     def id(self) -> str:
-        return f"{self.base}{self.quote}" if self.exchange == "binance" else f"{self.base}-{self.quote}"
+        # Binance and Bybit spell spot markets BTCUSDT, OKX BTC-USDT
+        return f"{self.base}-{self.quote}" if self.exchange == "okx" else f"{self.base}{self.quote}"
 
     @property
     def tick(self) -> Decimal:

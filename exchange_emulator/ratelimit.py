@@ -130,3 +130,76 @@ class OkxLimiter:
                 return Verdict(429, max(1, math.ceil(hits[0] + 2.0 - now)))
             hits.append(now)
             return Verdict(200)
+
+
+# Bybit's documented HTTP IP limit: 600 requests in any 5-second window per IP, all traffic shared;
+# over it: 403 "access too frequent" and the IP is blocked (Bybit: "wait for at least 10 minutes").
+BYBIT_IP_LIMIT = 600
+BYBIT_IP_WINDOW_S = 5.0
+BYBIT_BAN_SECONDS = 600.0
+# Bybit's per-endpoint "API rate limit" (rolling 1 s window, answered retCode 10006 "Too many visits!"
+# with X-Bapi-Limit* headers) is documented per UID; public market requests carry none, so the
+# emulator counts it per IP and endpoint. 20/s is twice what ccxt's own pacing sends (cost 5 x 20 ms).
+BYBIT_ENDPOINT_LIMIT_PER_S = 20
+
+
+@dataclass
+class BybitVerdict:
+    status: int  # 200 = go ahead (or a 10006 envelope when ``throttled``), 403 = IP limit / blocked
+    throttled: bool = False
+    limit: int = 0  # X-Bapi-Limit
+    remaining: int = 0  # X-Bapi-Limit-Status
+    reset_ms: int = 0  # X-Bapi-Limit-Reset-Timestamp: now, or when the endpoint's window frees up
+    banned: bool = False  # this request is the one that crossed the IP limit
+
+
+@dataclass
+class BybitLimiter:
+    """The IP window (403 + block of ``ban_seconds``) and a 1-second window per (IP, endpoint)
+    (10006); ``ip_limit`` / ``endpoint_limit`` 0 disable either."""
+
+    ip_limit: int = BYBIT_IP_LIMIT
+    endpoint_limit: int = BYBIT_ENDPOINT_LIMIT_PER_S
+    ban_seconds: float = BYBIT_BAN_SECONDS
+    _ip_hits: dict[str, deque] = field(default_factory=dict)
+    _hits: dict[tuple[str, str], deque] = field(default_factory=dict)
+    _blocked_until: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._ip_hits.clear()
+            self._hits.clear()
+            self._blocked_until.clear()
+
+    def blocked_ips(self) -> list[str]:
+        with self._lock:
+            return list(self._blocked_until)
+
+    def blocked_for(self, ip: str, now: float) -> float:
+        with self._lock:
+            return max(0.0, self._blocked_until.get(ip, 0.0) - now)
+
+    def check(self, ip: str, path: str, now: float) -> BybitVerdict:
+        now_ms = int(now * 1000)
+        with self._lock:
+            if now < self._blocked_until.get(ip, 0.0):
+                return BybitVerdict(403)
+            if self.ip_limit > 0:
+                ip_hits = self._ip_hits.setdefault(ip, deque())
+                while ip_hits and ip_hits[0] <= now - BYBIT_IP_WINDOW_S:
+                    ip_hits.popleft()
+                if len(ip_hits) >= self.ip_limit:
+                    self._blocked_until[ip] = now + self.ban_seconds
+                    ip_hits.clear()
+                    return BybitVerdict(403, banned=True)
+                ip_hits.append(now)
+            if self.endpoint_limit <= 0:
+                return BybitVerdict(200, limit=0, remaining=0, reset_ms=now_ms)
+            hits = self._hits.setdefault((ip, path), deque())
+            while hits and hits[0] <= now - 1.0:
+                hits.popleft()
+            if len(hits) >= self.endpoint_limit:
+                return BybitVerdict(200, True, self.endpoint_limit, 0, int((hits[0] + 1.0) * 1000) + 1)
+            hits.append(now)
+            return BybitVerdict(200, False, self.endpoint_limit, self.endpoint_limit - len(hits), now_ms)

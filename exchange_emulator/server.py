@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from exchange_emulator.binance_api import BinanceApi, BinanceError, request_weight
+from exchange_emulator.bybit_api import BybitApi, BybitError, error_body
 from exchange_emulator.faults import (
     BODY_KINDS,
     DELAY_KINDS,
@@ -32,20 +33,39 @@ from exchange_emulator.faults import (
 )
 from exchange_emulator.markets import DEFAULT_LISTING, Registry
 from exchange_emulator.okx_api import OkxApi, OkxError
-from exchange_emulator.ratelimit import BinanceWeights, OkxLimiter
+from exchange_emulator.ratelimit import (
+    BYBIT_BAN_SECONDS,
+    BYBIT_ENDPOINT_LIMIT_PER_S,
+    BYBIT_IP_LIMIT,
+    BinanceWeights,
+    BybitLimiter,
+    OkxLimiter,
+)
 
 log = logging.getLogger("exchange_emulator")
 
 BINANCE_PREFIXES = ("/api/v1/", "/api/v3/", "/sapi/", "/fapi/", "/dapi/", "/eapi/", "/papi/", "/futures/")
 OKX_PREFIX = "/api/v5/"
+BYBIT_PREFIX = "/v5/"
 CANDLE_PATHS = (
     "/api/v3/klines",
     "/api/v3/uiKlines",
     "/api/v5/market/candles",
     "/api/v5/market/history-candles",
+    "/v5/market/kline",
 )
 BINANCE_CT = "application/json;charset=UTF-8"
 OKX_CT = "application/json"
+BYBIT_CT = "application/json; charset=utf-8"
+CONTENT_TYPES = {"okx": OKX_CT, "bybit": BYBIT_CT}
+# Bybit's IP block and its gateway errors are not API answers: short text pages, not JSON.
+BYBIT_403_BODY = b"403 Forbidden: access too frequent"
+_BYBIT_5XX = {
+    500: "500 Internal Server Error",
+    502: "502 Bad Gateway",
+    503: "503 Service Temporarily Unavailable",
+    504: "504 Gateway Time-out",
+}
 
 _BINANCE_5XX = {
     500: (-1001, "Internal error; unable to process your request. Please try again."),
@@ -69,6 +89,8 @@ def exchange_of(path: str) -> str:
         return "okx"
     if path.startswith(BINANCE_PREFIXES):
         return "binance"
+    if path.startswith(BYBIT_PREFIX):
+        return "bybit"
     return ""
 
 
@@ -84,6 +106,10 @@ class Stats:
             self.statuses: Counter = Counter()
             self.sent_429: Counter = Counter()
             self.sent_418: Counter = Counter()
+            # Every exchange's own way of saying so: Binance/OKX 429, Bybit retCode 10006 (HTTP 200);
+            # Binance 418, Bybit 403 (IP limit).
+            self.throttled: Counter = Counter()
+            self.bans: Counter = Counter()
             self.faults_by_kind: Counter = Counter()
             self.faults_by_id: Counter = Counter()
 
@@ -91,13 +117,17 @@ class Stats:
         with self._lock:
             self.requests[exchange or "other"][path] += 1
 
-    def response(self, status: int | str, cause: str = "") -> None:
+    def response(self, status: int | str, cause: str = "", exchange: str = "", throttled: bool = False) -> None:
         with self._lock:
             self.statuses[str(status)] += 1
             if status == 429:
                 self.sent_429[cause or "rate_limit"] += 1
             elif status == 418:
                 self.sent_418[cause or "ban"] += 1
+            if status == 429 or throttled:
+                self.throttled[(exchange, cause or "rate_limit")] += 1
+            elif status == 418 or (status == 403 and exchange == "bybit"):
+                self.bans[(exchange, cause or "ban")] += 1
 
     def fault(self, f: Fault) -> None:
         with self._lock:
@@ -116,12 +146,30 @@ class Stats:
                 "http_429_by_cause": dict(self.sent_429),
                 "http_418_sent": sum(self.sent_418.values()),
                 "http_418_by_cause": dict(self.sent_418),
+                "throttled_by_cause": _by_cause(self.throttled),
+                "throttled_by_exchange": _by_exchange(self.throttled),
+                "bans_by_cause": _by_cause(self.bans),
+                "bans_by_exchange": _by_exchange(self.bans),
                 "faults_fired": {
                     "total": sum(self.faults_by_kind.values()),
                     "by_kind": dict(self.faults_by_kind),
                     "by_id": dict(self.faults_by_id),
                 },
             }
+
+
+def _by_cause(counts: Counter) -> dict[str, int]:
+    out: Counter = Counter()
+    for (_, cause), n in counts.items():
+        out[cause] += n
+    return dict(out)
+
+
+def _by_exchange(counts: Counter) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for (exchange, cause), n in counts.items():
+        out[exchange or "other"][cause] = n
+    return dict(out)
 
 
 @dataclass
@@ -131,6 +179,7 @@ class Response:
     content_type: str
     headers: dict[str, str]
     declared_length: int | None = None  # > len(body): announce more bytes, then hang up
+    throttled: bool = False  # a rate-limit answer whatever its status (Bybit's 10006 is HTTP 200)
 
 
 class Emulator:
@@ -144,6 +193,9 @@ class Emulator:
         ban_seconds: float = 120.0,
         ban_after: int = 3,
         okx_rate_limit_factor: float = 1.0,
+        bybit_ip_limit: int = BYBIT_IP_LIMIT,
+        bybit_endpoint_limit: int = BYBIT_ENDPOINT_LIMIT_PER_S,
+        bybit_ban_seconds: float = BYBIT_BAN_SECONDS,
         clock: Any = time.time,
     ) -> None:
         self.registry = registry
@@ -154,8 +206,10 @@ class Emulator:
         self.clock_offset_s = 0.0
         self.binance = BinanceApi(registry, binance_weight_limit)
         self.okx = OkxApi(registry)
+        self.bybit = BybitApi(registry)
         self.weights = BinanceWeights(binance_weight_limit, ban_seconds, ban_after)
         self.okx_limits = OkxLimiter(okx_rate_limit_factor)
+        self.bybit_limits = BybitLimiter(bybit_ip_limit, bybit_endpoint_limit, bybit_ban_seconds)
         self.faults = FaultBook(seed, registry.unified_symbol)
         self.stats = Stats()
 
@@ -166,6 +220,9 @@ class Emulator:
             "ban_seconds": self.weights.ban_seconds,
             "ban_after": self.weights.ban_after,
             "okx_rate_limit_factor": self.okx_limits.factor,
+            "bybit_ip_limit": self.bybit_limits.ip_limit,
+            "bybit_endpoint_limit": self.bybit_limits.endpoint_limit,
+            "bybit_ban_seconds": self.bybit_limits.ban_seconds,
             "clock_offset_s": self.clock_offset_s,
         }
 
@@ -182,6 +239,12 @@ class Emulator:
             self.weights.ban_after = max(1, int(values["ban_after"]))
         if "okx_rate_limit_factor" in values:
             self.okx_limits.factor = float(values["okx_rate_limit_factor"])
+        if "bybit_ip_limit" in values:
+            self.bybit_limits.ip_limit = int(values["bybit_ip_limit"])
+        if "bybit_endpoint_limit" in values:
+            self.bybit_limits.endpoint_limit = int(values["bybit_endpoint_limit"])
+        if "bybit_ban_seconds" in values:
+            self.bybit_limits.ban_seconds = float(values["bybit_ban_seconds"])
         if "clock_offset_s" in values:
             self.clock_offset_s = float(values["clock_offset_s"])
         return self.config()
@@ -194,6 +257,7 @@ class Emulator:
         self.stats.reset()
         self.weights.reset()
         self.okx_limits.reset()
+        self.bybit_limits.reset()
 
     # ---- exchange requests ----------------------------------------------------------------------
     @staticmethod
@@ -203,13 +267,27 @@ class Emulator:
     def _error(
         self, exchange: str, status: int, body: dict, headers: dict[str, str] | None = None
     ) -> Response:
-        ct = OKX_CT if exchange == "okx" else BINANCE_CT
-        return Response(status, self._json(body), ct, headers or {})
+        return Response(status, self._json(body), CONTENT_TYPES.get(exchange, BINANCE_CT), headers or {})
+
+    def _bybit_throttled(self, limit: int, reset_ms: int) -> Response:
+        """Bybit's API rate limit: HTTP 200, retCode 10006, the endpoint's limit in the headers."""
+        headers = {"X-Bapi-Limit": str(limit), "X-Bapi-Limit-Status": "0",
+                   "X-Bapi-Limit-Reset-Timestamp": str(reset_ms)}
+        body = {"retCode": 10006, "retMsg": "Too many visits!", "result": {}, "retExtInfo": {},
+                "time": int(self.now() * 1000)}
+        resp = self._error("bybit", 200, body, headers)
+        resp.throttled = True
+        return resp
 
     def _throttle_response(
         self, exchange: str, status: int, retry_after: int, banned_until_ms: int = 0
     ) -> Response:
         headers = {"Retry-After": str(retry_after)}
+        if exchange == "bybit":  # Bybit sends no Retry-After: a reset time (10006) or nothing (403)
+            if status == 429:
+                limit = self.bybit_limits.endpoint_limit
+                return self._bybit_throttled(limit, int((self.now() + retry_after) * 1000))
+            return Response(403, BYBIT_403_BODY, "text/plain", {})
         if exchange == "okx":
             return self._error("okx", status, {"msg": "Too Many Requests", "code": "50011"}, headers)
         if status == 418:
@@ -232,6 +310,9 @@ class Emulator:
             return self._throttle_response(exchange, 418, f.args["retry_after"])
         if f.kind == "http_5xx":
             status = f.args["status"]
+            if exchange == "bybit":
+                page = f"<html><head><title>{_BYBIT_5XX[status]}</title></head><body>{_BYBIT_5XX[status]}</body></html>"
+                return Response(status, page.encode(), "text/html", {})
             if exchange == "okx":
                 code, msg = _OKX_5XX[status]
                 return self._error("okx", status, {"code": code, "msg": msg, "data": []})
@@ -246,7 +327,7 @@ class Emulator:
         params = dict(parse_qsl(url.query, keep_blank_values=True))
         exchange = exchange_of(path)
         self.stats.request(exchange, path)
-        raw_symbol = params.get("symbol") or params.get("instId")
+        raw_symbol = params.get("symbol") or params.get("instId")  # Binance and Bybit: symbol
         ctx = RequestContext(
             exchange,
             path,
@@ -265,10 +346,10 @@ class Emulator:
                 return None
             if exchange == "binance":
                 resp.headers["X-MBX-USED-WEIGHT-1M"] = str(self.weights.used(client_ip, self.now()))
-            self.stats.response(resp.status, "fault")
+            self.stats.response(resp.status, "fault", exchange, resp.throttled)
             return resp
         resp = self._serve(method, path, params, exchange, client_ip, ctx)
-        self.stats.response(resp.status)
+        self.stats.response(resp.status, "", exchange, resp.throttled)
         return resp
 
     def _serve(
@@ -290,30 +371,47 @@ class Emulator:
             verdict = self.okx_limits.check(ip, path, now)
             if verdict.status != 200:
                 return self._throttle_response("okx", 429, verdict.retry_after)
+        elif exchange == "bybit":
+            bv = self.bybit_limits.check(ip, path, now)
+            if bv.status == 403:
+                if bv.banned:
+                    log.warning("bybit: %s crossed the IP limit, blocked for %.0f s", ip, self.bybit_limits.ban_seconds)
+                return Response(403, BYBIT_403_BODY, "text/plain", {})
+            if bv.throttled:
+                return self._bybit_throttled(bv.limit, bv.reset_ms)
+            if bv.limit:
+                weight_headers.update({"X-Bapi-Limit": str(bv.limit), "X-Bapi-Limit-Status": str(bv.remaining),
+                                       "X-Bapi-Limit-Reset-Timestamp": str(bv.reset_ms)})
         if method != "GET" or not exchange:
             body = {"code": -1, "msg": f"emulator: {method} {path} is not emulated"}
-            if exchange == "okx":
-                body = {"code": "50000", "msg": f"emulator: {method} {path} is not emulated", "data": []}
-            return self._error(exchange, 404, body, weight_headers)
+            return self._not_emulated(exchange, f"{method} {path}", now_ms, weight_headers)
         try:
             if exchange == "binance":
                 payload = self.binance.handle(path, params, now_ms)
+            elif exchange == "bybit":
+                payload = self.bybit.handle(path, params, now_ms)
             else:
                 payload = self.okx.handle(path, params, now_ms)
         except (BinanceError, OkxError) as exc:
             return self._error(exchange, exc.status, exc.body, weight_headers)
+        except BybitError as exc:
+            return self._error(exchange, exc.status, error_body(exc, now_ms), weight_headers)
         except LookupError:
-            body = {"code": -1, "msg": f"emulator: {path} is not emulated"}
-            if exchange == "okx":
-                body = {"code": "50000", "msg": f"emulator: {path} is not emulated", "data": []}
-            return self._error(exchange, 404, body, weight_headers)
+            return self._not_emulated(exchange, path, now_ms, weight_headers)
         if ctx.candles:
-            rows = payload if exchange == "binance" else payload["data"]
+            if exchange == "binance":
+                rows = payload
+            elif exchange == "bybit":
+                rows = payload["result"]["list"]
+            else:
+                rows = payload["data"]
             for f in self.faults.fire(ROW_KINDS, ctx, first_only=False, rows=rows):
                 self.stats.fault(f)
                 rows = apply_row_fault(f, rows, exchange)
             if exchange == "binance":
                 payload = rows
+            elif exchange == "bybit":
+                payload["result"]["list"] = rows
             else:
                 payload["data"] = rows
         body = self._json(payload)
@@ -323,7 +421,16 @@ class Emulator:
             if f.kind == "truncated_json" and f.args["cut_connection"]:
                 declared = len(body)  # a transfer cut short: Content-Length of the full body
             body = corrupt_body(f, body)
-        return Response(200, body, OKX_CT if exchange == "okx" else BINANCE_CT, weight_headers, declared)
+        return Response(200, body, CONTENT_TYPES.get(exchange, BINANCE_CT), weight_headers, declared)
+
+    def _not_emulated(self, exchange: str, what: str, now_ms: int, headers: dict[str, str]) -> Response:
+        msg = f"emulator: {what} is not emulated"
+        body: dict[str, Any] = {"code": -1, "msg": msg}
+        if exchange == "okx":
+            body = {"code": "50000", "msg": msg, "data": []}
+        elif exchange == "bybit":
+            body = {"retCode": 10001, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": now_ms}
+        return self._error(exchange, 404, body, headers)
 
     # ---- admin -------------------------------------------------------------------------------------
     def admin(self, method: str, raw_path: str, body: bytes) -> Response:
@@ -351,6 +458,8 @@ class Emulator:
             if path == "/__admin/stats" and method == "GET":
                 snap = self.stats.snapshot()
                 snap["binance_weight"] = self.weights.snapshot(self.now())
+                snap["bybit_blocked_s"] = {ip: round(left, 3) for ip in self.bybit_limits.blocked_ips()
+                                           if (left := self.bybit_limits.blocked_for(ip, self.now())) > 0}
                 snap["faults"] = self.faults.describe()
                 return self._admin(200, snap)
             if path == "/__admin/reset" and method == "POST":
@@ -459,7 +568,7 @@ def _parse_faults(raw: str | None) -> Any:
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m exchange_emulator", description="Offline Binance/OKX spot emulator"
+        prog="python -m exchange_emulator", description="Offline Binance/OKX/Bybit spot emulator"
     )
     p.add_argument(
         "--data-dir", type=Path, default=None, help="recorded candles: DIR/<exchange>/<BASE-QUOTE>/<tf>/*"
@@ -492,6 +601,18 @@ def make_parser() -> argparse.ArgumentParser:
         help="scales OKX per-endpoint request limits, 0 = unlimited",
     )
     p.add_argument(
+        "--bybit-ip-limit", type=int, default=BYBIT_IP_LIMIT, help="Bybit requests per 5 s per IP, 0 = unlimited"
+    )
+    p.add_argument(
+        "--bybit-endpoint-limit",
+        type=int,
+        default=BYBIT_ENDPOINT_LIMIT_PER_S,
+        help="Bybit requests per second per IP and endpoint before retCode 10006, 0 = unlimited",
+    )
+    p.add_argument(
+        "--bybit-ban-seconds", type=float, default=BYBIT_BAN_SECONDS, help="Bybit IP block after the IP limit"
+    )
+    p.add_argument(
         "--faults", default=None, help="JSON fault list/object (or @file); default: $EMULATOR_FAULTS"
     )
     p.add_argument("--access-log", action="store_true")
@@ -517,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
         ban_seconds=args.ban_seconds,
         ban_after=args.ban_after,
         okx_rate_limit_factor=args.okx_rate_limit_factor,
+        bybit_ip_limit=args.bybit_ip_limit,
+        bybit_endpoint_limit=args.bybit_endpoint_limit,
+        bybit_ban_seconds=args.bybit_ban_seconds,
     )
     faults = _parse_faults(args.faults if args.faults is not None else os.environ.get("EMULATOR_FAULTS"))
     if faults:

@@ -38,6 +38,9 @@ class EmulatorProcess:
         ban_seconds: float | None = None,
         ban_after: int | None = None,
         okx_rate_limit_factor: float | None = None,
+        bybit_ip_limit: int | None = None,
+        bybit_endpoint_limit: int | None = None,
+        bybit_ban_seconds: float | None = None,
         faults: Any = None,
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
@@ -57,6 +60,9 @@ class EmulatorProcess:
             ("--ban-seconds", ban_seconds),
             ("--ban-after", ban_after),
             ("--okx-rate-limit-factor", okx_rate_limit_factor),
+            ("--bybit-ip-limit", bybit_ip_limit),
+            ("--bybit-endpoint-limit", bybit_endpoint_limit),
+            ("--bybit-ban-seconds", bybit_ban_seconds),
         ):
             if value is not None:
                 args += [flag, str(value)]

@@ -142,3 +142,11 @@ def parse_ccxt_timeframe(name: str) -> Timeframe | None:
         if unit == "M" and n > 0:
             return Timeframe(name, 0, n, 0)
     return None
+
+# Bybit v5 kline intervals: minutes as numbers, D/W/M for day, week (from Monday) and calendar month, all UTC.
+BYBIT_INTERVALS: dict[str, Timeframe] = {
+    str(n): _fixed(str(n), n * MINUTE) for n in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)
+}
+BYBIT_INTERVALS["D"] = _fixed("D", DAY)
+BYBIT_INTERVALS["W"] = _fixed("W", WEEK, MONDAY_ANCHOR)
+BYBIT_INTERVALS["M"] = Timeframe("M", 0, 1, 0)

@@ -16,7 +16,7 @@ def emu() -> Iterator[EmulatorProcess]:
     with EmulatorProcess(
         SAMPLE_DIR,
         seed=42,
-        synthetic_markets=["binance:DOGE/USDT@2024-01-01", "okx:DOGE/USDT@2024-01-01"],
+        synthetic_markets=["binance:DOGE/USDT@2024-01-01", "okx:DOGE/USDT@2024-01-01", "bybit:DOGE/USDT@2024-01-01"],
         ban_seconds=2,
     ) as proc:
         yield proc

@@ -18,6 +18,9 @@ DEFAULT_CONFIG = {
     "ban_seconds": 2,
     "ban_after": 3,
     "okx_rate_limit_factor": 1.0,
+    "bybit_ip_limit": 600,
+    "bybit_endpoint_limit": 20,
+    "bybit_ban_seconds": 600,
     "clock_offset_s": 0.0,
 }
 

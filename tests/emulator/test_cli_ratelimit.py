@@ -40,7 +40,8 @@ def test_start_line_flags_and_faults_from_cli_and_env(tmp_path, emu):
         assert json.loads(body)[0][0] == 1577836800000  # listing date from the spec
     env_faults = json.dumps({"kind": "http_429", "exchange": "okx"})
     with EmulatorProcess(SAMPLE_DIR, env={"EMULATOR_FAULTS": env_faults}) as other:
-        assert "2 recorded markets, 6 synthetic" in next(x for x in other.output if "listening" in x)
+        # 4 default markets on 3 exchanges, less the 2 recorded ones
+        assert "2 recorded markets, 10 synthetic" in next(x for x in other.output if "listening" in x)
         assert other.get("/api/v5/public/time")[0] == 429
         assert other.get("/api/v5/public/time")[0] == 200
         # same seed in another process -> byte-identical synthetic history on the wire
@@ -48,6 +49,8 @@ def test_start_line_flags_and_faults_from_cli_and_env(tmp_path, emu):
         assert other.get(page)[2] == emu.get(page)[2]
         okx_page = "/api/v5/market/history-candles?instId=SOL-USDT&bar=4H&after=1650000000000&limit=300"
         assert other.get(okx_page)[2] == emu.get(okx_page)[2]
+        bybit_page = "/v5/market/kline?category=spot&symbol=XRPUSDT&interval=240&start=1650000000000&limit=1000"
+        assert json.loads(other.get(bybit_page)[2])["result"] == json.loads(emu.get(bybit_page)[2])["result"]
 
 
 def test_cli_help_lists_the_flags():
