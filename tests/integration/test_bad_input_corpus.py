@@ -23,8 +23,9 @@ PAYLOADS = [  # (case, body, reason fragment) — the whole payload is unusable
     ("JSON string", '"just a string"', "expected a list of kline rows"),
     ("JSON number", "42", "expected a list of kline rows"),
     ("object without rows", '{"unexpected": true}', "expected a list of kline rows"),
-    ("OKX error envelope", '{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "error code 51001"),
-    ("Binance error object", '{"code":-1121,"msg":"Invalid symbol."}', "error code -1121"),
+    ("OKX error envelope", '{"code":"51001","msg":"Instrument ID does not exist","data":[]}',
+     'answered with an error (ExchangeError): binance {"code":"51001"'),
+    ("Binance error object", '{"code":-1121,"msg":"Invalid symbol."}', 'answered with an error (BadSymbol)'),
     ("data not a list", '{"code":"0","msg":"","data":"rows"}', "expected a list of kline rows"),
 ]
 

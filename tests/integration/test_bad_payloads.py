@@ -32,7 +32,8 @@ def ohlcv_count(conn) -> int:
         ("", "empty response body"),
         ("<html>502 Bad Gateway</html>", "not valid JSON"),
         (json.dumps([kline(T0)])[:40], "not valid JSON"),  # truncated
-        ('{"code":"51001","msg":"Instrument ID does not exist","data":[]}', "error code 51001"),
+        ('{"code":"51001","msg":"Instrument ID does not exist","data":[]}',
+         'answered with an error (ExchangeError): binance {"code":"51001"'),  # ccxt's binance error check
         ('{"unexpected": true}', "expected a list of kline rows"),
         ('"just a string"', "expected a list of kline rows"),
     ],
@@ -87,7 +88,8 @@ def test_payload_for_another_market_is_rejected(mongo_db, pg_conn) -> None:
     doc = store(raw, json.dumps([kline(T0)]), params={"symbol": "BTCUSDT", "interval": "1m"})
     result = load_candle_payloads(pg_conn, [doc], "binance", "ETH/USDT", "1m", "run-1")
     assert result.payloads_rejected == 1 and ohlcv_count(pg_conn) == 0
-    assert "request asked for ['BTCUSDT']" in rejects(pg_conn)[0][1]
+    assert "request /api/v3/klines {'symbol': 'BTCUSDT', 'interval': '1m'} does not name market ETHUSDT" in \
+        rejects(pg_conn)[0][1]
     other = store(raw, json.dumps([kline(T0 + MIN)]))
     result = load_candle_payloads(pg_conn, [other], "binance", "BTC/USDT", "1m", "run-1")
     assert result.payloads_rejected == 1 and ohlcv_count(pg_conn) == 0
@@ -188,3 +190,40 @@ def test_okx_newest_first_is_in_order(mongo_db, pg_conn) -> None:
     result = load_candle_payloads(pg_conn, [doc], "okx", "BTC/USDT", "1m", "run-1")
     assert (result.inserted, result.out_of_order) == (4, 1)
     assert anomalies(pg_conn) == [("out_of_order", T0 + 2 * MIN)]
+
+
+# Where each exchange's request names the market (ccxt builds them so): a query parameter under the
+# exchange's own key, or a path segment (Coinbase's product id).
+MARKET_IN_REQUEST = [
+    ("kucoin", "BTC/USDT", "BTC-USDT", "https://api.kucoin.com/api/v1/market/candles?symbol={id}&type=1min",
+     "ETH-USDT"),
+    ("kraken", "ETH/BTC", "XETHXXBT", "https://api.kraken.com/0/public/OHLC?pair={id}&interval=1", "XXBTZUSD"),
+    ("gate", "BTC/USDT", "BTC_USDT", "https://api.gateio.ws/api/v4/spot/candlesticks?currency_pair={id}&interval=1m",
+     "ETH_USDT"),
+    ("coinbase", "BTC/USD", "BTC-USD",
+     "https://api.coinbase.com/api/v3/brokerage/market/products/{id}/candles?granularity=ONE_MINUTE", "ETH-USD"),
+    ("bybit", "BTC/USDT", "BTCUSDT", "https://api.bybit.com/v5/market/kline?symbol={id}&interval=1&category=spot",
+     "ETHUSDT"),
+]
+
+
+@pytest.mark.parametrize(("exchange", "symbol", "market_id", "url", "other"), MARKET_IN_REQUEST,
+                         ids=[m[0] for m in MARKET_IN_REQUEST])
+def test_request_check_finds_the_market_whatever_the_exchange_calls_it(mongo_db, pg_conn, exchange, symbol,
+                                                                        market_id, url, other) -> None:
+    """The answer to a request for another market is refused; the answer to ours is not refused for it."""
+    from marketflow.exchanges import HttpExchange
+    from marketflow.raw_store import PayloadContext
+    from marketflow.timeframes import Window
+
+    raw = RawStore(mongo_db)
+    market = {"id": market_id, "symbol": symbol, "type": "spot", "spot": True}
+    ctx = PayloadContext(exchange, exchange, symbol, "1m", "ohlcv", Window(T0, T0 + 60 * MIN), "run-1", 1, market)
+    ids = raw.save_responses(ctx, [HttpExchange("GET", url.format(id=asked), 200, {}, "[]", int(time.time() * 1000))
+                                   for asked in (market_id, other)])
+    ours, theirs = raw.get_payloads(ids)
+    result = load_candle_payloads(pg_conn, [ours], exchange, symbol, "1m", "run-1")
+    assert (result.payloads_rejected, result.rejected) == (0, 0)  # an empty answer for our market: no error
+    result = load_candle_payloads(pg_conn, [theirs], exchange, symbol, "1m", "run-1")
+    assert result.payloads_rejected == 1
+    assert f"does not name market {market_id} ({symbol})" in rejects(pg_conn)[0][1]
