@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from marketflow.parsing import Candle, PayloadError, parse_candles, parse_ticker
 from marketflow.timeframes import Window, from_ms, utc_ms
@@ -127,9 +129,24 @@ def _check_payload_market(doc: dict[str, Any], exchange: str, symbol: str, timef
         raise PayloadError(f"payload is for {doc['exchange']} {doc['symbol']} {doc['timeframe']}, "
                            f"expected {exchange} {symbol} {timeframe}")
     market_id = (doc.get("market") or {}).get("id")
-    asked = {v for k, v in doc.get("request_params", {}).items() if k in ("symbol", "instId", "market", "pair")}
-    if market_id and asked and market_id not in asked:
-        raise PayloadError(f"request asked for {sorted(asked)}, market {symbol} is {market_id}")
+    named = _request_tokens(doc)
+    # Whatever the exchange calls it (symbol, instId, pair, currency_pair, a path segment as Coinbase's
+    # product id), ccxt puts the market's id into the request it builds.
+    if market_id and named and market_id.lower() not in named:
+        params = doc.get("request_params") or {}
+        raise PayloadError(f"request {doc.get('endpoint')} {params} does not name market {market_id} ({symbol}): "
+                           "the answer is for another market")
+
+
+def _request_tokens(doc: dict[str, Any]) -> set[str]:
+    """The request's path segments and parameter values (each also split at ':' and ','), lower case."""
+    url = doc.get("url") or ""
+    parts = urlsplit(url)
+    values = [unquote(seg) for seg in (parts.path or doc.get("endpoint") or "").split("/") if seg]
+    values += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)] if parts.query else \
+        [str(v) for v in (doc.get("request_params") or {}).values()]
+    tokens = {v.lower() for v in values}
+    return tokens | {piece for v in tokens for piece in re.split(r"[:,]", v) if piece}
 
 
 def load_candle_payloads(conn, docs: list[dict[str, Any]], exchange: str, symbol: str, timeframe: str,
