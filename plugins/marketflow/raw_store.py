@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,9 +30,17 @@ log = logging.getLogger(__name__)
 
 PAYLOADS = "raw_market_payload"
 INGESTION_LOG = "raw_ingestion_log"
-# Headers worth keeping: rate-limit state and request ids; the rest is noise.
-_KEPT_HEADERS = ("content-type", "date", "retry-after", "x-mbx-used-weight", "x-mbx-used-weight-1m",
-                 "x-ratelimit-remaining", "x-request-id")
+# Headers worth keeping: rate-limit state and request ids; the rest is noise. By pattern, so every
+# exchange's own names are kept: Binance X-MBX-USED-WEIGHT-1M, Bybit X-Bapi-Limit-Status, KuCoin
+# gw-ratelimit-remaining, Gate X-Gate-RateLimit-*, Bitget x-mbx-used-remain-limit, the IETF RateLimit-*
+# and X-RateLimit-*, request and trace ids.
+_KEPT_HEADERS = re.compile(r"^(content-type|date|retry-after)$|limit|used-weight|order-count|request-?id|trace-?id",
+                           re.IGNORECASE)
+
+
+def kept_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The response headers raw keeps (``_KEPT_HEADERS``)."""
+    return {k: v for k, v in headers.items() if _KEPT_HEADERS.search(k)}
 
 
 @dataclass(frozen=True)
@@ -152,7 +161,7 @@ class RawStore:
                 "window_start": from_ms(ctx.window.start_ms) if ctx.window else None,
                 "window_end": from_ms(ctx.window.end_ms) if ctx.window else None,
                 "http_status": response.status,
-                "headers": {k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS},
+                "headers": kept_headers(response.headers),
                 "body": response.body, "content_hash": content_hash(response.body), "body_bytes": len(response.body),
                 "fetched_at": fetched_at, "run_id": ctx.run_id, "try_number": ctx.try_number, "error": error,
                 "superseded": response.superseded,
