@@ -221,6 +221,8 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
     if rows is None:
         rows = kline_rows(ccxt_id, body, market.get("id"), doc["body"])
     parser = parser_for(ccxt_id)
+    if market and not positional:  # what ccxt's parsers branch on (inverse, contract) from what raw stored
+        market = ccxt_market(parser, market)
     step = timeframe_ms(doc["timeframe"])
     received_ms = utc_ms(doc["fetched_at"])
     # Inverse contracts count volume in contracts and turnover in the base coin: no quote volume to take.
@@ -407,6 +409,16 @@ def ccxt_market(exchange: ccxt.Exchange, market: dict[str, Any]) -> dict[str, An
         structure["contract"] = kind in ("swap", "future", "option", "delivery")
     if structure.get("margin") is None:
         structure["margin"] = False
+    # A contract's settle currency follows the ':' of its unified symbol (BTC/USDT:USDT, BTC/USD:BTC-250328):
+    # settled in the quote it is linear, in the base inverse.
+    symbol = str(structure.get("symbol") or "")
+    if structure["contract"] and ":" in symbol:
+        settle = structure.get("settle") or symbol.split(":", 1)[1].split("-", 1)[0]
+        structure["settle"] = settle
+        if structure.get("linear") is None:
+            structure["linear"] = settle == structure.get("quote")
+        if structure.get("inverse") is None:
+            structure["inverse"] = settle == structure.get("base")
     return structure
 
 

@@ -217,6 +217,13 @@ def test_inverse_contracts_get_no_quote_volume() -> None:
                "market": {"id": "BTCUSD", "symbol": "BTC/USD:BTC", "type": "swap", "inverse": True, "linear": False}}
     [candle] = parse_candles(inverse).candles
     assert (str(candle.volume), candle.quote_volume) == ("15.74462667", None)  # ccxt's volume: the base coin
+    # raw keeps a subset of the market (exchanges.market_info): the settle currency in the symbol says inverse
+    stored = {**inverse, "market": {"id": "BTCUSD", "symbol": "BTC/USD:BTC", "base": "BTC", "quote": "USD",
+                                    "type": "swap"}}
+    assert [(str(c.volume), c.quote_volume) for c in parse_candles(stored).candles] == [("15.74462667", None)]
+    linear = {**stored, "market": {**stored["market"], "symbol": "BTC/USD:USD", "id": "BTCUSD"}}
+    assert [(str(c.volume), str(c.quote_volume)) for c in parse_candles(linear).candles] == [
+        ("268611", "15.74462667")]
 
 
 def test_kline_fields_say_what_each_exchange_sends() -> None:
