@@ -13,6 +13,7 @@ history it inherits from its exchange and from ``defaults:`` filled in.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import importlib.util
@@ -25,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
@@ -332,6 +333,27 @@ def _symbol_only(data: Any) -> Any:
 MarketEntry = Annotated[MarketFile, BeforeValidator(_symbol_only, json_schema_input_type=Symbol | MarketFile)]
 
 
+class FactsOverrides(_Section):
+    """What marketflow assumes about an exchange's candle endpoint where ccxt does not say, or says
+    wrong (plugins/marketflow/exchange_facts.py; `python -m marketflow.exchange_facts <id>` prints what
+    it derives). Leave a key out to keep the derived value."""
+
+    shape = ("expected a mapping of facts", "e.g. 'facts: {history_candles: 720}'")
+
+    page_limit: PositiveInt | None = Field(None, description=(
+        "Candles per fetchOHLCV call. Default: ccxt's features['spot']['fetchOHLCV']['limit']."))
+    history_candles: NonNegativeInt | None = Field(None, description=(
+        "How many of the newest candles of each timeframe the exchange serves at all (Kraken 720, Gate 10000); "
+        "older windows are reported beyond_exchange_history instead of fetched. 0: no cap. Default: "
+        "marketflow's documented table (exchange_facts.HISTORY_CANDLES), else no cap."))
+    row_order: Literal["oldest_first", "newest_first"] | None = Field(None, description=(
+        "The order of the rows in a candle answer. Default: the parser's documented order."))
+    paging: Literal["until", "bounded", "forward"] | None = Field(None, description=(
+        "How a page is bounded: until (ccxt maps params.until onto the exchange's end), bounded (ccxt bounds "
+        "since + limit itself) or forward (since only; the exchange answers forward from it). Default: what a "
+        "dry run of ccxt's fetch_ohlcv shows."))
+
+
 class ExchangeFile(_Section):
     """One exchange: its markets, how ccxt reaches it and how hard it may be called."""
 
@@ -360,6 +382,8 @@ class ExchangeFile(_Section):
         "The exchange's limit in ccxt cost units per minute. Default: 60000 / ccxt's rateLimit."))
     timeframes: Timeframes | None = Field(None, description="Default: defaults.timeframes.")
     history_start: Timestamp | None = Field(None, description="Default: defaults.history_start.")
+    facts: FactsOverrides = Field(default_factory=FactsOverrides, description=(
+        "Overrides of what marketflow derives from ccxt about the exchange's candle endpoint."))
     markets: Annotated[list[MarketEntry], Field(min_length=1)] = Field(
         description="The markets to extract, each once.",
         examples=[["BTC/USDT", {"symbol": "ETH/USDT", "history_start": "2022-08-14T00:00:00Z"}]])
@@ -500,6 +524,8 @@ class ExchangeConfig:
     rate_limit_window_seconds: float = 1.0
     hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
     backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
+    # The markets file's `facts:` overrides (only the keys it sets), see exchange_facts.exchange_facts.
+    facts: dict[str, Any] = field(default_factory=dict)
 
     @property
     def burst_seconds(self) -> float:
@@ -548,6 +574,9 @@ class MarketflowConfig:
     dbt_pool_slots: int = 2  # dbt tasks at a time (pool marketflow_dbt), so they never fill the executor
     timeouts: Timeouts = field(default_factory=Timeouts)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    # What the exchanges cannot give (a capped history, no batch tickers, no quote volume...): one line
+    # each naming the file and key (check_exchange_capabilities); `marketflow check-config` prints them.
+    warnings: tuple[str, ...] = ()
 
     @property
     def enabled_exchanges(self) -> tuple[ExchangeConfig, ...]:
@@ -602,7 +631,8 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
             rate_limit_share=ex.rate_limit_share, credentials_conn_id=ex.credentials_conn_id,
             rate_limit_per_minute=ex.rate_limit_per_minute, live_rate_reserve=ex.live_rate_reserve,
             rate_limit_window_seconds=window if window is not None else RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0),
-            hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots))
+            hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots,
+            facts={k: v for k, v in ex.facts.model_dump().items() if v is not None}))
     return MarketflowConfig(
         source=path, exchanges=tuple(exchanges), raw_retention_days=d.raw_retention_days,
         overlap_minutes=d.overlap_minutes, schedule_start=d.schedule_start,
@@ -646,22 +676,23 @@ def load_config(path: Path | str | None = None, env: dict[str, str] | None = Non
     except ValidationError as exc:
         raise ConfigError.of(path, [_issue(e) for e in exc.errors(include_url=False)]) from None
     config = _resolve(file, path)
-    if deep:
-        check_exchange_timeframes(config)
-    return config
+    # warnings never fail a load (nor DAG parsing); check-config prints them
+    return dataclasses.replace(config, warnings=tuple(check_exchange_capabilities(config, fields=deep)))
 
 
-def check_exchange_timeframes(config: MarketflowConfig) -> None:
-    found = []
-    for ex in config.exchanges:
-        offered = _exchange_timeframes(ex.ccxt_id)
-        usable = ", ".join(t for t in SUPPORTED_TIMEFRAMES if t in offered)
-        for i, m in enumerate(ex.markets):
-            found += [ConfigIssue(f"exchanges.{ex.name}.markets[{i}].timeframes",
-                                  f"timeframe {tf!r} is not offered by {ex.ccxt_id}", f"use one of {usable}")
-                      for tf in m.timeframes if tf not in offered]
-    if found:
-        raise ConfigError.of(config.source, found)
+def check_exchange_capabilities(config: MarketflowConfig, fields: bool = False) -> list[str]:
+    """Refuse an enabled exchange whose ccxt class cannot fetch candles or a timeframe it does not offer (one
+    ConfigError naming every one); return the warnings: what an exchange cannot give (a capped history,
+    no batch tickers and, with ``fields``, no quote volume or trade count), each naming the key. Reads
+    ccxt's capabilities from the committed snapshot (exchange_facts.capabilities), so DAG parsing does
+    not import ccxt; ``fields`` asks the parser, which does."""
+    from marketflow.exchange_facts import capability_issues
+
+    issues = capability_issues(config.exchanges, fields=fields)
+    fatal = [ConfigIssue(i.key, i.problem, i.fix) for i in issues if i.fatal]
+    if fatal:
+        raise ConfigError.of(config.source, fatal)
+    return [f"{config.source}: {i}" for i in issues]
 
 
 def _substitute(node: Any, env: dict[str, str], key: str, missing: list[ConfigIssue]) -> Any:
@@ -694,13 +725,6 @@ def ccxt_exchange_ids() -> frozenset[str]:
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError("ccxt is not installed; pip install -r requirements.txt")
     return frozenset(p.stem for p in Path(spec.origin).parent.glob("*.py") if not p.stem.startswith("_"))
-
-
-@functools.cache
-def _exchange_timeframes(ccxt_id: str) -> frozenset[str]:
-    import ccxt
-
-    return frozenset(getattr(ccxt, ccxt_id)().timeframes or {})
 
 
 # --- pydantic's errors in marketflow's words ---------------------------------------------------------

@@ -24,6 +24,7 @@ import tenacity
 
 from marketflow.config import ExchangeConfig
 from marketflow.errors import ErrorClass, backoff, classify
+from marketflow.exchange_facts import EDGE_MARGIN_CANDLES, ExchangeFacts, exchange_facts
 from marketflow.secrets import exchange_credentials, redact
 from marketflow.timeframes import Window, ceil_ms, iso, timeframe_ms
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OHLCV_LIMIT = 500
 _URL_HOST = re.compile(r"^https?://[^/]+")
 
 
@@ -88,6 +88,9 @@ class PipelineClient:
     # Called with each failed call's details (ops.api_errors); set by the pipeline.
     error_sink: Callable[[dict[str, Any]], None] | None = None
     shared_limiter: SharedRateLimiter | None = None
+    # Page size, paging, history depth (exchange_facts.py), with the markets file's overrides; set by
+    # build_exchange.
+    marketflow_facts: ExchangeFacts | None = None
 
     def __init__(self, config: dict[str, Any], secrets: tuple[str, ...] = ()) -> None:
         self.recorder = ResponseRecorder()
@@ -160,6 +163,7 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, de
         urls = copy.deepcopy(_default_api_urls(cfg.ccxt_id))
         params["urls"] = {**urls, "api": rewrite_hosts(urls["api"], cfg.api_base_url)}
     exchange = client_class(cfg.ccxt_id)(params, secrets=tuple(credentials.values()))
+    exchange.marketflow_facts = exchange_facts(cfg.ccxt_id, cfg.facts)
     if limiter_conn is not None:
         from marketflow.rate_limit import SharedRateLimiter
 
@@ -384,46 +388,91 @@ def parser_for(ccxt_id: str) -> ccxt.Exchange:
 _PARSERS: dict[str, ccxt.Exchange] = {}
 
 
+def facts_of(exchange: ccxt.Exchange) -> ExchangeFacts:
+    """The candle facts ``build_exchange`` attached (with the markets file's overrides), else ccxt's."""
+    facts = getattr(exchange, "marketflow_facts", None)
+    return facts if facts is not None else exchange_facts(exchange.id)
+
+
 def ohlcv_page_limit(exchange: ccxt.Exchange) -> int:
-    """The exchange's per-call candle maximum, as ccxt documents it in ``features``."""
-    spot = (exchange.features or {}).get("spot") or {}
-    limit = (spot.get("fetchOHLCV") or {}).get("limit")
-    return int(limit) if limit else DEFAULT_OHLCV_LIMIT
+    """The exchange's per-call candle maximum (ccxt's ``features``, or the markets file's override)."""
+    return facts_of(exchange).page_limit
 
 
 @dataclass
 class OhlcvPage:
-    """One page of candles: the HTTP exchange(s) behind it and the open times ccxt parsed from it."""
+    """One page of candles: the HTTP exchange(s) behind it and the open times ccxt parsed from it.
+
+    ``beyond_history``: a part of the window older than the exchange serves (its history depth), not
+    fetched, or refused by the exchange as too old (then ``responses`` holds the refusal, kept in raw)."""
 
     responses: list[HttpExchange]
-    request: dict[str, Any]
+    request: dict[str, Any] | None
     open_times: list[int]
+    beyond_history: Window | None = None
 
 
-def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, window: Window) -> Iterator[OhlcvPage]:
-    """Page through ``window`` with the exchange's per-call maximum, oldest first.
+def _refused_as_too_old(exc: Exception, facts: ExchangeFacts, timeframe: str, cursor: int, now_ms: int
+                        ) -> int | None:
+    """Where paging resumes when the exchange refused a page (HTTP 400, a bad request) whose start the
+    facts put at or beyond its history edge (Gate: "Candlestick too long ago"); None: a real error."""
+    responses = getattr(exc, "responses", None) or []
+    status = responses[-1].status if responses else None
+    if status != 400 and classify(exc, status) is not ErrorClass.BAD_REQUEST:
+        return None
+    # twice the margin the pager keeps from the edge: the edge moved on while the task ran
+    floor = facts.history_floor_ms(timeframe, now_ms, margin=2 * EDGE_MARGIN_CANDLES)
+    return floor if floor is not None and cursor < floor else None
 
-    The cursor advances past the newest candle of each page (or past the span of an empty
-    page), so pages never overlap and the loop ends at the window's end. A page of candles
-    all older than the cursor (the exchange ignored ``since``) is a ``data`` error
-    (ccxt.BadResponse): re-asking would loop, stepping over would skip the window silently.
+
+def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, window: Window,
+                      now_ms: int | None = None) -> Iterator[OhlcvPage]:
+    """Page through ``window`` oldest first, as the exchange's facts say (exchange_facts.py).
+
+    Each page asks for the candles that open in [cursor, page end), page end = cursor + the page
+    size: for ``until`` exchanges the page end goes to ccxt as ``params['until']`` (Binance endTime,
+    OKX after, Bybit end, ...), ``bounded`` ones ccxt bounds itself (KuCoin, Gate), so an exchange that
+    answers the newest rows of a range (Bybit, KuCoin, OKX) answers exactly the page. The cursor then
+    moves past the newest candle of the window received; after an empty bounded page, to the page end
+    (the exchange has nothing in between); after an empty ``forward`` page (since only, Kraken), the
+    exchange has nothing at or after the cursor and paging stops; candles all after the window move it
+    to the first of them. The part of the window older than the exchange's history depth is not fetched
+    but yielded as ``beyond_history``, as is a page the exchange refuses as too old (HTTP 400 at the
+    edge). A page of candles all older than the cursor (the exchange ignored ``since``) is a ``data``
+    error (ccxt.BadResponse): re-asking would loop, stepping over would skip the window silently.
     """
+    facts = facts_of(exchange)
     step = timeframe_ms(timeframe)
-    page_max = ohlcv_page_limit(exchange)
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
     cursor = window.start_ms
-    # Ask for exactly the candles that open in what is left of the window (weeks open on Monday):
-    # no exchange-specific "until" semantics needed (OKX's `after` would otherwise return the newest
-    # page of the window first), and never limit=0, which exchanges refuse: nothing left, no request.
+    beyond = facts.beyond_history(window, timeframe, now)
+    if beyond is not None:
+        log.info("%s %s %s: %s is older than the newest %d candles %s serves; not fetched (beyond_exchange_history)",
+                 exchange.id, symbol, timeframe, beyond, facts.history_candles, facts.ccxt_id)
+        yield OhlcvPage([], None, [], beyond_history=beyond)
+        cursor = beyond.end_ms
+    # Never limit=0, which exchanges refuse: nothing left in the window, no request (weeks open on Monday).
     while (left := Window(cursor, max(cursor, window.end_ms)).candles(timeframe)) > 0:
-        limit = min(page_max, left)
-        request = {"symbol": symbol, "timeframe": timeframe, "since": cursor, "limit": limit}
+        limit = min(facts.page_limit, left)
+        page_end = ceil_ms(cursor, timeframe) + limit * step
+        params = {"until": page_end - 1} if facts.paging == "until" else {}
+        request = {"symbol": symbol, "timeframe": timeframe, "since": cursor, "limit": limit, **params}
         try:
             rows, responses = call_with_retries(
-                exchange, lambda c=cursor, n=limit: exchange.fetch_ohlcv(symbol, timeframe, since=c, limit=n),
+                exchange, lambda c=cursor, n=limit, p=params: exchange.fetch_ohlcv(symbol, timeframe, since=c, limit=n,
+                                                                                   params=dict(p)),
                 f"{symbol} {timeframe} candles from {iso(cursor)}")
         except Exception as exc:
-            exc.request = request  # type: ignore[attr-defined]
-            raise
+            resume = _refused_as_too_old(exc, facts, timeframe, cursor, int(time.time() * 1000))
+            if resume is None:
+                exc.request = request  # type: ignore[attr-defined]
+                raise
+            refused = Window(cursor, min(window.end_ms, resume))
+            log.info("%s %s %s: the exchange refused %s as too old (%s); beyond its history of %d candles",
+                     exchange.id, symbol, timeframe, refused, exc, facts.history_candles)
+            yield OhlcvPage(getattr(exc, "responses", None) or [], request, [], beyond_history=refused)
+            cursor = refused.end_ms
+            continue
         open_times = sorted(int(r[0]) for r in rows)
         if not open_times or open_times[-1] < cursor:
             # Nothing at or after the cursor: a hole, unless the exchange answered candles that were all
@@ -444,10 +493,17 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
                 raise stale
         yield OhlcvPage(responses, request, open_times)
         in_window = [t for t in open_times if cursor <= t < window.end_ms]
-        # An empty page is a hole in the exchange's data (or before its listing): step over the span
-        # it covered instead of stopping, so candles after the hole are still fetched. Either way the
-        # cursor moves forward (limit >= 1), so the loop ends.
-        cursor = in_window[-1] + step if in_window else ceil_ms(cursor, timeframe) + limit * step
+        later = [t for t in open_times if t >= cursor]
+        if in_window:
+            cursor = in_window[-1] + step
+        elif facts.paging != "forward":
+            cursor = page_end  # a bounded page came back empty: the exchange has nothing in it
+        elif later:
+            cursor = ceil_ms(later[0], timeframe)  # its next candle opens after the window
+        else:
+            log.debug("%s %s %s: nothing at or after %s; the rest of %s is empty at the source", exchange.id,
+                      symbol, timeframe, iso(cursor), window)
+            break
     log.debug("paged %s %s %s up to %s", exchange.id, symbol, timeframe, iso(cursor))
 
 

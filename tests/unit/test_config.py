@@ -106,13 +106,88 @@ def test_timeframe_the_exchange_does_not_offer(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
-def test_deep_check_knows_what_each_exchange_offers(tmp_path: Path) -> None:
-    # Kraken has no 3-minute candles; the fast parse-time check cannot know, the deep check does.
-    text = "exchanges:\n  kraken:\n    markets:\n      - symbol: BTC/USD\n        timeframes: [1m, 3m]\n"
+def _ccxt_class(ccxt_id: str):
+    """The exchange as ccxt describes it, read here without marketflow (the oracle of the checks below)."""
+    import ccxt
+
+    return getattr(ccxt, ccxt_id)()
+
+
+def test_a_timeframe_the_exchange_does_not_offer_fails_the_load(tmp_path: Path) -> None:
+    # Kraken has no 3-minute candles: DAG parsing (a plain load) refuses it, without importing ccxt.
+    assert "3m" not in _ccxt_class("kraken").timeframes and "1m" in _ccxt_class("kraken").timeframes
+    path = write(tmp_path, "exchanges:\n  kraken:\n    markets:\n      - {symbol: BTC/USD, timeframes: [1m, 3m]}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value) == (f"{path}: exchanges.kraken.markets[0].timeframes: timeframe '3m' is not offered by "
+                              "kraken. Fix: use one of 1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w")
+
+
+def test_an_exchange_that_cannot_fetch_candles_is_refused(tmp_path: Path) -> None:
+    assert not _ccxt_class("coincheck").has.get("fetchOHLCV")
+    text = "exchanges:\n  coincheck:\n    markets: [BTC/JPY]\n  binance:\n    markets: [BTC/USDT]\n"
     path = write(tmp_path, text)
-    assert load_config(path, env={}).market("kraken", "BTC/USD").timeframes == ("1m", "3m")
-    with pytest.raises(ConfigError, match=r"kraken\.markets\[0\]\.timeframes: timeframe '3m' is not offered by kraken"):
-        load_config(path, env={}, deep=True)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(err.value) == (f"{path}: exchanges.coincheck: coincheck cannot fetch candles (ccxt's "
+                              "has['fetchOHLCV'] is false). Fix: remove the exchange or set enabled: false")
+    assert (err.value.key, err.value.fix) == ("exchanges.coincheck", "remove the exchange or set enabled: false")
+    # disabled, it is never called: no refusal
+    disabled = write(tmp_path, text.replace("  coincheck:\n", "  coincheck:\n    enabled: false\n"))
+    assert load_config(disabled, env={}).exchange("coincheck").enabled is False
+
+
+def test_dag_parsing_checks_capabilities_without_importing_ccxt(tmp_path: Path) -> None:
+    """The refusals run at every DAG parse from the committed capability snapshot: importing ccxt there
+    would cost every parse about a second."""
+    path = write(tmp_path, "exchanges:\n  kraken:\n    markets: [BTC/USD]\n  coincheck:\n    markets: [BTC/JPY]\n")
+    script = ("import sys\nfrom marketflow.config import ConfigError, load_config\n"
+              f"try:\n    load_config({str(path)!r}, env={{}})\nexcept ConfigError as exc:\n    print(exc.key)\n"
+              "print('ccxt' in sys.modules)\n")
+    plugins = Path(marketflow.__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(plugins)}).stdout.split()
+    assert out == ["exchanges.coincheck", "False"]
+
+
+def test_warnings_name_what_an_exchange_cannot_give(tmp_path: Path) -> None:
+    """A capped history and no batch tickers are warned at every load; no quote volume or trade count
+    by the deep check (check-config), which asks the parser. Warnings never fail a load."""
+    assert not _ccxt_class("bitbank").has.get("fetchTickers") and _ccxt_class("bitbank").has.get("fetchOHLCV")
+    text = ("exchanges:\n  kraken:\n    markets: [BTC/USD]\n  bitbank:\n    markets: [BTC/JPY]\n"
+            "  binance:\n    markets: [BTC/USDT]\n")
+    path = write(tmp_path, text)
+    kraken_history = (f"{path}: exchanges.kraken: kraken serves only its newest 720 candles of each timeframe: older "
+                      "windows are reported beyond_exchange_history, not fetched")
+    bitbank_tickers = (f"{path}: exchanges.bitbank: bitbank has no batch tickers (ccxt's has['fetchTickers'] is "
+                       "false): one ticker request per market")
+    assert load_config(path, env={}).warnings == (kraken_history, bitbank_tickers)
+    deep = load_config(path, env={}, deep=True).warnings
+    # Kraken sends a trade count and no quote volume; Binance sends both (parsing.KLINE_LAYOUTS)
+    assert deep == (kraken_history,
+                    f"{path}: exchanges.kraken: no quote volume: kraken does not send it; the column stays NULL",
+                    bitbank_tickers,
+                    f"{path}: exchanges.bitbank: no quote volume: marketflow has no field map for bitbank (add it to "
+                    "parsing.KLINE_LAYOUTS); the column stays NULL",
+                    f"{path}: exchanges.bitbank: no trade count: marketflow has no field map for bitbank (add it to "
+                    "parsing.KLINE_LAYOUTS); the column stays NULL")
+    # the markets file's facts override the documented cap: no cap, no warning
+    lifted = write(tmp_path, text.replace("  kraken:\n", "  kraken:\n    facts: {history_candles: 0}\n"))
+    assert load_config(lifted, env={}).warnings == (bitbank_tickers.replace(str(path), str(lifted)),)
+
+
+def test_facts_overrides_are_checked_and_passed_on(tmp_path: Path) -> None:
+    path = write(tmp_path, "exchanges:\n  gate:\n    facts: {page_limit: 500, row_order: oldest_first}\n"
+                           "    markets: [BTC/USDT]\n")
+    assert load_config(path, env={}).exchange("gate").facts == {"page_limit": 500, "row_order": "oldest_first"}
+    bad = write(tmp_path, "exchanges:\n  gate:\n    facts: {page_limit: 0, paging: sideways, depth: 3}\n"
+                          "    markets: [BTC/USDT]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, env={})
+    assert [i.key for i in err.value.issues] == ["exchanges.gate.facts.page_limit", "exchanges.gate.facts.paging",
+                                                 "exchanges.gate.facts.depth"]
+    assert str(err.value).splitlines()[0].startswith(f"{bad}: exchanges.gate.facts.page_limit: 0 is out of range. "
+                                                     "Fix: use a whole number greater than 0")
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
