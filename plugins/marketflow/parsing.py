@@ -259,21 +259,31 @@ def _field(row: Any, key: int | str | None) -> Any:
     """The row's value at position or key ``key``; _MISSING when it has none."""
     if key is None:
         return _MISSING
-    if isinstance(key, int):
-        return row[key] if isinstance(row, list) and len(row) > key else _MISSING
-    return row[key] if isinstance(row, dict) and key in row else _MISSING
+    if type(key) is int:
+        return row[key] if type(row) is list and len(row) > key else _MISSING
+    return row[key] if type(row) is dict and key in row else _MISSING
 
 
 def _candle(row: Any, index: int, layout: KlineLayout, quote_keys: tuple[int | str, ...], open_time_ms: int,
             o: Decimal, h: Decimal, low: Decimal, c: Decimal, v: Decimal) -> Candle:
-    quote = next((value for value in map(lambda k: _field(row, k), quote_keys) if value is not _MISSING), None)
-    trades = _field(row, layout.trades)
-    return Candle(
-        open_time_ms=open_time_ms, open=o, high=h, low=low, close=c, volume=v,
-        quote_volume=None if quote is None else _dec(quote, "quote volume"),
-        trades=None if trades is _MISSING else _int(trades, "trades"),
-        row_index=index, row=row,
-    )
+    quote = trades = None
+    if type(row) is list:  # inlined _field: this runs for every candle
+        n = len(row)
+        for key in quote_keys:  # the first the row has
+            if type(key) is int and n > key:
+                quote = _dec(row[key], "quote volume")
+                break
+        if type(layout.trades) is int and n > layout.trades:
+            trades = _int(row[layout.trades], "trades")
+    else:
+        for key in quote_keys:
+            if (value := _field(row, key)) is not _MISSING:
+                quote = _dec(value, "quote volume")
+                break
+        if (value := _field(row, layout.trades)) is not _MISSING:
+            trades = _int(value, "trades")
+    return Candle(open_time_ms=open_time_ms, open=o, high=h, low=low, close=c, volume=v, quote_volume=quote,
+                  trades=trades, row_index=index, row=row)
 
 
 def _positional_candle(row: Any, index: int, layout: KlineLayout, quote_keys: tuple[int | str, ...]
@@ -303,12 +313,11 @@ def _still_open(row: Any, layout: KlineLayout, open_ms: int, step: int, received
     invalid, and is left to validation to reject."""
     if open_ms > received_ms:
         return False
-    flag = _field(row, layout.open_flag)
-    if flag is not _MISSING:
+    if layout.open_flag is not None and (flag := _field(row, layout.open_flag)) is not _MISSING:
         return str(flag).lower() in layout.open_values
-    close_time = _field(row, layout.close_time)
-    if close_time is not _MISSING:
-        return int(close_time) >= received_ms
+    close_time = layout.close_time
+    if close_time is not None and type(row) is list and len(row) > close_time:
+        return int(row[close_time]) >= received_ms
     # Exchanges that do not say: a candle is closed once its interval has passed.
     return open_ms + step > received_ms
 

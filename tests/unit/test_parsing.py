@@ -1,4 +1,4 @@
-"""parse_candles reads well-formed spot rows of Binance and OKX by position instead of through
+"""parse_candles reads well-formed spot rows of Binance and OKX (and their envelopes) by position instead of through
 ccxt's parse_ohlcv. Both paths must give the same candles, still-open counts and reject reasons,
 on the bundled real candles and on every malformed row of the bad-input corpus."""
 
@@ -82,6 +82,30 @@ def test_malformed_rows_get_the_same_reason_on_both_paths(monkeypatch: pytest.Mo
     fast, via_ccxt = both_paths(monkeypatch, doc("binance", rows, BINANCE_MARKET))
     assert comparable(fast) == comparable(via_ccxt)
     assert len(fast.candles) + len(fast.rejects) == 3
+
+
+def okx_row(row: Any) -> Any:
+    """A Binance row as OKX sends it: open time as text, [ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]."""
+    if not isinstance(row, list) or len(row) < 8:
+        return row
+    return [str(row[0]) if type(row[0]) is int else row[0], *row[1:6], row[7], row[7], "1"]
+
+
+@pytest.mark.parametrize(("case", "row", "reason"), BAD_ROWS, ids=[c for c, _, _ in BAD_ROWS])
+def test_malformed_okx_rows_get_the_same_reason_on_both_paths(monkeypatch: pytest.MonkeyPatch, case: str, row: Any,
+                                                              reason: str) -> None:
+    rows = [okx_row(kline(T0 + 2 * 60_000)), okx_row(row), okx_row(kline(T0))]  # newest first
+    fast, via_ccxt = both_paths(monkeypatch, doc("okx", {"code": "0", "msg": "", "data": rows}, OKX_MARKET))
+    assert comparable(fast) == comparable(via_ccxt)
+    assert len(fast.candles) + len(fast.rejects) == 3
+
+
+@pytest.mark.parametrize("ts", ["01660435200000", "1660435200000.0", "1e12", " 1660435200000", "١٦٦٠٤٣٥٢٠٠٠٠٠",
+                                "99999999999999999999"])
+def test_odd_okx_open_times_parse_alike_on_both_paths(monkeypatch: pytest.MonkeyPatch, ts: str) -> None:
+    row = [ts, "10", "11", "9", "10.5", "1", "10", "10", "1"]
+    fast, via_ccxt = both_paths(monkeypatch, doc("okx", {"code": "0", "msg": "", "data": [row]}, OKX_MARKET))
+    assert comparable(fast) == comparable(via_ccxt)
 
 
 def test_only_spot_markets_are_read_by_position(monkeypatch: pytest.MonkeyPatch) -> None:
