@@ -79,9 +79,10 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk
     a market missing two years of history costs each hourly run at most ``limit`` chunks, never the
     whole gap in one task: history fills chunk by chunk, run after run. Per exchange at most ``limit``
     chunks are pending at a time. A chunk is not queued again while one overlapping it is pending or
-    running, once confirmed empty at the source, or (after failing with errors ``max_attempts`` times)
-    until ``retry_failed_hours`` have passed; such chunks do not take the slots of others. A trailing
-    gap ending within TRAILING_GRACE_MINUTES of now is not queued (a longer one, e.g. after downtime, is).
+    running, once confirmed empty at the source or beyond the exchange's history, or (after failing
+    with errors ``max_attempts`` times) until ``retry_failed_hours`` have passed; such chunks do not
+    take the slots of others. A trailing gap ending within TRAILING_GRACE_MINUTES of now is not queued
+    (a longer one, e.g. after downtime, is).
     """
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('marts.data_quality_gaps') IS NOT NULL")
@@ -115,7 +116,8 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk
                           AND t.window_start < least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60))
                           AND t.window_end > greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60))
                           AND (t.status IN ('pending', 'running')
-                               OR (t.status = 'completed' AND t.outcome = 'confirmed_empty'
+                               OR (t.status = 'completed' AND t.outcome IN ('confirmed_empty',
+                                                                            'beyond_exchange_history')
                                    AND t.window_start <= greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60))
                                    AND t.window_end >= least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60)))
                                OR (t.status = 'failed'
@@ -187,11 +189,14 @@ def claim_tasks(conn, exchange: str, limit: int, run_id: str) -> list[BackfillTa
     return sorted(tasks, key=lambda t: -t.window_end_ms)
 
 
-def finish_task(conn, task: BackfillTask, present: int, error: str | None = None) -> str:
+def finish_task(conn, task: BackfillTask, present: int, error: str | None = None,
+                beyond_history: bool = False) -> str:
     """Record an attempt's outcome from the candles now present in the (formerly empty) window.
 
     candles landed                -> completed / repaired (what the exchange still lacks inside the
                                      window shows up as a new, smaller gap)
+    the whole window is older than the exchange serves (``beyond_history``, its history depth)
+                                  -> completed / beyond_exchange_history at once: asking again cannot help
     the exchange returned nothing -> pending again, or completed / confirmed_empty after max_attempts
     an error                      -> pending again, or failed after max_attempts
     Returns the new status (and outcome) in words.
@@ -201,6 +206,8 @@ def finish_task(conn, task: BackfillTask, present: int, error: str | None = None
         status, outcome = ("failed" if exhausted else "pending"), None
     elif present > 0:
         status, outcome = "completed", "repaired"
+    elif beyond_history:
+        status, outcome = "completed", "beyond_exchange_history"
     else:
         status, outcome = ("completed", "confirmed_empty") if exhausted else ("pending", None)
     with conn.cursor() as cur:

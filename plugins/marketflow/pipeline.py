@@ -22,6 +22,7 @@ from marketflow import market_health
 from marketflow.alerts import record_api_error
 from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import ErrorClass, MarketsFailed, UnusableDataError, classify
+from marketflow.exchange_facts import exchange_facts
 from marketflow.exchanges import (
     build_exchange,
     fetch_ohlcv_pages,
@@ -123,6 +124,8 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         "exchange": market.exchange, "symbol": market.symbol, "timeframe": timeframe,
         "window_start_ms": window.start_ms, "window_end_ms": window.end_ms,
         "payload_ids": [], "ticker_payload_ids": [], "pages": 0, "candles_fetched": 0,
+        # parts of the window older than the exchange serves: [[start_ms, end_ms]], and their candles
+        "beyond_history": [], "beyond_history_candles": 0,
     }
     started = time.monotonic()
     log_fields = {"stage": "extract", "exchange": market.exchange, "symbol": market.symbol, "timeframe": timeframe,
@@ -152,6 +155,14 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         expected = window.candles(timeframe)
         if not window.empty:
             for page in fetch_ohlcv_pages(exchange, market.symbol, timeframe, window):
+                if page.beyond_history is not None:
+                    # not fetched, or refused as too old: the refusal is kept in raw as evidence, not data
+                    result["payload_ids"] += raw.save_responses(
+                        ctx, page.responses, page.request, keep=written,
+                        error=f"beyond the exchange's history: {page.beyond_history}" if page.responses else None)
+                    result["beyond_history"].append([page.beyond_history.start_ms, page.beyond_history.end_ms])
+                    result["beyond_history_candles"] += page.beyond_history.candles(timeframe)
+                    continue
                 result["payload_ids"] += raw.save_responses(ctx, page.responses, page.request, keep=written)
                 result["pages"] += 1
                 result["candles_fetched"] += sum(1 for t in page.open_times if window.start_ms <= t < window.end_ms)
@@ -188,8 +199,10 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         "candles_fetched": result["candles_fetched"], "payload_ids": result["payload_ids"],
         "ticker_payload_ids": result["ticker_payload_ids"],
     })
-    log.info("%s %s %s: fetched %d candles in %d pages for %s in %.1fs", market.exchange, market.symbol, timeframe,
-             result["candles_fetched"], result["pages"], window, duration)
+    log.info("%s %s %s: fetched %d candles in %d pages for %s in %.1fs%s", market.exchange, market.symbol, timeframe,
+             result["candles_fetched"], result["pages"], window, duration,
+             f"; {result['beyond_history_candles']} candles beyond the exchange's history, not fetched"
+             if result["beyond_history_candles"] else "")
     return result
 
 
@@ -252,7 +265,8 @@ def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str
     extracted_at = time.monotonic()
     loaded = load_market(conn, raw, extracted, attempt, written=written)
     return {**loaded, "pages": extracted["pages"], "extract_s": round(extracted_at - started, 3),
-            "load_s": round(time.monotonic() - extracted_at, 3)}
+            "load_s": round(time.monotonic() - extracted_at, 3),
+            "beyond_history_candles": extracted["beyond_history_candles"]}
 
 
 @dataclass
@@ -437,11 +451,23 @@ def _record_health(conn, record: Callable[[Any], Any]) -> None:
 def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt,
                ops_conn=None, deadline: float | None = None) -> str:
     """Re-fetch one queued gap window (history work: it leaves the live rate reserve alone) and record
-    the outcome on its ops.backfill_tasks row; returns the row's new state in words."""
+    the outcome on its ops.backfill_tasks row; returns the row's new state in words.
+
+    A window wholly older than the exchange serves (its history depth, exchange_facts.py) is recorded
+    beyond_exchange_history without calling the exchange; one that turns out so while fetching (the
+    exchange refused it as too old) likewise, once nothing of it landed."""
     try:
         market = config.market(task.exchange, task.symbol)
-        ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt, ops_conn=ops_conn,
-                      live=False, deadline=deadline)
+        exchange_cfg = config.exchange(task.exchange)
+        facts = exchange_facts(exchange_cfg.ccxt_id, exchange_cfg.facts)
+        if facts.beyond_history(task.window, task.timeframe, int(time.time() * 1000)) == task.window:
+            state = finish_task(conn, task, 0, beyond_history=True)
+            log.info("gap %s %s %s %s: older than the newest %d candles %s serves; not fetched, task now %s",
+                     task.exchange, task.symbol, task.timeframe, task.window, facts.history_candles,
+                     exchange_cfg.ccxt_id, state)
+            return state
+        result = ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt, ops_conn=ops_conn,
+                               live=False, deadline=deadline)
     except Exception as exc:
         if not conn.closed:
             conn.rollback()
@@ -450,7 +476,8 @@ def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn
                   task.timeframe, task.window, task.attempts, task.max_attempts, exc, state)
         raise
     present = count_present(conn, task.exchange, task.symbol, task.timeframe, task.window)
-    state = finish_task(conn, task, present)
+    beyond = result.get("beyond_history_candles", 0) >= task.window.candles(task.timeframe)
+    state = finish_task(conn, task, present, beyond_history=beyond)
     log.info("gap %s %s %s %s: %d of %d candles present after attempt %d/%d; task now %s", task.exchange,
              task.symbol, task.timeframe, task.window, present, task.window.candles(task.timeframe), task.attempts,
              task.max_attempts, state)

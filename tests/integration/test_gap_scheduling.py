@@ -1,4 +1,5 @@
-"""Which open gaps the hourly run queues for repair (ops.schedule_gap_repairs).
+"""Which open gaps the hourly run queues for repair (ops.schedule_gap_repairs), and what a repair of a window
+beyond the exchange's history records (pipeline.repair_gap).
 
 marts.data_quality_gaps is a dbt mart; here a table with its columns stands in for it, so the
 rule is tested on its own (the full loop through dbt is tests/dbt/test_gap_repair_loop.py).
@@ -8,7 +9,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from marketflow.ops import TRAILING_GRACE_MINUTES, schedule_gap_repairs
+import pytest
+
+from marketflow.config import load_config
+from marketflow.ops import TRAILING_GRACE_MINUTES, BackfillTask, claim_tasks, schedule_gap_repairs
+from marketflow.pipeline import Attempt, repair_gap
+from marketflow.raw_store import RawStore
 
 
 def _gaps(pg_conn, rows: list[tuple[str, str, datetime, datetime, str, str]]) -> None:
@@ -127,3 +133,97 @@ def test_chunks_confirmed_empty_near_the_end_do_not_hide_older_ones(pg_conn) -> 
     pg_conn.commit()
     assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1", chunk_minutes=1440) == 2
     assert [(ws, we) for _, _, ws, we, st, _ in _tasks(pg_conn) if st == "pending"] == cells[3:5]
+
+
+def test_chunks_beyond_the_exchange_history_are_not_queued_again(pg_conn) -> None:
+    """Kraken serves only its newest 720 candles: chunks older than that end beyond_exchange_history and, like
+    confirmed-empty ones, are never queued again, without hiding the older chunks of the same gap."""
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 6, tzinfo=UTC)
+    _gaps(pg_conn, [("kraken", "BTC/USD", start, end, "leading", "open")])
+    cells = _grid_cells(start, end, timedelta(days=1))
+    with pg_conn.cursor() as cur:
+        for ws, we in cells[:2]:
+            cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, "
+                        "status, outcome, attempts) VALUES ('kraken', 'BTC/USD', '1m', %s, %s, 'completed', "
+                        "'beyond_exchange_history', 1)", (ws, we))
+    pg_conn.commit()
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1", chunk_minutes=1440) == 2
+    assert [(ws, we) for _, _, ws, we, st, _ in _tasks(pg_conn) if st == "pending"] == cells[2:4]
+
+
+def test_the_outcome_is_one_the_table_accepts_and_no_other(pg_conn) -> None:
+    """Revision 0003 widened ops.backfill_tasks' outcome check by exactly beyond_exchange_history."""
+    import psycopg2
+
+    with pg_conn.cursor() as cur:
+        for outcome in ("repaired", "confirmed_empty", "beyond_exchange_history"):
+            cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, "
+                        "status, outcome) VALUES ('gate', %s, '1m', now() - interval '1 hour', now(), 'completed', %s)",
+                        (outcome, outcome))
+    pg_conn.commit()
+    with pytest.raises(psycopg2.errors.CheckViolation), pg_conn.cursor() as cur:
+        cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, status, "
+                    "outcome) VALUES ('gate', 'X/USDT', '1m', now() - interval '1 hour', now(), 'completed', 'beyond')")
+    pg_conn.rollback()
+
+
+MARKETS = """
+exchanges:
+  {name}:
+    ccxt_id: {ccxt_id}
+    api_base_url: {url}
+    options: {{fetchMarkets: {{types: [spot]}}}}
+    facts: {{history_candles: {history}}}
+    markets:
+      - symbol: SOL/USDT
+        history_start: "2024-01-01T00:00:00Z"
+"""
+
+
+def _one_task(pg_conn, exchange: str, start: datetime, end: datetime) -> BackfillTask:
+    with pg_conn.cursor() as cur:
+        cur.execute("INSERT INTO ops.backfill_tasks (exchange, symbol, timeframe, window_start, window_end, reason, "
+                    "max_attempts) VALUES (%s, 'SOL/USDT', '1m', %s, %s, 'gap', 3)", (exchange, start, end))
+    pg_conn.commit()
+    (task,) = claim_tasks(pg_conn, exchange, 1, "r1")
+    return task
+
+
+def _task_row(pg_conn) -> tuple:
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT status, outcome, attempts, candles_found, last_error FROM ops.backfill_tasks")
+        return cur.fetchone()
+
+
+def test_a_repair_wholly_beyond_the_history_is_recorded_without_calling_the_exchange(tmp_path, pg_conn,
+                                                                                    mongo_db) -> None:
+    """Gate serves 10,000 one-minute candles (~6.9 days): a gap chunk from 10 days ago is beyond its history at
+    the first attempt, and no request is made (nothing listens at the exchange's address)."""
+    path = tmp_path / "markets.yml"
+    path.write_text(MARKETS.format(name="gate", ccxt_id="gate", url="http://127.0.0.1:9", history="10000"))
+    config = load_config(path, env={})
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    task = _one_task(pg_conn, "gate", now - timedelta(days=10), now - timedelta(days=9))
+    state = repair_gap(config, task, RawStore(mongo_db), pg_conn, Attempt("test", "r1", "repair_gate"))
+    assert state == "completed/beyond_exchange_history"
+    assert _task_row(pg_conn) == ("completed", "beyond_exchange_history", 1, 0, None)
+    assert mongo_db.raw_market_payload.count_documents({}) == 0
+
+
+def test_a_repair_reaching_into_the_history_loads_what_is_served(tmp_path, pg_conn, mongo_db, emulator_url) -> None:
+    """A chunk straddling the history edge: the part inside is fetched and loaded (repaired); the older part is
+    not asked for, and stays a (smaller) gap the next runs find beyond the history."""
+    path = tmp_path / "markets.yml"
+    path.write_text(MARKETS.format(name="binance", ccxt_id="binance", url=emulator_url, history="120"))
+    config = load_config(path, env={})
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    task = _one_task(pg_conn, "binance", now - timedelta(hours=4), now - timedelta(hours=1))
+    state = repair_gap(config, task, RawStore(mongo_db), pg_conn, Attempt("test", "r1", "repair_binance"))
+    assert state == "completed/repaired"
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT min(open_time), count(*) FROM staging.ohlcv")
+        first, count = cur.fetchone()
+    # the newest 120 candles less the edge margin: the oldest fetched opens 114 minutes before the current minute
+    # (a minute may turn during the test)
+    assert now - timedelta(minutes=115) <= first <= now - timedelta(minutes=113), first
+    assert count == (now - timedelta(hours=1) - first) // timedelta(minutes=1)

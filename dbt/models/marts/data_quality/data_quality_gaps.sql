@@ -97,8 +97,9 @@ tasks as (
 ),
 
 -- A long gap is repaired in chunks (ops.schedule_gap_repairs), so a gap's tasks are the ones whose
--- window overlaps it: one pending or running makes it repair_scheduled; confirmed-empty windows that
--- cover all of it make it confirmed_empty_at_source. The task shown is the active one, else the one
+-- window overlaps it: one pending or running makes it repair_scheduled; windows the exchange cannot fill
+-- (confirmed empty, or older than its history depth) that cover all of it make it
+-- beyond_exchange_history when any of them is beyond the history, else confirmed_empty_at_source. The task shown is the active one, else the one
 -- with exactly the gap's window, else the latest.
 overlapping as (
     select
@@ -132,10 +133,15 @@ shown as (
     order by exchange, symbol, timeframe, gap_start, is_active desc, is_exact desc, updated_at desc, task_id desc
 ),
 
-confirmed_empty as (
-    select exchange, symbol, timeframe, gap_start
+settled as (
+    select
+        exchange,
+        symbol,
+        timeframe,
+        gap_start,
+        bool_or(outcome = 'beyond_exchange_history') as beyond_history
     from overlapping
-    where status = 'completed' and outcome = 'confirmed_empty'
+    where status = 'completed' and outcome in ('confirmed_empty', 'beyond_exchange_history')
     group by exchange, symbol, timeframe, gap_start, gap_end
     having range_agg(task_window) @> tstzrange(gap_start, gap_end)
 ),
@@ -151,6 +157,7 @@ gaps as (
         m.gap_kind,
         case
             when t.is_active then 'repair_scheduled'
+            when e.beyond_history then 'beyond_exchange_history'
             when e.gap_start is not null then 'confirmed_empty_at_source'
             -- no task, failed ones, or ones that claim a repair while the window is still empty
             else 'open'
@@ -166,7 +173,7 @@ gaps as (
     left join shown as t
         on t.exchange = m.exchange and t.symbol = m.symbol and t.timeframe = m.timeframe
        and t.gap_start = m.gap_start
-    left join confirmed_empty as e
+    left join settled as e
         on e.exchange = m.exchange and e.symbol = m.symbol and e.timeframe = m.timeframe
        and e.gap_start = m.gap_start
 ),
