@@ -1,7 +1,9 @@
 """Operator commands: ``marketflow <command>`` (installed by ``make install``), or
 ``python -m marketflow.cli <command>`` where only plugins/ is on the import path (Airflow's containers).
 
-    check-config                        parse the markets file and list what it configures
+    check-config                        parse the markets file, list what it configures and each exchange's
+                                        candle facts, refuse what an exchange cannot do (no fetchOHLCV, a
+                                        timeframe it lacks), warn about what it cannot give
     pools --format json                 the Airflow pools of every exchange (live, hourly, backfill), for
                                         `airflow pools import`
     markets status                      every market's state: active, failing or suspended, and why
@@ -120,13 +122,19 @@ def main(argv: list[str] | None = None) -> int:
             for name, pool in spec.items():
                 print(f"{name}\t{pool['slots']}\t{pool['description']}")
     elif args.cmd == "check-config":
-        print(f"{config.source}: OK")
+        from marketflow.exchange_facts import exchange_facts
+
+        print(f"{config.source}: OK" + (f", {len(config.warnings)} warning(s)" if config.warnings else ""))
         for ex in config.exchanges:
             state = "enabled" if ex.enabled else "disabled"
             print(f"  {ex.name} ({ex.ccxt_id}, {state}, {ex.api_base_url or 'live'}): "
                   + ", ".join(f"{m.symbol} {'/'.join(m.timeframes)}" for m in ex.markets))
+            if ex.enabled:
+                print(f"    candles: {exchange_facts(ex.ccxt_id, ex.facts).describe()}")
         print(f"  pools: {', '.join(f'{name} ({slots})' for name, (slots, _) in config.pools().items())}; "
               f"give Airflow's executor at least {config.required_parallelism()} slots (core.parallelism)")
+        for warning in config.warnings:  # what an exchange cannot give; the file is still valid
+            print(f"warning: {warning}")
     elif args.cmd == "markets":
         return _markets(args, config)
     elif args.cmd == "replay":

@@ -105,3 +105,53 @@ def test_gaps_without_the_mart_says_how_to_build_it(warehouse_dsn) -> None:
     res = marketflow(connections(warehouse_dsn), "gaps", "--all")
     assert res.returncode == 2
     assert "marts.data_quality_gaps does not exist yet" in res.stderr and "dbt build" in res.stderr
+
+
+def test_check_config_refuses_what_an_exchange_cannot_do(tmp_path) -> None:
+    """An exchange without fetchOHLCV and a timeframe the exchange lacks: exit 2, every one named with its key
+    and fix (ccxt, read here, is the oracle of what each class offers)."""
+    import ccxt
+
+    assert not ccxt.coincheck().has.get("fetchOHLCV") and "3m" not in ccxt.kraken().timeframes
+    path = tmp_path / "markets.yml"
+    path.write_text("exchanges:\n  coincheck:\n    markets: [BTC/JPY]\n  kraken:\n    markets:\n"
+                    "      - {symbol: BTC/USD, timeframes: [1m, 3m]}\n")
+    res = marketflow({"MARKETFLOW_CONFIG": str(path)}, "check-config")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.splitlines() == [
+        f"configuration error: {path}: exchanges.coincheck: coincheck cannot fetch candles (ccxt's has['fetchOHLCV'] "
+        "is false). Fix: remove the exchange or set enabled: false",
+        f"{path}: exchanges.kraken.markets[0].timeframes: timeframe '3m' is not offered by kraken. Fix: use one of "
+        "1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w"]
+
+
+def test_check_config_warns_what_an_exchange_cannot_give(tmp_path) -> None:
+    """A valid file with exchanges that cannot give everything: exit 0, the facts per exchange, one warning
+    per thing missing (a capped history, no batch tickers, no quote volume or trade count)."""
+    path = tmp_path / "markets.yml"
+    path.write_text("exchanges:\n  kraken:\n    markets: [BTC/USD]\n  bitbank:\n    markets: [BTC/JPY]\n"
+                    "  binance:\n    markets: [BTC/USDT]\n")
+    res = marketflow({"MARKETFLOW_CONFIG": str(path)}, "check-config")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"{path}: OK, 5 warning(s)"
+    assert ("    candles: 720 candles a page (forward paging), history the newest 720 candles, oldest first, "
+            "1.2 x 1000 ms a page (/0/public/OHLC)") in lines
+    assert ("    candles: 1000 candles a page (until paging), history back to the listing, oldest first, "
+            "0.4 x 50 ms a page (/api/v3/klines)") in lines
+    assert [line for line in lines if line.startswith("warning: ")] == [f"warning: {path}: {w}" for w in (
+        "exchanges.kraken: kraken serves only its newest 720 candles of each timeframe: older windows are reported "
+        "beyond_exchange_history, not fetched",
+        "exchanges.kraken: no quote volume: kraken does not send it; the column stays NULL",
+        "exchanges.bitbank: bitbank has no batch tickers (ccxt's has['fetchTickers'] is false): one ticker request "
+        "per market",
+        "exchanges.bitbank: no quote volume: marketflow has no field map for bitbank (add it to "
+        "parsing.KLINE_LAYOUTS); the column stays NULL",
+        "exchanges.bitbank: no trade count: marketflow has no field map for bitbank (add it to "
+        "parsing.KLINE_LAYOUTS); the column stays NULL")]
+    # the shipped demo file: Binance and OKX, no refusal, and OKX's missing trade count named
+    demo = marketflow({"MARKETFLOW_CONFIG": str(DEMO_CONFIG), "MARKETFLOW_EXCHANGE_URL": "http://127.0.0.1:9"},
+                      "check-config")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"warning: {DEMO_CONFIG}: exchanges.okx: no trade count: okx does not send it; the column stays NULL" \
+        in demo.stdout.splitlines()

@@ -278,7 +278,6 @@ class _RefuseOrForward(_Forward):
             self.end_headers()
             self.wfile.write(body)
             return
-        self.server.start_time_ms = None  # type: ignore[attr-defined]
         url = urllib.parse.urlsplit(self.path)
         with urllib.request.urlopen(f"{self.server.upstream}{url.path}?{url.query}", timeout=10) as resp:
             status, body, kind = resp.status, resp.read(), resp.headers.get("Content-Type", "application/json")
