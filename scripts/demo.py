@@ -1,8 +1,9 @@
-"""`make demo`: the whole pipeline offline, through Airflow, on the bundled real candles.
+"""`make demo`: the whole pipeline offline, through Airflow, on the bundled real candles (Binance
+ETH/USDT, OKX BTC/USDT) and one Bybit market of the emulator's synthetic candles (BTC/USDT).
 
 1. start Postgres, MongoDB (mongod or nx-27017), the exchange emulator and Airflow standalone;
 2. create one pool per exchange, unpause the hourly DAG and trigger it with a conf window
-   spanning the recorded days (each market's window is clipped to its recording);
+   spanning every market's bounded history (each market's window is clipped to its own);
 3. show progress until the run ends, then print rows per mart, latest prices, table checksums
    (compared with the previous demo run: a re-run must change nothing), the UI and SQL access.
 

@@ -399,6 +399,8 @@ class Stack:
         pg, mongo_uri = self.postgres, f"mongodb://127.0.0.1:{self.mongo_port}/marketflow"
         env = service_env(pg, mongo_uri, f"http://127.0.0.1:{self.emulator_port}")
         env["MARKETFLOW_CONFIG"] = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
+        # the demo file's synthetic Bybit market (the emulator serves it on the same port as the recordings)
+        env["MARKETFLOW_DEMO_BYBIT"] = os.environ.get("MARKETFLOW_DEMO_BYBIT", "true")
         return env | airflow_env(self.airflow_home, pg, self.airflow_port,
                                  parallelism=_parallelism(env["MARKETFLOW_CONFIG"], env))
 
