@@ -205,8 +205,8 @@ def test_in_progress_candles_wait() -> None:
     assert parse_candles(doc("gate", gate)).still_open == 1
     during = datetime.fromtimestamp((H0 + HOUR + 60_000) / 1000, UTC)
     kraken = {"error": [], "result": {"XXBTZUSD": [
-        [H0 // 1000, "1", "2", "0.5", "1.5", "1.2", "3", 4], [(H0 + HOUR) // 1000, "1", "2", "0.5", "1.5", "1.2", "3", 4]],
-        "last": H0 // 1000}}
+        [H0 // 1000, "1", "2", "0.5", "1.5", "1.2", "3", 4],
+        [(H0 + HOUR) // 1000, "1", "2", "0.5", "1.5", "1.2", "3", 4]], "last": H0 // 1000}}
     parsed = parse_candles(doc("kraken", kraken, fetched_at=during))
     assert (parsed.still_open, [c.open_time_ms for c in parsed.candles]) == (1, [H0])
 
@@ -280,7 +280,8 @@ TICKERS = [
         "v": ["4083.67001100", "4412.73601799"], "p": ["30706.77771", "30689.13205"], "t": [34619, 38907],
         "l": ["29868.30000", "29868.30000"], "h": ["31631.00000", "31631.00000"], "o": "30502.80000"}}},
      # Kraken sends no quote volume: ccxt's is the 24 h volume times the 24 h VWAP
-     "30303.20000", "30300.00000", "30300.10000", "4412.73601799", str(Decimal("4412.73601799") * Decimal("30689.13205"))),
+     "30303.20000", "30300.00000", "30300.10000", "4412.73601799",
+     str(Decimal("4412.73601799") * Decimal("30689.13205"))),
     ("gate", [{"currency_pair": "BTC_USDT", "last": "7.255", "lowest_ask": "7.298", "highest_bid": "7.218",
                "change_percentage": "-1.18", "base_volume": "1219.053687865", "quote_volume": "8807.40299875455",
                "high_24h": "7.262", "low_24h": "7.095"}],
