@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import ccxt
 import pytest
@@ -21,9 +20,8 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 JAN1 = 1704067200000  # 2024-01-01 00:00 UTC, DOGE/USDT's listing day in the emulator fixture
 KLINE = "/v5/market/kline?category=spot&symbol=DOGEUSDT&interval=1"
-# ccxt's own recorded Bybit reply (issue 15: tests/data/ccxt_static/, copied from ../shared/data/ccxt-static/)
-RECORDED = [REPO / "tests" / "data" / "ccxt_static" / "bybit.json",
-            REPO.parent / "shared" / "data" / "ccxt-static" / "bybit.json"]
+# ccxt's own recorded Bybit replies (ccxt's static test fixtures, kept in the repository's test data)
+RECORDED = REPO / "tests" / "data" / "ccxt_static" / "bybit.json"
 
 
 def source(symbol: str = "DOGE/USDT", listing: str = "2024-01-01") -> object:
@@ -250,9 +248,7 @@ def test_kline_reply_has_the_shape_of_the_recorded_bybit_reply(live):
     """The emulator's kline envelope against ccxt's recorded real Bybit reply (bybit.json, fetchOHLCV
     httpResponse): the same keys at every level, rows of 7 strings, newest first. The recording holds
     retCode and time as strings where Bybit's documentation shows numbers; both parse as integers."""
-    path = next((p for p in RECORDED if p.exists()), None)
-    assert path is not None, f"ccxt's recorded Bybit responses are missing: expected one of {list(map(str, RECORDED))}"
-    recorded = json.loads(Path(path).read_text())["methods"]["fetchOHLCV"]["responses"][0]["httpResponse"]
+    recorded = json.loads(RECORDED.read_text())["methods"]["fetchOHLCV"]["responses"][0]["httpResponse"]
     ours = wire(live.get(f"{KLINE}&start={JAN1}&limit=3")[2])
     assert set(ours) == set(recorded)
     assert set(ours["result"]) == set(recorded["result"])
