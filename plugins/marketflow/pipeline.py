@@ -596,7 +596,9 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
         chunks = market_chunks(unit, spec)
         expected = Window(spec["window_start_ms"], spec["window_end_ms"]).candles(timeframe)
         total = {"exchange": exchange, "symbol": spec["symbol"], "chunks": len(chunks), "chunks_skipped": 0,
-                 "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, "present": 0, "expected": expected}
+                 "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, "present": 0, "expected": expected,
+                 # candles older than the exchange serves (its history depth): not fetched, not "missing at source"
+                 "beyond_exchange_history": 0}
         started = time.monotonic()
         try:
             market = config.market(exchange, spec["symbol"])
@@ -615,6 +617,7 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
                                            ops_conn=ops_conn, live=False)
                 for key in ("inserted", "updated", "unchanged", "rejected"):
                     total[key] += int(result.get(key) or 0)
+                total["beyond_exchange_history"] += int(result.get("beyond_history_candles") or 0)
                 done = window.end_ms - spec["window_start_ms"]
                 log.info("%s %s (market %d/%d of this task): chunk %d/%d up to %s done, %.0f%% of its window; "
                          "%d inserted so far (%.0f candles/s)", exchange, market.symbol, m_index,
@@ -632,6 +635,10 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
         total["present"] = count_present(conn, exchange, spec["symbol"], timeframe,
                                          Window(spec["window_start_ms"], spec["window_end_ms"]))
         total["missing"] = max(total["expected"] - total["present"], 0)
+        if total["beyond_exchange_history"]:
+            log.warning("%s %s: %d candles of the window are older than %s serves (its history depth); not fetched, "
+                        "reported beyond_exchange_history", exchange, spec["symbol"], total["beyond_exchange_history"],
+                        config.exchange(exchange).ccxt_id)
         totals.append(total)
     if failures:
         raise MarketsFailed(f"backfill unit {unit['unit']}/{unit['units']} of {exchange}", failures)
