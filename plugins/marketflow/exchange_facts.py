@@ -77,9 +77,7 @@ class ExchangeFacts:
     def history_floor_ms(self, timeframe: str, now_ms: int, margin: int = EDGE_MARGIN_CANDLES) -> int | None:
         """The oldest open time worth asking for at ``now_ms`` (None: no cap): the newest
         ``history_candles`` candles, less ``margin`` at the old edge (it moves while a task runs)."""
-        if self.history_candles is None:
-            return None
-        return floor_ms(now_ms, timeframe) - (self.history_candles - 1 - margin) * timeframe_ms(timeframe)
+        return history_floor_ms(self.history_candles, timeframe, now_ms, margin)
 
     def beyond_history(self, window: Window, timeframe: str, now_ms: int) -> Window | None:
         """The part of ``window`` older than the exchange serves (None: all of it can be fetched)."""
@@ -102,6 +100,35 @@ class ExchangeFacts:
         cost = f"{self.ohlcv_cost:g} x {self.rate_limit_ms:g} ms a page" if self.ohlcv_cost else "cost unknown"
         return (f"{self.page_limit} candles a page ({self.paging} paging), history {depth}, {order}, "
                 f"{cost} ({self.ohlcv_endpoint or 'endpoint unknown'})")
+
+
+def history_floor_ms(history_candles: int | None, timeframe: str, now_ms: int, margin: int = EDGE_MARGIN_CANDLES
+                     ) -> int | None:
+    """The oldest open time an exchange serving its newest ``history_candles`` candles (the one forming
+    at ``now_ms`` included) is asked for, ``margin`` candles inside its edge; None without a cap."""
+    if history_candles is None:
+        return None
+    return floor_ms(now_ms, timeframe) - (history_candles - 1 - margin) * timeframe_ms(timeframe)
+
+
+def history_candles(ccxt_id: str, overrides: Mapping[str, Any] | None = None) -> int | None:
+    """The history depth alone (the markets file's override, else HISTORY_CANDLES), without importing ccxt."""
+    configured = (overrides or {}).get("history_candles")
+    if configured is not None:
+        return configured or None  # 0: no cap
+    return HISTORY_CANDLES.get(ccxt_id)
+
+
+def history_floors(exchanges: Sequence[Any], now_ms: int) -> list[tuple[str, str, int]]:
+    """(exchange name, timeframe, oldest open time fetched) for every enabled exchange of the markets file
+    (config.ExchangeConfig) with a capped history and each timeframe its markets extract."""
+    floors = []
+    for ex in exchanges:
+        depth = history_candles(ex.ccxt_id, ex.facts)
+        if ex.enabled and depth is not None:
+            for tf in sorted({tf for m in ex.markets for tf in m.timeframes}):
+                floors.append((ex.name, tf, history_floor_ms(depth, tf, now_ms)))
+    return floors
 
 
 class _DryRun(Exception):
@@ -319,7 +346,7 @@ def capability_issues(exchanges: Sequence[Any], fields: bool = False) -> list[Ca
             issues += [CapabilityIssue(f"{key}.markets[{i}].timeframes",
                                        f"timeframe {tf!r} is not offered by {ex.ccxt_id}", f"use one of {usable}", True)
                        for tf in m.timeframes if tf not in caps.timeframes]
-        history = (ex.facts or {}).get("history_candles", HISTORY_CANDLES.get(ex.ccxt_id))
+        history = history_candles(ex.ccxt_id, ex.facts)
         if history:
             issues.append(CapabilityIssue(key, f"{ex.ccxt_id} serves only its newest {history:,} candles of each "
                                                "timeframe: older windows are reported beyond_exchange_history, not "

@@ -9,6 +9,7 @@ of them leaves a state the next run can continue from.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -72,8 +73,13 @@ TRAILING_GRACE_MINUTES = 10
 
 
 def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk_minutes: int = 1440,
-                         retry_failed_hours: int = 6) -> int:
+                         retry_failed_hours: int = 6, history_floors: Sequence[tuple[str, str, int]] = ()) -> int:
     """Queue re-fetches for open gaps in marts.data_quality_gaps, newest first; returns how many.
+
+    ``history_floors``: (exchange, timeframe, oldest open time it serves, ms) of exchanges with a capped
+    history (exchange_facts.history_floors). Every chunk of an open gap that ends at or before it is
+    recorded completed / beyond_exchange_history at once, however many (no request could fill it), so
+    the gap mart reports it at its next build instead of the queue working through it run after run.
 
     A gap longer than ``chunk_minutes`` is queued as chunks on a fixed UTC grid (the newest first), so
     a market missing two years of history costs each hourly run at most ``limit`` chunks, never the
@@ -89,6 +95,8 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk
         if not cur.fetchone()[0]:
             log.info("marts.data_quality_gaps does not exist yet (dbt has not run); nothing to schedule")
             return 0
+        if history_floors:
+            _record_beyond_history(cur, history_floors, max_attempts, run_id, chunk_minutes)
         cur.execute(
             """
             WITH open_gaps AS (
@@ -153,6 +161,51 @@ def schedule_gap_repairs(conn, limit: int, max_attempts: int, run_id: str, chunk
         scheduled = cur.rowcount
     conn.commit()
     return scheduled
+
+
+def _record_beyond_history(cur, floors: Sequence[tuple[str, str, int]], max_attempts: int, run_id: str,
+                           chunk_minutes: int) -> None:
+    cur.execute(
+        """
+        WITH floors AS (
+            SELECT f.exchange, f.timeframe, to_timestamp(f.floor_ms / 1000.0) AS edge
+            FROM unnest(%(exchanges)s::text[], %(timeframes)s::text[], %(floors)s::bigint[])
+                AS f (exchange, timeframe, floor_ms)
+        ),
+        cells AS (
+            -- the grid cells of each open gap that end at or before the exchange's history edge
+            SELECT g.exchange, g.symbol, g.timeframe,
+                   greatest(g.gap_start, to_timestamp(n * %(chunk)s * 60)) AS window_start,
+                   least(g.gap_end, to_timestamp((n + 1) * %(chunk)s * 60)) AS window_end, f.edge
+            FROM marts.data_quality_gaps AS g
+            JOIN floors AS f USING (exchange, timeframe)
+            CROSS JOIN LATERAL generate_series(
+                floor(extract(epoch FROM g.gap_start) / (%(chunk)s * 60))::bigint,
+                floor((extract(epoch FROM least(g.gap_end, f.edge)) - 0.001) / (%(chunk)s * 60))::bigint) AS n
+            WHERE g.status = 'open' AND g.gap_start < f.edge
+        )
+        INSERT INTO ops.backfill_tasks AS t (exchange, symbol, timeframe, window_start, window_end, reason, priority,
+                                             status, outcome, attempts, max_attempts, candles_found, last_run_id)
+        SELECT c.exchange, c.symbol, c.timeframe, c.window_start, c.window_end, 'gap',
+               (extract(epoch FROM c.window_end) * 1000)::bigint, 'completed', 'beyond_exchange_history', 0,
+               %(max_attempts)s, 0, %(run_id)s
+        FROM cells AS c
+        WHERE c.window_end <= c.edge
+          AND NOT EXISTS (
+              SELECT 1 FROM ops.backfill_tasks AS p
+              WHERE p.exchange = c.exchange AND p.symbol = c.symbol AND p.timeframe = c.timeframe
+                AND p.status IN ('pending', 'running')
+                AND p.window_start < c.window_end AND p.window_end > c.window_start)
+        ON CONFLICT (exchange, symbol, timeframe, window_start, window_end) DO UPDATE
+            SET status = 'completed', outcome = 'beyond_exchange_history', last_error = NULL,
+                last_run_id = EXCLUDED.last_run_id, updated_at = now()
+            WHERE t.status = 'failed'
+        """,
+        {"exchanges": [f[0] for f in floors], "timeframes": [f[1] for f in floors],
+         "floors": [f[2] for f in floors], "chunk": chunk_minutes, "max_attempts": max_attempts, "run_id": run_id})
+    if cur.rowcount:
+        log.info("%d gap chunk(s) older than their exchange serves recorded beyond_exchange_history, not queued",
+                 cur.rowcount)
 
 
 def pending_repairs(conn, exchange: str) -> int:

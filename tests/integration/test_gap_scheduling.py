@@ -151,6 +151,31 @@ def test_chunks_beyond_the_exchange_history_are_not_queued_again(pg_conn) -> Non
     assert [(ws, we) for _, _, ws, we, st, _ in _tasks(pg_conn) if st == "pending"] == cells[2:4]
 
 
+def test_chunks_wholly_beyond_the_history_are_recorded_at_once_not_queued(pg_conn) -> None:
+    """With the exchange's history edge given, every grid chunk of an open gap that ends at or before it is
+    recorded beyond_exchange_history in one go (all of them, not `limit`); the chunk holding the edge and the
+    newer ones are queued as usual; another timeframe or exchange is untouched."""
+    start, end = datetime(2026, 3, 1, 5, tzinfo=UTC), datetime(2026, 3, 20, 7, tzinfo=UTC)
+    edge = datetime(2026, 3, 18, 13, 21, tzinfo=UTC)
+    _gaps(pg_conn, [("kraken", "BTC/USD", start, end, "leading", "open"),
+                    ("gate", "BTC/USDT", start, end, "leading", "open")])
+    cells = _grid_cells(start, end, timedelta(days=1))
+    floors = [("kraken", "1m", int(edge.timestamp() * 1000)), ("kraken", "1h", 0)]
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1", history_floors=floors) == 4
+    tasks = _tasks(pg_conn)
+    beyond = [(ws, we) for ex, _, ws, we, st, _ in tasks if ex == "kraken" and st == "completed"]
+    assert beyond == [c for c in cells if c[1] <= edge] and len(beyond) == 17
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT outcome, attempts, candles_found FROM ops.backfill_tasks "
+                    "WHERE status = 'completed'")
+        assert cur.fetchall() == [("beyond_exchange_history", 0, 0)]
+    assert [(ws, we) for ex, _, ws, we, st, _ in tasks if ex == "kraken" and st == "pending"] == cells[:2]
+    assert [(ws, we) for ex, _, ws, we, st, _ in tasks if ex == "gate"] == cells[:2]
+    # the next run records nothing twice and queues nothing beyond the edge
+    assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r2", history_floors=floors) == 0
+    assert len(_tasks(pg_conn)) == len(tasks)
+
+
 def test_the_outcome_is_one_the_table_accepts_and_no_other(pg_conn) -> None:
     """Revision 0003 widened ops.backfill_tasks' outcome check by exactly beyond_exchange_history."""
     import psycopg2

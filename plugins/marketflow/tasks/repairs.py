@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from airflow.sdk import TaskGroup, task
 
@@ -22,15 +23,18 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
     @task(task_id="schedule", execution_timeout=seconds(600))
     def schedule() -> int:
         from marketflow.connections import warehouse_connection
+        from marketflow.exchange_facts import history_floors
         from marketflow.ops import schedule_gap_repairs
 
         cfg = load_config()
         attempt, _ = current_attempt()
         conn = warehouse_connection(timeouts=cfg.timeouts)
         try:
+            # chunks older than a capped exchange serves are recorded beyond_exchange_history, not queued
             queued = schedule_gap_repairs(conn, cfg.gap_repair_max_tasks, cfg.gap_repair_max_attempts,
                                           attempt.run_id, cfg.gap_repair_chunk_minutes,
-                                          cfg.gap_repair_retry_failed_hours)
+                                          cfg.gap_repair_retry_failed_hours,
+                                          history_floors=history_floors(cfg.exchanges, int(time.time() * 1000)))
         finally:
             conn.close()
         log.info("queued %d gap re-fetches (chunks of at most %d minutes, at most %d pending per exchange, "
