@@ -32,6 +32,8 @@ BINANCE_KLINES = {"exchange": "binance", "path": "/api/v3/klines"}
 BINANCE_MARKETS = {"exchange": "binance", "path": "/api/v3/exchangeInfo"}
 OKX_CANDLES = {"exchange": "okx", "path": "/api/v5/market/history-candles"}
 OKX_MARKETS = {"exchange": "okx", "path": "/api/v5/public/instruments"}
+BYBIT_KLINES = {"exchange": "bybit", "path": "/v5/market/kline"}
+BYBIT_MARKETS = {"exchange": "bybit", "path": "/v5/market/instruments-info"}
 # weight_budget_429: seconds of the exchange's minute left when the run starts (its market list and
 # first page must fit in them; the pipeline then waits out the rest of the minute).
 MINUTE_LEFT_S = 10.0
@@ -66,10 +68,15 @@ def drive_weight_budget(env: CaseEnv) -> None:
     offset = (60 - MINUTE_LEFT_S) - time.time() % 60
     env.emulator.configure(clock_offset_s=offset)
     DagRun(env, f"{env.slug}-1").run()
-    over_budget = env.emulator.stats().get("http_429_by_cause", {}).get("rate_limit", 0)
+    stats = env.emulator.stats()
+    over_budget = stats.get("http_429_by_cause", {}).get("rate_limit", 0)
     env.check("the emulator answered 429 for the exhausted weight budget", over_budget >= 1, f"({over_budget})")
     # A request before the Retry-After ran out would have been answered 429 again (a strike).
     env.check("the pipeline came back only after the Retry-After", over_budget == 1, f"({over_budget} 429s)")
+    # Bybit, limited to one kline request a second: its second page meets retCode 10006 (HTTP 200,
+    # X-Bapi-Limit-Reset-Timestamp, no Retry-After) and must be asked again, without a 403 IP block.
+    bybit = stats.get("throttled_by_exchange", {}).get("bybit", {}).get("rate_limit", 0)
+    env.check("Bybit answered retCode 10006 over its per-second limit", bybit >= 1, f"({bybit})")
 
 
 def drive_duplicates(env: CaseEnv) -> None:
@@ -551,58 +558,74 @@ def drive_lock_held(env: CaseEnv) -> None:
 CASES: tuple[Case, ...] = (
     Case("http_429_burst", "429 bursts",
          "Binance answers 5 klines requests in a row with 429 (Retry-After 1 s): the 4 in-task attempts run "
-         "out, the task's second try gets the last one; OKX gets a burst of 3 on history-candles.",
+         "out, the task's second try gets the last one; OKX gets a burst of 3 on history-candles; Bybit answers "
+         "3 kline requests with retCode 10006 (HTTP 200, a reset time 1 s ahead, no Retry-After).",
          faults=({"kind": "http_429", **BINANCE_KLINES, "count": 5, "retry_after": 1},
-                 {"kind": "http_429", **OKX_CANDLES, "count": 3, "retry_after": 1}),
+                 {"kind": "http_429", **OKX_CANDLES, "count": 3, "retry_after": 1},
+                 {"kind": "http_429", **BYBIT_KLINES, "count": 3, "retry_after": 1}),
          quick=True),
     Case("weight_budget_429", "429 for the weight budget",
          "The emulator's Binance budget is cut to 20 weight/min, so after the market list (20) a page is refused "
          "with a real 429 whose Retry-After runs to the end of the exchange's minute (its clock set to end it "
-         f"{MINUTE_LEFT_S:.0f} s after the run starts); retrying early would be a strike and 3 strikes a ban.",
-         emulator_config={"binance_weight_limit": 20}, drive=drive_weight_budget),
+         f"{MINUTE_LEFT_S:.0f} s after the run starts); retrying early would be a strike and 3 strikes a ban. "
+         "Bybit allows one kline request a second: its second page is answered retCode 10006.",
+         emulator_config={"binance_weight_limit": 20, "bybit_endpoint_limit": 1}, drive=drive_weight_budget),
     Case("http_418", "418 bans",
          "Binance bans the IP (418, Retry-After 2 s / 3 s) on the market list and on a klines page; the pipeline "
-         "pauses the exchange's shared bucket for the ban and retries after it.",
+         "pauses the exchange's shared bucket for the ban and retries after it. Bybit answers its market list "
+         "and a kline page with its IP-limit 403 (plain text, no Retry-After).",
          faults=({"kind": "http_418", **BINANCE_MARKETS, "count": 1, "retry_after": 2},
-                 {"kind": "http_418", **BINANCE_KLINES, "count": 1, "retry_after": 3})),
+                 {"kind": "http_418", **BINANCE_KLINES, "count": 1, "retry_after": 3},
+                 {"kind": "http_418", **BYBIT_MARKETS, "count": 1},
+                 {"kind": "http_418", **BYBIT_KLINES, "count": 1})),
     Case("http_5xx", "5xx errors",
          "Binance answers 5 klines requests with 503 (4 in-task attempts, then the task's second try); OKX "
-         "answers its market list with 500 and a candles page with 502.",
+         "answers its market list with 500 and a candles page with 502; Bybit's gateway answers its market "
+         "list with a 503 page and two kline pages with 502.",
          faults=({"kind": "http_5xx", **BINANCE_KLINES, "count": 5, "status": 503},
                  {"kind": "http_5xx", **OKX_MARKETS, "count": 1, "status": 500},
-                 {"kind": "http_5xx", **OKX_CANDLES, "count": 1, "status": 502}),
+                 {"kind": "http_5xx", **OKX_CANDLES, "count": 1, "status": 502},
+                 {"kind": "http_5xx", **BYBIT_MARKETS, "count": 1, "status": 503},
+                 {"kind": "http_5xx", **BYBIT_KLINES, "count": 2, "status": 502}),
          quick=True),
     Case("timeout", "timeouts",
          "A klines page on each exchange gets no answer (the connection is held 5 s, then closed); ccxt gives "
          "up after the markets file's 3 s timeout and the call is retried.",
          faults=({"kind": "timeout", **BINANCE_KLINES, "count": 1, "seconds": 5},
-                 {"kind": "timeout", **OKX_CANDLES, "count": 1, "seconds": 5})),
+                 {"kind": "timeout", **OKX_CANDLES, "count": 1, "seconds": 5},
+                 {"kind": "timeout", **BYBIT_KLINES, "count": 1, "seconds": 5})),
     Case("slow", "slow responses",
-         "Every request is answered 1.5 s late (within the 3 s timeout); one OKX page 5 s late (past it).",
+         "Every request is answered 1.5 s late (within the 3 s timeout); one OKX and one Bybit page 5 s late "
+         "(past it).",
          faults=({"kind": "slow", **OKX_CANDLES, "count": 1, "ms": 5000},
+                 {"kind": "slow", **BYBIT_KLINES, "count": 1, "ms": 5000},
                  {"kind": "slow", "probability": 1.0, "ms": 1500})),
     Case("malformed_json", "malformed JSON",
-         "One klines page per exchange, and Binance's market list, are a complete HTTP 200 whose body is "
-         "not JSON.",
+         "One klines page per exchange, and Binance's and Bybit's market lists, are a complete HTTP 200 whose "
+         "body is not JSON.",
          faults=({"kind": "malformed_json", **BINANCE_KLINES, "count": 1},
                  {"kind": "malformed_json", **OKX_CANDLES, "count": 1},
-                 {"kind": "malformed_json", **BINANCE_MARKETS, "count": 1})),
+                 {"kind": "malformed_json", **BINANCE_MARKETS, "count": 1},
+                 {"kind": "malformed_json", **BYBIT_KLINES, "count": 1},
+                 {"kind": "malformed_json", **BYBIT_MARKETS, "count": 1})),
     Case("truncated_json", "truncated JSON (connection cut)",
          "One klines page per exchange stops halfway: Content-Length announces the whole body, the "
          "connection closes after half of it.",
          faults=({"kind": "truncated_json", **BINANCE_KLINES, "count": 1},
-                 {"kind": "truncated_json", **OKX_CANDLES, "count": 1}),
+                 {"kind": "truncated_json", **OKX_CANDLES, "count": 1},
+                 {"kind": "truncated_json", **BYBIT_KLINES, "count": 1}),
          quick=True),
     Case("truncated_json_short", "truncated JSON (short body)",
          "One klines page per exchange is a complete HTTP 200 holding only the first half of the JSON.",
          faults=({"kind": "truncated_json", **BINANCE_KLINES, "count": 1, "cut_connection": False},
-                 {"kind": "truncated_json", **OKX_CANDLES, "count": 1, "cut_connection": False})),
+                 {"kind": "truncated_json", **OKX_CANDLES, "count": 1, "cut_connection": False},
+                 {"kind": "truncated_json", **BYBIT_KLINES, "count": 1, "cut_connection": False})),
     Case("duplicate_rows", "duplicated rows",
          "Every candle response repeats 25 of its rows (identical copies next to the originals).",
          faults=({"kind": "duplicate_rows", "probability": 1.0, "n": 25},),
          drive=drive_duplicates, quick=True),
     Case("out_of_order_rows", "out-of-order rows",
-         "Every candle response comes shuffled (Binance documents oldest first, OKX newest first).",
+         "Every candle response comes shuffled (Binance documents oldest first, OKX and Bybit newest first).",
          faults=({"kind": "out_of_order_rows", "probability": 1.0},),
          drive=drive_out_of_order),
     Case("mongo_stopped", "MongoDB stopped during extract",

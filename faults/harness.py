@@ -30,11 +30,13 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,14 @@ SAMPLE_DATA = REPO / "include" / "sample_data"
 DAG_ID = "fault_suite"
 TIMEFRAME = "1m"
 
-# The bundled real recordings, bounded to a few hours each and to at least two pages, so a fault
-# can hit the second page after the first one is stored (Binance pages hold 1000 candles, OKX 300).
+# The bundled real recordings and one synthetic Bybit market, bounded to a few hours each and to at
+# least two pages, so a fault can hit the second page after the first one is stored (Binance and
+# Bybit pages hold 1000 candles, OKX 300). Bybit's candles are the emulator's seeded synthetic ones
+# (deterministic for closed candles), served newest first like Bybit.
 MARKETS: tuple[tuple[str, str, str, str], ...] = (
     ("binance", "ETH/USDT", "2022-08-14T00:00:00Z", "2022-08-15T00:00:00Z"),  # 1440 candles, 2 pages
     ("okx", "BTC/USDT", "2025-11-24T00:00:00Z", "2025-11-24T10:00:00Z"),  # 600 candles, 2 pages
+    ("bybit", "BTC/USDT", "2025-11-24T00:00:00Z", "2025-11-25T00:00:00Z"),  # 1440 candles, 2 pages
 )
 # The run's window (dag_run.conf start/end) spans both; each market is clipped to its history.
 RUN_CONF = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T00:00:00Z"}
@@ -74,7 +79,7 @@ CLIENT_TIMEOUT_MS = 3000  # the markets file's timeout_ms: ccxt gives up on a si
 # The dedicated emulator: Binance's real weight budget (6000/min, which the pipeline's own pacing
 # must respect), and short bans so a pacing mistake costs seconds, not minutes.
 EMULATOR_CONFIG = {"binance_weight_limit": 6000, "ban_seconds": 5, "ban_after": 3, "okx_rate_limit_factor": 1.0,
-                   "clock_offset_s": 0.0}
+                   "bybit_ip_limit": 600, "bybit_endpoint_limit": 20, "bybit_ban_seconds": 5, "clock_offset_s": 0.0}
 
 # Airflow's part is read from the DAG itself: the hourly DAG's `<exchange>.reconcile` task object, as
 # dags/market_candles_1h.py builds it, gives the tries (retries + 1), the retry policy (a permanent
@@ -108,6 +113,10 @@ CREATE TRIGGER faults_hold_load AFTER INSERT ON staging.ohlcv
     FOR EACH STATEMENT EXECUTE FUNCTION public.faults_hold_load();
 """
 
+# Per exchange keys of the markets file. Bybit counts its IP limit over 5 s (600 requests): with the
+# default 1 s window the shared bucket would hold one request's cost and history work none.
+EXCHANGE_SETTINGS: dict[str, dict[str, Any]] = {"bybit": {"rate_limit_window_seconds": 5}}
+
 MARKETS_HEADER = "# Written by the fault suite (faults/harness.py): the bundled recordings, a few hours each.\n"
 
 
@@ -119,7 +128,8 @@ def markets_document(emulator_url: str, markets: Iterable[tuple[str, str, str, s
     for exchange, symbol, start, end in markets:
         block = exchanges.setdefault(exchange, {"api_base_url": emulator_url,
                                                 "options": {"fetchMarkets": {"types": ["spot"]}},
-                                                "timeout_ms": CLIENT_TIMEOUT_MS, "markets": []})
+                                                "timeout_ms": CLIENT_TIMEOUT_MS, **EXCHANGE_SETTINGS.get(exchange, {}),
+                                                "markets": []})
         block["markets"].append({"symbol": symbol, "history_start": start, "history_end": end})
     return {"defaults": {"timeframes": [TIMEFRAME], "overlap_minutes": 0, **(defaults or {})},
             "exchanges": exchanges}
@@ -631,6 +641,25 @@ def staging_rows(env: CaseEnv) -> list[tuple[tuple[str, str, str, int], Row]]:
         "high::text, low::text, close::text, volume::text, quote_volume::text, trades FROM staging.ohlcv")]
 
 
+def bybit_wire_candles(base_url: str, symbol: str, window: Window) -> dict[int, Row]:
+    """Bybit's candles for ``window`` as the emulator's kline endpoint serves them, read with plain HTTP
+    (pages of 1000 walked forward by ``start``, each newest first): an oracle for the fault-free run's
+    Bybit rows that shares nothing with ccxt or marketflow's parser."""
+    out: dict[int, Row] = {}
+    start = window.start_ms
+    while start < window.end_ms:
+        url = (f"{base_url}/v5/market/kline?category=spot&symbol={symbol.replace('/', '')}&interval=1"
+               f"&start={start}&end={window.end_ms - 1}&limit=1000")
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            rows = json.loads(resp.read())["result"]["list"]
+        if not rows:
+            break
+        for ts, o, h, low, c, volume, turnover in rows:
+            out[int(ts)] = (o, h, low, c, volume, turnover, None)  # Bybit sends no trade count
+        start = int(rows[0][0]) + 60_000
+    return out
+
+
 @dataclass
 class Baseline:
     rows: dict[tuple[str, str, str, int], Row]
@@ -676,7 +705,8 @@ class CaseResult:
         if self.duplicated:
             out.append(f"{self.duplicated} candles duplicated")
         if self.bans:
-            out.append(f"{self.bans} bans (418 sent because the pipeline ignored a Retry-After)")
+            out.append(f"{self.bans} bans (418 sent because the pipeline ignored a Retry-After, or Bybit's 403 "
+                       "IP block for going over its request limit)")
         if not self.checksum_ok and self.error is None:
             out.append("staging.ohlcv checksum differs from the fault-free run")
         if self.marts_differ:
@@ -691,17 +721,25 @@ class CaseResult:
 
 
 def faults_hit(stats: dict[str, Any], events: Counter) -> int:
-    """How many faults hit the run: the emulator's fired faults and weight-budget 429s, our outages."""
+    """How many faults hit the run: the emulator's fired faults and rate-limit answers (Binance's
+    weight-budget 429s, Bybit's 10006s), our outages."""
     return (sum(stats.get("faults_fired", {}).get("by_kind", {}).values())
-            + stats.get("http_429_by_cause", {}).get("rate_limit", 0) + sum(events.values()))
+            + stats.get("throttled_by_cause", {}).get("rate_limit", 0) + sum(events.values()))
+
+
+def bans_earned(stats: dict[str, Any]) -> int:
+    """Bans the emulator imposed on its own (Binance's 418 after ignored Retry-Afters, Bybit's 403 IP
+    block after its 600-per-5-s limit); injected 418/403s are faults, not counted here."""
+    return int(stats.get("bans_by_cause", {}).get("ban", 0))
 
 
 def describe_faults(stats: dict[str, Any], events: Counter) -> str:
     """What hit the pipeline: the emulator's fired faults and rate-limit answers, and our own outages."""
     parts = [f"{n}x {kind}" for kind, n in sorted(stats.get("faults_fired", {}).get("by_kind", {}).items())]
-    by_cause = stats.get("http_429_by_cause", {})
-    if by_cause.get("rate_limit"):
-        parts.append(f"{by_cause['rate_limit']}x 429 over weight budget")
+    for exchange, causes in sorted(stats.get("throttled_by_exchange", {}).items()):
+        if causes.get("rate_limit"):
+            what = "10006 over the per-second limit" if exchange == "bybit" else "429 over weight budget"
+            parts.append(f"{causes['rate_limit']}x {exchange} {what}")
     parts += [f"{n}x {what}" for what, n in events.items()]
     return ", ".join(parts) or "none"
 
@@ -903,7 +941,21 @@ class Suite:
         stats = self.services.emulator.stats()
         if len(rows) != self.expected or state[0] != self.expected:
             raise RuntimeError(f"the fault-free run landed {len(rows)} candles, the windows hold {self.expected}")
-        if stats.get("http_429_sent") or stats.get("http_418_sent"):
+        # Every case is compared with this run, so its Bybit rows are checked against the exchange's wire.
+        for exchange, symbol, _, _ in MARKETS:
+            if exchange != "bybit":
+                continue
+            wire = bybit_wire_candles(self.services.emulator.base_url, symbol, self.windows[exchange])
+            landed = {ms: values for (ex, sym, _, ms), values in rows if (ex, sym) == (exchange, symbol)}
+            differ = sorted(ms for ms in wire.keys() | landed.keys()
+                            if ms not in wire or ms not in landed
+                            or [Decimal(v) for v in landed[ms][:6]] != [Decimal(v) for v in wire[ms][:6]]
+                            or landed[ms][6] is not None)
+            if differ:
+                raise RuntimeError(f"the fault-free run's {exchange} {symbol} candles differ from what the emulator "
+                                   f"serves at {len(differ)} open times, first {differ[:3]}")
+        if stats.get("http_429_sent") or stats.get("http_418_sent") or stats.get("throttled_by_cause") \
+                or stats.get("bans_by_cause"):
             raise RuntimeError(f"the fault-free run was rate limited: {stats}")
         # The yardstick's marts must hold every candle and bucket (counted here from the candles), or
         # comparing the cases with them would prove little.
@@ -965,7 +1017,7 @@ class Suite:
             hits = faults_hit(stats, env.events)
             env.check("faults hit the run", hits > 0, f"({hits})")
             result.faults = describe_faults(stats, env.events)
-            result.bans = int(stats.get("http_418_by_cause", {}).get("ban", 0))
+            result.bans = bans_earned(stats)
             result.tries = "; ".join(summarize_tries(r.records) for r in env.runs if r.records) or "-"
             self.measure_staging(env, result)
             result.in_task_retries = int(env.query("SELECT count(*) FROM ops.api_errors WHERE will_retry")[0][0])

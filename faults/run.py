@@ -105,14 +105,16 @@ Last full run: {when}, {n} cases in {seconds:.0f} s (building the marts: {dbt_se
 {details}
 
 Columns: *faults injected* = what the emulator's `/__admin/stats` counted as fired (`faults_fired`,
-and 429s it sent for an exhausted weight budget) plus the suite's own outages, kills and concurrent
+and the rate-limit answers it sent on its own: Binance's 429s for an exhausted weight budget, Bybit's
+retCode 10006 over its per-second limit) plus the suite's own outages, kills and concurrent
 runs; *candles expected* = the fault-free run's rows, what the exchange holds for the window (a
 market it does not list, like the delisted case's, holds none and adds none); *landed* = candles
 present with exactly the fault-free values; *lost* = expected - landed (missing or with other
 values); *duplicated* = rows for a key twice, or for a key the fault-free run does not have; *bans* =
-418s the emulator sent on its own because requests ignored a Retry-After (injected 418s are
-faults, listed as such); *marts as fault-free* = of the {n_marts} marts, those with the fault-free
-run's row count and checksum; *in-task retries* = `ops.api_errors` rows with `will_retry`. A case
+418s the emulator sent on its own because requests ignored a Retry-After, and Bybit's 403 IP blocks
+for going over its request limit (injected 418s and 403s are faults, listed as such); *marts as
+fault-free* = of the {n_marts} marts, those with the fault-free run's row count and checksum;
+*in-task retries* = `ops.api_errors` rows with `will_retry`. A case
 fails on any lost, duplicated or ban, a staging or mart checksum difference, a planted fault that
 never fired (or a case no fault hit at all), a failed case check, or an error.
 
@@ -122,12 +124,14 @@ never fired (or a case no fault hit at all), a failed case check, or an error.
 
 ## How a case runs
 
-* **Data**: the bundled real recordings (`include/sample_data`), {markets}. The markets file the
-  suite writes points both exchanges at the emulator with `timeout_ms: {timeout}`. A case may write
-  its own (`Case.extra_markets`, `Case.defaults`): a market the exchange does not list, a short
+* **Data**: the bundled real recordings (`include/sample_data`) and one synthetic Bybit market (the
+  emulator's seeded candles, served newest first in pages of 1000 like Bybit), {markets}. The
+  markets file the suite writes points every exchange at the emulator with `timeout_ms: {timeout}`.
+  A case may write its own (`Case.extra_markets`, `Case.defaults`): a market the exchange does not list, a short
   `timeouts.db_lock`; the fault-free run stays the yardstick.
 * **Services**: a dedicated exchange emulator (`exchange_emulator.testing.EmulatorProcess`, Binance
-  weight budget {weight}/min, bans of {ban} s after {ban_after} strikes), PostgreSQL
+  weight budget {weight}/min, bans of {ban} s after {ban_after} strikes; Bybit's 600 requests per 5 s
+  and 20 per second per endpoint, a block of {ban} s), PostgreSQL
   (`stack.PostgresServer`) and MongoDB (`stack.mongo_server`: mongod, else nx-27017), all started
   under `.local/faults/` on free ports and stopped by their recorded PIDs. Each case gets a fresh
   warehouse database (include/sql applied) and MongoDB database; the emulator's faults, statistics,

@@ -20,7 +20,7 @@ from faults.cases import BINANCE_KLINES, CASES
 from faults.harness import Case, CaseEnv, CaseResult, DagRun, Services, Suite, TaskFailed, start_mart_builders
 from faults.marts import MARTS
 
-EXPECTED_CANDLES = 2040  # the recordings' windows: Binance 24 h (1440) + OKX 10 h (600)
+EXPECTED_CANDLES = 3480  # the windows: Binance 24 h (1440) + OKX 10 h (600) + Bybit 24 h (1440)
 
 
 @pytest.fixture(scope="module")
