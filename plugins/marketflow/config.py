@@ -51,7 +51,10 @@ DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "markets.yml"
 SCHEMA_PATH = PROJECT_ROOT / "include" / "config" / "markets.schema.json"
 DBT_POOL = "marketflow_dbt"
 # The window each exchange counts its published limit over, where ccxt does not say (seconds).
-RATE_LIMIT_WINDOWS = {"binance": 60.0, "okx": 2.0}
+# The window each exchange counts its limit over, where it is longer than a second (Binance: weight per
+# minute; OKX: 2 s per endpoint; Bybit: 600 requests per 5 s per IP). It sizes the shared bucket's burst;
+# too short a window leaves a bucket smaller than one request (check-config refuses that).
+RATE_LIMIT_WINDOWS = {"binance": 60.0, "okx": 2.0, "bybit": 5.0}
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")

@@ -12,6 +12,9 @@ everything. So a backfill at the exchange's full limit drains the bucket to the 
 there, and the minute path always finds its tokens (and the refill, as soon as it asks).
 
 A 429 pauses the whole exchange for its Retry-After; a 418 (ban) pauses it until the ban ends.
+A request larger than the bucket (less the reserve, for history) waits for a full bucket and leaves it
+in debt, as ccxt's throttler does, so no cost is too big to take and the average rate is kept.
+
 Tokens used (live and in all), denials and time waited are counted per exchange and minute in
 ops.rate_limit_metrics.
 """
@@ -117,8 +120,13 @@ class SharedRateLimiter:
         """
         available = ("least(capacity, tokens + extract(epoch FROM clock_timestamp() - refilled_at) "
                      "* refill_per_second)")
-        # History needs the reserve left over after its take; live needs only the cost.
-        params = {"ex": self.exchange, "cost": cost, "need": cost + self.floor}
+        # History needs the reserve left over after its take; live needs only the cost. A request costing
+        # more than that (a slow exchange's page: Kraken's 1.2 units against a 1-unit bucket) waits for a
+        # full bucket and leaves it in debt, which later takers wait out, as ccxt's own throttler does;
+        # the rate stays the exchange's. The hair less keeps a bucket sized to exactly one request (Bybit's
+        # 45/s x 0.111 s = 4.999...) from missing it by a float's last bit.
+        params = {"ex": self.exchange, "cost": cost,
+                  "need": min(cost + self.floor, self.capacity) * (1 - 1e-9)}
         with self.conn.cursor() as cur:
             cur.execute(
                 f"""

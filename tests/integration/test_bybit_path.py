@@ -28,9 +28,6 @@ defaults:
 exchanges:
   bybit:
     api_base_url: ${MARKETFLOW_EXCHANGE_URL}
-    # Bybit counts its IP limit over 5 s (600 requests); with the default 1 s window the shared
-    # bucket holds 5 cost units, exactly one request's cost, and history work never gets any
-    rate_limit_window_seconds: 5
     options:
       fetchMarkets: {types: [spot]}
     markets:

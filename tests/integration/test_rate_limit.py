@@ -168,3 +168,27 @@ def test_workers_at_okxs_full_limit_never_get_a_429(warehouse_dsn: str, emulator
     served = after["requests"]["okx"].get(history, 0) - before["requests"].get("okx", {}).get(history, 0)
     assert after["http_429_sent"] - before["http_429_sent"] == 0
     assert served >= 30 and len(calls) == served  # the workers really ran at the limit (~8 calls/s)
+
+
+
+def test_a_request_bigger_than_the_bucket_is_taken_at_the_exchanges_rate(warehouse_dsn: str) -> None:
+    """Bybit's figures with a 1 s window (45 units a second for a burst of 0.111 s: 4.999... units in
+    floating point; ccxt's kline page costs 5): the minute path's page is taken at once from a full
+    bucket, and history pages, which cannot leave the 30 % reserve behind (5 + 1.5 > 5), are still
+    taken: each waits for a full bucket and borrows, so six pages take 5 x 5 / 45 s and no less (the
+    exchange's rate), never max_wait_seconds (a 300 s hang and a timeout before)."""
+    bybit = {"per_minute": 60_000 / 20, "share": 0.9, "burst_seconds": 1.0 * (1 - 0.9) / 0.9}  # as config.py
+    live = limiter(warehouse_dsn, **bybit)
+    assert live.capacity < 5  # the float case
+    started = time.monotonic()
+    live.acquire(5)
+    assert time.monotonic() - started < 0.5
+    history = limiter(warehouse_dsn, **bybit, live=False, reserve=0.3, max_wait_seconds=30)
+    with history.conn.cursor() as cur:  # a full bucket again
+        cur.execute("UPDATE ops.rate_limit_buckets SET tokens = capacity, refilled_at = clock_timestamp() "
+                    "WHERE exchange = 'testex'")
+    started = time.monotonic()
+    for _ in range(6):
+        history.acquire(5)
+    elapsed = time.monotonic() - started
+    assert 5 * 5 / 45 * 0.97 <= elapsed < 5 * 5 / 45 + 3.0
