@@ -245,14 +245,27 @@ MAX_CALL_ATTEMPTS = 4
 MAX_IN_TASK_PAUSE_S = 300.0
 
 
-def retry_after_seconds(response: HttpExchange | None, default: float) -> float:
-    if response is not None:
-        for key, value in response.headers.items():
-            if key.lower() == "retry-after":
-                try:
-                    return max(float(value), 0.0)
-                except ValueError:
-                    break
+# Headers that say when a rate limit frees up, as an epoch time in milliseconds, where an exchange sends
+# no Retry-After (Bybit's retCode 10006 answers).
+RESET_AT_MS_HEADERS = ("x-bapi-limit-reset-timestamp",)
+
+
+def retry_after_seconds(response: HttpExchange | None, default: float, now: float | None = None) -> float:
+    """How long a rate-limit answer asks us to wait: its Retry-After (seconds), else the time until its
+    reset timestamp (Bybit), else ``default``."""
+    if response is None:
+        return default
+    headers = {key.lower(): value for key, value in response.headers.items()}
+    try:
+        if "retry-after" in headers:
+            return max(float(headers["retry-after"]), 0.0)
+        for key in RESET_AT_MS_HEADERS:
+            if key in headers:
+                # a hair past the reset: the exchange's window must have moved on when we ask again
+                seconds = float(headers[key]) / 1000 - (time.time() if now is None else now) + 0.05
+                return min(max(seconds, 0.05), default)
+    except ValueError:
+        pass
     return default
 
 

@@ -263,3 +263,27 @@ def test_kline_reply_has_the_shape_of_the_recorded_bybit_reply(live):
         assert all(Decimal(r[3]) <= min(Decimal(r[1]), Decimal(r[4])) for r in rows)
         assert all(Decimal(r[2]) >= max(Decimal(r[1]), Decimal(r[4])) for r in rows)
     assert [type(v) for v in ours["result"]["list"][0]] == [type(v) for v in recorded["result"]["list"][0]]
+
+
+def test_the_pipeline_asks_again_at_the_reset_timestamp(live):
+    """Bybit's 10006 carries no Retry-After, only X-Bapi-Limit-Reset-Timestamp: the pipeline's call
+    (exchanges.call_with_retries) waits until then, under a second here, not a fixed 10 s pause, and
+    is served on its second attempt with nothing else asked."""
+    import copy
+
+    from marketflow.exchanges import call_with_retries, client_class, rewrite_hosts
+
+    live.configure(bybit_endpoint_limit=1)
+    klass = client_class("bybit")
+    urls = copy.deepcopy(ccxt.bybit().urls)
+    urls["api"] = rewrite_hosts(urls["api"], live.base_url)
+    ex = klass({"urls": urls, "options": live.ccxt_options("bybit"), "enableRateLimit": False, "timeout": 10_000})
+    ex.load_markets()
+    ex.fetch_ohlcv("BTC/USDT", "1m", since=JAN1, limit=2)  # the endpoint's one request of this second
+    started = time.monotonic()
+    rows, seen = call_with_retries(ex, lambda: ex.fetch_ohlcv("BTC/USDT", "1m", since=JAN1, limit=2), "klines")
+    elapsed = time.monotonic() - started
+    assert len(rows) == 2
+    assert [json.loads(r.body)["retCode"] for r in seen] == [10006, 0]
+    assert elapsed < 1.5, f"waited {elapsed:.2f} s: the reset timestamp was not read"
+    assert live.stats()["throttled_by_exchange"]["bybit"]["rate_limit"] == 1
