@@ -237,11 +237,14 @@ def gaps(inputs: Inputs, ranges: pd.DataFrame | None = None) -> list[tuple]:
                      & (tasks["timeframe"] == g.timeframe) & (tasks["window_start"] < g.gap_end)
                      & (tasks["window_end"] > g.gap_start)]  # fmt: skip
         active = mine["status"].isin(["pending", "running"])
-        empty = mine[(mine["status"] == "completed") & (mine["outcome"] == "confirmed_empty")]
+        # windows the exchange cannot fill: answered empty, or older than its history depth
+        empty = mine[(mine["status"] == "completed")
+                     & mine["outcome"].isin(["confirmed_empty", "beyond_exchange_history"])]  # fmt: skip
         if active.any():
             status = "repair_scheduled"
         elif _covers(list(zip(empty["window_start"], empty["window_end"], strict=True)), g.gap_start, g.gap_end):
-            status = "confirmed_empty_at_source"
+            beyond = (empty["outcome"] == "beyond_exchange_history").any()
+            status = "beyond_exchange_history" if beyond else "confirmed_empty_at_source"
         else:
             status = "open"
         # the task shown: the active one, else the one with exactly the gap's window, else the latest

@@ -681,6 +681,9 @@ def plant_anomalies(conn, candles: list[Candle], seed: int) -> dict[str, int]:
             elif choice == 4:  # a running chunk next to a confirmed-empty one
                 task(exchange, symbol, start - timedelta(minutes=5), end, "completed", "confirmed_empty", 3, n)
                 task(exchange, symbol, start, end + timedelta(minutes=1), "running", None, 1, n + 1)
+            elif choice == 5 and middle > start:  # older than the exchange serves, then answered empty
+                task(exchange, symbol, start, middle, "completed", "beyond_exchange_history", 1, n)
+                task(exchange, symbol, middle, end, "completed", "confirmed_empty", 3, n + 1)
         # a repair that filled its window: candles on both sides of a window with no hole
         for exchange, symbol, start, _end in holes[1:3]:
             task(exchange, symbol, start - timedelta(minutes=25), start - timedelta(minutes=15), "completed",
@@ -705,7 +708,8 @@ def test_real_days_with_seeded_anomalies_match_the_oracle(dbt: DbtRunner, loaded
     kinds = {row[7] for row in want.gaps}
     statuses = {row[8] for row in want.gaps}
     assert kinds == {"leading", "interior", "trailing", "no_candles", None}, kinds  # None: repaired rows
-    assert statuses == {"open", "repair_scheduled", "confirmed_empty_at_source", "repaired"}, statuses
+    assert statuses == {"open", "repair_scheduled", "confirmed_empty_at_source", "beyond_exchange_history",
+                        "repaired"}, statuses
     flagged = want.flagged
     assert all(sum(1 for f in flagged if f[i]) >= 3 for i in range(5, 10)), "every flag kind planted"
     assert sum(1 for r in want.summary if r[3] == "hour" and r[14] is not None) >= 4
