@@ -1,7 +1,9 @@
 """Turn stored raw payloads into typed candles and tickers with ccxt's own parsers.
 
 Decimals never pass through float: the body is decoded with ``parse_float=Decimal`` and the
-parser instance has ``number = str``, so ccxt hands back the exchange's decimal strings.
+parser instance has ``number = str``, so ccxt hands back the exchange's decimal strings. A JSON
+number (Bitfinex sends them) reaches ccxt as its exact text: ccxt's ``safe_string`` reads str,
+int and float but returns None for a Decimal.
 
 Candles, for any ccxt exchange: ccxt's ``handle_errors`` tells an error envelope from data,
 ``KLINE_LAYOUTS`` says where the rows sit in the exchange's answer (the one fact ccxt keeps
@@ -49,6 +51,9 @@ class KlineLayout:
     # Spot rows start [open time, open, high, low, close, base volume], the positions ccxt's own
     # parse_ohlcv reads for spot markets: read them directly (see _positional_candle).
     spot_positional: bool = False
+    # The exchange documents its prices as decimal strings: a bare JSON number in a row is refused.
+    # Otherwise (and for exchanges not listed) ccxt reads JSON numbers, given as their exact text.
+    strings_only: bool = False
 
 
 # What each exchange sends, from ccxt's fetch_ohlcv/parse_ohlcv (ccxt 4.5.90, the response it quotes)
@@ -57,24 +62,26 @@ class KlineLayout:
 # the key to add here.
 KLINE_LAYOUTS: dict[str, KlineLayout] = {
     # [open time, o, h, l, c, base vol, close time, quote vol, trades, ...], oldest first
-    "binance": KlineLayout(quote_volume=(7,), trades=8, close_time=6, newest_first=False, spot_positional=True),
+    "binance": KlineLayout(quote_volume=(7,), trades=8, close_time=6, newest_first=False, spot_positional=True,
+                           strings_only=True),
     # {"code":"0","data":[[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]]}, newest first
     "okx": KlineLayout(rows=("data",), quote_volume=(7,), open_flag=8, open_values=frozenset({"0"}),
-                       newest_first=True, spot_positional=True),
+                       newest_first=True, spot_positional=True, strings_only=True),
     # {"retCode":0,"result":{"list":[[start, o, h, l, c, volume, turnover]]}}, newest first
-    "bybit": KlineLayout(rows=("result", "list"), quote_volume=(6,), newest_first=True),
+    "bybit": KlineLayout(rows=("result", "list"), quote_volume=(6,), newest_first=True, strings_only=True),
     # {"code":"200000","data":[[start s, o, c, h, l, volume, turnover]]}, newest first (ccxt reorders)
-    "kucoin": KlineLayout(rows=("data",), quote_volume=(6,), newest_first=True),
+    "kucoin": KlineLayout(rows=("data",), quote_volume=(6,), newest_first=True, strings_only=True),
     # {"code":"00000","data":[[ts, o, h, l, c, base vol, usdt vol, quote vol]]} (contracts: 7 fields, quote at 6)
-    "bitget": KlineLayout(rows=("data",), quote_volume=(7, 6)),
+    "bitget": KlineLayout(rows=("data",), quote_volume=(7, 6), strings_only=True),
     # {"error":[],"result":{<pair>:[[time s, o, h, l, c, vwap, volume, count]],"last":..}}, oldest first;
     # no quote volume (vwap x volume is not what the exchange traded)
-    "kraken": KlineLayout(rows=("result", MARKET_ID), trades=7, newest_first=False),
+    "kraken": KlineLayout(rows=("result", MARKET_ID), trades=7, newest_first=False, strings_only=True),
     # {"candles":[{"start","low","high","open","close","volume"}]}: base volume only
-    "coinbase": KlineLayout(rows=("candles",)),
+    "coinbase": KlineLayout(rows=("candles",), strings_only=True),
     # spot [[t s, quote vol, c, h, l, o, base vol, window closed]], futures [{"t","v","c","h","l","o","sum"}];
     # oldest first
-    "gate": KlineLayout(quote_volume=(1, "sum"), open_flag=7, open_values=frozenset({"false"}), newest_first=False),
+    "gate": KlineLayout(quote_volume=(1, "sum"), open_flag=7, open_values=frozenset({"false"}), newest_first=False,
+                        strings_only=True),
 }
 
 
@@ -233,7 +240,7 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
         try:
             candle = _positional_candle(row, index, layout, quote_keys) if positional else None
             if candle is None:
-                ts, o, h, low, c, v = parser.parse_ohlcv(row, market)
+                ts, o, h, low, c, v = parser.parse_ohlcv(row if layout.strings_only else _ccxt_view(row), market)
                 candle = _candle(row, index, layout, quote_keys, _int(ts, "open time"), _dec(o, "open"),
                                  _dec(h, "high"), _dec(low, "low"), _dec(c, "close"), _dec(v, "volume"))
         except (TypeError, ValueError, IndexError, KeyError, InvalidOperation) as exc:
@@ -253,6 +260,16 @@ def parse_candles(doc: dict[str, Any]) -> ParsedCandles:
 
 
 _MISSING = object()
+
+
+def _ccxt_view(value: Any) -> Any:
+    """``value`` with each Decimal (a JSON number with a fraction) as its exact text, which ccxt's
+    parsers read; they take a Decimal for a missing field."""
+    if type(value) is list:
+        return [_ccxt_view(v) for v in value]
+    if type(value) is dict:
+        return {k: _ccxt_view(v) for k, v in value.items()}
+    return str(value) if type(value) is Decimal else value
 
 
 def _field(row: Any, key: int | str | None) -> Any:
@@ -449,13 +466,13 @@ def parse_ticker(doc: dict[str, Any]) -> Ticker:
     many = (doc.get("request") or {}).get("method") == "fetchTickers"
     try:
         if many:
-            tickers, _ = exchange.replay("fetch_tickers", ([symbol],), doc["body"], body)
+            tickers, _ = exchange.replay("fetch_tickers", ([symbol],), doc["body"], _ccxt_view(body))
             ticker = (tickers or {}).get(symbol)
             if ticker is None:
                 raise PayloadError(f"the tickers answer holds no ticker for {market['id']} ({doc['symbol']}), "
                                    f"only {sorted(tickers or {})[:5]}")
         else:
-            ticker, _ = exchange.replay("fetch_ticker", (symbol,), doc["body"], body)
+            ticker, _ = exchange.replay("fetch_ticker", (symbol,), doc["body"], _ccxt_view(body))
             other = _other_market(exchange, market)
             if other is not None:
                 raise PayloadError(f"ticker is for {other}, expected {market['id']} ({doc['symbol']})")

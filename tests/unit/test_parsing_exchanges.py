@@ -321,3 +321,33 @@ def test_ticker_for_another_market_is_refused(ccxt_id: str, ours: str, theirs: s
 def test_ticker_error_envelope_is_refused() -> None:
     with pytest.raises(PayloadError, match=r"bybit ticker answer unusable \(BadRequest\)"):
         parse_ticker(ticker_doc("bybit", ERRORS[2][1]))
+
+
+# Bitfinex answers with JSON numbers, not decimal strings (ccxt's own static fixture for bitfinex,
+# recorded as ts/src/test/static/response/bitfinex2.json): a candle [mts, open, CLOSE, HIGH, LOW, volume]
+# and a ticker [bid, bid size, ask, ask size, daily change, daily change %, last, volume, high, low].
+BITFINEX_CANDLE = "[[1552298400000,3870.1,3890,3890,3870.1,0.05]]"
+BITFINEX_TICKER = "[73350,2.55279457,73351,6.36068263,1003,0.01386374,73350,2638.4314844,73583,68643]"
+
+
+def test_json_number_answers_load_exactly() -> None:
+    """An exchange sending its numbers as JSON numbers: every field loads, with the digits as sent."""
+    bitfinex = {"ccxt_id": "bitfinex", "body": BITFINEX_CANDLE, "timeframe": "1h", "fetched_at": FETCHED_AT,
+                "market": {"id": "tBTCUST", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT", "type": "spot"},
+                "symbol": "BTC/USDT"}
+    parsed = parse_candles(bitfinex)
+    assert parsed.rejects == []
+    [candle] = parsed.candles
+    assert (candle.open_time_ms, *map(str, (candle.open, candle.high, candle.low, candle.close, candle.volume))) == (
+        1552298400000, "3870.1", "3890", "3870.1", "3890", "0.05")
+    # ccxt 4.5.90 takes no bid/ask size from Bitfinex's ticker (its fixture's newer parse does)
+    ticker = parse_ticker({**bitfinex, "body": BITFINEX_TICKER, "timeframe": None})
+    got = (ticker.last, ticker.bid, ticker.ask, ticker.base_volume)
+    assert tuple(map(str, got)) == ("73350", "73350", "73351", "2638.4314844")
+
+
+def test_bare_json_numbers_stay_refused_where_the_exchange_sends_strings() -> None:
+    # Binance documents its prices as strings: a bare number there is not Binance's answer as documented
+    row = [H0, 43350.7, "43492.5", "43204.5", "43488.0", "1341.261", H0 + HOUR - 1, "58117391.4117", 51234]
+    [reject] = parse_candles(doc("binance", [row])).rejects
+    assert "unparseable row" in reject.reason
