@@ -35,7 +35,7 @@ SAMPLE_DIR = REPO / "include" / "sample_data"
 PAGE = 1000  # candles per raw payload (a Binance klines page), hence per raw_payload_id
 # Today's total (before issue 16's storage work), measured by this figure at commit b391fc1 on the
 # same data; issue 16's target is <= 60 % of it. Per size, since fixed-size tables weigh more in QUICK.
-BASELINE_BYTES_PER_CANDLE = {"quick": 947.3, "full": None}
+BASELINE_BYTES_PER_CANDLE = {"quick": 947.3, "full": 934.9}
 TARGET_RATIO = 0.60
 
 

@@ -70,6 +70,17 @@ ALTERNATIVES: list[tuple[str, str, str, list[str], bool]] = [
               "s.open_time, s.ingested_at, s.trades, m.market_id, r.run_key, s.open, s.high, s.low, s.close, "
               "s.volume, s.quote_volume, decode(s.raw_payload_id, 'hex')",
               "market_id, open_time", _JOIN_IDS), True),
+    ("st_reindexed", "staging.ohlcv", "today's layout, the primary key rebuilt once (REINDEX: what a closed month's "
+     "partition could get; live inserts of many markets leave its leaf pages half full)",
+     [*_staging("st_reindexed", f"{_STAGING_COLUMNS}, raw_payload_id text, run_id text, ingested_at timestamptz",
+                "s.*", "exchange, symbol, timeframe, open_time"), f"reindex table {SCHEMA}.st_reindexed"], False),
+    ("st_market_reindexed", "staging.ohlcv", "st_market, its primary key rebuilt once (REINDEX)",
+     [*_staging("st_market_reindexed", "open_time timestamptz, ingested_at timestamptz, trades bigint, market_id int, "
+                "run_key int, open numeric, high numeric, low numeric, close numeric, volume numeric, "
+                "quote_volume numeric, raw_payload_id bytea",
+                "s.open_time, s.ingested_at, s.trades, m.market_id, r.run_key, s.open, s.high, s.low, s.close, "
+                "s.volume, s.quote_volume, decode(s.raw_payload_id, 'hex')",
+                "market_id, open_time", _JOIN_IDS), f"reindex table {SCHEMA}.st_market_reindexed"], True),
     ("o_control", "marts.ohlcv_1m", "today's layout rebuilt the same way (method check)",
      _mart("o_control", "*", "marts.ohlcv_1m", "exchange, symbol, open_time",
            ["unique index on @ (exchange, symbol, open_time desc)", "index on @ (ingested_at)"]), False),
@@ -165,6 +176,9 @@ COMBINATIONS: dict[str, dict[str, str | None]] = {
     "the same with a btree (not BRIN) on ingested_at, one watermark column":
         {**_NARROW_1M, "marts.ohlcv_1m": "o_merged_btree", "marts.indicators_1m": "i_view",
          **{r: "r_" + r.split(".")[1] for r in ROLLUPS}},
+    "the btree one + staging's primary key rebuilt once (closed partitions)":
+        {**_NARROW_1M, "staging.ohlcv": "st_market_reindexed", "marts.ohlcv_1m": "o_merged_btree",
+         "marts.indicators_1m": "i_view", **{r: "r_" + r.split(".")[1] for r in ROLLUPS}},
     "the BRIN one + fillfactor 100 on the key index":
         {**_NARROW_1M, "marts.ohlcv_1m": "o_merged_ff100", "marts.indicators_1m": "i_view",
          **{r: "r_" + r.split(".")[1] for r in ROLLUPS}},
