@@ -42,6 +42,20 @@ def _staging(key: str, columns: str, select: str, pk: str, joins: str = "") -> l
             f"create index on {SCHEMA}.{key} using brin (ingested_at)"]
 
 
+# Shared by the alternatives built on them (ohlcv_1m with a market_id; with the indicator columns merged in).
+_O_MARKET_COLUMNS = ("o.open_time, o.ingested_at, o.trades, m.market_id, o.open, o.high, o.low, o.close, "
+                     "o.volume, o.quote_volume")
+_O_MARKET_FROM = (f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange "
+                  "and m.symbol = o.symbol and m.timeframe = '1m'")
+_O_MERGED_COLUMNS = ("o.open_time, o.ingested_at, o.trades, i.candle_index, i.sma_20, i.sma_50, i.sma_200, "
+                     "i.ema_12, i.ema_26, i.ema_50, i.rsi_14, i.macd_line, i.macd_signal, i.last_ingested_at, "
+                     "m.market_id, i.is_closed, i.inputs_complete, o.open, o.high, o.low, o.close, o.volume, "
+                     "o.quote_volume")
+_O_MERGED_FROM = (f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange and m.symbol = o.symbol "
+                  "and m.timeframe = '1m' left join marts.indicators_1m i on i.exchange = o.exchange "
+                  "and i.symbol = o.symbol and i.open_time = o.open_time")
+
+
 def _mart(key: str, select: str, source: str, order: str, indexes: list[str]) -> list[str]:
     return [f"create table {SCHEMA}.{key} as select {select} from {source} order by {order}",
             *(f"create {ix.replace('@', f'{SCHEMA}.{key}')}" for ix in indexes)]
@@ -90,36 +104,24 @@ ALTERNATIVES: list[tuple[str, str, str, list[str], bool]] = [
            "ingested_at", "marts.ohlcv_1m", "exchange, symbol, open_time",
            ["unique index on @ (exchange, symbol, open_time desc)", "index on @ (ingested_at)"]), False),
     ("o_market", "marts.ohlcv_1m", "+ market_id int for (exchange, symbol), aligned columns",
-     _mart("o_market", "o.open_time, o.ingested_at, o.trades, m.market_id, o.open, o.high, o.low, o.close, "
-           "o.volume, o.quote_volume", f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange "
-           "and m.symbol = o.symbol and m.timeframe = '1m'", "m.market_id, o.open_time",
+     _mart("o_market", _O_MARKET_COLUMNS, _O_MARKET_FROM, "m.market_id, o.open_time",
            ["unique index on @ (market_id, open_time desc)", "index on @ (ingested_at)"]), True),
     ("o_market_brin", "marts.ohlcv_1m", "+ ingested_at BRIN instead of btree (only right while rows are "
      "appended in load order: time partitions, or no re-sort on full refresh)",
-     _mart("o_market_brin", "o.open_time, o.ingested_at, o.trades, m.market_id, o.open, o.high, o.low, o.close, "
-           "o.volume, o.quote_volume", f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange "
-           "and m.symbol = o.symbol and m.timeframe = '1m'", "m.market_id, o.open_time",
+     _mart("o_market_brin", _O_MARKET_COLUMNS, _O_MARKET_FROM, "m.market_id, o.open_time",
            ["unique index on @ (market_id, open_time desc)", "index on @ using brin (ingested_at)"]), True),
     ("o_view", "marts.ohlcv_1m", "a view over staging.ohlcv (0 bytes; staging is then read by analysts: see note)",
      [f"create view {SCHEMA}.o_view as select * from staging.ohlcv where timeframe = '1m'"], False),
     ("o_merged", "marts.ohlcv_1m", "ohlcv_1m as o_market_brin with the indicator columns of i_market_nostate on "
      "the same row (one tuple header, key and index per candle instead of two); indicators_1m a view over it",
-     _mart("o_merged", "o.open_time, o.ingested_at, o.trades, i.candle_index, i.sma_20, i.sma_50, i.sma_200, "
-           "i.ema_12, i.ema_26, i.ema_50, i.rsi_14, i.macd_line, i.macd_signal, i.last_ingested_at, m.market_id, "
-           "i.is_closed, i.inputs_complete, o.open, o.high, o.low, o.close, o.volume, o.quote_volume",
-           f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange and m.symbol = o.symbol "
-           "and m.timeframe = '1m' left join marts.indicators_1m i on i.exchange = o.exchange "
-           "and i.symbol = o.symbol and i.open_time = o.open_time", "m.market_id, o.open_time",
+     _mart("o_merged", _O_MERGED_COLUMNS,
+           _O_MERGED_FROM, "m.market_id, o.open_time",
            ["unique index on @ (market_id, open_time desc)", "index on @ using brin (ingested_at)",
             "index on @ using brin (last_ingested_at)"]), True),
     ("o_merged_ff100", "marts.ohlcv_1m", "+ the key index with fillfactor 100 (built sorted, appended at the end "
      "of each market's range)",
-     _mart("o_merged_ff100", "o.open_time, o.ingested_at, o.trades, i.candle_index, i.sma_20, i.sma_50, i.sma_200, "
-           "i.ema_12, i.ema_26, i.ema_50, i.rsi_14, i.macd_line, i.macd_signal, i.last_ingested_at, m.market_id, "
-           "i.is_closed, i.inputs_complete, o.open, o.high, o.low, o.close, o.volume, o.quote_volume",
-           f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange and m.symbol = o.symbol "
-           "and m.timeframe = '1m' left join marts.indicators_1m i on i.exchange = o.exchange "
-           "and i.symbol = o.symbol and i.open_time = o.open_time", "m.market_id, o.open_time",
+     _mart("o_merged_ff100", _O_MERGED_COLUMNS,
+           _O_MERGED_FROM, "m.market_id, o.open_time",
            ["unique index on @ (market_id, open_time desc) with (fillfactor = 100)",
             "index on @ using brin (ingested_at)", "index on @ using brin (last_ingested_at)"]), True),
     ("o_merged_btree", "marts.ohlcv_1m", "o_merged without last_ingested_at (on the merged row it is the candle's "
@@ -127,9 +129,7 @@ ALTERNATIVES: list[tuple[str, str, str, list[str], bool]] = [
      _mart("o_merged_btree", "o.open_time, o.ingested_at, o.trades, i.candle_index, i.sma_20, i.sma_50, i.sma_200, "
            "i.ema_12, i.ema_26, i.ema_50, i.rsi_14, i.macd_line, i.macd_signal, m.market_id, "
            "i.is_closed, i.inputs_complete, o.open, o.high, o.low, o.close, o.volume, o.quote_volume",
-           f"marts.ohlcv_1m o join {SCHEMA}.market m on m.exchange = o.exchange and m.symbol = o.symbol "
-           "and m.timeframe = '1m' left join marts.indicators_1m i on i.exchange = o.exchange "
-           "and i.symbol = o.symbol and i.open_time = o.open_time", "m.market_id, o.open_time",
+           _O_MERGED_FROM, "m.market_id, o.open_time",
            ["unique index on @ (market_id, open_time desc)", "index on @ (ingested_at)"]), True),
     ("i_view", "marts.indicators_1m", "a view over the merged ohlcv_1m (o_merged)",
      [f"create view {SCHEMA}.i_view as select * from {SCHEMA}.o_merged"], False),
