@@ -390,12 +390,15 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
         log.info("%s: try %d re-runs %d market(s); %d settled by earlier tries", exchange, attempt.try_number,
                  len(todo), len(settled))
 
-    outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
-                              threads=config.exchange(exchange).pool_slots, deadline=deadline)
-    # Tickers only make sense at the live edge, not for a historical window; fetched after the candles
-    # (which come first for freshness) in one call for all markets, and never failing the task.
+    # Tickers only make sense at the live edge, not for a historical window: one call for all markets, in
+    # its own thread beside the candles (its latency hidden behind theirs), never failing the task.
     ticker_markets = [m for m in todo if live and not conf.get("start") and m.history_end is None]
-    tickers = ingest_tickers(config, exchange, ticker_markets, raw, connect, attempt, deadline=deadline)
+    with ThreadPoolExecutor(1, thread_name_prefix="tickers") as ticker_thread:
+        pending = ticker_thread.submit(ingest_tickers, config, exchange, ticker_markets, raw, connect, attempt,
+                                       deadline=deadline)
+        outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
+                                  threads=config.exchange(exchange).pool_slots, deadline=deadline)
+        tickers = pending.result()
     rows = [(o.market.exchange, o.market.symbol, o.outcome, o.error_class.value if o.error_class else None,
              o.error, int(o.result.get("inserted") or 0) if o.result else None, round(o.seconds, 3))
             for o in outcomes]

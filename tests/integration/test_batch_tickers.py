@@ -206,3 +206,27 @@ def test_a_failing_ticker_call_leaves_the_candles_loaded(exchange, config, emula
 
     # The next run takes its snapshot as usual.
     assert minute_run(config, exchange, warehouse_dsn, mongo_db, "m2")["tickers"] == 4
+
+
+def test_without_batch_tickers_one_call_per_market(config, emulator, warehouse_dsn, mongo_db, monkeypatch) -> None:
+    """An exchange whose ccxt has no fetchTickers (e.g. bitbank): one fetch_ticker per market, as before.
+    The emulator's exchanges all have it, so this ccxt client is told it has not."""
+    from marketflow import pipeline
+
+    def without_fetch_tickers(*args, **kwargs):
+        exchange = build_exchange(*args, **kwargs)
+        exchange.has = {**exchange.has, "fetchTickers": False}
+        return exchange
+
+    build_exchange = pipeline.build_exchange
+    monkeypatch.setattr(pipeline, "build_exchange", without_fetch_tickers)
+    before = ticker_requests(emulator, "binance")
+    result = minute_run(config, "binance", warehouse_dsn, mongo_db, "m1")
+    assert ticker_requests(emulator, "binance") - before == 4 and result["ticker_requests"] == 4
+    assert result["tickers"] == 4 and result["inserted"] == 20
+    landed = rows(warehouse_dsn, TICKERS, ("binance",))
+    assert [r[0] for r in landed] == sorted(SYMBOLS)
+    for symbol, ts, *values, lineage in landed:
+        want_ts, want = oracle(emulator, "binance", symbol)
+        assert (to_ms(ts), tuple(values)) == (want_ts, want), symbol
+        assert mongo_db.raw_market_payload.find_one({"_id": lineage})["symbol"] == symbol  # one answer each
