@@ -398,7 +398,11 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
                                        deadline=deadline)
         outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
                                   threads=config.exchange(exchange).pool_slots, deadline=deadline)
-        tickers = pending.result()
+        try:
+            tickers = pending.result()
+        except Exception as exc:  # raw or the warehouse unreachable: the candles' outcomes are still recorded
+            log.error("%s: tickers not loaded: %s: %s", exchange, type(exc).__name__, exc)
+            tickers = {"tickers": 0, "requests": 0, "error": f"{type(exc).__name__}: {exc}"}
     rows = [(o.market.exchange, o.market.symbol, o.outcome, o.error_class.value if o.error_class else None,
              o.error, int(o.result.get("inserted") or 0) if o.result else None, round(o.seconds, 3))
             for o in outcomes]
@@ -428,7 +432,7 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
 
     Never raises for an exchange or data error: a ticker is a snapshot that the next minute's run
     takes again, so its failure is logged, kept in raw and in ops.api_errors, and the candles of
-    the task (already loaded) stand. Returns {"tickers": rows written, "requests": ticker calls
+    the task stand. Returns {"tickers": rows written, "requests": ticker calls
     that got an answer or failed, "error": the failure or None}."""
     out: dict[str, Any] = {"tickers": 0, "requests": 0, "error": None}
     if not markets:
@@ -444,28 +448,36 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
         "dag_id": attempt.dag_id, "run_id": attempt.run_id, "task_id": ticker_attempt.task_id,
         "map_index": attempt.map_index, "try_number": attempt.try_number, "started_at": datetime.now(UTC),
         "status": "running"})
-    ops_conn, load_conn = connect(), connect()
-    ops_conn.autocommit = True
     written: dict[str, dict[str, Any]] = {}
     ids: list[str] = []
     errors: list[str] = []
     exchange = None
+    conns: list[Any] = []
     try:
+        ops_conn, load_conn = connect(), connect()
+        conns += [ops_conn, load_conn]
+        ops_conn.autocommit = True
         exchange = build_exchange(exchange_cfg, ops_conn, live=True, deadline=deadline)
         exchange.error_sink = lambda fields: record_api_error(ops_conn, {
             **fields, "exchange": exchange_name, "symbol": fields.get("symbol"), "dag_id": attempt.dag_id,
             "run_id": attempt.run_id, "task_id": ticker_attempt.task_id, "try_number": attempt.try_number})
         load_markets(exchange, ops_conn)
+        # A market the exchange no longer lists (delisted, renamed) would make the whole batch fail: left
+        # out, and said so; its candle extract reports it as a bad symbol.
+        unknown = [m.symbol for m in markets if m.symbol not in exchange.markets]
+        if unknown:
+            errors.append(f"not in {exchange_cfg.ccxt_id}'s market list, no ticker asked for: {', '.join(unknown)}")
+        known = [m for m in markets if m.symbol not in unknown]
         ctx = PayloadContext(exchange_name, exchange_cfg.ccxt_id, "", None, "ticker", None, attempt.run_id,
                              attempt.try_number, {})
-        if exchange.has.get("fetchTickers"):
-            batch = replace(ctx, markets=tuple(market_info(exchange, m.symbol) for m in markets))
-            symbols = [m.symbol for m in markets]
+        if known and exchange.has.get("fetchTickers"):
+            batch = replace(ctx, markets=tuple(market_info(exchange, m.symbol) for m in known))
+            symbols = [m.symbol for m in known]
             ids += _fetch_tickers(exchange, batch, lambda: exchange.fetch_tickers(symbols),
                                   f"tickers of {len(symbols)} markets", raw, written, errors)
             out["requests"] = 1
-        else:
-            for market in markets:  # no batch endpoint: one call per market, each failing on its own
+        elif known:
+            for market in known:  # no batch endpoint: one call per market, each failing on its own
                 if deadline is not None and time.monotonic() > deadline:
                     errors.append(f"time budget ran out before the ticker of {market.symbol}")
                     break
@@ -482,7 +494,7 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
     finally:
         if exchange is not None and exchange.shared_limiter is not None:
             exchange.shared_limiter.flush()
-        for conn in (ops_conn, load_conn):
+        for conn in conns:
             conn.close()
     out["error"] = "; ".join(errors)[:2000] or None
     raw.log_attempt(ticker_attempt.attempt_id, {

@@ -21,6 +21,7 @@ import pytest
 
 from exchange_emulator.testing import EmulatorProcess
 from marketflow.config import load_config
+from marketflow.errors import MarketsFailed
 from marketflow.exchanges import MAX_CALL_ATTEMPTS
 from marketflow.pipeline import Attempt, reprocess_from_raw, run_exchange_markets
 from marketflow.raw_store import RawStore
@@ -230,3 +231,20 @@ def test_without_batch_tickers_one_call_per_market(config, emulator, warehouse_d
         want_ts, want = oracle(emulator, "binance", symbol)
         assert (to_ms(ts), tuple(values)) == (want_ts, want), symbol
         assert mongo_db.raw_market_payload.find_one({"_id": lineage})["symbol"] == symbol  # one answer each
+
+
+def test_a_market_the_exchange_no_longer_lists_costs_only_its_own_ticker(tmp_path, config, emulator, warehouse_dsn,
+                                                                       mongo_db) -> None:
+    """LUNA/USDT is not in the exchange's market list: asked for in the batch it would fail the whole call
+    (ccxt refuses an unknown symbol, Binance answers -1121 for the request). It is left out of it."""
+    text = config.source.read_text().replace("XRP/USDT]", "XRP/USDT, LUNA/USDT]", 1)
+    (tmp_path / "delisted.yml").write_text(text)
+    cfg = load_config(tmp_path / "delisted.yml", env={})
+    before = ticker_requests(emulator, "binance")
+    with pytest.raises(MarketsFailed) as failed:
+        minute_run(cfg, "binance", warehouse_dsn, mongo_db, "m1")
+    assert list(failed.value.failures) == ["LUNA/USDT"]
+    assert ticker_requests(emulator, "binance") - before == 1
+    assert [r[0] for r in rows(warehouse_dsn, TICKERS, ("binance",))] == sorted(SYMBOLS)
+    log = mongo_db.raw_ingestion_log.find_one({"task_id": "binance.ingest[tickers]"})
+    assert log["status"] == "success" and "LUNA/USDT" in log["ticker_problems"][0]
