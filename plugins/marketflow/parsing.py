@@ -14,7 +14,8 @@ that must give what ccxt's parser gives (tests/unit/test_parsing.py).
 
 Tickers, for any ccxt exchange: the stored answer is replayed through ccxt's own
 ``fetch_ticker`` (its HTTP call answered from the stored body, nothing sent), so ccxt finds the
-ticker in its envelope and parses it.
+ticker in its envelope and parses it; a batch answer (one ``fetch_tickers`` call for many markets,
+``parse_batch_tickers``) is replayed through ``fetch_tickers`` with every market it was asked for.
 """
 
 from __future__ import annotations
@@ -394,12 +395,16 @@ class _Replay:
 
     def use_market(self, market: dict[str, Any]) -> dict[str, Any]:
         """Make ``market`` (as stored with a raw payload) this instance's only market: no network."""
-        structure = ccxt_market(self, market)  # type: ignore[arg-type]
-        key = json.dumps(structure, sort_keys=True, default=str)
+        return self.use_markets([market])[0]
+
+    def use_markets(self, markets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Make ``markets`` (as stored with a raw payload) this instance's only markets: no network."""
+        structures = [ccxt_market(self, m) for m in markets]  # type: ignore[arg-type]
+        key = json.dumps(structures, sort_keys=True, default=str)
         if getattr(self, "_market_key", None) != key:
-            self.set_markets([structure])  # type: ignore[attr-defined]
+            self.set_markets(structures)  # type: ignore[attr-defined]
             self._market_key = key
-        return structure
+        return structures
 
     def replay(self, method: str, args: tuple[Any, ...], text: str, decoded: Any) -> tuple[Any, list[str]]:
         """``method(*args)`` answered with the stored body; its result and the URLs ccxt built."""
@@ -483,7 +488,12 @@ def parse_ticker(doc: dict[str, Any]) -> Ticker:
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
         raise PayloadError(f"{ccxt_id} ticker answer has a shape ccxt's fetch_ticker cannot read "
                            f"({type(exc).__name__}: {exc}); body starts {doc['body'][:80]!r}") from None
-    fetched_ms = utc_ms(doc["fetched_at"])
+    return _ticker(ticker, utc_ms(doc["fetched_at"]), f"{ccxt_id} ticker answer", f"{market['id']} ({doc['symbol']})",
+                   doc["body"])
+
+
+def _ticker(ticker: dict[str, Any], fetched_ms: int, what: str, market: str, body: str) -> Ticker:
+    """ccxt's unified ticker as a Ticker; no timestamp in the answer: dated when it was received."""
 
     def opt(key: str) -> Decimal | None:
         value = ticker.get(key)
@@ -495,6 +505,37 @@ def parse_ticker(doc: dict[str, Any]) -> Ticker:
         quote_volume=opt("quoteVolume"),
     )
     if parsed.last is None and parsed.bid is None and parsed.ask is None:
-        raise PayloadError(f"{ccxt_id} ticker answer has no last, bid or ask price for {market['id']} "
-                           f"({doc['symbol']}); body starts {doc['body'][:80]!r}")
+        raise PayloadError(f"{what} has no last, bid or ask price for {market}; body starts {body[:80]!r}")
     return parsed
+
+
+def parse_batch_tickers(doc: dict[str, Any]) -> dict[str, Ticker | PayloadError]:
+    """Each market's ticker in one stored batch answer (``markets``: every market the one
+    ``fetch_tickers`` call asked for), replayed through ccxt's fetch_tickers with those markets.
+    A market the answer does not hold, or holds without a price, maps to its PayloadError; an answer
+    nobody can read raises PayloadError."""
+    ccxt_id = doc["ccxt_id"]
+    body = decode_body(doc["body"])
+    exchange = replayer(ccxt_id)
+    markets = exchange.use_markets(doc["markets"])
+    symbols = [m["symbol"] for m in markets]
+    try:
+        tickers, _ = exchange.replay("fetch_tickers", (symbols,), doc["body"], body)
+    except ccxt.BaseError as exc:
+        raise PayloadError(f"{ccxt_id} tickers answer unusable ({type(exc).__name__}): {str(exc)[:500]}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        raise PayloadError(f"{ccxt_id} tickers answer has a shape ccxt's fetch_tickers cannot read "
+                           f"({type(exc).__name__}: {exc}); body starts {doc['body'][:80]!r}") from None
+    fetched_ms = utc_ms(doc["fetched_at"])
+    out: dict[str, Ticker | PayloadError] = {}
+    for market in markets:
+        name = f"{market['id']} ({market['symbol']})"
+        ticker = (tickers or {}).get(market["symbol"])
+        if ticker is None:
+            out[market["symbol"]] = PayloadError(f"the {ccxt_id} tickers answer holds no ticker for {name}")
+            continue
+        try:
+            out[market["symbol"]] = _ticker(ticker, fetched_ms, f"the {ccxt_id} tickers answer", name, doc["body"])
+        except ValueError as exc:  # PayloadError, or a price that is not a number
+            out[market["symbol"]] = exc if isinstance(exc, PayloadError) else PayloadError(f"{name}: {exc}")
+    return out

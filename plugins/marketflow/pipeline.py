@@ -25,6 +25,7 @@ from marketflow.errors import ErrorClass, MarketsFailed, UnusableDataError, clas
 from marketflow.exchange_facts import exchange_facts
 from marketflow.exchanges import (
     build_exchange,
+    call_with_retries,
     fetch_ohlcv_pages,
     fetch_ticker_response,
     load_markets,
@@ -313,7 +314,6 @@ class ConnectionPerThread:
 
 def ingest_markets(config: MarketflowConfig, markets: list[MarketConfig], timeframe: str, run_window: Window,
                    raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *, live: bool, threads: int,
-                   with_ticker: Callable[[MarketConfig], bool] = lambda m: False,
                    deadline: float | None = None) -> list[MarketOutcome]:
     """Extract and load every market of one exchange, ``threads`` at a time, each on its own: a market
     that fails is recorded (ops.market_health: failing, one alert, suspended after repeated permanent
@@ -336,7 +336,7 @@ def ingest_markets(config: MarketflowConfig, markets: list[MarketConfig], timefr
         try:
             ops_conn, load_conn = pool.get()
             result = ingest_market(config, market, timeframe, run_window, raw, load_conn, market_attempt,
-                                   with_ticker=with_ticker(market), ops_conn=ops_conn, live=live, deadline=deadline)
+                                   ops_conn=ops_conn, live=live, deadline=deadline)
         except Exception as exc:
             responses = getattr(exc, "responses", None) or []
             error_class = classify(exc, responses[-1].status if responses else None)
@@ -390,12 +390,19 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
         log.info("%s: try %d re-runs %d market(s); %d settled by earlier tries", exchange, attempt.try_number,
                  len(todo), len(settled))
 
-    def ticker(market: MarketConfig) -> bool:
-        # Tickers only make sense at the live edge, not for a historical window.
-        return live and not conf.get("start") and market.history_end is None
-
-    outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
-                              threads=config.exchange(exchange).pool_slots, with_ticker=ticker, deadline=deadline)
+    # Tickers only make sense at the live edge, not for a historical window: one call for all markets, in
+    # its own thread beside the candles (its latency hidden behind theirs), never failing the task.
+    ticker_markets = [m for m in todo if live and not conf.get("start") and m.history_end is None]
+    with ThreadPoolExecutor(1, thread_name_prefix="tickers") as ticker_thread:
+        pending = ticker_thread.submit(ingest_tickers, config, exchange, ticker_markets, raw, connect, attempt,
+                                       deadline=deadline)
+        outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
+                                  threads=config.exchange(exchange).pool_slots, deadline=deadline)
+        try:
+            tickers = pending.result()
+        except Exception as exc:  # raw or the warehouse unreachable: the candles' outcomes are still recorded
+            log.error("%s: tickers not loaded: %s: %s", exchange, type(exc).__name__, exc)
+            tickers = {"tickers": 0, "requests": 0, "error": f"{type(exc).__name__}: {exc}"}
     rows = [(o.market.exchange, o.market.symbol, o.outcome, o.error_class.value if o.error_class else None,
              o.error, int(o.result.get("inserted") or 0) if o.result else None, round(o.seconds, 3))
             for o in outcomes]
@@ -414,7 +421,111 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
     if failures:
         raise MarketsFailed(f"{exchange} {attempt.task_id}", failures)
     return {"exchange": exchange, "markets": len(succeeded), "suspended": len(suspended), "inserted": inserted,
-            "tickers": sum(int(o.result.get("tickers") or 0) for o in succeeded)}
+            "tickers": tickers["tickers"], "ticker_requests": tickers["requests"]}
+
+
+def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[MarketConfig], raw: RawStore,
+                   connect: Callable[[], Any], attempt: Attempt, *, deadline: float | None = None) -> dict[str, Any]:
+    """One ticker snapshot per market into staging.ticker, for all ``markets`` of one exchange in ONE
+    ``fetch_tickers`` call (its answer stored once in raw, every market's row pointing at it), or one
+    ``fetch_ticker`` per market where the exchange's ccxt has no fetchTickers.
+
+    Never raises for an exchange or data error: a ticker is a snapshot that the next minute's run
+    takes again, so its failure is logged, kept in raw and in ops.api_errors, and the candles of
+    the task stand. Returns {"tickers": rows written, "requests": ticker calls
+    that got an answer or failed, "error": the failure or None}."""
+    out: dict[str, Any] = {"tickers": 0, "requests": 0, "error": None}
+    if not markets:
+        return out
+    if deadline is not None and time.monotonic() > deadline:
+        log.warning("%s: no tickers this run: the task's time budget ran out after the candles", exchange_name)
+        return {**out, "error": "time budget ran out"}
+    exchange_cfg = config.exchange(exchange_name)
+    ticker_attempt = replace(attempt, task_id=f"{attempt.task_id}[tickers]")
+    started = time.monotonic()
+    raw.log_attempt(ticker_attempt.attempt_id, {
+        "stage": "tickers", "exchange": exchange_name, "symbols": [m.symbol for m in markets],
+        "dag_id": attempt.dag_id, "run_id": attempt.run_id, "task_id": ticker_attempt.task_id,
+        "map_index": attempt.map_index, "try_number": attempt.try_number, "started_at": datetime.now(UTC),
+        "status": "running"})
+    written: dict[str, dict[str, Any]] = {}
+    ids: list[str] = []
+    errors: list[str] = []
+    exchange = None
+    conns: list[Any] = []
+    try:
+        ops_conn, load_conn = connect(), connect()
+        conns += [ops_conn, load_conn]
+        ops_conn.autocommit = True
+        exchange = build_exchange(exchange_cfg, ops_conn, live=True, deadline=deadline)
+        exchange.error_sink = lambda fields: record_api_error(ops_conn, {
+            **fields, "exchange": exchange_name, "symbol": fields.get("symbol"), "dag_id": attempt.dag_id,
+            "run_id": attempt.run_id, "task_id": ticker_attempt.task_id, "try_number": attempt.try_number})
+        load_markets(exchange, ops_conn)
+        # A market the exchange no longer lists (delisted, renamed) would make the whole batch fail: left
+        # out, and said so; its candle extract reports it as a bad symbol.
+        unknown = [m.symbol for m in markets if m.symbol not in exchange.markets]
+        if unknown:
+            errors.append(f"not in {exchange_cfg.ccxt_id}'s market list, no ticker asked for: {', '.join(unknown)}")
+        known = [m for m in markets if m.symbol not in unknown]
+        ctx = PayloadContext(exchange_name, exchange_cfg.ccxt_id, "", None, "ticker", None, attempt.run_id,
+                             attempt.try_number, {})
+        if known and exchange.has.get("fetchTickers"):
+            batch = replace(ctx, markets=tuple(market_info(exchange, m.symbol) for m in known))
+            symbols = [m.symbol for m in known]
+            ids += _fetch_tickers(exchange, batch, lambda: exchange.fetch_tickers(symbols),
+                                  f"tickers of {len(symbols)} markets", raw, written, errors)
+            out["requests"] = 1
+        elif known:
+            for market in known:  # no batch endpoint: one call per market, each failing on its own
+                if deadline is not None and time.monotonic() > deadline:
+                    errors.append(f"time budget ran out before the ticker of {market.symbol}")
+                    break
+                one = replace(ctx, symbol=market.symbol, market=market_info(exchange, market.symbol))
+                ids += _fetch_tickers(exchange, one, lambda s=market.symbol: exchange.fetch_ticker(s),
+                                      f"{market.symbol} ticker", raw, written, errors)
+                out["requests"] += 1
+        out["tickers"], problems = load_ticker_payloads(load_conn, raw.get_payloads(ids, known=written),
+                                                        attempt.run_id)
+        errors += problems
+    except Exception as exc:  # the market list, a database: still no reason to fail the candles' task
+        message = exchange.redact(str(exc)) if exchange is not None else str(exc)
+        errors.append(f"{type(exc).__name__}: {message}")
+    finally:
+        if exchange is not None and exchange.shared_limiter is not None:
+            exchange.shared_limiter.flush()
+        for conn in conns:
+            conn.close()
+    out["error"] = "; ".join(errors)[:2000] or None
+    raw.log_attempt(ticker_attempt.attempt_id, {
+        "status": "failed" if errors and not out["tickers"] else "success", "finished_at": datetime.now(UTC),
+        "duration_s": time.monotonic() - started, "ticker_payload_ids": ids, "tickers": out["tickers"],
+        "requests": out["requests"], "ticker_problems": errors})
+    if errors:
+        log.warning("%s: %d of %d ticker(s) loaded; not loaded: %s. The candles are not affected; the next run "
+                    "takes new snapshots", exchange_name, out["tickers"], len(markets), out["error"])
+    else:
+        log.info("%s: %d ticker(s) loaded from %d request(s) in %.2fs", exchange_name, out["tickers"],
+                 out["requests"], time.monotonic() - started)
+    return out
+
+
+def _fetch_tickers(exchange: Any, ctx: PayloadContext, call: Callable[[], Any], what: str, raw: RawStore,
+                   written: dict[str, dict[str, Any]], errors: list[str]) -> list[str]:
+    """One ticker call, its answers kept in raw (a failed one too, as evidence); the ids of the
+    answers to load, none when it failed (then ``errors`` says why)."""
+    try:
+        _, responses = call_with_retries(exchange, call, what)
+    except Exception as exc:
+        responses = getattr(exc, "responses", [])
+        error_class = classify(exc, responses[-1].status if responses else None)
+        message = exchange.redact(str(exc))
+        raw.save_responses(ctx, responses, error=f"{type(exc).__name__}: {message}")
+        status = f"HTTP {responses[-1].status}, " if responses else ""
+        errors.append(f"{what}: {error_class.value} ({status}{type(exc).__name__}: {message[:300]}); "
+                      f"{error_class.advice}")
+        return []
+    return raw.save_responses(ctx, responses, keep=written)
 
 
 def markets_to_run(runnable: list[MarketConfig], earlier: dict[tuple[str, str], tuple[str, Any, Any]]

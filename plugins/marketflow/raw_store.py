@@ -5,6 +5,10 @@ derived from the request and the content hash, so fetching the same answer twice
 overlapping run) updates ``last_fetched_at`` instead of storing a copy, and staging lineage
 (``raw_payload_id``) stays stable across re-runs. A changed answer is a new document.
 ``raw_ingestion_log`` holds one document per task attempt.
+
+A batch ticker answer (one ``fetch_tickers`` call for every market of a task) is one document
+whose ``symbol`` is the list of the markets it was asked for (a MongoDB query on one market's
+symbol finds it) and whose ``markets`` holds each of them as ccxt loaded it, for replay.
 """
 
 from __future__ import annotations
@@ -56,6 +60,12 @@ class PayloadContext:
     run_id: str
     try_number: int
     market: dict[str, Any]
+    # A batch answer: every market the call asked for (market_info of each); ``symbol`` is then unused.
+    markets: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def stored_symbol(self) -> str | list[str]:
+        return [m["symbol"] for m in self.markets] if self.markets else self.symbol
 
 
 def content_hash(body: str) -> str:
@@ -63,7 +73,7 @@ def content_hash(body: str) -> str:
 
 
 def payload_id(ctx: PayloadContext, response: HttpExchange) -> str:
-    identity = json.dumps([ctx.exchange, ctx.symbol, ctx.timeframe, ctx.kind, response.method, response.endpoint,
+    identity = json.dumps([ctx.exchange, ctx.stored_symbol, ctx.timeframe, ctx.kind, response.method, response.endpoint,
                            sorted(response.params.items()), response.status, content_hash(response.body)])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
@@ -154,8 +164,9 @@ class RawStore:
             pid = payload_id(ctx, response)
             fetched_at = from_ms(response.received_at_ms)
             doc = {
-                "exchange": ctx.exchange, "ccxt_id": ctx.ccxt_id, "symbol": ctx.symbol, "timeframe": ctx.timeframe,
-                "kind": ctx.kind, "market": ctx.market,
+                "exchange": ctx.exchange, "ccxt_id": ctx.ccxt_id, "symbol": ctx.stored_symbol,
+                "timeframe": ctx.timeframe, "kind": ctx.kind, "market": ctx.market,
+                **({"markets": list(ctx.markets)} if ctx.markets else {}),
                 "endpoint": response.endpoint, "method": response.method, "url": response.url,
                 "request_params": response.params, "request": request or {},
                 "window_start": from_ms(ctx.window.start_ms) if ctx.window else None,

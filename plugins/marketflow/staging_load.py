@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from marketflow.parsing import Candle, PayloadError, parse_candles, parse_ticker
+from marketflow.parsing import Candle, PayloadError, parse_batch_tickers, parse_candles, parse_ticker
 from marketflow.timeframes import Window, from_ms, utc_ms
 from marketflow.validation import candle_problem
 
@@ -358,18 +358,25 @@ def _insert_once(cur, table: str, columns: Sequence[str], rows: list[tuple[Any, 
 
 
 def load_ticker_payloads(conn, docs: list[dict[str, Any]], run_id: str) -> tuple[int, list[str]]:
-    """Upsert ticker snapshots; returns (rows written, problems). Bad payloads are reported, not loaded."""
+    """Upsert ticker snapshots; returns (rows written, problems). Bad payloads are reported, not loaded.
+
+    A batch answer (``markets`` stored) gives one row per market it was asked for, each with the
+    batch document as its lineage; a market missing from it is a problem, the others still load."""
     rows, problems = [], []
     for doc in docs:
         if doc.get("http_status") != 200 or doc.get("superseded"):
             continue
         try:
-            t = parse_ticker(doc)
-        except (PayloadError, ValueError) as exc:
+            parsed = parse_batch_tickers(doc) if doc.get("markets") else {doc["symbol"]: parse_ticker(doc)}
+        except ValueError as exc:  # PayloadError included
             problems.append(f"{doc['_id']}: {exc}")
             continue
-        rows.append((doc["exchange"], doc["symbol"], from_ms(t.ts_ms), t.last, t.bid, t.ask, t.bid_volume,
-                     t.ask_volume, t.base_volume, t.quote_volume, doc["_id"], run_id))
+        for symbol, t in parsed.items():
+            if isinstance(t, PayloadError):
+                problems.append(f"{doc['_id']}: {t}")
+                continue
+            rows.append((doc["exchange"], symbol, from_ms(t.ts_ms), t.last, t.bid, t.ask, t.bid_volume,
+                         t.ask_volume, t.base_volume, t.quote_volume, doc["_id"], run_id))
     if not rows:
         return 0, problems
     with conn.cursor() as cur:

@@ -21,9 +21,9 @@ def exchange_ingest(config: MarketflowConfig, exchange: ExchangeConfig, timefram
     """One task for every market of one exchange: extract and load each market's window, ``pool_slots``
     markets at a time in threads.
 
-    ``live``: the minute DAG's ``<exchange>.ingest`` (the live pool, the whole rate budget, a ticker per
-    live market); else the hourly DAG's ``<exchange>.reconcile`` (the hourly pool, history's share of
-    the budget, candles only).
+    ``live``: the minute DAG's ``<exchange>.ingest`` (the live pool, the whole rate budget, then the
+    tickers of all its live markets in one batch call); else the hourly DAG's ``<exchange>.reconcile``
+    (the hourly pool, history's share of the budget, candles only).
 
     One task instead of an extract and a load task per market: on these paths each Airflow task costs
     a process start, a DAG parse and a scheduling round (seconds each, tens of seconds on a busy 2-core
