@@ -245,8 +245,16 @@ def test_corrected_and_new_candles_flow_in_incrementally(dbt: DbtRunner, loaded_
 
 def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> None:
     conn = loaded_warehouse
+    with conn.cursor() as cur:  # a minute missing at the first build, loaded late into a counted day
+        cur.execute("create table public.late_minute as select * from staging.ohlcv"
+                    " where exchange = 'okx' and open_time = '2025-11-24 12:00+00'")
+        cur.execute("delete from staging.ohlcv where exchange = 'okx' and open_time = '2025-11-24 12:00+00'")
+    conn.commit()
     dbt("build")
     with conn.cursor() as cur:
+        cur.execute("insert into staging.ohlcv select * from public.late_minute")
+        cur.execute("update staging.ohlcv set ingested_at = now() where exchange = 'okx'"
+                    " and open_time = '2025-11-24 12:00+00'")
         # corrections, new minutes for both markets, a new market, tickers (older and newer than candles)
         cur.execute(
             "update staging.ohlcv set low = low - 1, raw_payload_id = 'fix', ingested_at = now()"
@@ -271,9 +279,18 @@ def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> No
     dbt("build")
     incremental = checksums(conn)
     assert incremental["ohlcv_1m"][0] == 5760 + 4 * 60 + 1  # 4 sample days, first hour again
+    # markets' coverage (int_markets sums the incremental per-day counts) is a count of every candle
+    coverage = ("select exchange, symbol, first_candle_at, last_candle_at, candle_count from marts.markets"
+                " where candle_count > 0 order by 1, 2")
+    brute_force = ("select exchange, symbol, min(open_time), max(open_time), count(*) from staging.ohlcv"
+                   " where timeframe = '1m' group by 1, 2 order by 1, 2")
+    assert query(conn, coverage) == query(conn, brute_force)
+    days = "select * from dbt_intermediate.int_ohlcv_1m_days order by exchange, symbol, day"
+    incremental_days = query(conn, days)
     assert incremental["markets"][0] == 4  # binance ETH, okx BTC, kraken BTC/EUR, okx ETH (ticker only)
     dbt("build", "--full-refresh")
     assert checksums(conn) == incremental
+    assert query(conn, days) == incremental_days
     prices = dict(
         ((e, s), (p, src))
         for e, s, p, src in query(
