@@ -122,12 +122,26 @@ dq_plan as (
                and r.range_end > r.range_start
         )
     {%- endset -%}
-    delete from {{ this }} as t
-    using {{ held }} as s
-    where t.exchange = s.exchange and t.symbol = s.symbol and {{ row_filter }}
-      and t.period_start < coalesce(date_trunc('{{ grain }}', s.range_start, 'UTC'), 'infinity'::timestamptz);
-    delete from {{ this }} as t
-    using {{ held }} as s
-    where t.exchange = s.exchange and t.symbol = s.symbol and {{ row_filter }}
-      and t.period_start >= s.range_end
+    delete from {{ this }}
+    where ctid = any(array(
+        select x.ctid
+        from {{ held }} as s
+        cross join lateral (
+            select t.ctid from {{ this }} as t
+            where t.exchange = s.exchange and t.symbol = s.symbol and {{ row_filter }}
+              and t.period_start < coalesce(date_trunc('{{ grain }}', s.range_start, 'UTC'), 'infinity'::timestamptz)
+            offset 0  -- an index range scan per series (as a join: a scan of the whole table)
+        ) as x
+    ));
+    delete from {{ this }}
+    where ctid = any(array(
+        select x.ctid
+        from {{ held }} as s
+        cross join lateral (
+            select t.ctid from {{ this }} as t
+            where t.exchange = s.exchange and t.symbol = s.symbol and {{ row_filter }}
+              and t.period_start >= s.range_end
+            offset 0
+        ) as x
+    ))
 {%- endmacro %}

@@ -39,10 +39,14 @@ with {{ dq_hourly_plan(this, "s.timeframe = '1m' and s.grain = 'hour'") }},
 hours as (
     select h.*, p.recompute_from
     from dq_plan as p
-    join {{ ref('int_dq_hourly_1m') }} as h
-        on h.exchange = p.exchange
-       and h.symbol = p.symbol
-       and h.period_start >= date_trunc('day', p.recompute_from, 'UTC')
+    cross join lateral (
+        select *
+        from {{ ref('int_dq_hourly_1m') }} as h
+        where h.exchange = p.exchange
+          and h.symbol = p.symbol
+          and h.period_start >= date_trunc('day', p.recompute_from, 'UTC')
+        offset 0  -- an index range scan per series (as a join: a hash join over all of the table)
+    ) as h
 ),
 
 days as (
