@@ -515,6 +515,92 @@ def test_incremental_candle_hours_equal_a_full_refresh(dbt: DbtRunner, pg_conn) 
     assert query(pg_conn, summary_sql) == summary_incremental
 
 
+def _written(conn, relation: str, key: str) -> dict[tuple, str]:
+    """Each row's key and the transaction that wrote it (xmin): a row an incremental build left alone keeps it."""
+    return {r[:-1]: r[-1] for r in query(conn, f"SELECT {key}, xmin::text FROM {relation}")}
+
+
+def test_incremental_hours_and_summary_equal_a_full_refresh(dbt: DbtRunner, pg_conn) -> None:
+    """int_dq_hourly_1m and data_quality_summary are incremental: a later build with late candles, a
+    loader anomaly, a new series and a later build time rewrites only the hours from each change on
+    (and the days holding them), and equals a full refresh and the oracle; a range moved at both
+    ends (history_start later, history_end earlier) rewrites that series and drops what fell outside."""
+    load_scenario(pg_conn)
+    with pg_conn.cursor() as cur:
+        # loaded a day ago as live loading does, each minute as it closed: the next build's 60 minute
+        # lookback re-reads only the last hour loaded (hour 2), and none of the anomalies
+        cur.execute("UPDATE staging.ohlcv SET ingested_at = now() - interval '1 day' + (open_time - %s)", (T0,))
+        cur.execute("UPDATE staging.ohlcv_anomalies SET recorded_at = now() - interval '1 day'")
+    pg_conn.commit()
+    first_as_of = T0 + timedelta(hours=2, minutes=10, seconds=30)  # range end 02:08 (2 min delay)
+    dbt("build", *SELECT_DQ, "--vars", f'{{"dq_as_of": "{first_as_of.isoformat()}"}}')
+    assert_matches_oracle(pg_conn, first_as_of)
+    hourly_key = "exchange, symbol, period_start"
+    summary_key = "exchange, symbol, grain, period_start"
+    hourly_before = _written(pg_conn, "dbt_intermediate.int_dq_hourly_1m", hourly_key)
+    summary_before = _written(pg_conn, "marts.data_quality_summary", summary_key)
+    assert len(hourly_before) == 3 + 3 + 3 + 1  # binance/okx BTC/USDT and binance ETH/USDT 00-02, okx SOL/USDT 00
+
+    with pg_conn.cursor() as cur:
+        for k in MIDDLE:  # the hole in hour 1 is repaired (late candles)
+            insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), base_close(k), base_volume(k))
+        cur.execute(  # okx's minute 20 (hour 0) is revised by a later fetch
+            "INSERT INTO staging.ohlcv_anomalies (raw_payload_id, kind, open_time, exchange, symbol, timeframe,"
+            " run_id) VALUES ('p9', 'revised', %s, 'okx', 'BTC/USDT', '1m', 'r')",
+            (minute(20),),
+        )
+        for k in range(60, 65):  # a series seen for the first time (no config: its candles' span)
+            insert_candle(cur, "okx", "XRP/USDT", "1m", minute(k), Decimal("0.5"), Decimal(3))
+    pg_conn.commit()
+    as_of = T0 + timedelta(hours=2, minutes=50, seconds=30)  # range end 02:48: hour 2 grows
+    as_of_vars = f'{{"dq_as_of": "{as_of.isoformat()}"}}'
+    dbt("build", *SELECT_DQ, "--vars", as_of_vars)
+    assert_matches_oracle(pg_conn, as_of)
+    hourly_after = _written(pg_conn, "dbt_intermediate.int_dq_hourly_1m", hourly_key)
+    summary_after = _written(pg_conn, "marts.data_quality_summary", summary_key)
+    h = lambda n: T0 + timedelta(hours=n)  # noqa: E731
+    assert {k for k, x in hourly_after.items() if hourly_before.get(k) != x} == {
+        # BTC/USDT from hour 1 on both exchanges (binance's late candles; okx's divergence with them)
+        ("binance", "BTC/USDT", h(1)), ("binance", "BTC/USDT", h(2)), ("okx", "BTC/USDT", h(1)),
+        ("okx", "BTC/USDT", h(2)),
+        ("okx", "BTC/USDT", h(0)),  # the new loader anomaly
+        ("binance", "ETH/USDT", h(2)),  # only the last hour, which the later build time extends
+        ("okx", "XRP/USDT", h(1)),  # the new series
+    }  # fmt: skip
+    # hours unchanged, and every day row of a series with a rewritten hour
+    assert {k for k, x in summary_after.items() if summary_before.get(k) != x} == {
+        *((e, s, "hour", p) for e, s, p in [("binance", "BTC/USDT", h(1)), ("binance", "BTC/USDT", h(2)),
+                                             ("okx", "BTC/USDT", h(0)), ("okx", "BTC/USDT", h(1)),
+                                             ("okx", "BTC/USDT", h(2)), ("binance", "ETH/USDT", h(2)),
+                                             ("okx", "XRP/USDT", h(1))]),
+        *((e, s, "day", T0) for e, s in [("binance", "BTC/USDT"), ("okx", "BTC/USDT"), ("binance", "ETH/USDT"),
+                                          ("okx", "XRP/USDT")]),
+    }  # fmt: skip
+
+    def compare_with_full_refresh(build_vars: str) -> None:
+        tables = ("dbt_intermediate.int_dq_hourly_1m", "marts.data_quality_summary")
+        sqls = [f"SELECT * FROM {t} ORDER BY {summary_key if 'summary' in t else hourly_key}" for t in tables]
+        incremental = [query(pg_conn, sql) for sql in sqls]
+        dbt("build", "--full-refresh", *SELECT_DQ, "--vars", build_vars)
+        assert [query(pg_conn, sql) for sql in sqls] == incremental
+
+    compare_with_full_refresh(as_of_vars)
+
+    # okx BTC/USDT's configured range now starts at 00:30 and ends at 02:00: its hour 0 has 30
+    # expected minutes, hour 2 is gone; an incremental build rewrites the series and drops hour 2
+    with pg_conn.cursor() as cur:
+        cur.execute("UPDATE ops.market_config SET history_start = %s, history_end = %s"
+                    " WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND timeframe = '1m'",
+                    (T0 + timedelta(minutes=30), h(2)))  # fmt: skip
+    pg_conn.commit()
+    dbt("build", *SELECT_DQ, "--vars", as_of_vars)
+    assert_matches_oracle(pg_conn, as_of)
+    okx_hours = [r[:2] for r in query(pg_conn, "SELECT period_start, expected FROM dbt_intermediate.int_dq_hourly_1m"
+                                               " WHERE exchange = 'okx' AND symbol = 'BTC/USDT' ORDER BY 1")]
+    assert okx_hours == [(h(0), 30), (h(1), 60)]
+    compare_with_full_refresh(as_of_vars)
+
+
 # ---------------------------------------------------------------------------------------------
 # The real recorded days with seeded random anomalies planted in them, against the oracle.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -245,8 +246,16 @@ def test_corrected_and_new_candles_flow_in_incrementally(dbt: DbtRunner, loaded_
 
 def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> None:
     conn = loaded_warehouse
+    with conn.cursor() as cur:  # a minute missing at the first build, loaded late into a counted day
+        cur.execute("create table public.late_minute as select * from staging.ohlcv"
+                    " where exchange = 'okx' and open_time = '2025-11-24 12:00+00'")
+        cur.execute("delete from staging.ohlcv where exchange = 'okx' and open_time = '2025-11-24 12:00+00'")
+    conn.commit()
     dbt("build")
     with conn.cursor() as cur:
+        cur.execute("insert into staging.ohlcv select * from public.late_minute")
+        cur.execute("update staging.ohlcv set ingested_at = now() where exchange = 'okx'"
+                    " and open_time = '2025-11-24 12:00+00'")
         # corrections, new minutes for both markets, a new market, tickers (older and newer than candles)
         cur.execute(
             "update staging.ohlcv set low = low - 1, raw_payload_id = 'fix', ingested_at = now()"
@@ -271,9 +280,18 @@ def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> No
     dbt("build")
     incremental = checksums(conn)
     assert incremental["ohlcv_1m"][0] == 5760 + 4 * 60 + 1  # 4 sample days, first hour again
+    # markets' coverage (int_markets sums the incremental per-day counts) is a count of every candle
+    coverage = ("select exchange, symbol, first_candle_at, last_candle_at, candle_count from marts.markets"
+                " where candle_count > 0 order by 1, 2")
+    brute_force = ("select exchange, symbol, min(open_time), max(open_time), count(*) from staging.ohlcv"
+                   " where timeframe = '1m' group by 1, 2 order by 1, 2")
+    assert query(conn, coverage) == query(conn, brute_force)
+    days = "select * from dbt_intermediate.int_ohlcv_1m_days order by exchange, symbol, day"
+    incremental_days = query(conn, days)
     assert incremental["markets"][0] == 4  # binance ETH, okx BTC, kraken BTC/EUR, okx ETH (ticker only)
     dbt("build", "--full-refresh")
     assert checksums(conn) == incremental
+    assert query(conn, days) == incremental_days
     prices = dict(
         ((e, s), (p, src))
         for e, s, p, src in query(
@@ -432,6 +450,50 @@ def test_reconciliation_tests_name_the_broken_link(dbt: DbtRunner, loaded_wareho
     assert {re.sub(r"_(1h|1d|ref_.*)$", "", t) for t in failing} == {
         "ohlcv_rollup_matches_finer_ohlcv_1h", "ohlcv_rollup_matches_finer_ohlcv_1d",
         "indicator_matches_candles_indicators_1m"}, failing
+
+
+def _rows_read(conn, table: str) -> int:
+    """Rows of marts.`table` read so far by sequential and index scans (the statistics views)."""
+    ((n,),) = query(conn, "select coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) from pg_stat_user_tables"
+                          " where schemaname = 'marts' and relname = %s", (table,))
+    return n
+
+
+def test_reconciliation_after_an_old_backfill_reads_the_window_not_the_history(
+    dbt: DbtRunner, loaded_warehouse
+) -> None:
+    """An hour re-fetched two days back and the live hour are within the test window: the rollup and
+    indicator reconciliations check both (a corrupted bucket in the old hour fails) and read those
+    hours' minutes, not the ~2,700 minutes of the market's history between them."""
+    conn = loaded_warehouse
+    with conn.cursor() as cur:  # loaded days ago: outside the 48 h test window
+        cur.execute("update staging.ohlcv set ingested_at = now() - interval '5 days'")
+    conn.commit()
+    dbt("build", "--exclude-resource-type", "unit_test")
+    with conn.cursor() as cur:  # the backfilled hour and the live hour, written now
+        cur.execute("update staging.ohlcv set ingested_at = now(), raw_payload_id = 'refetch' where exchange = 'okx'"
+                    " and (open_time >= '2025-11-23 17:00+00' and open_time < '2025-11-23 18:00+00'"
+                    "      or open_time >= '2025-11-25 15:00+00')")
+        assert cur.rowcount == 120
+    conn.commit()
+    dbt("build", "--exclude-resource-type", "unit_test")
+    for test, table in (("ohlcv_5m,test_name:ohlcv_rollup_matches_finer", "ohlcv_1m"),
+                        ("indicators_1m,test_name:indicator_matches_candles", "indicators_1m")):
+        before = _rows_read(conn, table)
+        dbt("test", "--select", test)
+        time.sleep(1)  # the dbt backend's statistics reach the shared counters when it exits
+        read = _rows_read(conn, table) - before
+        # the two hours (120 rows) via the ingested_at index and the islands' range scans, plus a
+        # lookup row; the span from the old hour on was 2,820 rows of okx alone
+        assert 120 <= read <= 400, (test, read)
+    with conn.cursor() as cur:
+        cur.execute("update marts.ohlcv_5m set close = close + 1"
+                    " where exchange = 'okx' and open_time = '2025-11-23 17:30+00'")
+        assert cur.rowcount == 1
+    conn.commit()
+    failing = _failing_tests(dbt("test", "--select", "ohlcv_5m,test_name:ohlcv_rollup_matches_finer",
+                                 expect_success=False).output)
+    assert {re.sub(r"_5m$", "", t) for t in failing} == {"ohlcv_rollup_matches_finer_ohlcv_5m"}, failing
 
 
 def test_unique_key_index_fails_without_the_unique_index(dbt: DbtRunner, loaded_warehouse) -> None:

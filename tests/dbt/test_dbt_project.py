@@ -13,9 +13,10 @@ EXPECTED_MODELS = {
     # name: (schema, materialization)
     "int_dq_candle_hours_1m": ("dbt_intermediate", "incremental"),
     "int_dq_expected_ranges": ("dbt_intermediate", "table"),
-    "int_dq_hourly_1m": ("dbt_intermediate", "table"),
+    "int_dq_hourly_1m": ("dbt_intermediate", "incremental"),
     "int_indicator_functions": ("dbt_intermediate", "view"),
     "int_markets": ("dbt_intermediate", "table"),
+    "int_ohlcv_1m_days": ("dbt_intermediate", "incremental"),
     "stg_api_errors": ("dbt_staging", "view"),
     "stg_market_health": ("dbt_staging", "view"),
     "stg_backfill_tasks": ("dbt_staging", "view"),
@@ -27,7 +28,7 @@ EXPECTED_MODELS = {
     "api_errors": ("marts", "view"),
     "data_quality_flagged_candles": ("marts", "view"),
     "data_quality_gaps": ("marts", "table"),
-    "data_quality_summary": ("marts", "table"),
+    "data_quality_summary": ("marts", "incremental"),
     "indicators_15m": ("marts", "incremental"),
     "indicators_1d": ("marts", "incremental"),
     "indicators_1h": ("marts", "incremental"),
@@ -153,14 +154,14 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
                if ix.get("unique")}
         for name, node in models.items()
     }
-    assert {name for name, keys in indexed.items() if keys} >= {"ohlcv_1m", "indicators_1m", "ohlcv_1w"}
+    assert {name for name, keys in indexed.items() if keys} >= {"ohlcv_1m", "indicators_1m", "ohlcv_1w",
+                                                               "data_quality_gaps", "data_quality_summary"}
     for name, keys in indexed.items():
         by_index = checks.get(name, {}).get("unique_key_index", set())
         assert by_index == keys, f"{name}: unique indexes {keys}, unique_key_index tests {by_index}"
         if keys:
             assert "unique_combination_of_columns" not in checks.get(name, {}), name
-    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_gaps", "data_quality_summary",
-                       "data_quality_flagged_candles"}
+    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_flagged_candles"}
     for name in unindexed_keyed:
         assert not indexed[name] and checks[name]["unique_combination_of_columns"], name
 

@@ -1,4 +1,17 @@
-{{ config(post_hook="analyze {{ this }}") }}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key=['exchange', 'symbol', 'period_start'],
+        on_schema_change='fail',
+        post_hook=["{{ dq_delete_outside_ranges('hour') }}", "analyze {{ this }}"],
+        indexes=[
+            {'columns': ['exchange', 'symbol', 'period_start'], 'unique': true},
+            {'columns': ['max_ingested_at']},
+            {'columns': ['period_end']},
+        ],
+    )
+}}
 
 {#-
   Data-quality counts of every 1m series per UTC hour of its expected range (the hour rows of
@@ -6,16 +19,15 @@
   expected range [range_start, range_end) are counted; the periods come from the ranges, so an
   hour without a single candle is a row with present = 0. Candle counts, flags and divergence come
   from the incremental int_dq_candle_hours_1m (per hour with candles); an hour the range cuts in
-  two has its candles recounted inside the range. Rebuilt every run (a row per market-hour of
-  history, e.g. ~350k for 40 markets over a year: seconds).
+  two has its candles recounted inside the range.
+
+  Incremental (delete+insert on the hour): per series only the hours from dq_plan's
+  recompute_from on (macro dq_hourly_plan: the last hour held, hours whose candle tallies or loader
+  anomalies changed since the watermark); hours outside the ranges are deleted by the post-hook.
+  An hourly build costs the new hours, not a row per market-hour of history.
 -#}
 
-with ranges as (
-    select exchange, symbol, range_start, range_end
-    from {{ ref('int_dq_expected_ranges') }}
-    where timeframe = '1m'
-      and range_end > range_start
-),
+with {{ dq_hourly_plan(this) }},
 
 periods as (
     select
@@ -24,9 +36,9 @@ periods as (
         p.period_start,
         greatest(p.period_start, r.range_start)                         as expected_from,
         least(p.period_start + interval '1 hour', r.range_end)          as expected_to
-    from ranges as r
+    from dq_plan as r
     cross join lateral generate_series(
-        date_trunc('hour', r.range_start, 'UTC'),
+        greatest(date_trunc('hour', r.range_start, 'UTC'), r.recompute_from),
         r.range_end - interval '1 minute',
         interval '1 hour'
     ) as p (period_start)
@@ -41,12 +53,12 @@ anomalies as (
         count(distinct a.open_time) filter (where a.kind = 'duplicate_conflict')    as duplicates,
         count(distinct a.open_time) filter (where a.kind = 'revised')               as corrections,
         count(distinct a.open_time) filter (where a.kind = 'out_of_order')          as out_of_order
-    from ranges as r
+    from dq_plan as r
     join {{ ref('stg_ohlcv_anomalies') }} as a
         on a.exchange = r.exchange
        and a.symbol = r.symbol
        and a.timeframe = '1m'
-       and a.open_time >= r.range_start
+       and a.open_time >= greatest(r.range_start, r.recompute_from)
        and a.open_time < r.range_end
     group by 1, 2, 3
 ),
@@ -79,7 +91,8 @@ counted as (
          where t >= periods.expected_from and t < periods.expected_to) as price_spikes,
         (select count(*) from unnest(hours.volume_anomaly_times) as t
          where t >= periods.expected_from and t < periods.expected_to) as volume_anomalies,
-        hours.cross_exchange_divergence_bps
+        hours.cross_exchange_divergence_bps,
+        hours.max_ingested_at
     from periods
     left join {{ ref('int_dq_candle_hours_1m') }} as hours
         on hours.exchange = periods.exchange
@@ -105,5 +118,6 @@ select
     out_of_order,
     price_spikes,
     volume_anomalies,
-    cross_exchange_divergence_bps
+    cross_exchange_divergence_bps,
+    max_ingested_at
 from counted

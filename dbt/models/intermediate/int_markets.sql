@@ -2,14 +2,15 @@
 
 -- One row per market (exchange, symbol) seen in the 1m candles or the ticker snapshots, with its
 -- candle coverage. Time-independent; marts.markets adds is_active relative to query time.
+-- The coverage sums the incremental per-day counts (a row per market-day), not every candle.
 with candle_markets as (
     select
         exchange,
         symbol,
-        min(open_time)  as first_candle_at,
-        max(open_time)  as last_candle_at,
-        count(*)        as candle_count
-    from {{ ref('ohlcv_1m') }}
+        min(first_open_time)    as first_candle_at,
+        max(last_open_time)     as last_candle_at,
+        sum(candles)::bigint    as candle_count
+    from {{ ref('int_ohlcv_1m_days') }}
     group by exchange, symbol
 ),
 

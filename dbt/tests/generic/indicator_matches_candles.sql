@@ -15,32 +15,44 @@
 {% test indicator_matches_candles(model, candles, ingested_column) %}
 {%- set candle_closed = 'true' if ingested_column == 'ingested_at' else 'c.is_closed' %}
 
--- Per market, the earliest row written within the window on either side.
-with spans as (
-    select exchange, symbol, min(span_start) as span_start
-    from (
-        select exchange, symbol, min(open_time) as span_start
-        from {{ model }}
-        where {{ recent_rows_filter('last_ingested_at') }}
-        group by exchange, symbol
-        union all
-        select exchange, symbol, min(open_time)
-        from {{ candles }}
-        where {{ recent_rows_filter(ingested_column) }}
-        group by exchange, symbol
-    ) as starts
-    group by exchange, symbol
+-- The keys written within the window on either side, as islands of rows less than a day apart:
+-- after an old backfill, the backfilled island and the live one are read, not the history between
+-- them (a span from the market's earliest window row on would re-read all of it for 48 hours).
+with window_keys as (
+    select exchange, symbol, open_time
+    from {{ model }}
+    where {{ recent_rows_filter('last_ingested_at') }}
+    union
+    select exchange, symbol, open_time
+    from {{ candles }}
+    where {{ recent_rows_filter(ingested_column) }}
 ),
 
--- Per market, the indicator rows from the one before span_start on, each with the candle_index
--- of the row before it: one index range scan and a window per market (a lookup of the previous
+spans as (
+    select exchange, symbol, min(open_time) as span_start, max(open_time) as span_end
+    from (
+        select *, count(*) filter (where is_first) over (partition by exchange, symbol order by open_time) as island
+        from (
+            select
+                *,
+                open_time - interval '1 day' > coalesce(
+                    lag(open_time) over (partition by exchange, symbol order by open_time), '-infinity'
+                ) as is_first
+            from window_keys
+        ) as marked
+    ) as numbered
+    group by exchange, symbol, island
+),
+
+-- Per island, the indicator rows from the one before span_start on, each with the candle_index
+-- of the row before it: one index range scan and a window per island (a lookup of the previous
 -- row per key cost an index probe per row, seconds at 400k rows).
 indicator_rows as (
     select
         rows_.*,
         spans.span_start,
         lag(rows_.candle_index) over (
-            partition by rows_.exchange, rows_.symbol order by rows_.open_time
+            partition by rows_.exchange, rows_.symbol, spans.span_start order by rows_.open_time
         )                                       as previous_candle_index
     from spans
     cross join lateral (
@@ -55,7 +67,8 @@ indicator_rows as (
                 and before.symbol = spans.symbol
                 and before.open_time < spans.span_start
           ), spans.span_start)
-        offset 0  -- keeps the range scan per market
+          and p.open_time <= spans.span_end
+        offset 0  -- keeps the range scan per island
     ) as rows_
 ),
 
@@ -69,11 +82,12 @@ candle_rows as (
         where c.exchange = spans.exchange
           and c.symbol = spans.symbol
           and c.open_time >= spans.span_start
-        offset 0  -- keeps the range scan per market
+          and c.open_time <= spans.span_end
+        offset 0  -- keeps the range scan per island
     ) as c
 ),
 
--- Every indicator row and candle from span_start on, paired by key; only pairs with a side
+-- Every indicator row and candle of the islands, paired by key; only pairs with a side
 -- written within the window are judged (the rows before are there for the lookups).
 compared as (
     select

@@ -14,10 +14,12 @@
 
   Windowing: the rollup side is whatever `where` the test is configured with (the rollup ymls use
   last_ingested_at within data_test_window_hours); the finer side is windowed here on its
-  ingested_at / last_ingested_at with the same var (0 = everything). Per market, every finer row
-  from the first bucket to check on is read once, in one range scan, and aggregated (cheaper than
-  picking out the buckets of interest first: one sort, no join of all parts with the bucket
-  list). A stored bucket older than one of its parts is reported as missing (it is stale).
+  ingested_at / last_ingested_at with the same var (0 = everything). The buckets to check (stored
+  rows in the window, buckets of finer rows written in it) are merged into runs of consecutive
+  buckets, and each run's finer rows are read in one index range scan and aggregated: the cost is
+  the window's buckets, not a market's history from its earliest one (an old backfill within the
+  window no longer re-reads everything since). A stored bucket older than one of its parts is
+  reported as missing (it is stale).
 
   The finer table is the one the model is built from (macro rollup_finer), so the test
   takes only the rollup's timeframe:
@@ -36,27 +38,40 @@ with stored_rows as (
     select * from {{ model }}
 ),
 
--- Per market, the first bucket to check: the earliest stored row in the window, or the bucket
--- of the earliest finer row written within the window.
-spans as (
-    select exchange, symbol, min(span_start) as span_start
-    from (
-        select exchange, symbol, min(open_time) as span_start
-        from stored_rows
-        group by exchange, symbol
-        union all
-        select exchange, symbol, min({{ utc_bucket('open_time', timeframe) }})
-        from {{ finer }}
-        where {{ recent_rows_filter(finer_ingested) }}
-        group by exchange, symbol
-    ) as starts
-    group by exchange, symbol
+-- The buckets to check: every stored row in the window, and the bucket of every finer row written
+-- within the window; runs of consecutive buckets merged into islands (gaps and islands), so each
+-- island is one index range scan of the finer table. Never from a market's first bucket on: after
+-- an old backfill, the old island and the live one are read, not the history between them.
+buckets as (
+    select exchange, symbol, open_time as bucket
+    from stored_rows
+    union
+    select distinct exchange, symbol, {{ utc_bucket('open_time', timeframe) }}
+    from {{ finer }}
+    where {{ recent_rows_filter(finer_ingested) }}
 ),
 
--- Every finer row from there on: one index range scan per market.
+islands as (
+    select exchange, symbol, min(bucket) as span_start, max(bucket) + interval '{{ rollup_timeframe(timeframe)[0] }}' as span_end
+    from (
+        select
+            *,
+            count(*) filter (where is_first) over (partition by exchange, symbol order by bucket) as island
+        from (
+            select
+                *,
+                bucket - interval '{{ rollup_timeframe(timeframe)[0] }}'
+                    is distinct from lag(bucket) over (partition by exchange, symbol order by bucket) as is_first
+            from buckets
+        ) as marked
+    ) as numbered
+    group by exchange, symbol, island
+),
+
+-- Every finer row of the islands: one index range scan per island.
 parts as (
     select p.*
-    from spans as s
+    from islands as s
     cross join lateral (
         select {{ utc_bucket('c.open_time', timeframe) }} as bucket, c.exchange, c.symbol, c.open_time, c.open,
                c.high, c.low, c.close, c.volume, c.quote_volume, c.trades,
@@ -71,7 +86,8 @@ parts as (
         where c.exchange = s.exchange
           and c.symbol = s.symbol
           and c.open_time >= s.span_start
-        offset 0  -- keeps the range scan per market
+          and c.open_time < s.span_end
+        offset 0  -- keeps the range scan per island
     ) as p
 ),
 

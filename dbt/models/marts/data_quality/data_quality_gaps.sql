@@ -1,4 +1,9 @@
-{{ config(post_hook="analyze {{ this }}") }}
+{{
+    config(
+        post_hook="analyze {{ this }}",
+        indexes=[{'columns': ['exchange', 'symbol', 'timeframe', 'gap_start', 'gap_end'], 'unique': true}],
+    )
+}}
 
 {#-
   Missing candle intervals per (exchange, symbol, timeframe), with the repair state from
@@ -8,7 +13,8 @@
   expected range), never from a series of every expected open time: per series one ordered
   index-only scan of staging.ohlcv's primary key (no sort), linear in the number of candles.
   A series with no candle at all in its range is one gap over the whole range (an index probe per
-  series). A table rebuilt every run: the expected range ends at build time.
+  series). A table rebuilt every run: the expected range ends at build time. The unique index on
+  (exchange, symbol, timeframe, gap_start, gap_end) serves "a market's gaps over a period".
 -#}
 
 with ranges as (
