@@ -30,7 +30,21 @@ dq_ranges as (
       and range_end > range_start
 ),
 
-{% if is_incremental() -%}
+{% if is_incremental() and rebuild_slice() is not none -%}
+{%- set slice = rebuild_slice() %}
+-- `marketflow rebuild` (macros/rebuild_slice.sql): the slice's series from its first hour on
+dq_plan as (
+    select
+        exchange,
+        symbol,
+        range_start,
+        range_end,
+        {{ "date_trunc('hour', " ~ rebuild_literal(slice['start']) ~ "::timestamptz, 'UTC')" if slice.get('start')
+           else "'-infinity'::timestamptz" }} as recompute_from
+    from dq_ranges
+    where {{ rebuild_filter(none) }}
+)
+{% elif is_incremental() -%}
 {%- set watermark = incremental_watermark('max_ingested_at', var('dq_lookback_minutes', 60)) %}
 dq_changed_symbols as (
     select h.symbol, min(h.period_start) as changed_from

@@ -70,9 +70,14 @@ touched as (
     from (
         select exchange, symbol, min(open_time) as from_time
         from {{ candles }}
+        {%- if rebuild_slice() is not none %}
+        -- `marketflow rebuild`: from the slice's first candle on (macros/rebuild_slice.sql)
+        where {{ rebuild_filter('open_time', rebuild_width(timeframe)) }}
+        {%- else %}
         where {{ ingested_column }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+        {%- endif %}
         group by exchange, symbol
-        {%- if has_flags %}
+        {%- if has_flags and rebuild_slice() is none %}
         union all
         -- the newest stored row, computed from a forming candle that has closed since
         select newest.exchange, newest.symbol, newest.open_time

@@ -104,6 +104,10 @@ touched as (
             symbol,
             {{ utc_bucket('open_time', timeframe) }} as bucket
         from {{ finer }}
+        {%- if rebuild_slice() is not none %}
+        -- `marketflow rebuild`: the buckets overlapping the slice (macros/rebuild_slice.sql)
+        where {{ rebuild_filter('open_time', rebuild_width(finer_timeframe)) }}
+        {%- else %}
         where {{ finer_ingested }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
         union all
         -- each market's newest stored bucket, if it was forming at the last build and has closed since
@@ -119,6 +123,7 @@ touched as (
         ) as newest
         where not newest.is_closed
           and newest.close_time <= {{ dq_as_of() }}
+        {%- endif %}
     ) as candidates
 ),
 

@@ -15,6 +15,9 @@
     replay --start ISO --end ISO [--exchange X ...] [--symbol S ...]
                                         rebuild staging for a window from MongoDB raw, without calling
                                         any exchange (what market_backfill's from_raw does)
+    rebuild [--exchange X] [--symbol S] [--start ISO] [--end ISO]
+                                        rebuild the marts of one market and/or one time range from
+                                        staging, leaving every other row as it is (marketflow.rebuild)
     db upgrade [--revision REV]         migrate the warehouse schema to the newest revision (or REV)
     db current                          the revision the warehouse is at
     db downgrade <revision>             migrate the warehouse schema back to an older revision
@@ -78,6 +81,12 @@ def make_parser() -> argparse.ArgumentParser:
     replay.add_argument("--timeframe", default="1m")
     replay.add_argument("--chunk-hours", type=int, default=24)
 
+    rebuild = sub.add_parser("rebuild", help="rebuild the marts of one market and/or time range, nothing else")
+    rebuild.add_argument("--exchange", help="the market's exchange (default: every exchange)")
+    rebuild.add_argument("--symbol", help="the market's symbol, e.g. BTC/USDT (default: every symbol)")
+    rebuild.add_argument("--start", help="ISO-8601 UTC, inclusive, e.g. 2025-11-24T00:00:00Z (default: first candle)")
+    rebuild.add_argument("--end", help="ISO-8601 UTC, exclusive (default: the last candle)")
+
     db = sub.add_parser("db", help="the warehouse schema's migrations: upgrade, current, downgrade")
     db_sub = db.add_subparsers(dest="action", required=True)
     up = db_sub.add_parser("upgrade", help="migrate to the newest revision (or --revision)")
@@ -106,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "gaps":
         return _gaps(args)
+    if args.cmd == "rebuild":
+        return _rebuild(args)
 
     try:
         config = load_config(deep=args.cmd == "check-config")
@@ -240,6 +251,27 @@ def _gaps(args: argparse.Namespace) -> int:
     shown = f" (first {args.limit} listed)" if len(rows) > args.limit else ""
     print(f"{len(rows)} gap(s){shown}: " + ", ".join(f"{n} {status} ({missing} candles)"
                                                      for status, (n, missing) in sorted(by_status.items())))
+    return 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from marketflow import rebuild
+
+    try:
+        part = rebuild.Slice.parse(args.exchange, args.symbol, args.start, args.end)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    conn = _warehouse()
+    try:
+        deleted, seconds = rebuild.rebuild(conn, part, rebuild.dbt_env())
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    print(f"rebuilt {part.describe()}: {sum(deleted.values())} rows deleted first "
+          f"({', '.join(f'{k} {v}' for k, v in deleted.items() if v) or 'none held'}), dbt {seconds:.1f} s")
     return 0
 
 

@@ -51,7 +51,11 @@ changed as (
     select symbol, min(open_time) as changed_from
     from {{ ref('stg_ohlcv') }}
     where timeframe = '1m'
+    {%- if rebuild_slice() is not none %}
+      and {{ rebuild_filter('open_time') }}  -- `marketflow rebuild`: the slice (macros/rebuild_slice.sql)
+    {%- else %}
       and ingested_at > {{ incremental_watermark('max_ingested_at', var('dq_lookback_minutes', 60)) }}
+    {%- endif %}
     group by symbol
 ),
 
@@ -59,6 +63,10 @@ todo as (
     select series.exchange, series.symbol, date_trunc('hour', changed.changed_from, 'UTC') as recompute_from
     from series
     join changed on changed.symbol = series.symbol
+    {%- if rebuild_slice() is not none %}
+    -- a rebuild writes the slice's markets only (the others' closes are read for the divergence)
+    where {{ rebuild_filter(none, prefix='series.') }}
+    {%- endif %}
 ),
 {% else %}
 todo as (
@@ -236,3 +244,6 @@ select
     cross_exchange_divergence_bps,
     max_ingested_at
 from hours
+{%- if is_incremental() and rebuild_slice() is not none %}
+where {{ rebuild_filter('period_start', '1 hour') }}  -- a rebuild writes the hours of the slice only
+{%- endif %}

@@ -121,3 +121,6 @@ select
     cross_exchange_divergence_bps,
     max_ingested_at
 from counted
+{%- if is_incremental() and rebuild_slice() is not none %}
+where {{ rebuild_filter('period_start', '1 hour') }}  -- a rebuild writes the hours of the slice only
+{%- endif %}

@@ -27,7 +27,11 @@
 with touched as (
     select distinct exchange, symbol, date_trunc('day', open_time, 'UTC') as day
     from {{ ref('ohlcv_1m') }}
+    {%- if rebuild_slice() is not none %}
+    where {{ rebuild_filter('open_time') }}  -- `marketflow rebuild`: the days holding the slice
+    {%- else %}
     where ingested_at > {{ incremental_watermark('max_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+    {%- endif %}
 )
 
 select t.exchange, t.symbol, t.day, counted.candles, counted.first_open_time, counted.last_open_time,

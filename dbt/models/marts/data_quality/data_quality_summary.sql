@@ -105,3 +105,8 @@ select
                         'volume_anomalies') }} as quality_score,
     max_ingested_at
 from periods
+{%- if is_incremental() and rebuild_slice() is not none %}
+-- a rebuild writes the hours and days of the slice only
+where (grain = 'hour' and {{ rebuild_filter('period_start', '1 hour') }})
+   or (grain = 'day' and {{ rebuild_filter('period_start', '1 day') }})
+{%- endif %}

@@ -41,7 +41,10 @@ with candles as (
     select *
     from {{ ref('stg_ohlcv') }}
     where timeframe = '1m'
-    {% if is_incremental() %}
+    {% if is_incremental() and rebuild_slice() is not none %}
+      -- `marketflow rebuild`: the slice's candles (macros/rebuild_slice.sql)
+      and {{ rebuild_filter('open_time') }}
+    {% elif is_incremental() %}
       and ingested_at > {{ incremental_watermark('ingested_at', var('ohlcv_lookback_minutes', 60)) }}
     {% endif %}
 )
