@@ -24,6 +24,7 @@ STEPS: list[tuple[str, str]] = [
     ("2", "bench.backfill"),
     ("3", "bench.peer"),
     ("4", "bench.big_tables"),  # 4 and 5 share the 10M-row dataset
+    ("5x", "bench.analyst_queries"),  # figure 5 at 30M candles and 1,000 markets (5d-5g)
     ("6", "bench.freshness"),
     ("8", "bench.storage"),  # bytes per 1m candle, and the narrower layouts (8b)
 ]

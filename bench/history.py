@@ -68,27 +68,39 @@ def markets_for(count: int) -> list[tuple[str, str]]:
 
 
 def build_history(ctx: BenchContext, name: str, markets_count: int, minutes: int,
-                  dbt_args: tuple[str, ...] | None = ("build", "--exclude-resource-type", "unit_test")) -> History:
+                  dbt_args: tuple[str, ...] | None = ("build", "--exclude-resource-type", "unit_test"),
+                  long_markets: int = 0, long_minutes: int = 0, ticker_minutes: int = 0) -> History:
     """A fresh database ``name`` with ``markets_count x minutes`` 1m candles from START, the markets
     file synced, and the marts built by ``dbt <dbt_args>`` (None: staging only). The caller drops
-    the database (ctx.pg.drop_database) and removes ``History.work`` when done."""
+    the database (ctx.pg.drop_database) and removes ``History.work`` when done.
+
+    ``long_markets`` > 0: the first that many markets (Binance) hold ``long_minutes`` instead, and
+    every market ends at START + long_minutes (the others start later), e.g. a few markets with a
+    year of history among many with weeks. ``ticker_minutes``: a ticker snapshot per market and
+    minute for the last that many minutes (30 s into the minute, at the candle's close)."""
     from bench.storage import generate, write_markets_config
     from marketflow.config import load_config
     from marketflow.ops import sync_market_config
 
-    check_disk(ctx.root, markets_count * minutes)
     markets = markets_for(markets_count)
+    span = max(minutes, long_minutes) if long_markets else minutes
+    late = {m: span - minutes for m in markets[long_markets:]} if long_markets else {}
+    total = long_markets * long_minutes + (markets_count - long_markets) * minutes
+    check_disk(ctx.root, total)
     dsn = ctx.new_database(name)
     work = ctx.root / name
     work.mkdir(parents=True, exist_ok=True)
-    config_file = write_markets_config(work / "markets.yml", markets, START, START + timedelta(minutes=minutes))
+    config_file = write_markets_config(work / "markets.yml", markets, START, START + timedelta(minutes=span),
+                                       {m: START + timedelta(minutes=d) for m, d in late.items()})
     env = ctx.service_env(dsn, "http://127.0.0.1:9", config_file, name)
     # dbt's artefacts under the bench's directory, never over dbt/target (which cosmos reads)
     env.update(DBT_TARGET_PATH=str(work / "target"), DBT_LOG_PATH=str(work / "logs"))
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        candles, gen_s = generate(conn, markets, START, minutes)
+        candles, gen_s = generate(conn, markets, START, span, late)
+        if ticker_minutes:
+            _tickers(conn, START + timedelta(minutes=span - ticker_minutes))
         conn.autocommit = False
         sync_market_config(conn, load_config(config_file, env))  # the DAGs' own sync of the markets file
         conn.commit()
@@ -102,3 +114,15 @@ def build_history(ctx: BenchContext, name: str, markets_count: int, minutes: int
         dbt_s = time.monotonic() - started
         say(f"dbt took {dbt_s:.0f}s")
     return History(dsn, env, work, markets, candles, gen_s, dbt_s)
+
+
+def _tickers(conn, since: datetime) -> None:
+    """A ticker per market and minute from ``since``: the candle's close 30 s into its minute."""
+    with conn.cursor() as cur:
+        cur.execute("""
+            insert into staging.ticker (exchange, symbol, ts, last, bid, ask, bid_volume, ask_volume,
+                                        base_volume, quote_volume, raw_payload_id, run_id, ingested_at)
+            select exchange, symbol, open_time + interval '30 seconds', close, close, close,
+                   1, 1, volume, quote_volume, raw_payload_id, run_id, ingested_at
+            from staging.ohlcv where open_time >= %s""", (since,))
+        cur.execute("vacuum (analyze) staging.ticker")

@@ -87,23 +87,26 @@ def sample_rows() -> list[tuple]:
     return rows
 
 
-def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int) -> tuple[int, float]:
+def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int,
+             late_starts: dict[tuple[str, str], int] | None = None) -> tuple[int, float]:
     """``minutes`` 1m candles from ``start`` for each market into staging.ohlcv; returns (rows, seconds).
+    ``late_starts``: markets whose history starts that many minutes after ``start`` (same end).
 
     Written in time order, all markets interleaved, as live loading writes them; the BRIN on
     ingested_at is built after the load (as figure 4's generator does)."""
     started = time.monotonic()
     first = int(start.timestamp()) // 60
+    late_starts = late_starts or {}
     with conn.cursor() as cur:
         cur.execute("create schema if not exists bench")
         cur.execute("""create table bench.sample (exchange text, k int, open numeric, high numeric, low numeric,
                        close numeric, volume numeric, quote_volume numeric, trades bigint,
                        primary key (exchange, k))""")
         execute_values(cur, "insert into bench.sample values %s", sample_rows())
-        cur.execute("create table bench.markets (exchange text, symbol text, shift int)")
+        cur.execute("create table bench.markets (exchange text, symbol text, shift int, first_minute bigint)")
         # Each market reads the recording from its own offset: markets differ, digits stay real.
         execute_values(cur, "insert into bench.markets values %s",
-                       [(e, s, 97 * i) for i, (e, s) in enumerate(markets)])
+                       [(e, s, 97 * i, first + late_starts.get((e, s), 0)) for i, (e, s) in enumerate(markets)])
         cur.execute("analyze bench.sample; analyze bench.markets")
         cur.execute("select exchange, count(*) from bench.sample group by 1")
         period = dict(cur.fetchall())
@@ -113,7 +116,8 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
         for name, _ in indexes:
             cur.execute(f"drop index staging.{name}")
         chunk = 7 * 1440
-        for lo in range(first, first + minutes, chunk):
+        earliest = first + min(late_starts.get(m, 0) for m in markets)
+        for lo in range(earliest, first + minutes, chunk):
             hi = min(lo + chunk, first + minutes) - 1
             cur.execute("""
                 insert into staging.ohlcv
@@ -123,11 +127,13 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
                        'scheduled__' || to_char(to_timestamp((a / 60) * 3600.0) at time zone 'UTC',
                                                 'YYYY-MM-DD"T"HH24:MI:SS') || '+00:00',
                        to_timestamp(a * 60.0) + interval '65 seconds'
-                from generate_series(%(lo)s::bigint, %(hi)s::bigint) as a
-                cross join bench.markets as m
+                from bench.markets as m
+                -- each market from its own first minute: a market that starts later costs nothing before
+                cross join lateral generate_series(greatest(%(lo)s::bigint, m.first_minute), %(hi)s::bigint) as a
                 join bench.sample as s
                   on s.exchange = m.exchange
                  and s.k = ((a + m.shift) %% (case m.exchange when 'okx' then %(okx)s else %(binance)s end))::int
+                where m.first_minute <= %(hi)s
                 order by a, m.exchange, m.symbol""",
                         {"page": PAGE, "lo": lo, "hi": hi, "okx": period["okx"], "binance": period["binance"]})
         for _, indexdef in indexes:
@@ -142,15 +148,19 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
     return rows, seconds
 
 
-def write_markets_config(path: Path, markets: list[tuple[str, str]], start: datetime, end: datetime) -> Path:
-    """Closed histories [start, end) per market, so the data-quality models expect exactly them."""
+def write_markets_config(path: Path, markets: list[tuple[str, str]], start: datetime, end: datetime,
+                         starts: dict[tuple[str, str], datetime] | None = None) -> Path:
+    """Closed histories [start, end) per market (``starts``: a later start for some), so the
+    data-quality models expect exactly them."""
+    starts = starts or {}
     lines = ["# Written by the benchmark (bench/storage.py); candles generated in SQL.",
              "defaults:", "  timeframes: [1m]", "exchanges:"]
     for exchange in sorted({e for e, _ in markets}):
         lines += [f"  {exchange}:", "    api_base_url: ${MARKETFLOW_EXCHANGE_URL}", "    markets:"]
         for e, symbol in markets:
             if e == exchange:
-                lines += [f"      - symbol: {symbol}", f'        history_start: "{start:%Y-%m-%dT%H:%M:%SZ}"',
+                lines += [f"      - symbol: {symbol}",
+                          f'        history_start: "{starts.get((e, symbol), start):%Y-%m-%dT%H:%M:%SZ}"',
                           f'        history_end: "{end:%Y-%m-%dT%H:%M:%SZ}"']
     path.write_text("\n".join(lines) + "\n")
     return path
