@@ -25,6 +25,7 @@ STEPS: list[tuple[str, str]] = [
     ("3", "bench.peer"),
     ("4", "bench.big_tables"),  # 4 and 5 share the 10M-row dataset
     ("5x", "bench.analyst_queries"),  # figure 5 at 30M candles and 1,000 markets (5d-5g)
+    ("rebuild", "bench.rebuild_slice"),  # marketflow rebuild of one market-day vs the full rebuild
     ("6", "bench.freshness"),
     ("8", "bench.storage"),  # bytes per 1m candle, and the narrower layouts (8b)
 ]

@@ -19,6 +19,7 @@ bench/results/figure5x_plans_<quick|full>.txt.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
@@ -37,7 +38,10 @@ QUERY_WARMUP = 5
 QUERY_RUNS = 60
 EXPLAIN_RUNS = 5
 TARGETS_MS = {"latest": 20.0, "daily_year": 50.0, "minute_day": 20.0, "quality_month": 50.0}
-MIN_FREE_FOR_FULL = 40 * 10**9  # the brief: build 30M only with >= 40 GB free, else 10M
+MIN_FREE_FOR_FULL = 40 * 10**9  # build 30M only with >= 40 GB free, else 10M
+# The queries read ohlcv_1m, ohlcv_1d (and the rollups before it), int_markets, the data-quality chain:
+# the indicator marts (the largest part of a build) are not built.
+DBT_ARGS = ("run", "--exclude", "path:models/marts/indicators", "int_indicator_functions")
 
 
 @dataclass(frozen=True)
@@ -53,21 +57,23 @@ class Size:
         return self.long_markets * self.long_minutes + (self.markets - self.long_markets) * self.minutes
 
 
-def sizes(quick: bool, free_bytes: int) -> tuple[Size, Size]:
+def sizes(quick: bool, free_bytes: int, large_millions: int | None = None) -> tuple[Size, Size]:
     """(small reference, large). Full: 1M and 30M candles of 1,000 markets, 10 of them (1 at 1M) with a
-    year of 1m; 10M instead of 30M when the disk has under 40 GB free (shared with other builds)."""
+    year of 1m; 10M instead of 30M when the disk has under 40 GB free (shared with other builds), or
+    ``large_millions`` (MARKETFLOW_BENCH_5X_MILLIONS: 10 or 30) when given."""
     if quick:
         return Size("small", 100, 300, 1, 35 * 1440), Size("large", 100, 3_000, 1, 35 * 1440)
     year = 365 * 1440
     small = Size("small 1M", 1000, 476, 1, year)  # 525,600 + 999 x 476 = 1.0M
-    if free_bytes >= MIN_FREE_FOR_FULL:
+    if large_millions == 30 or (large_millions is None and free_bytes >= MIN_FREE_FOR_FULL):
         return small, Size("large 30M", 1000, 25_000, 10, year)  # 5.26M + 990 x 25,000 = 30.0M
     return small, Size("large 10M", 1000, 4_800, 10, year)  # 5.26M + 990 x 4,800 = 10.0M
 
 
 def run(ctx: BenchContext) -> list[Figure]:
     free = shutil.disk_usage(ctx.root).free
-    small, large = sizes(ctx.quick, free)
+    millions = os.environ.get("MARKETFLOW_BENCH_5X_MILLIONS")
+    small, large = sizes(ctx.quick, free, int(millions) if millions else None)
     say(f"disk: {free / 1e9:.0f} GB free; histories {small.candles:,} and {large.candles:,} candles")
     results: dict[str, dict[str, dict]] = {}
     plans: list[str] = []
@@ -75,7 +81,7 @@ def run(ctx: BenchContext) -> list[Figure]:
     plan_file = REPO / "bench" / "results" / f"figure5x_plans_{'quick' if ctx.quick else 'full'}.txt"
     for size in (small, large):
         name = "bench_queries_small" if size is small else "bench_queries_large"
-        history = build_history(ctx, name, size.markets, size.minutes, ("run",), long_markets=size.long_markets,
+        history = build_history(ctx, name, size.markets, size.minutes, DBT_ARGS, long_markets=size.long_markets,
                                 long_minutes=size.long_minutes, ticker_minutes=60)
         try:
             built[size.label] = {"candles": history.candles, "generate_s": round(history.generate_seconds, 1),
@@ -154,9 +160,67 @@ def _measure(history: History, size: Size, plans: list[str]) -> dict[str, dict]:
                       _render_sql(sql, params), text, ""]
             say(f"{size.label} {key}: p50 {out[key]['p50_ms']} ms, p95 {out[key]['p95_ms']} ms, "
                 f"server {out[key]['server_execution_ms_median']} ms, {out[key]['rows_returned']} rows")
+        out["latest"]["one_row_per_market_prototype"] = _latest_prototype(history.dsn, conn, plans, size.label)
     finally:
         conn.close()
     return out
+
+
+# latest_price's columns from two tables of one row per market (the latest candle, the latest
+# ticker) instead of two index probes per market into ohlcv_1m and staging.ticker: what a
+# maintained latest-candle / latest-ticker table would give (a prototype in a scratch schema).
+PROTOTYPE_DDL = """
+create schema bench_proto;
+create table bench_proto.latest_candle as
+    select m.exchange, m.symbol, c.open_time, c.close_time, c.close
+    from dbt_intermediate.int_markets as m
+    cross join lateral (select open_time, close_time, close from marts.ohlcv_1m as o
+                        where o.exchange = m.exchange and o.symbol = m.symbol order by open_time desc limit 1) as c;
+create table bench_proto.latest_ticker as
+    select m.exchange, m.symbol, t.ts, t.last, t.bid, t.ask
+    from dbt_intermediate.int_markets as m
+    cross join lateral (select ts, last, bid, ask from staging.ticker as t
+                        where t.exchange = m.exchange and t.symbol = m.symbol order by ts desc limit 1) as t;
+alter table bench_proto.latest_candle add primary key (exchange, symbol);
+alter table bench_proto.latest_ticker add primary key (exchange, symbol);
+vacuum analyze bench_proto.latest_candle;
+vacuum analyze bench_proto.latest_ticker;
+grant usage on schema bench_proto to analyst;
+grant select on all tables in schema bench_proto to analyst;
+"""
+PROTOTYPE_SQL = """
+select coalesce(c.exchange, t.exchange) as exchange, coalesce(c.symbol, t.symbol) as symbol,
+       c.open_time as candle_open_time, c.close_time as candle_close_time, c.close as candle_close,
+       t.ts as ticker_ts, t.last as ticker_last, t.bid as ticker_bid, t.ask as ticker_ask,
+       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then t.last else c.close end
+           as price,
+       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then 'ticker' else 'candle' end
+           as price_source,
+       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then t.ts else c.close_time end
+           as as_of
+from bench_proto.latest_candle as c
+full join bench_proto.latest_ticker as t using (exchange, symbol)"""
+
+
+def _latest_prototype(dsn: str, analyst_conn, plans: list[str], label: str) -> dict:
+    admin = psycopg2.connect(dsn)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            for statement in filter(str.strip, PROTOTYPE_DDL.split(";")):  # one at a time: VACUUM is among them
+                cur.execute(statement)
+            cur.execute("select count(*) from bench_proto.latest_candle")
+            markets = cur.fetchone()[0]
+    finally:
+        admin.close()
+    got = _time(analyst_conn, PROTOTYPE_SQL, ())
+    with analyst_conn.cursor() as cur:
+        cur.execute("explain (analyze, buffers) " + PROTOTYPE_SQL)
+        plans += [f"=== {label}: latest prices from one row per market (prototype, bench_proto)", PROTOTYPE_SQL,
+                  "\n".join(r[0] for r in cur.fetchall()), ""]
+    say(f"{label} latest, one row per market (prototype): p50 {got['p50_ms']} ms, p95 {got['p95_ms']} ms, "
+        f"server {got['server_execution_ms_median']} ms, {markets} markets")
+    return got
 
 
 def _time(conn, sql: str, params: tuple) -> dict:
