@@ -2,7 +2,7 @@
 
 Figures (see bench/README.md): 1 load path, 2 backfill end to end, 3 peer (freqtrade), 4 dbt,
 5 queries on 10M+ rows, 6 freshness on the running stack, 7 peak memory during 2 and 6,
-8 bytes per 1m candle in Postgres.
+8 bytes per 1m candle in Postgres, 9 monthly partitions vs plain tables.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ STEPS: list[tuple[str, str]] = [
     ("rebuild", "bench.rebuild_slice"),  # marketflow rebuild of one market-day vs the full rebuild
     ("6", "bench.freshness"),
     ("8", "bench.storage"),  # bytes per 1m candle, and the narrower layouts (8b)
+    ("9", "bench.partitions"),  # monthly partitions vs plain tables: load, dbt incremental, pruning
 ]
 
 

@@ -10,6 +10,10 @@ retentions of the markets file's `housekeeping:` section:
 * **prune_rejects**: bodies of `staging.ohlcv_rejects` over 1 KB cut to their first 200 characters
   after `rejects_body_retention_days` (the row and its reason stay), rows deleted after
   `rejects_retention_days`;
+* **month_partitions**: this and next month's partitions of the 1m layers (`staging.ohlcv`,
+  `marts.ohlcv_1m`, `marts.indicators_1m`), rows that landed in a default partition moved into their
+  month's; with `retention: {ohlcv_1m_months: N}` the months of `ohlcv_1m` and `indicators_1m` before
+  the last N dropped whole (rollups and staging keep everything);
 * **clean_airflow_metadata**: `airflow db clean` (runs, task instances, XComs, logs, jobs, ...)
   older than `airflow_metadata_retention_days`; each DAG's latest scheduled run is kept. Needs the
   connection `marketflow_airflow_db` to the metadata database (Airflow 3 tasks cannot reach it
@@ -31,7 +35,7 @@ from marketflow.tasks.defaults import DEFAULT_ARGS, deadline
 from marketflow.tasks.maintenance import housekeeping_tasks, task_timeout
 
 CONFIG = load_config()
-# The three tasks run side by side; the run may take one retry of the slowest.
+# The tasks run side by side; the run may take one retry of the slowest.
 RUN_TIMEOUT = 2 * task_timeout(CONFIG)
 
 

@@ -94,6 +94,7 @@
 {%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
 {%- set finer, finer_ingested = rollup_finer(timeframe) -%}
 {{- require_columns(['is_closed', 'quote_volume_missing_minutes']) }}
+{{- refuse_rollup_rebuild_after_retention() }}
 with
 {%- if is_incremental() %}
 touched as (
@@ -196,4 +197,24 @@ where (
       and stored.open_time = rolled.open_time
 ) is distinct from rolled::text
 {%- endif %}
+{%- endmacro %}
+
+{#-
+  A full refresh of a rollup after retention dropped months of ohlcv_1m (ops.partition_retention)
+  would rebuild it from the months left and silently lose every older bucket: the rollups keep
+  everything. Refused, with the way out, unless the var says the loss is meant.
+-#}
+{% macro refuse_rollup_rebuild_after_retention() -%}
+  {%- if execute and model.resource_type != 'unit_test' and should_full_refresh()
+        and not var('rebuild_rollups_after_retention', false) and load_relation(this) is not none -%}
+    {%- set floor = run_query("select min(keep_from)::text from ops.partition_retention")
+                        .columns[0].values()[0] -%}
+    {%- if floor is not none -%}
+      {{ exceptions.raise_compiler_error(
+          this ~ ": a full refresh would rebuild it from ohlcv_1m, whose months before " ~ floor
+          ~ " retention has dropped, and lose every older bucket (the rollups keep everything). Fix: leave the "
+          ~ "rollups out of the full refresh (--exclude ohlcv_5m+), or pass --vars "
+          ~ "'{rebuild_rollups_after_retention: true}' if losing them is meant") }}
+    {%- endif -%}
+  {%- endif -%}
 {%- endmacro %}

@@ -287,6 +287,17 @@ class HousekeepingConfig(_Section):
         return self
 
 
+class RetentionConfig(_Section):
+    """How long the 1m layers keep their history (whole months, dropped by the market_maintenance DAG)."""
+
+    shape = ("expected a mapping of months", "e.g. 'retention: {ohlcv_1m_months: 24}'")
+
+    ohlcv_1m_months: PositiveInt | None = Field(None, description=(
+        "Months of marts.ohlcv_1m and marts.indicators_1m kept: the current month and the N-1 before it; older "
+        "monthly partitions are dropped whole. Empty = keep everything. The rollups (5m to 1w) and "
+        "staging.ohlcv keep everything."))
+
+
 class Defaults(_Section):
     """Settings of the whole pipeline, and what every exchange and market inherits unless it says otherwise."""
 
@@ -419,6 +430,8 @@ class MarketsFile(_Section):
         json_schema_extra={"additionalProperties": False})  # names outside the key pattern are wrong
     housekeeping: HousekeepingConfig = Field(default_factory=HousekeepingConfig, description=(
         "What the market_maintenance DAG prunes, and after how many days."))
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description=(
+        "How many months of 1m history the market_maintenance DAG keeps."))
 
     @model_validator(mode="wrap")
     @classmethod
@@ -577,6 +590,7 @@ class MarketflowConfig:
     dbt_pool_slots: int = 2  # dbt tasks at a time (pool marketflow_dbt), so they never fill the executor
     timeouts: Timeouts = field(default_factory=Timeouts)
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # What the exchanges cannot give (a capped history, no batch tickers, no quote volume...): one line
     # each naming the file and key (check_exchange_capabilities); `marketflow check-config` prints them.
     warnings: tuple[str, ...] = ()
@@ -644,7 +658,8 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
         gap_repair_time_budget_minutes=d.gap_repair_time_budget_minutes,
         gap_repair_retry_failed_hours=d.gap_repair_retry_failed_hours,
         alert_after_failures=d.alert_after_failures, suspend_after_failures=d.suspend_after_failures,
-        dbt_pool_slots=d.dbt_pool_slots, timeouts=d.timeouts, housekeeping=file.housekeeping)
+        dbt_pool_slots=d.dbt_pool_slots, timeouts=d.timeouts, housekeeping=file.housekeeping,
+        retention=file.retention)
 
 
 # --- loading -----------------------------------------------------------------------------------------

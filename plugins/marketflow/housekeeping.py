@@ -15,6 +15,12 @@ Run daily by the ``market_maintenance`` DAG, with the retentions of the markets 
   plus a note of its size; the row, its reason and identity stay until ``rejects_retention_days``.
   The raw payload behind it in MongoDB expires after ``raw_retention_days`` (its TTL index), so
   with the defaults (30 and 30) the full body is gone from both at about the same time.
+* **monthly partitions** (``retention: ohlcv_1m_months``): the 1m layers are partitioned by month of
+  open_time (include/sql/120_month_partitions.sql). ``ensure_month_partitions`` creates this month's
+  and the next month's partition of each ahead of need and moves rows that landed in a DEFAULT
+  partition into their month's; ``drop_expired_partitions`` drops whole months of marts.ohlcv_1m and
+  marts.indicators_1m before the retention (never a DELETE), after recording the floor in
+  ops.partition_retention so dbt does not re-create them. Rollups and staging.ohlcv keep everything.
 * **Airflow's metadata** (``airflow_metadata_retention_days``): ``airflow db clean`` on the tables
   of AIRFLOW_TABLES, in batches, without archive tables. It keeps each DAG's latest scheduled run
   (so the schedule continues; manual runs are not kept), and never touches the ``dag`` and
@@ -39,13 +45,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 from psycopg2 import sql
 
-from marketflow.config import HousekeepingConfig
+from marketflow.config import HousekeepingConfig, RetentionConfig
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +224,117 @@ def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Prune
         prune_rule(conn, REJECTS_RULE, now - timedelta(days=config.rejects_retention_days), config.batch_size),
         cut_reject_bodies(conn, now - timedelta(days=config.rejects_body_retention_days), config.batch_size),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Monthly partitions of the 1m layers
+# --------------------------------------------------------------------------------------------------
+# Every table partitioned by month (staging's by the migrations, the marts by dbt's materialization,
+# macros/month_partitions.sql); the marts are absent until dbt first builds them.
+MONTH_PARTITIONED = ("staging.ohlcv", "marts.ohlcv_1m", "marts.indicators_1m")
+# What `retention: ohlcv_1m_months` drops: the 1m marts. Not staging.ohlcv: the gap marts and repairs
+# read it over each market's whole configured history, and would report dropped months as gaps to re-fetch.
+RETAINED_BY_MONTHS = ("marts.ohlcv_1m", "marts.indicators_1m")
+
+
+@dataclass
+class DroppedPartition:
+    table: str
+    partition: str
+    month: str  # YYYY-MM
+    rows: int  # exact count, read before the drop
+
+
+def _month_start(ts: datetime, months_back: int = 0) -> datetime:
+    index = ts.year * 12 + ts.month - 1 - months_back
+    return datetime(index // 12, index % 12 + 1, 1, tzinfo=ts.tzinfo)
+
+
+def retention_floor(now: datetime, months: int) -> datetime:
+    """The first instant kept by a retention of ``months``: the start of the month ``months - 1`` months
+    before ``now``'s (24 months on 2026-12-04 keep 2025-01-01 onwards)."""
+    return _month_start(now.astimezone(UTC), months - 1)
+
+
+def _partitioned(cur, table: str) -> bool:
+    cur.execute("SELECT c.relkind = 'p' FROM pg_class AS c WHERE c.oid = to_regclass(%s)", (table,))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def ensure_month_partitions(conn, now: datetime, tables: Sequence[str] = MONTH_PARTITIONED) -> dict[str, int]:
+    """This month's and next month's partition of every monthly-partitioned table, and a partition for
+    every month with rows in its DEFAULT partition (moved there). One short transaction per table
+    (the DDL locks the table for a moment); idempotent, concurrent callers serialise per table."""
+    from psycopg2 import errors
+
+    created: dict[str, int] = {}
+    for table in tables:
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                if not _partitioned(cur, table):
+                    conn.rollback()
+                    continue
+                cur.execute("SELECT ops.split_default_partition(%s::regclass), "
+                            "ops.ensure_month_partitions(%s::regclass, %s, %s)",
+                            (table, table, _month_start(now), _month_start(now, -1)))
+                moved, ahead = cur.fetchone()
+            conn.commit()
+        except errors.LockNotAvailable:
+            # a long query holds the table: loads still work (the default partition takes the rows), the
+            # next storage preparation (hourly) or maintenance run tries again
+            conn.rollback()
+            log.warning("%s: month partitions not created: the table stayed locked for %ss by another session; "
+                        "loads go on into its default partition, the next run retries", table, LOCK_TIMEOUT_S)
+            continue
+        created[table] = moved + ahead
+        if moved or ahead:
+            log.info("%s: %d month partitions created (%d for rows that had landed in the default partition)",
+                     table, moved + ahead, moved)
+    return created
+
+
+def drop_expired_partitions(conn, retention: RetentionConfig, now: datetime) -> list[DroppedPartition]:
+    """Whole months of the 1m marts before the retention floor, dropped partition by partition (each its
+    own transaction). The floor is recorded first (ops.partition_retention): from then on dbt reads
+    nothing older from staging, so no run re-creates a dropped month. Rows of old months still in a
+    DEFAULT partition get their month's partition first, and go with it: nothing is DELETEd."""
+    months = retention.ohlcv_1m_months
+    if months is None:
+        log.info("retention: ohlcv_1m_months is not set, the 1m marts keep every month")
+        return []
+    floor = retention_floor(now, months)
+    dropped: list[DroppedPartition] = []
+    for table in RETAINED_BY_MONTHS:
+        with conn.cursor() as cur:
+            cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+            if not _partitioned(cur, table):
+                conn.rollback()
+                log.info("retention: %s is not there (or not partitioned) yet; nothing to drop", table)
+                continue
+            cur.execute("INSERT INTO ops.partition_retention (relation, keep_from) VALUES (%s, %s) "
+                        "ON CONFLICT (relation) DO UPDATE SET keep_from = excluded.keep_from, applied_at = now()",
+                        (table, floor))
+            cur.execute("SELECT ops.split_default_partition(%s::regclass)", (table,))
+            cur.execute("SELECT partition::text, to_char(from_time AT TIME ZONE 'UTC', 'YYYY-MM') "
+                        "FROM ops.month_partitions(%s::regclass) WHERE to_time <= %s ORDER BY from_time",
+                        (table, floor))
+            expired = cur.fetchall()
+        conn.commit()
+        for partition, month in expired:
+            with conn.cursor() as cur:
+                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
+                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(partition)))
+                rows = cur.fetchone()[0]
+                cur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(partition)))
+            conn.commit()
+            dropped.append(DroppedPartition(table, partition, month, rows))
+            log.info("retention: %s: dropped %s (%s, %s rows; keeping %s months from %s on)", table, partition,
+                     month, f"{rows:,}", months, _when(floor))
+        if not expired:
+            log.info("retention: %s: no month before %s", table, _when(floor))
+    return dropped
 
 
 # --------------------------------------------------------------------------------------------------

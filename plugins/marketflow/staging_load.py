@@ -325,9 +325,18 @@ def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tupl
             WHERE (t.open, t.high, t.low, t.close, t.volume, t.quote_volume, t.trades)
                 IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
                                   EXCLUDED.quote_volume, EXCLUDED.trades)
-            RETURNING (xmax = 0) AS inserted
+            RETURNING t.exchange, t.symbol, t.timeframe, t.open_time
+        ),
+        -- what was stored before this statement (its snapshot): a returned row with a stored key was
+        -- updated. (Not xmax = 0: a partitioned table cannot return system columns.)
+        existed AS (
+            SELECT s.exchange, s.symbol, s.timeframe, s.open_time
+            FROM tmp_ohlcv AS s
+            JOIN staging.ohlcv AS o USING (exchange, symbol, timeframe, open_time)
         )
-        SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM upserted
+        SELECT count(*) FILTER (WHERE e.open_time IS NULL), count(*) FILTER (WHERE e.open_time IS NOT NULL)
+        FROM upserted AS u
+        LEFT JOIN existed AS e USING (exchange, symbol, timeframe, open_time)
         """
     )
     inserted, updated = cur.fetchone()

@@ -199,6 +199,6 @@ def test_maintenance_dag_runs_daily_without_catch_up(parsed: dict) -> None:
     dag = parsed["dags"]["market_maintenance"]
     assert dag["catchup"] is False and dag["max_active_runs"] == 1
     assert dag["timetable"] == "CronTriggerTimetable"
-    # the three prunes are independent: one failing (e.g. no metadata connection) does not stop the others
+    # the tasks are independent: one failing (e.g. no metadata connection) does not stop the others
     assert {t: v["upstream"] for t, v in dag["tasks"].items()} == {
-        "prune_ops": [], "prune_rejects": [], "clean_airflow_metadata": []}
+        "prune_ops": [], "prune_rejects": [], "month_partitions": [], "clean_airflow_metadata": []}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from marketflow.config import ConfigError, HousekeepingConfig, load_config
+from marketflow.config import ConfigError, HousekeepingConfig, RetentionConfig, load_config
+from marketflow.housekeeping import retention_floor
 
 REPO = Path(__file__).resolve().parents[2]
 MARKETS = "exchanges:\n  binance:\n    markets: [BTC/USDT]\n"
@@ -51,3 +53,31 @@ def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, section: str, key: st
         load(tmp_path, section)
     assert err.value.key == key and problem in err.value.problem and err.value.fix
     assert str(err.value).startswith(f"{tmp_path / 'markets.yml'}: {key}: ")
+
+
+def test_retention_keeps_everything_unless_set(tmp_path: Path) -> None:
+    assert load(tmp_path, "").retention == RetentionConfig(ohlcv_1m_months=None)
+    assert load(tmp_path, "retention:\n").retention.ohlcv_1m_months is None
+    assert load(tmp_path, "retention: {ohlcv_1m_months: '${RETENTION}'}\n").retention.ohlcv_1m_months == 45
+
+
+@pytest.mark.parametrize(("section", "key", "problem"), [
+    ("retention: 24\n", "retention", "expected a mapping of months"),
+    ("retention:\n  ohlcv_1m_days: 30\n", "retention.ohlcv_1m_days", "unknown key"),
+    ("retention:\n  ohlcv_1m_months: 0\n", "retention.ohlcv_1m_months", "0 is out of range"),
+    ("retention:\n  ohlcv_1m_months: two years\n", "retention.ohlcv_1m_months", "is not an integer"),
+])
+def test_retention_mistakes_name_the_key_and_the_fix(tmp_path: Path, section: str, key: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, section)
+    assert err.value.key == key and problem in err.value.problem and err.value.fix
+
+
+@pytest.mark.parametrize(("now", "months", "floor"), [
+    (datetime(2026, 12, 4, 3, 17, tzinfo=UTC), 24, datetime(2025, 1, 1, tzinfo=UTC)),
+    (datetime(2026, 12, 4, tzinfo=UTC), 1, datetime(2026, 12, 1, tzinfo=UTC)),  # only the current month
+    (datetime(2026, 1, 31, 23, 59, tzinfo=UTC), 13, datetime(2025, 1, 1, tzinfo=UTC)),
+    (datetime(2026, 3, 1, 0, 30, tzinfo=timezone(timedelta(hours=2))), 2, datetime(2026, 1, 1, tzinfo=UTC)),  # Feb UTC
+])
+def test_retention_floor_is_the_first_of_a_month(now: datetime, months: int, floor: datetime) -> None:
+    assert retention_floor(now, months) == floor

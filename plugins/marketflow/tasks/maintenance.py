@@ -24,8 +24,8 @@ def task_timeout(config: MarketflowConfig) -> timedelta:
 
 
 def housekeeping_tasks(config: MarketflowConfig) -> list[Any]:
-    """prune_ops, prune_rejects and clean_airflow_metadata, independent of each other (one failing, e.g.
-    without its metadata connection, does not stop the others)."""
+    """prune_ops, prune_rejects, month_partitions and clean_airflow_metadata, independent of each other
+    (one failing, e.g. without its metadata connection, does not stop the others)."""
     timeout = task_timeout(config)
 
     @task(execution_timeout=timeout, multiple_outputs=False)
@@ -51,6 +51,20 @@ def housekeeping_tasks(config: MarketflowConfig) -> list[Any]:
             conn.close()
 
     @task(execution_timeout=timeout, multiple_outputs=False)
+    def month_partitions() -> dict[str, Any]:
+        from marketflow.connections import warehouse_connection
+        from marketflow.housekeeping import drop_expired_partitions, ensure_month_partitions
+
+        conn = warehouse_connection()
+        try:
+            now = _run_time()
+            created = ensure_month_partitions(conn, now)
+            dropped = drop_expired_partitions(conn, load_config().retention, now)
+            return {"created": created, "dropped": {f"{d.table} {d.month}": d.rows for d in dropped}}
+        finally:
+            conn.close()
+
+    @task(execution_timeout=timeout, multiple_outputs=False)
     def clean_airflow_metadata() -> dict[str, Any]:
         from marketflow.housekeeping import airflow_db_url_from_connection, clean_airflow_metadata
 
@@ -60,4 +74,4 @@ def housekeeping_tasks(config: MarketflowConfig) -> list[Any]:
         return clean_airflow_metadata(airflow_db_url_from_connection(), cut, housekeeping.batch_size,
                                       timeout_s=max(60.0, timeout.total_seconds() - 60))
 
-    return [prune_ops(), prune_rejects(), clean_airflow_metadata()]
+    return [prune_ops(), prune_rejects(), month_partitions(), clean_airflow_metadata()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import task
@@ -11,14 +12,17 @@ from marketflow.tasks.defaults import seconds
 
 
 def prepare(conn: Any, config: MarketflowConfig) -> None:
-    """Apply the staging DDL, mirror the markets file into ops.market_config, index the raw collections.
-    All idempotent."""
+    """Apply the staging DDL, create the coming month partitions, mirror the markets file into
+    ops.market_config, index the raw collections. All idempotent."""
     from marketflow.connections import raw_database
+    from marketflow.housekeeping import ensure_month_partitions
     from marketflow.ops import sync_market_config
     from marketflow.raw_store import RawStore
     from marketflow.schema import apply_ddl
 
     apply_ddl(conn)
+    # next month's partitions exist a month ahead of need; rows a load put in a DEFAULT partition move out
+    ensure_month_partitions(conn, datetime.now(UTC))
     sync_market_config(conn, config)
     RawStore(raw_database()).ensure_indexes(config.raw_retention_days)
 

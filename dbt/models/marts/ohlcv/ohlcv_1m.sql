@@ -4,7 +4,8 @@
         incremental_strategy='merge',
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
-        post_hook="analyze {{ this }}",
+        partition_by_month={'column': 'open_time', 'months_like': 'staging.ohlcv'},
+        post_hook=month_partitions_post_hooks(),
         indexes=[
             {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
             {'columns': ['ingested_at']},
@@ -26,8 +27,14 @@
   candle of a market" lookup (latest_price); ranges in ascending order scan it backwards.
   ingested_at is indexed so the watermark's max() is an index probe, not a scan; the watermark
   is inlined as a constant so the planner uses staging's ingested_at index (macro
-  incremental_watermark). The post-hook ANALYZE (a fixed-size sample, ~0.3 s at 20M rows) keeps
-  row estimates right after a full refresh, so latest_price's probes are planned as index scans.
+  incremental_watermark). The post-hook ANALYZE (a full refresh: the whole table; an incremental
+  run: its newest months, a fixed cost) keeps row estimates right, so latest_price's probes are
+  planned as index scans.
+
+  Partitioned by month of open_time (macros/month_partitions.sql: a full refresh creates it
+  partitioned too); a market-day query reads one partition. Candles older than the retention floor
+  (months the maintenance DAG dropped, macro retention_floor) are not read from staging, so a late
+  correction of an old candle or a full refresh never brings a dropped month back.
 
   Physical order: a full refresh writes the rows sorted by the key. Staging is in load order
   (every market's minute interleaved), and a table copied in that order puts each row of one
@@ -41,6 +48,7 @@ with candles as (
     select *
     from {{ ref('stg_ohlcv') }}
     where timeframe = '1m'
+      and open_time >= {{ retention_floor(this) }}
     {% if is_incremental() and rebuild_slice() is not none %}
       -- `marketflow rebuild`: the slice's candles (macros/rebuild_slice.sql)
       and {{ rebuild_filter('open_time') }}
