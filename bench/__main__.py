@@ -1,7 +1,8 @@
 """`python -m bench [--quick] [--only 1,2,...]`: run the figures, write bench/results/latest.{json,md}.
 
 Figures (see bench/README.md): 1 load path, 2 backfill end to end, 3 peer (freqtrade), 4 dbt,
-5 queries on 10M+ rows, 6 freshness on the running stack, 7 peak memory during 2 and 6,
+5 queries on 10M+ rows, 6 freshness on the running stack, 6c the minute DAG at 1,000 markets, 7 peak
+memory during 2, 6 and 6c,
 8 bytes per 1m candle in Postgres.
 """
 
@@ -25,6 +26,7 @@ STEPS: list[tuple[str, str]] = [
     ("3", "bench.peer"),
     ("4", "bench.big_tables"),  # 4 and 5 share the 10M-row dataset
     ("6", "bench.freshness"),
+    ("6c", "bench.minute_scale"),  # 1,000 markets on the minute DAG (QUICK: 200), and 7c its memory
     ("8", "bench.storage"),  # bytes per 1m candle, and the narrower layouts (8b)
 ]
 

@@ -384,7 +384,8 @@ class _Fetched:
 
 def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig], timeframe: str,
                            run_window: Window, raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *,
-                           threads: int, live: bool = True, deadline: float | None = None) -> list[MarketOutcome]:
+                           threads: int, live: bool = True, deadline: float | None = None,
+                           phases: dict[str, float] | None = None) -> list[MarketOutcome]:
     """What ``ingest_markets`` does, in batches: the minute path for hundreds of markets.
 
     Measured at 700 Binance + 300 OKX markets (bench figure 6c), a market's own work is a few candles,
@@ -402,7 +403,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
 
     Failure isolation is kept: a market whose fetch fails is recorded alone (its responses kept in raw
     as evidence, its health counted) and a batch whose transaction fails is loaded again market by
-    market, so one market's bad answer never fails the others.
+    market, so one market's bad answer never fails the others. ``phases`` gets the seconds spent per
+    phase (fetch: summed over the fetcher threads; the others: the loader's wall time) and the batches.
     """
     import queue
 
@@ -414,6 +416,12 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
     clients: list[Any] = []
     done: queue.Queue[_Fetched] = queue.Queue()
     outcomes: dict[str, MarketOutcome] = {}
+    spent = phases if phases is not None else {}
+    timer_lock = threading.Lock()
+
+    def add(key: str, seconds: float) -> None:
+        with timer_lock:
+            spent[key] = round(spent.get(key, 0.0) + seconds, 3)
 
     def fetch(market: MarketConfig) -> None:
         started = time.monotonic()
@@ -435,15 +443,19 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
                                             client=client)
         except Exception as exc:
             item.error = exc
+        add("fetch_s_summed_over_threads", time.monotonic() - started)
         done.put(item)
 
     def settle(items: list[_Fetched]) -> None:
         """Write a batch: raw, then staging, then each market's outcome."""
         ops_conn, load_conn = pool.get()
+        t0 = time.monotonic()
         buffer = BufferedRawStore(raw.db)
         for item in items:
             buffer.take(item.raw)
         buffer.flush()  # failed fetches' evidence too
+        t1 = time.monotonic()
+        add("raw_write_s", t1 - t0)
         ok = [i for i in items if i.error is None]
         for item in items:
             if item.error is not None:
@@ -456,6 +468,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
                                                        attempt.run_id, _window_of(item.extracted))))
             except Exception as exc:
                 _fail(ops_conn, item, exc)
+        t2 = time.monotonic()
+        add("parse_validate_s", t2 - t1)
         try:
             results = load_candle_batch(load_conn, [p for _, p in prepared]) if prepared else []
         except Exception as exc:
@@ -467,6 +481,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
                     results.append(load_market(load_conn, raw, item.extracted, item.attempt, written=item.written))
                 except Exception as one_exc:
                     results.append(one_exc)
+        t3 = time.monotonic()
+        add("staging_load_s", t3 - t2)
         loaded: list[_Fetched] = []
         logs = BufferedRawStore(raw.db)
         for (item, _), result in zip(prepared, results, strict=True):
@@ -490,6 +506,9 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
         logs.flush()
         _record_health(ops_conn, lambda c: market_health.record_successes(
             c, [(i.market.exchange, i.market.symbol) for i in loaded]))
+        add("log_and_health_s", time.monotonic() - t3)
+        add("batches", 1)
+        spent["largest_batch"] = max(spent.get("largest_batch", 0), len(items))
         log.info("%s: batch of %d market(s) written: %d loaded, %d failed; %d candles inserted", attempt.task_id,
                  len(items), len(loaded), len(items) - len(loaded),
                  sum(int(outcomes[i.market.symbol].result.get("inserted") or 0) for i in loaded))
@@ -579,10 +598,16 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
                                        deadline=deadline)
         # The minute path batches its writes across markets (ingest_markets_batched says why); the hourly
         # reconcile fetches an hour per market, where the per-market path's overhead does not matter.
-        ingest = ingest_markets_batched if live else ingest_markets
-        outcomes = ingest(config, todo, timeframe, run_window, raw, connect, attempt, live=live,
-                          threads=max(config.exchange(exchange).pool_slots, LIVE_FETCH_THREADS) if live
-                          else config.exchange(exchange).pool_slots, deadline=deadline)
+        phases: dict[str, float] = {}
+        task_started = time.monotonic()
+        if live:
+            outcomes = ingest_markets_batched(config, todo, timeframe, run_window, raw, connect, attempt,
+                                              threads=max(config.exchange(exchange).pool_slots, LIVE_FETCH_THREADS),
+                                              deadline=deadline, phases=phases)
+        else:
+            outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=False,
+                                      threads=config.exchange(exchange).pool_slots, deadline=deadline)
+        phases["candles_s"] = round(time.monotonic() - task_started, 3)
         try:
             tickers = pending.result()
         except Exception as exc:  # raw or the warehouse unreachable: the candles' outcomes are still recorded
@@ -606,7 +631,9 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
     if failures:
         raise MarketsFailed(f"{exchange} {attempt.task_id}", failures)
     return {"exchange": exchange, "markets": len(succeeded), "suspended": len(suspended), "inserted": inserted,
-            "tickers": tickers["tickers"], "ticker_requests": tickers["requests"]}
+            "tickers": tickers["tickers"], "ticker_requests": tickers["requests"],
+            # where the task's time went (seconds; bench figure 6c reads it from the XCom)
+            "phases": {**phases, "tickers_s": tickers.get("seconds")}}
 
 
 def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[MarketConfig], raw: RawStore,
@@ -682,6 +709,7 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
         for conn in conns:
             conn.close()
     out["error"] = "; ".join(errors)[:2000] or None
+    out["seconds"] = round(time.monotonic() - started, 3)
     raw.log_attempt(ticker_attempt.attempt_id, {
         "status": "failed" if errors and not out["tickers"] else "success", "finished_at": datetime.now(UTC),
         "duration_s": time.monotonic() - started, "ticker_payload_ids": ids, "tickers": out["tickers"],
