@@ -399,7 +399,8 @@ def _upsert_counted(cur, rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], t
         f"""
         WITH upserted AS (
             INSERT INTO staging.ohlcv AS t ({cols}, ingested_at)
-            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv
+            -- in key order: two overlapping runs' batches lock the same rows in the same order (no deadlock)
+            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv ORDER BY exchange, symbol, timeframe, open_time
             ON CONFLICT (exchange, symbol, timeframe, open_time) DO UPDATE SET
                 open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, trades = EXCLUDED.trades,
