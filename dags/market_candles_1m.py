@@ -7,7 +7,8 @@ Every minute, for every configured market (`include/config/markets.yml`, or `MAR
 `staging.ohlcv_rejects`). Live markets also get a ticker snapshot into `staging.ticker`, which
 `marts.latest_price` (a view) shows at once.
 
-* One `ingest` task per exchange handles all its markets (`pool_slots` at a time) in the exchange's
+* One `ingest` task per exchange handles all its markets (fetched by at least 8 threads, written in
+  batches: one raw bulk write and one staging transaction a second) in the exchange's
   **live pool** `exchange_<name>`, where nothing else runs: backfills and repairs have pools of their
   own and leave the exchange's `live_rate_reserve` of the rate budget to this DAG, so live data never
   waits for history. A task per market would cost more in Airflow task start-ups than the work itself

@@ -67,6 +67,25 @@ def record_success(conn, exchange: str, symbol: str) -> None:
     conn.commit()
 
 
+def record_successes(conn, markets: list[tuple[str, str]]) -> None:
+    """``record_success`` for many (exchange, symbol) at once: one statement for a minute batch."""
+    if not markets:
+        return
+    from psycopg2.extras import execute_values
+
+    with conn.cursor() as cur:
+        execute_values(
+            cur,
+            """
+            INSERT INTO ops.market_health AS h (exchange, symbol, consecutive_failures, last_success_at, status)
+            VALUES %s
+            ON CONFLICT (exchange, symbol) DO UPDATE SET consecutive_failures = 0,
+                consecutive_permanent_failures = 0, last_success_at = now(), alerted_at = NULL, status = 'active',
+                updated_at = now()
+            """, sorted(set(markets)), template="(%s, %s, 0, now(), 'active')", page_size=1000)
+    conn.commit()
+
+
 def record_failure(conn, config: MarketflowConfig, market: MarketConfig, error_class: ErrorClass, error: str,
                    dag_id: str | None = None, run_id: str | None = None) -> str:
     """Count one failed attempt of ``market``; returns its status afterwards (``failing`` or ``suspended``).
