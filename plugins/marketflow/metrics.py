@@ -137,10 +137,12 @@ WAREHOUSE_FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "marketflow_rate_limit_paused_seconds",
-        "Seconds until the exchange's shared budget resumes after a 429 Retry-After or a 418 ban (0 = not paused).",
-        ("exchange", "reason"),
+        "Seconds until the exchange's shared budget resumes after a 429 Retry-After or a 418 ban (0 = not paused); "
+        "status: the HTTP status that paused it.",
+        ("exchange", "status"),
+        # The status, not the reason text: the reason names the request, a label value per request.
         """
-        SELECT exchange, coalesce(pause_reason, ''),
+        SELECT exchange, coalesce(substring(pause_reason FROM 'HTTP ([0-9]+)'), ''),
                greatest(extract(epoch FROM coalesce(paused_until, now()) - clock_timestamp()), 0)
         FROM ops.rate_limit_buckets
         """,
@@ -153,9 +155,9 @@ WAREHOUSE_FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "marketflow_open_gap_candles",
-        "Candles missing in the gaps of marts.data_quality_gaps that are still missing.",
-        ("exchange",),
-        "SELECT exchange, sum(missing_candles) FROM marts.data_quality_gaps WHERE is_missing GROUP BY 1",
+        "Candles missing in the gaps of marts.data_quality_gaps that are still missing, by status.",
+        ("exchange", "status"),
+        "SELECT exchange, status, sum(missing_candles) FROM marts.data_quality_gaps WHERE is_missing GROUP BY 1, 2",
     ),
 )
 
