@@ -108,7 +108,7 @@ def test_a_release_deployment_with_data_upgrades_to_head(new_database, release_a
     fresh = new_database()
     assert schema.upgrade(fresh) == every
     assert schema_dump(old) == schema_dump(fresh)
-    # Tables added since the release: the version table, the API's tokens (0004).
+    # Tables added since the release: the version table, the API's tokens (0005).
     assert _tables(old) == _tables(fresh) == set(DATA_TABLES) | {"marketflow_meta.alembic_version",
                                                                  "ops.api_tokens"}
 

@@ -1,4 +1,4 @@
--- Revision 0004. Tokens of the standalone market-data API (plugins/marketflow/api): only their SHA-256
+-- Revision 0005. Tokens of the standalone market-data API (plugins/marketflow/api): only their SHA-256
 -- is stored (a token is 32 random bytes, so a plain hash is not guessable; no salt or slow hash needed),
 -- created and revoked with `marketflow api-token create|revoke|list`.
 CREATE TABLE IF NOT EXISTS ops.api_tokens (

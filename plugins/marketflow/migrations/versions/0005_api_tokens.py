@@ -1,7 +1,7 @@
 """ops.api_tokens and the marketflow_api role: bearer tokens of the standalone market-data API.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-04
 """
 
@@ -11,11 +11,11 @@ from alembic import op
 
 from marketflow.migrations import run_sql_files
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 
 SQL_FILES = {
-    "120_api_tokens.sql": "35bced02104797289015aa931930684bd4d710db5f5be2cbdaca17072d804819",
+    "130_api_tokens.sql": "acf2baa6498a3fbc3e2e958d40aa8756680224fb78a60804dc01da0395c4a55d",
 }
 
 
