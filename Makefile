@@ -10,7 +10,7 @@ VENV     := $(LOCAL)/venv
 DBT_VENV := $(LOCAL)/dbt-venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
-.PHONY: help install demo down status test lint dbt-parse lock clean faults bench env
+.PHONY: help install system-packages demo down status test lint dbt-parse lock clean faults bench env
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
@@ -46,7 +46,11 @@ $(DBT_VENV)/.installed: requirements-dbt.txt | $(UV)
 	VIRTUAL_ENV=$(DBT_VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dbt.txt
 	@touch $@
 
-install: $(VENV)/.installed $(DBT_VENV)/.installed
+install: $(VENV)/.installed $(DBT_VENV)/.installed system-packages
+
+# Debian packages the tests run for real (Prometheus' promtool and server), when missing.
+system-packages:
+	@scripts/system_packages.sh
 
 # cosmos renders the dbt graph from the manifest, so DAG parsing never runs dbt.
 dbt-parse: $(DBT_VENV)/.installed

@@ -23,6 +23,10 @@
     db downgrade <revision>             migrate the warehouse schema back to an older revision
     apply-ddl                           storage preparation's schema step: upgrade, then re-apply the
                                         idempotent files (what every DAG run does first)
+    api-token create <name>             a bearer token for the standalone market-data API, printed once
+                                        (only its SHA-256 is stored)
+    api-token list                      the tokens: name, created, last used, revoked
+    api-token revoke <name>             revoke every live token of that name
 
 The warehouse and MongoDB are the Airflow connections marketflow_postgres and marketflow_mongo
 (AIRFLOW_CONN_MARKETFLOW_POSTGRES / _MONGO locally), as in the DAGs.
@@ -95,6 +99,11 @@ def make_parser() -> argparse.ArgumentParser:
     down = db_sub.add_parser("downgrade", help="migrate back to an older revision (an id, -1 or base)")
     down.add_argument("revision")
     sub.add_parser("apply-ddl", help="storage preparation's schema step (upgrade + idempotent files)")
+    tokens = sub.add_parser("api-token", help="bearer tokens of the standalone market-data API")
+    tokens_sub = tokens.add_subparsers(dest="action", required=True)
+    tokens_sub.add_parser("create", help="create a token, printed once").add_argument("name")
+    tokens_sub.add_parser("list", help="the tokens (never their value)")
+    tokens_sub.add_parser("revoke", help="revoke every live token of a name").add_argument("name")
     return parser
 
 
@@ -117,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return _gaps(args)
     if args.cmd == "rebuild":
         return _rebuild(args)
+    if args.cmd == "api-token":
+        return _api_token(args)
 
     try:
         config = load_config(deep=args.cmd == "check-config")
@@ -150,6 +161,37 @@ def main(argv: list[str] | None = None) -> int:
         return _markets(args, config)
     elif args.cmd == "replay":
         return _replay(args, config)
+    return 0
+
+
+def _api_token(args: argparse.Namespace) -> int:
+    from marketflow.api.auth import new_token
+
+    conn = _warehouse()
+    try:
+        with conn, conn.cursor() as cur:
+            if args.action == "create":
+                token, digest = new_token()
+                cur.execute("INSERT INTO ops.api_tokens (name, token_sha256) VALUES (%s, %s)", (args.name, digest))
+                print(token)
+                print(f"token for {args.name!r} created: shown only now, store it (send it as "
+                      f"'Authorization: Bearer <token>')", file=sys.stderr)
+            elif args.action == "revoke":
+                cur.execute("UPDATE ops.api_tokens SET revoked_at = now() WHERE name = %s AND revoked_at IS NULL",
+                            (args.name,))
+                if cur.rowcount == 0:
+                    print(f"no live token named {args.name!r}; `marketflow api-token list` shows them", file=sys.stderr)
+                    return 1
+                print(f"revoked {cur.rowcount} token(s) named {args.name!r} (running APIs stop accepting them within "
+                      f"30 s)")
+            else:
+                cur.execute("SELECT name, created_at, created_by, last_used_at, revoked_at FROM ops.api_tokens "
+                            "ORDER BY name, created_at")
+                for name, created, by, used, revoked in cur.fetchall():
+                    print(f"{name}\tcreated {_iso(created)} by {by}\tlast used {_iso(used) if used else 'never'}"
+                          f"\t{'revoked ' + _iso(revoked) if revoked else 'live'}")
+    finally:
+        conn.close()
     return 0
 
 

@@ -24,6 +24,7 @@ EXPECTED_MODELS = {
     "stg_ohlcv": ("dbt_staging", "view"),
     "stg_ohlcv_anomalies": ("dbt_staging", "view"),
     "stg_rate_limit_metrics": ("dbt_staging", "view"),
+    "stg_market_task_outcomes": ("dbt_staging", "view"),
     "stg_ticker": ("dbt_staging", "view"),
     "api_errors": ("marts", "view"),
     "data_quality_flagged_candles": ("marts", "view"),
@@ -44,6 +45,7 @@ EXPECTED_MODELS = {
     "ohlcv_1w": ("marts", "incremental"),
     "ohlcv_5m": ("marts", "incremental"),
     "rate_limit_usage": ("marts", "view"),
+    "pipeline_runs": ("marts", "view"),
 }
 
 

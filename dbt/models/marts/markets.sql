@@ -17,6 +17,11 @@ select
         m.last_candle_at >= now() - interval '{{ var("active_within_hours", 24) | int }} hours',
         false
     )                                                                   as is_active,
+    exists (
+        select 1 from {{ ref('stg_market_config') }} as c
+        where c.exchange = coalesce(m.exchange, h.exchange) and c.symbol = coalesce(m.symbol, h.symbol)
+          and c.enabled and c.history_end is null
+    )                                                                   as is_live,
     coalesce(h.status, 'active')                                        as status,
     case
         when h.status = 'suspended' then h.suspended_reason

@@ -1,0 +1,1 @@
+"""The market-data API (FastAPI): app.py; auth.py; settings.py."""

@@ -1,0 +1,466 @@
+"""The market-data API: one FastAPI app, mounted into Airflow's API server as a plugin (Airflow's own
+login protects it) or run on its own with uvicorn (bearer tokens of ``ops.api_tokens``).
+
+It reads the marts only, as a member of ``marketflow_api`` (the analyst role plus a token check), with a
+statement timeout on every session and a cap on the rows of a response. Prices and volumes leave as
+JSON strings (the exact decimals of the marts, never floats); times as ISO 8601 in UTC.
+
+Standalone:  MARKETFLOW_API_DATABASE='host=... user=api ...' uvicorn --factory marketflow.api.app:standalone_app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import csv
+import io
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
+from psycopg_pool import AsyncConnectionPool
+
+from marketflow.api.auth import AuthError, authenticate
+from marketflow.api.settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+class Timeframe(StrEnum):
+    m1 = "1m"
+    m5 = "5m"
+    m15 = "15m"
+    h1 = "1h"
+    d1 = "1d"
+    w1 = "1w"
+
+
+STEP = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "15m": timedelta(minutes=15),
+        "1h": timedelta(hours=1), "1d": timedelta(days=1), "1w": timedelta(weeks=1)}
+
+
+class Format(StrEnum):
+    json = "json"
+    csv = "csv"
+
+
+class ApiError(Exception):
+    """A request the API refuses: the status, the parameter at fault, what is wrong and how to fix it."""
+
+    def __init__(self, status: int, parameter: str | None, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.status, self.parameter, self.message, self.fix = status, parameter, message, fix
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"status": self.status, "parameter": self.parameter,
+                                       "message": self.message, "fix": self.fix}}, status_code=self.status)
+
+
+# -- values out ------------------------------------------------------------------------------
+
+
+def out(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # exact: what the mart holds, digit for digit
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    return [{c: out(v) for c, v in zip(columns, row, strict=True)} for row in rows]
+
+
+def csv_response(columns: Sequence[str], rows: Sequence[Sequence[Any]], headers: dict[str, str]) -> Response:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if v is None else out(v) for v in row])
+    return Response(buffer.getvalue(), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+def encode_cursor(open_time: datetime) -> str:
+    return base64.urlsafe_b64encode(out(open_time).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> datetime:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ApiError(400, "cursor", f"cursor {cursor!r} is not one this API gave out",
+                       "pass the next_cursor of the previous page unchanged, or leave cursor out") from exc
+
+
+def utc(value: datetime, parameter: str) -> datetime:
+    if value.tzinfo is None:
+        raise ApiError(400, parameter, f"{parameter}={value.isoformat()} has no time zone",
+                       f"give {parameter} in UTC, e.g. 2024-01-01T00:00:00Z")
+    return value.astimezone(UTC)
+
+
+# -- the database ----------------------------------------------------------------------------
+
+
+class Warehouse:
+    """A pool of sessions as the API's role, each with the statement timeout. Opened at the first request:
+    Airflow's API server does not run a mounted plugin app's lifespan."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self._pool: AsyncConnectionPool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    pool = AsyncConnectionPool(
+                        self.settings.conninfo(), min_size=self.settings.pool_min, max_size=self.settings.pool_max,
+                        open=False, kwargs={"autocommit": True, "application_name": "marketflow-api",
+                                            "options": f"-c statement_timeout={self.settings.statement_timeout_ms} "
+                                                       "-c timezone=UTC"})
+                    await pool.open(wait=False)
+                    self._pool = pool
+        return self._pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def fetch(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> tuple[list[str], list[tuple]]:
+        async with (await self.pool()).connection() as conn, conn.cursor() as cur:
+            await cur.execute(sql, params)
+            columns = [d.name for d in cur.description or []]
+            return columns, await cur.fetchall()
+
+
+def warehouse(request: Request) -> Warehouse:
+    return request.app.state.warehouse
+
+
+WarehouseDep = Annotated[Warehouse, Depends(warehouse)]
+
+
+async def known_market(db: Warehouse, exchange: str, symbol: str) -> None:
+    _, rows = await db.fetch("SELECT 1 FROM marts.markets WHERE exchange = %s AND symbol = %s", (exchange, symbol))
+    if not rows:
+        raise ApiError(404, "symbol", f"no market {symbol} on {exchange} in the marts",
+                       "see GET /markets for the markets collected (symbols are ccxt's, e.g. BTC/USDT)")
+
+
+def time_range(start: datetime | None, end: datetime | None, default_span: timedelta) -> tuple[datetime, datetime]:
+    end_at = utc(end, "end") if end else datetime.now(UTC)
+    start_at = utc(start, "start") if start else end_at - default_span
+    if start_at >= end_at:
+        raise ApiError(400, "start", f"start {out(start_at)} is not before end {out(end_at)}",
+                       "give a start earlier than end")
+    return start_at, end_at
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+router = APIRouter()
+
+ExchangeQ = Annotated[str, Query(min_length=1, max_length=64, description="ccxt exchange id, e.g. binance")]
+SymbolQ = Annotated[str, Query(min_length=1, max_length=64, description="ccxt symbol, e.g. BTC/USDT")]
+StartQ = Annotated[datetime | None, Query(description="UTC, inclusive (open_time >= start)")]
+EndQ = Annotated[datetime | None, Query(description="UTC, exclusive (open_time < end); default now")]
+
+OHLCV_1M = ("SELECT open_time, open, high, low, close, volume, quote_volume, trades, close_time, 1 AS candle_count, "
+            "true AS is_complete, close_time <= now() AS is_closed FROM marts.ohlcv_1m")
+OHLCV_ROLLUP = ("SELECT open_time, open, high, low, close, volume, quote_volume, trades, close_time, candle_count, "
+                "is_complete, is_closed FROM marts.ohlcv_{tf}")
+INDICATORS = ("SELECT open_time, close, sma_20, sma_50, sma_200, ema_12, ema_26, ema_50, rsi_14, macd_line, "
+              "macd_signal, macd_histogram, is_closed, inputs_complete FROM marts.indicators_{tf}")
+
+
+async def series(db: Warehouse, select: str, exchange: str, symbol: str, timeframe: Timeframe,
+                 start: datetime | None, end: datetime | None, limit: int | None, cursor: str | None,
+                 fmt: Format, kind: str) -> Response:
+    cap = db.settings.row_cap
+    if limit is not None and limit > cap:
+        raise ApiError(400, "limit", f"limit={limit} is above this API's row cap of {cap}",
+                       f"ask for at most {cap} rows and follow next_cursor for the rest")
+    limit = limit or min(1000, cap)
+    start_at, end_at = time_range(start, end, STEP[timeframe] * limit)
+    await known_market(db, exchange, symbol)
+    after = decode_cursor(cursor) if cursor else None
+    sql = (f"{select} WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s"
+           f"{' AND open_time > %s' if after else ''} ORDER BY open_time LIMIT %s")
+    params: list[Any] = [exchange, symbol, start_at, end_at, *([after] if after else []), limit + 1]
+    columns, rows = await db.fetch(sql, params)
+    next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
+    rows = rows[:limit]
+    if fmt is Format.csv:
+        headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
+        return csv_response(columns, rows, headers)
+    return JSONResponse({"exchange": exchange, "symbol": symbol, "timeframe": timeframe.value, "start": out(start_at),
+                         "end": out(end_at), "count": len(rows), "next_cursor": next_cursor,
+                         kind: records(columns, rows)})
+
+
+@router.get("/ohlcv", summary="Candles of one market, any timeframe, a time range, cursor-paged; JSON or CSV")
+async def ohlcv(db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ, timeframe: Timeframe = Timeframe.m1,
+                start: StartQ = None, end: EndQ = None,
+                limit: Annotated[int | None, Query(ge=1, description="rows per page (default 1000)")] = None,
+                cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+                format: Format = Format.json) -> Response:
+    select = OHLCV_1M if timeframe is Timeframe.m1 else OHLCV_ROLLUP.format(tf=timeframe.value)
+    return await series(db, select, exchange, symbol, timeframe, start, end, limit, cursor, format, "candles")
+
+
+@router.get("/indicators", summary="SMA/EMA/RSI/MACD of one market, any timeframe, cursor-paged; JSON or CSV")
+async def indicators(db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ, timeframe: Timeframe = Timeframe.m1,
+                     start: StartQ = None, end: EndQ = None,
+                     limit: Annotated[int | None, Query(ge=1)] = None, cursor: str | None = None,
+                     format: Format = Format.json) -> Response:
+    select = INDICATORS.format(tf=timeframe.value)
+    return await series(db, select, exchange, symbol, timeframe, start, end, limit, cursor, format, "indicators")
+
+
+@router.get("/latest", summary="The latest price of every market (or of one exchange / symbol), with its staleness")
+async def latest(db: WarehouseDep, exchange: str | None = None, symbol: str | None = None) -> JSONResponse:
+    columns, rows = await db.fetch(
+        "SELECT exchange, symbol, price, price_source, as_of, staleness_seconds, candle_open_time, candle_close, "
+        "ticker_ts, ticker_last, ticker_bid, ticker_ask FROM marts.latest_price "
+        "WHERE (%(exchange)s::text IS NULL OR exchange = %(exchange)s) AND (%(symbol)s::text IS NULL OR symbol = "
+        "%(symbol)s) ORDER BY exchange, symbol", {"exchange": exchange, "symbol": symbol})
+    if exchange and symbol and not rows:
+        await known_market(db, exchange, symbol)
+    return JSONResponse({"count": len(rows), "prices": records(columns, rows)})
+
+
+@router.get("/markets", summary="Markets collected, their status and their quality over the last 24 hours")
+async def markets(db: WarehouseDep, exchange: str | None = None) -> JSONResponse:
+    columns, rows = await db.fetch(
+        "SELECT m.exchange, m.symbol, m.base, m.quote, m.status, m.status_reason, m.is_live, m.is_active, "
+        "m.first_candle_at, "
+        "m.last_candle_at, m.candle_count, q.quality_score_24h, q.missing_24h "
+        "FROM marts.markets AS m LEFT JOIN LATERAL ("
+        "  SELECT round(avg(s.quality_score), 2) AS quality_score_24h, sum(s.missing) AS missing_24h "
+        "  FROM marts.data_quality_summary AS s WHERE s.exchange = m.exchange AND s.symbol = m.symbol "
+        "  AND s.grain = 'hour' AND s.period_start >= now() - interval '24 hours') AS q ON true "
+        "WHERE (%(exchange)s::text IS NULL OR m.exchange = %(exchange)s) ORDER BY m.exchange, m.symbol",
+        {"exchange": exchange})
+    return JSONResponse({"count": len(rows), "markets": records(columns, rows)})
+
+
+@router.get("/quality/summary", summary="Hourly or daily quality of one market (or all) over a time range")
+async def quality_summary(db: WarehouseDep, exchange: str | None = None, symbol: str | None = None,
+                          grain: Annotated[str, Query(pattern="^(hour|day)$")] = "hour",
+                          start: StartQ = None, end: EndQ = None) -> JSONResponse:
+    start_at, end_at = time_range(start, end, timedelta(days=1))
+    if exchange and symbol:
+        await known_market(db, exchange, symbol)
+    columns, rows = await db.fetch(
+        "SELECT exchange, symbol, grain, period_start, period_end, expected, present, missing, duplicates, "
+        "corrections, out_of_order, price_spikes, volume_anomalies, cross_exchange_divergence_bps, quality_score "
+        "FROM marts.data_quality_summary WHERE grain = %(grain)s AND period_start >= %(start)s "
+        "AND period_start < %(end)s AND (%(exchange)s::text IS NULL OR exchange = %(exchange)s) "
+        "AND (%(symbol)s::text IS NULL OR symbol = %(symbol)s) ORDER BY exchange, symbol, period_start LIMIT %(cap)s",
+        {"grain": grain, "start": start_at, "end": end_at, "exchange": exchange, "symbol": symbol,
+         "cap": db.settings.row_cap})
+    return JSONResponse({"count": len(rows), "truncated": len(rows) == db.settings.row_cap,
+                         "periods": records(columns, rows)})
+
+
+@router.get("/quality/gaps", summary="Missing candles and their repair status")
+async def quality_gaps(db: WarehouseDep, exchange: str | None = None, symbol: str | None = None,
+                       status: str | None = None, include_repaired: bool = False,
+                       limit: Annotated[int, Query(ge=1)] = 200) -> JSONResponse:
+    limit = min(limit, db.settings.row_cap)
+    columns, rows = await db.fetch(
+        "SELECT exchange, symbol, gap_start, gap_end, missing_candles, gap_kind, status, task_status, attempts, "
+        "last_error, updated_at FROM marts.data_quality_gaps WHERE (%(repaired)s OR is_missing) "
+        "AND (%(exchange)s::text IS NULL OR exchange = %(exchange)s) AND (%(symbol)s::text IS NULL OR symbol = "
+        "%(symbol)s) AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY gap_start DESC LIMIT %(limit)s",
+        {"repaired": include_repaired, "exchange": exchange, "symbol": symbol, "status": status, "limit": limit})
+    return JSONResponse({"count": len(rows), "gaps": records(columns, rows)})
+
+
+@router.get("/ops/rate-limit", summary="Rate-limit use per exchange and minute against its budget")
+async def rate_limit(db: WarehouseDep, exchange: str | None = None,
+                     minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> JSONResponse:
+    columns, rows = await db.fetch(
+        "SELECT exchange, minute, tokens_used, budget_per_minute, budget_used_pct, acquisitions, denied, "
+        "wait_seconds, http_429, http_418 FROM marts.rate_limit_usage WHERE minute >= now() - %(minutes)s * "
+        "interval '1 minute' AND (%(exchange)s::text IS NULL OR exchange = %(exchange)s) ORDER BY exchange, minute",
+        {"minutes": minutes, "exchange": exchange})
+    return JSONResponse({"count": len(rows), "minutes": records(columns, rows)})
+
+
+@router.get("/ops/errors", summary="Exchange API errors by class, and the latest ones")
+async def errors(db: WarehouseDep, exchange: str | None = None,
+                 hours: Annotated[int, Query(ge=1, le=24 * 30)] = 24,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> JSONResponse:
+    where = ("occurred_at >= now() - %(hours)s * interval '1 hour' "
+             "AND (%(exchange)s::text IS NULL OR exchange = %(exchange)s)")
+    params = {"hours": hours, "exchange": exchange, "limit": limit}
+    by_class_cols, by_class = await db.fetch(
+        f"SELECT exchange, error_class, count(*) AS errors, max(occurred_at) AS last_at FROM marts.api_errors "
+        f"WHERE {where} GROUP BY 1, 2 ORDER BY 3 DESC", params)
+    latest_cols, latest_rows = await db.fetch(
+        f"SELECT occurred_at, exchange, symbol, error_class, http_status, endpoint, message, will_retry, dag_id, "
+        f"run_id FROM marts.api_errors WHERE {where} ORDER BY occurred_at DESC LIMIT %(limit)s", params)
+    return JSONResponse({"hours": hours, "by_class": records(by_class_cols, by_class),
+                         "latest": records(latest_cols, latest_rows)})
+
+
+@router.get("/ops/runs", summary="Recent pipeline runs: markets succeeded and failed, candles loaded")
+async def runs(db: WarehouseDep, dag_id: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 50) -> JSONResponse:
+    columns, rows = await db.fetch(
+        "SELECT dag_id, run_id, started_at, finished_at, markets, succeeded, failed, suspended, candles, "
+        "failed_markets FROM marts.pipeline_runs WHERE (%(dag_id)s::text IS NULL OR dag_id = %(dag_id)s) "
+        "ORDER BY finished_at DESC LIMIT %(limit)s", {"dag_id": dag_id, "limit": limit})
+    return JSONResponse({"count": len(rows), "runs": records(columns, rows)})
+
+
+@router.get("/health", summary="Readiness: warehouse, MongoDB, and the freshness of every live market (configured, "
+            "enabled, no history end, not suspended)")
+async def health(request: Request, db: WarehouseDep) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    reasons: list[str] = []
+    try:
+        await db.fetch("SELECT 1")
+        checks["warehouse"] = "ok"
+    except Exception as exc:
+        checks["warehouse"] = "unreachable"
+        reasons.append(f"warehouse: {str(exc).strip()}")
+    mongo_uri = db.settings.mongo_uri
+    if mongo_uri:
+        checks["mongodb"] = await _mongo_ping(mongo_uri)
+        if checks["mongodb"] != "ok":
+            reasons.append(f"mongodb: {checks['mongodb']}")
+    if checks["warehouse"] == "ok":
+        limit = db.settings.max_staleness_seconds
+        try:
+            _, stale = await db.fetch(
+                "SELECT m.exchange, m.symbol, round(p.staleness_seconds) FROM marts.markets AS m "
+                "LEFT JOIN marts.latest_price AS p USING (exchange, symbol) "
+                "WHERE m.is_live AND m.status <> 'suspended' "
+                "AND (p.staleness_seconds IS NULL OR p.staleness_seconds > %s) ORDER BY 1, 2", (limit,))
+            checks["stale_markets"] = [f"{e} {s} ({a if a is not None else 'no price'} s)" for e, s, a in stale]
+            if stale:
+                reasons.append(f"{len(stale)} live market(s) without a price newer than {limit} s")
+        except Exception as exc:
+            checks["stale_markets"] = None
+            reasons.append(f"freshness: {str(exc).strip()}")
+    body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons, "checks": checks}
+    return JSONResponse(body, status_code=200 if not reasons else 503)
+
+
+async def _mongo_ping(uri: str) -> str:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient = AsyncMongoClient(uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000)
+    try:
+        await client.admin.command("ping")
+        return "ok"
+    except Exception as exc:
+        return f"unreachable ({type(exc).__name__})"
+    finally:
+        await client.close()
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | None = None) -> FastAPI:
+    """The app. ``settings.auth``: ``token`` (standalone) or ``airflow`` (inside Airflow's API server).
+    ``metrics_database`` opens a connection that can read ops and staging for /metrics (else /metrics
+    is not served)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await app.state.warehouse.close()
+
+    # Every route, the OpenAPI document and its docs page included, needs credentials.
+    app = FastAPI(title="marketflow market-data API", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None, dependencies=[Depends(authenticate)])
+    app.state.settings = settings
+    app.state.warehouse = Warehouse(settings)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(AuthError)
+    async def auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return JSONResponse({"error": {"status": 401, "parameter": "Authorization", "message": exc.message,
+                                       "fix": exc.fix}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        parameter = str(first["loc"][-1]) if first.get("loc") else None
+        allowed = _allowed(first)
+        return ApiError(400, parameter, f"{parameter}={first.get('input')!r}: {first['msg']}",
+                        f"give {parameter} as {allowed}" if allowed else f"see /docs for {parameter}").response()
+
+    app.include_router(router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
+                                   title="marketflow API")
+
+    if metrics_database is not None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        from marketflow.metrics import pipeline_registry
+
+        registry = pipeline_registry(metrics_database)
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            from starlette.concurrency import run_in_threadpool
+
+            return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _allowed(error: dict[str, Any]) -> str | None:
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        return f"one of {ctx['expected']}"
+    if error.get("type", "").startswith("datetime"):
+        return "an ISO 8601 time in UTC, e.g. 2024-01-01T00:00:00Z"
+    if "ge" in ctx or "le" in ctx:
+        bounds = [f"{op} {ctx[key]}" for key, op in (("ge", ">="), ("le", "<=")) if key in ctx]
+        return "a number " + " and ".join(bounds)
+    if "pattern" in ctx:
+        return f"a value matching {ctx['pattern']}"
+    return None
+
+
+def standalone_app() -> FastAPI:
+    """``uvicorn --factory marketflow.api.app:standalone_app``: settings from MARKETFLOW_API_*, token auth,
+    /metrics through MARKETFLOW_API_METRICS_DATABASE when set."""
+    import os
+
+    import psycopg2
+
+    settings = ApiSettings.from_env(auth="token")
+    metrics_dsn = os.environ.get("MARKETFLOW_API_METRICS_DATABASE")
+    return create_app(settings, metrics_database=(lambda: psycopg2.connect(metrics_dsn)) if metrics_dsn else None)
