@@ -148,9 +148,9 @@ def run(ctx: BenchContext) -> list[Figure]:
         return p, q, p / q
 
     figures = []
-    for label, values in (("9a load: an hour of 20 markets COPYed into staging", load_s),
-                          ("9b load: the same hour upserted (changed closes)", upsert_s),
-                          ("9c dbt incremental ohlcv_1m + indicators_1m over that hour", dbt_s)):
+    for label, values in (("10a load: an hour of 20 markets COPYed into staging", load_s),
+                          ("10b load: the same hour upserted (changed closes)", upsert_s),
+                          ("10c dbt incremental ohlcv_1m + indicators_1m over that hour", dbt_s)):
         p, q, rt = ratio(values)
         figures.append(Figure(figure=label + f" ({candles:,} candles of history), partitioned vs plain",
                               value=round(p, 3), unit="s", reference=f"plain tables, same run: {q:.3f} s",
@@ -159,7 +159,7 @@ def run(ctx: BenchContext) -> list[Figure]:
                                                                    "plain": values["plain"]}))
     (p_scan, p_buf, p_ms), (q_scan, q_buf, q_ms) = plans["partitioned"], plans["plain"]
     one = [s for s in p_scan if s.startswith("ohlcv_1m")]
-    figures.append(Figure(figure="9d market-day query on ohlcv_1m, partitioned vs plain", value=round(p_ms, 3),
+    figures.append(Figure(figure="10d market-day query on ohlcv_1m, partitioned vs plain", value=round(p_ms, 3),
                           unit="ms", reference=f"plain: {q_ms:.3f} ms, {q_buf} buffers; partitioned {p_buf} buffers",
                           target="prunes to one partition", met=len(set(one)) == 1 and "ohlcv_1m" not in one,
                           ratio=round(p_ms / q_ms, 3), reference_value=round(q_ms, 3),

@@ -6,10 +6,12 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
 * `exchanges` / `symbols`: empty = every configured one; `timeframe`: default `1m`;
   `start` / `end`: ISO-8601 UTC, end exclusive; each market's window is clipped to its configured
   history and to closed candles.
-* One mapped `ingest` task per market (markets are grouped when there are more than Airflow's
-  `max_map_length`), in the exchange's **backfill pool** `exchange_<name>_backfill`: it works through
-  its window in chunks of `chunk_hours`, oldest first, each paged through the exchange into MongoDB
-  raw and loaded into staging, logging `chunk i/n up to <time> done, x% of its window`. History work
+* The request is cut into mapped `ingest` tasks of about `task_candles` candles (default 1,000,000:
+  a day of 1,000 markets is 2 tasks, a year of 20 markets 11), never more than Airflow's
+  `max_map_length`; each task's label names its markets. They run in the exchange's **backfill pool**
+  `exchange_<name>_backfill`: a task works through its windows in chunks of `chunk_hours`, oldest
+  first, each paged through the exchange into MongoDB raw and loaded into staging, logging
+  `chunk i/n up to <time> done, x% of the market's window`. History work
   leaves the exchange's `live_rate_reserve` of the rate budget to the minute DAG, whose own pool it
   never touches. A retried task skips the chunks already complete.
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
@@ -51,6 +53,9 @@ CONFIG = load_config()
         "end": Param("2025-01-02T00:00:00Z", type="string", description="end (exclusive), ISO-8601 UTC"),
         "chunk_hours": Param(24, type="integer", minimum=1,
                              description="hours fetched and loaded per step (one commit) within a market's task"),
+        # = marketflow.pipeline.BACKFILL_TASK_CANDLES (not imported here: pipeline imports ccxt)
+        "task_candles": Param(1_000_000, type="integer", minimum=1,
+                              description="candles per mapped task: many markets per task, or a slice of a long one"),
         "from_raw": Param(False, type="boolean", description="rebuild staging from MongoDB raw only"),
     },
 )

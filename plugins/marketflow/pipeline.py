@@ -255,7 +255,7 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
 
 def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str, run_window: Window,
                   raw: RawStore, conn, attempt: Attempt, with_ticker: bool = False, ops_conn=None,
-                  live: bool = True, deadline: float | None = None) -> dict[str, Any]:
+                  live: bool = True, deadline: float | None = None, client: Any = None) -> dict[str, Any]:
     """Extract then load one market's window in one task; returns the load's counts, the pages
     fetched and the seconds each step took (``extract_s``, ``load_s``).
 
@@ -265,7 +265,7 @@ def ingest_market(config: MarketflowConfig, market: MarketConfig, timeframe: str
     written: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     extracted = extract_market(config, market, timeframe, run_window, raw, attempt, with_ticker=with_ticker,
-                               ops_conn=ops_conn, written=written, live=live, deadline=deadline)
+                               ops_conn=ops_conn, written=written, live=live, deadline=deadline, client=client)
     extracted_at = time.monotonic()
     loaded = load_market(conn, raw, extracted, attempt, written=written)
     return {**loaded, "pages": extracted["pages"], "extract_s": round(extracted_at - started, 3),
@@ -885,18 +885,87 @@ def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any],
     return chunks
 
 
+# A mapped backfill task's share of the request, in candles. Measured under Airflow (bench figure 11,
+# bench/README.md): a task costs ~4-8 s of scheduling, process start and DAG parsing beside its
+# work, and the backfill path moves ~5-10k candles/s per task here, so 1,000,000 candles (~2-3 min
+# of work) keeps that cost under 10 % of the run; a year of 1,000 markets is then ~530 tasks, well
+# inside max_map_length, and a retry redoes at most one task's share (its complete chunks skipped).
+BACKFILL_TASK_CANDLES = 1_000_000
+# Below this many candles a request is one task: a second task would cost more than it saves.
+BACKFILL_MIN_SPLIT_CANDLES = BACKFILL_TASK_CANDLES // 10
+
+
 def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any], max_tasks: int,
                   now_ms: int | None = None) -> list[dict[str, Any]]:
-    """A backfill request as at most ``max_tasks`` work units (Airflow's max_map_length bounds how many
-    mapped tasks a run can expand to): one unit per market while they fit, else the markets dealt
-    round-robin into ``max_tasks`` units. A unit carries each market's clipped window, not its chunks,
-    so a year of 1,000 markets stays a small XCom; the task works through the chunks itself."""
+    """A backfill request as mapped work units of about ``task_candles`` candles each (default
+    ``BACKFILL_TASK_CANDLES``), at most ``max_tasks`` of them (Airflow's max_map_length).
+
+    The markets' windows are laid end to end (market by market, oldest first) and cut into equal
+    shares on ``chunk_hours`` boundaries, so a unit holds many small markets (a day of 1,000 markets
+    is a few tasks, not 1,000 task start-ups) or a slice of one long market (a year of 20 markets is
+    ~11 tasks, not 20 of uneven length); every candle of the request is in exactly one unit. At least
+    the exchange's backfill pool slots of units when the request is worth splitting, so every slot
+    works. A unit carries windows, not chunks, so a year of 1,000 markets stays a small XCom; the task
+    works through the chunks itself."""
     if max_tasks < 1:
         raise ValueError(f"max_tasks must be at least 1, got {max_tasks}")
+    task_candles = int(params.get("task_candles") or BACKFILL_TASK_CANDLES)
+    if task_candles < 1:
+        raise ValueError(f"task_candles must be a positive number of candles, got {task_candles}")
     timeframe, chunk_ms, markets = _backfill_request(config, exchange, params, now_ms)
-    n = min(max_tasks, len(markets))
-    return [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms, "unit": i + 1, "units": n,
-             "markets": markets[i::n]} for i in range(n)]
+    if not markets:
+        return []
+    sizes = [Window(m["window_start_ms"], m["window_end_ms"]).candles(timeframe) for m in markets]
+    total = sum(sizes)
+    chunks = sum(-(-(m["window_end_ms"] - m["window_start_ms"]) // chunk_ms) for m in markets)
+    slots = config.exchange(exchange).backfill_pool_slots
+    wanted = -(-total // task_candles)
+    if wanted < slots:
+        wanted = min(slots, max(1, total // min(BACKFILL_MIN_SPLIT_CANDLES, task_candles)))
+    n = max(1, min(max_tasks, wanted, chunks))
+    share = -(-total // n)
+    if wanted > max_tasks:
+        log.warning("%s: %d candles in %d tasks (max_map_length) of ~%d, more than task_candles %d each", exchange,
+                    total, n, share, task_candles)
+    units: list[dict[str, Any]] = [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms,
+                                    "markets": []} for _ in range(n)]
+    # The markets' chunks laid end to end: a chunk goes to unit (candles before it) // share. Found by
+    # bisecting each market's chunk grid at the unit boundaries, so a year of 1,000 markets plans in
+    # milliseconds, not by walking its 365,000 chunks.
+    offset = 0
+    for m, size in zip(markets, sizes, strict=True):
+        start, end = m["window_start_ms"], m["window_end_ms"]
+        n_chunks = -(-(end - start) // chunk_ms)
+
+        def before(i: int, start: int = start, end: int = end) -> int:
+            """Candles of the market's window before its chunk i."""
+            return Window(start, min(start + i * chunk_ms, end)).candles(timeframe)
+
+        first, unit = 0, min(offset // share, n - 1)
+        while first < n_chunks:
+            stop = n_chunks
+            if unit < n - 1:  # the first chunk that belongs to a later unit
+                target, lo, hi = (unit + 1) * share - offset, first + 1, n_chunks
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    lo, hi = (lo, mid) if before(mid) >= target else (mid + 1, hi)
+                stop = lo
+            units[unit]["markets"].append({
+                "symbol": m["symbol"], "window_start_ms": start + first * chunk_ms,
+                "window_end_ms": min(start + stop * chunk_ms, end),
+                # the market's whole requested window, for progress in words ("x% of the market's window")
+                "market_start_ms": start, "market_end_ms": end})
+            first = stop
+            unit = min((offset + before(first)) // share, n - 1)
+        offset += size
+    units = [u for u in units if u["markets"]]
+    for i, u in enumerate(units, 1):
+        u["unit"], u["units"] = i, len(units)
+        u["candles"] = sum(Window(s["window_start_ms"], s["window_end_ms"]).candles(timeframe) for s in u["markets"])
+        specs = u["markets"]
+        u["label"] = (f"{specs[0]['symbol']} {iso(specs[0]['window_start_ms'])}..{iso(specs[0]['window_end_ms'])}"
+                      if len(specs) == 1 else f"{specs[0]['symbol']} .. {specs[-1]['symbol']} ({len(specs)} markets)")
+    return units
 
 
 def market_chunks(unit: dict[str, Any], market: dict[str, Any]) -> list[Window]:
@@ -916,6 +985,9 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
     exchange, timeframe = unit["exchange"], unit["timeframe"]
     totals: list[dict[str, Any]] = []
     failures: dict[str, tuple[ErrorClass, str]] = {}
+    # One ccxt client for every chunk of the task: building one and setting a 1,000-market list on it
+    # took ~5 s per chunk under load (bench figure 11), more than fetching and loading a day of candles.
+    client = None
     for m_index, spec in enumerate(unit["markets"], 1):
         chunks = market_chunks(unit, spec)
         expected = Window(spec["window_start_ms"], spec["window_end_ms"]).candles(timeframe)
@@ -937,17 +1009,23 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
                                                             "timeframe": timeframe, "window_start_ms": window.start_ms,
                                                             "window_end_ms": window.end_ms}, chunk_attempt)
                 else:
+                    if client is None:
+                        built = build_exchange(config.exchange(exchange), ops_conn, live=False)
+                        load_markets(built, ops_conn)
+                        client = built  # only once its markets are loaded
                     result = ingest_market(config, market, timeframe, window, raw, conn, chunk_attempt,
-                                           ops_conn=ops_conn, live=False)
+                                           ops_conn=ops_conn, live=False, client=client)
                 for key in ("inserted", "updated", "unchanged", "rejected"):
                     total[key] += int(result.get(key) or 0)
                 total["beyond_exchange_history"] += int(result.get("beyond_history_candles") or 0)
-                done = window.end_ms - spec["window_start_ms"]
-                log.info("%s %s (market %d/%d of this task): chunk %d/%d up to %s done, %.0f%% of its window; "
-                         "%d inserted so far (%.0f candles/s)", exchange, market.symbol, m_index,
+                # a task may hold a slice of the market's requested window: progress is of the whole window
+                first = spec.get("market_start_ms", spec["window_start_ms"])
+                last = spec.get("market_end_ms", spec["window_end_ms"])
+                log.info("%s %s (market %d/%d of this task): chunk %d/%d up to %s done, %.0f%% of the market's "
+                         "window %s..%s; %d inserted so far (%.0f candles/s)", exchange, market.symbol, m_index,
                          len(unit["markets"]), c_index, len(chunks), iso(window.end_ms),
-                         100 * done / max(spec["window_end_ms"] - spec["window_start_ms"], 1), total["inserted"],
-                         total["inserted"] / max(time.monotonic() - started, 1e-6))
+                         100 * (window.end_ms - first) / max(last - first, 1), iso(first), iso(last),
+                         total["inserted"], total["inserted"] / max(time.monotonic() - started, 1e-6))
         except Exception as exc:
             responses = getattr(exc, "responses", None) or []
             error_class = classify(exc, responses[-1].status if responses else None)
@@ -959,6 +1037,7 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
         total["present"] = count_present(conn, exchange, spec["symbol"], timeframe,
                                          Window(spec["window_start_ms"], spec["window_end_ms"]))
         total["missing"] = max(total["expected"] - total["present"], 0)
+        total["seconds"] = round(time.monotonic() - started, 3)  # the work, without the task's start-up
         if total["beyond_exchange_history"]:
             log.warning("%s %s: %d candles of the window are older than %s serves (its history depth); not fetched, "
                         "reported beyond_exchange_history", exchange, spec["symbol"], total["beyond_exchange_history"],

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import urllib.request
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,6 @@ from marketflow.pipeline import (
     extract_market,
     ingest_market,
     load_market,
-    market_chunks,
     plan_backfill,
     plan_chunks,
     plan_window,
@@ -24,7 +26,7 @@ from marketflow.pipeline import (
     window_coverage,
 )
 from marketflow.raw_store import RawStore
-from marketflow.timeframes import Window, iso
+from marketflow.timeframes import Window, iso, to_ms
 from scripts.warehouse_checks import table_checksum
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,26 +144,69 @@ def _many_markets(tmp_path, n: int):
     return load_config(tmp_path / "many.yml")
 
 
-@pytest.mark.parametrize(("markets", "max_tasks", "tasks"), [(3, 1024, 3), (1000, 1024, 1000), (1500, 1024, 1024)])
-def test_a_backfill_of_any_size_plans_within_airflows_mapping_limit(tmp_path, markets, max_tasks, tasks) -> None:
-    """A year of every market: today's one-task-per-chunk plan was 365 tasks per market (three markets
-    already passed Airflow's max_map_length of 1,024); now each task works through its markets' chunks."""
+YEAR = {"start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z", "chunk_hours": 24}
+YEAR_1M = 525_600  # candles of a year of 1m per market
+LATER = 1_800_000_000_000  # "now" for planning: 2027, after the requested year
+
+
+def _slices(units) -> dict[str, list[tuple[int, int]]]:
+    """Each market's planned windows, in order."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for u in units:
+        for m in u["markets"]:
+            out.setdefault(m["symbol"], []).append((m["window_start_ms"], m["window_end_ms"]))
+    return {s: sorted(w) for s, w in out.items()}
+
+
+@pytest.mark.parametrize(("markets", "max_tasks", "tasks", "bound"), [
+    (1000, 1024, 526, 1_000_000 + 1440),   # a year of 1,000 markets: ~1M candles a task (+ at most a chunk)
+    (1000, 300, 300, YEAR_1M * 1000 // 300 + 1440),  # a lower max_map_length: fewer, larger tasks, never more
+    (20, 1024, 11, 1_000_000 + 1440),      # a year of 20 markets: slices of markets, not one task per market
+])
+def test_a_year_of_many_markets_plans_within_airflows_mapping_limit(tmp_path, markets, max_tasks, tasks,
+                                                                     bound) -> None:
+    """The plan the DAG's plan task hands to Airflow, for a year at 1m: at most max_map_length mapped
+    tasks, none above its size bound, every market's year tiled exactly once (no overlap, no hole)."""
     config = _many_markets(tmp_path, markets)
-    params = {"start": "2025-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z", "chunk_hours": 24}
-    units = plan_backfill(config, "binance", params, max_tasks, now_ms=1_800_000_000_000)
+    units = plan_backfill(config, "binance", YEAR, max_tasks, now_ms=LATER)
     assert len(units) == tasks <= max_tasks
-    # every market exactly once, and its chunks tile its window (brute force: walk them minute by minute)
-    planned = [m["symbol"] for u in units for m in u["markets"]]
-    assert sorted(planned) == sorted(f"C{i}/USDT" for i in range(markets))
-    unit = units[-1]
-    spec = unit["markets"][0]
-    chunks = market_chunks(unit, spec)
-    assert len(chunks) == 365 and chunks[0].start_ms == spec["window_start_ms"]
-    assert all(a.end_ms == b.start_ms for a, b in itertools.pairwise(chunks)) and chunks[-1].end_ms == spec[
-        "window_end_ms"]
-    assert sum(c.candles("1m") for c in chunks) == 365 * 1440
+    sizes = [u["candles"] for u in units]
+    assert max(sizes) <= bound and sum(sizes) == markets * YEAR_1M
+    # each unit's stated size is what its windows hold, counted minute by minute (60,000 ms a candle)
+    assert all(u["candles"] == sum((m["window_end_ms"] - m["window_start_ms"]) // 60_000 for m in u["markets"])
+               for u in units)
+    year = (to_ms(datetime(2025, 1, 1, tzinfo=UTC)), to_ms(datetime(2026, 1, 1, tzinfo=UTC)))
+    slices = _slices(units)
+    assert sorted(slices) == sorted(f"C{i}/USDT" for i in range(markets))
+    for symbol, windows in slices.items():
+        assert windows[0][0] == year[0] and windows[-1][1] == year[1], symbol
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(windows)), symbol  # contiguous, no overlap
+        # cut on the chunk grid (whole days here), so every page of a chunk is full
+        assert all((w[0] - year[0]) % 86_400_000 == 0 for w in windows), symbol
     # the XCom a plan hands to Airflow stays small whatever the request
-    assert len(json.dumps(units)) < 200 * markets
+    assert len(json.dumps(units)) < 300 * markets + 300 * len(units)
+
+
+def test_small_requests_fill_the_pool_and_tiny_ones_stay_one_task(tmp_path) -> None:
+    """Brute force on a small plan: every minute of every market in exactly one unit."""
+    config = _many_markets(tmp_path, 7)  # backfill_pool_slots 2
+    params = {"start": "2025-01-01T00:00:00Z", "end": "2025-01-11T05:00:00Z", "chunk_hours": 7,
+              "task_candles": 30_000}
+    units = plan_backfill(config, "binance", params, 1024, now_ms=LATER)
+    minutes: dict[tuple[str, int], int] = {}
+    for u in units:
+        for m in u["markets"]:
+            for t in range(m["window_start_ms"], m["window_end_ms"], 60_000):
+                minutes[(m["symbol"], t)] = minutes.get((m["symbol"], t), 0) + 1
+    start = to_ms(datetime(2025, 1, 1, tzinfo=UTC))
+    every = {(f"C{i}/USDT", start + k * 60_000) for i in range(7) for k in range(10 * 1440 + 300)}
+    assert set(minutes) == every and set(minutes.values()) == {1}
+    assert len(units) == 4 and max(u["candles"] for u in units) <= 30_000 + 7 * 60
+    # a request worth splitting uses every backfill slot; a tiny one is a single task
+    one_day = {**params, "end": "2025-01-02T00:00:00Z", "task_candles": 1_000_000}
+    assert len(plan_backfill(config, "binance", one_day, 1024, now_ms=LATER)) == 1  # 10,080 candles
+    many = _many_markets(tmp_path, 200)
+    assert [u["candles"] for u in plan_backfill(many, "binance", one_day, 1024, now_ms=LATER)] == [144_000, 144_000]
 
 
 def test_a_backfill_task_loads_its_other_markets_past_a_delisted_one_and_resumes(demo_config, tmp_path, mongo_db,
@@ -188,3 +233,53 @@ def test_a_backfill_task_loads_its_other_markets_past_a_delisted_one_and_resumes
                             skip_complete=True)
     assert (total["chunks"], total["chunks_skipped"], total["present"], total["missing"]) == (3, 3, 360, 0)
     assert mongo_db.raw_market_payload.count_documents({}) == pages
+
+
+def _emulator_klines(url: str, symbol: str, start_ms: int, end_ms: int) -> dict[int, tuple]:
+    """The emulator's 1m candles from its Binance wire (urllib and json, no pipeline code)."""
+    out: dict[int, tuple] = {}
+    since = start_ms
+    while since < end_ms:
+        query = f"symbol={symbol.replace('/', '')}&interval=1m&startTime={since}&endTime={end_ms - 1}&limit=1000"
+        with urllib.request.urlopen(f"{url}/api/v3/klines?{query}", timeout=30) as resp:
+            rows = json.loads(resp.read())
+        if not rows:
+            break
+        out.update({int(r[0]): tuple(Decimal(v) for v in r[1:6]) for r in rows if int(r[0]) < end_ms})
+        since = int(rows[-1][0]) + 60_000
+    return out
+
+
+def test_sliced_units_load_every_candle_once_as_the_emulator_serves_it(tmp_path, emulator_url, mongo_db,
+                                                                         pg_conn) -> None:
+    """Three markets x 2 days cut into units that split markets across tasks; the units run in any
+    order, one of them twice (a retry), and staging then equals the emulator's candles: none lost,
+    none twice, none outside the window."""
+    symbols = ["BTC/USDT", "SOL/USDT", "XRP/USDT"]
+    (tmp_path / "m.yml").write_text(
+        "defaults:\n  history_start: '2025-01-01T00:00:00Z'\nexchanges:\n  binance:\n    api_base_url: "
+        f"{emulator_url}\n    options: {{fetchMarkets: {{types: [spot]}}}}\n    markets:\n"
+        + "".join(f"      - symbol: {s}\n" for s in symbols))
+    config = load_config(tmp_path / "m.yml")
+    params = {"start": "2025-03-01T00:00:00Z", "end": "2025-03-03T00:00:00Z", "chunk_hours": 5,
+              "task_candles": 2000}
+    units = plan_backfill(config, "binance", params, 1024)
+    assert len(units) == 5 and len({m["symbol"] for m in units[1]["markets"]}) == 2  # a unit holds two markets' ends
+    assert sum(len(u["markets"]) for u in units) > 3  # and markets are split across units
+    raw = RawStore(mongo_db)
+    order = [3, 0, 4, 1, 2, 1]  # any order; unit 1 runs twice
+    totals: dict[str, int] = {}
+    for i in order:
+        for t in backfill_unit(config, units[i], raw, pg_conn, Attempt("market_backfill", "s1", "binance.ingest", i)):
+            totals[t["symbol"]] = totals.get(t["symbol"], 0) + t["inserted"]
+    start, end = to_ms(datetime(2025, 3, 1, tzinfo=UTC)), to_ms(datetime(2025, 3, 3, tzinfo=UTC))
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT symbol, (extract(epoch FROM open_time) * 1000)::bigint, open, high, low, close, volume "
+                    "FROM staging.ohlcv WHERE exchange = 'binance' AND timeframe = '1m'")
+        rows = cur.fetchall()
+    for symbol in symbols:
+        staged = {ms: tuple(v) for s, ms, *v in rows if s == symbol}
+        truth = _emulator_klines(emulator_url, symbol, start, end)
+        assert len(truth) == 2880 and staged == truth, symbol
+        assert totals[symbol] == 2880  # inserted once; the repeated unit found its candles unchanged
+    assert len(rows) == 3 * 2880

@@ -22,12 +22,12 @@ SUMMARY_KEYS = ("chunks", "chunks_skipped", "inserted", "updated", "unchanged", 
 def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tuple[TaskGroup, Any]:
     """plan -> ingest per work unit of a `market_backfill` request, in the exchange's backfill pool.
 
-    A unit is one market (or, past Airflow's max_map_length, several): its task works through every
-    chunk of ``chunk_hours`` of its markets' windows (extract to raw, then load to staging), so a
-    backfill of any size plans within Airflow's mapping limit, and a year of a market is one task
-    process, not 365. Raw is written first, so a failed load loses nothing; a retried task skips the
-    chunks already complete. Returns the group (to order it after other tasks) and the mapped output
-    (for the summary).
+    A unit is ~``task_candles`` of the request (``plan_backfill``: many short markets, or a slice of a
+    long one): its task works through every chunk of ``chunk_hours`` of its windows (extract to raw,
+    then load to staging), so a backfill of any size plans within Airflow's mapping limit and each
+    task's start-up is small beside its work. Raw is written first, so a failed load loses nothing; a
+    retried task skips the chunks already complete. Returns the group (to order it after other tasks)
+    and the mapped output (for the summary).
     """
 
     @task(task_id="plan", execution_timeout=seconds(600))
@@ -39,14 +39,18 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         ctx = get_current_context()
         max_tasks = conf.getint("core", "max_map_length", fallback=1024)
         units = plan_backfill(load_config(), exchange.name, dict(ctx["params"]), max_tasks)
-        markets = sum(len(u["markets"]) for u in units)
-        log.info("%s: %d market(s) in %d task(s) (max_map_length %d), to %s", exchange.name, markets, len(units),
-                 max_tasks, "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
+        markets = len({m["symbol"] for u in units for m in u["markets"]})
+        candles = sum(u["candles"] for u in units)
+        log.info("%s: %d market(s), %d candles in %d task(s) of ~%d candles each (max_map_length %d), to %s",
+                 exchange.name, markets, candles, len(units), candles // max(len(units), 1), max_tasks,
+                 "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
+        for u in units:
+            log.info("task %d/%d: %s, %d candles", u["unit"], u["units"], u["label"], u["candles"])
         return units
 
     @task(task_id="ingest", pool=exchange.backfill_pool, priority_weight=BACKFILL_PRIORITY, outlets=[STAGING_OHLCV],
           execution_timeout=seconds(config.timeouts.backfill_task),
-          map_index_template="{{ task.op_kwargs['unit']['markets'] | map(attribute='symbol') | join(', ') }}")
+          map_index_template="{{ task.op_kwargs['unit']['label'] }}")
     def ingest(unit: dict[str, Any]) -> list[dict[str, Any]]:
         from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import backfill_unit
@@ -67,7 +71,8 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
             conn.close()
             if ops_conn is not None:
                 ops_conn.close()
-        log.info("unit %d/%d of %s done", unit["unit"], unit["units"], exchange.name)
+        log.info("task %d/%d of %s done: %s, %d candles present of %d", unit["unit"], unit["units"], exchange.name,
+                 unit.get("label", ""), sum(t["present"] for t in totals), sum(t["expected"] for t in totals))
         return totals
 
     with TaskGroup(group_id=exchange.name, tooltip=f"backfill {exchange.name}, a task per market") as group:
