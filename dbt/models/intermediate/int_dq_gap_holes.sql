@@ -70,33 +70,48 @@ plan as (
         on t.exchange = r.exchange and t.symbol = r.symbol and t.timeframe = r.timeframe
 ),
 
--- candles ingested since the last build (minus the lookback: loads that commit late; the BRIN on
--- ingested_at), before their series' watermark: each can only fall into a stored hole
-late as (
+-- candles ingested since the last build (minus the lookback: loads that commit late): one scan of
+-- the BRIN on ingested_at (materialized: as a join, the planner probes each series' whole history)
+recent as materialized (
     select c.exchange, c.symbol, c.timeframe, c.open_time
     from {{ ref('stg_ohlcv') }} as c
-    join plan as p
-        on p.exchange = c.exchange and p.symbol = c.symbol and p.timeframe = c.timeframe
-       and not p.read_whole
-       and c.open_time >= p.range_start
-       and c.open_time < p.watermark
     where c.ingested_at > {{ incremental_watermark('checked_at', var('dq_lookback_minutes', 60)) }}
 ),
 
--- the stored hole each late candle falls into (an index probe: the last hole starting at or
--- before it); none when the candle was already there (a revised candle)
+-- those before their series' watermark: each can only fall into a stored hole
+late as (
+    select r.exchange, r.symbol, r.timeframe, r.open_time
+    from recent as r
+    join plan as p
+        on p.exchange = r.exchange and p.symbol = r.symbol and p.timeframe = r.timeframe
+       and not p.read_whole
+       and r.open_time >= p.range_start
+       and r.open_time < p.watermark
+),
+
+late_spans as (
+    select exchange, symbol, timeframe, min(open_time) as first_late, max(open_time) as last_late
+    from late
+    group by exchange, symbol, timeframe
+),
+
+-- the stored holes a late candle falls into (none when the candle was already there: a revised
+-- one): per series an index range scan of its holes between its first and last late candle
 hit_holes as (
     select distinct h.exchange, h.symbol, h.timeframe, h.gap_start, h.gap_end
-    from late as l
+    from late_spans as sp
     cross join lateral (
         select s.exchange, s.symbol, s.timeframe, s.gap_start, s.gap_end
         from {{ this }} as s
-        where s.exchange = l.exchange and s.symbol = l.symbol and s.timeframe = l.timeframe
-          and s.gap_start <= l.open_time
-        order by s.gap_start desc
-        limit 1
+        where s.exchange = sp.exchange and s.symbol = sp.symbol and s.timeframe = sp.timeframe
+          and s.gap_start <= sp.last_late
+          and s.gap_end > sp.first_late
+        offset 0
     ) as h
-    where h.gap_end > l.open_time
+    join late as l
+        on l.exchange = h.exchange and l.symbol = h.symbol and l.timeframe = h.timeframe
+       and l.open_time >= h.gap_start
+       and l.open_time < h.gap_end
 ),
 
 windows as (
