@@ -3,8 +3,9 @@
 Figures (see bench/README.md): 1 load path, 2 backfill end to end, 3 peer (freqtrade), 4 dbt,
 5 queries on 10M+ rows (5x: at 1,000 markets and 30M candles), 6 freshness on the running stack, 6c the
 minute DAG at 1,000 markets, 7 peak memory during 2, 6 and 6c, 8 bytes per 1m candle in Postgres,
-10 monthly partitions vs plain tables, 11 backfills under Airflow (task overhead, minute feed);
-rebuild: one market-day vs the full rebuild.
+9 the hourly run of 1,000 markets at a small and a large history, 10 monthly partitions vs plain
+tables, 11 backfills under Airflow (task overhead, minute feed); rebuild: one market-day vs the full
+rebuild.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ STEPS: list[tuple[str, str]] = [
     ("6", "bench.freshness"),
     ("6c", "bench.minute_scale"),  # 1,000 markets on the minute DAG (QUICK: 200), and 7c its memory
     ("8", "bench.storage"),  # bytes per 1m candle, and the narrower layouts (8b)
+    ("9", "bench.hourly"),  # the hourly run at 1M and 30M candles of history
     ("10", "bench.partitions"),  # monthly partitions vs plain tables: load, dbt incremental, pruning
     ("11", "bench.backfill_airflow"),  # market_backfill under Airflow: task overhead, the minute feed beside it
 ]

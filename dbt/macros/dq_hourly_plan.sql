@@ -159,3 +159,19 @@ dq_plan as (
         ) as x
     ))
 {%- endmacro %}
+
+
+{#-
+  Post-hook of int_dq_gap_holes: delete the rows of series no longer in the expected ranges (a
+  market removed from the markets file without candles, a range now empty). Reads this table
+  (one row per hole) and the ranges, never the candles.
+-#}
+{% macro dq_delete_gone_series() -%}
+    delete from {{ this }} as h
+    where not exists (
+        select 1
+        from {{ ref('int_dq_expected_ranges') }} as r
+        where r.exchange = h.exchange and r.symbol = h.symbol and r.timeframe = h.timeframe
+          and r.range_end > r.range_start
+    )
+{%- endmacro %}

@@ -515,6 +515,88 @@ def test_incremental_candle_hours_equal_a_full_refresh(dbt: DbtRunner, pg_conn) 
     assert query(pg_conn, summary_sql) == summary_incremental
 
 
+HOLES_SQL = ("SELECT exchange, symbol, timeframe, range_start, gap_start, gap_end, gap_kind"
+             " FROM dbt_intermediate.int_dq_gap_holes ORDER BY exchange, symbol, timeframe, gap_start")
+
+
+def assert_gaps_match_oracle(conn, as_of: datetime) -> None:
+    """marts.data_quality_gaps equals the oracle's gaps (brute force over every expected open time)."""
+    want = ref.expected(ref.read_inputs(conn, as_of)).gaps
+    got = sorted(query(conn, ORACLE_QUERIES["gaps"][0]), key=lambda row: row[:5])
+    problems = diff_rows("gaps", got, want, 5)
+    assert not problems, f"{len(problems)} differences between dbt and the oracle:\n" + "\n".join(problems[:40])
+
+
+def test_incremental_gaps_equal_a_full_refresh_and_the_oracle(dbt: DbtRunner, pg_conn) -> None:
+    """int_dq_gap_holes is incremental (per series from its watermark, the end of its last candle;
+    late candles only reopen the hole they fall into). Through several builds the gaps equal the
+    brute-force oracle after every build, and the holes and gaps equal a full refresh at the end:
+    the range end moving with the build time, a late candle splitting a hole, one at the start of
+    a leading hole, one stamped before the last build (within the lookback), a revised candle, a
+    hole filled whole, a candle before an unconfigured series' first one (its range start moves),
+    a series whose range was empty, a new series."""
+    load_scenario(pg_conn)
+    with pg_conn.cursor() as cur:  # loaded a day ago, each minute as it closed
+        cur.execute("UPDATE staging.ohlcv SET ingested_at = now() - interval '1 day' + (open_time - %s)", (T0,))
+    pg_conn.commit()
+    select = ("--select", "+data_quality_gaps")
+
+    def build(as_of: datetime, *extra: str) -> None:
+        dbt("build", *extra, *select, "--vars", f'{{"dq_as_of": "{as_of.isoformat()}"}}')
+        assert_gaps_match_oracle(pg_conn, as_of)
+
+    build(T0 + timedelta(hours=1, seconds=30))  # range end 00:58: binance BTC/USDT's leading hole only
+    tails = query(pg_conn, "SELECT exchange, symbol, timeframe, gap_start, gap_end"
+                           " FROM dbt_intermediate.int_dq_gap_holes"
+                           " WHERE gap_kind IN ('trailing', 'no_candles') ORDER BY 1, 2, 3")
+    # one tail row per series: its watermark (the end of its last candle), empty when full; the 1h
+    # series' range is still empty (no hour closed 2 minutes before the build)
+    assert tails == [
+        ("binance", "BTC/USDT", "1m", minute(58), minute(58)),
+        ("binance", "ETH/USDT", "1m", T0, minute(58)),
+        ("okx", "BTC/USDT", "1m", minute(58), minute(58)),
+        ("okx", "SOL/USDT", "1m", minute(10), minute(10)),
+    ]  # fmt: skip
+    build(T0 + timedelta(hours=2, seconds=30))  # range end 01:58: the middle hole [90, 95) appears
+    assert (minute(90), minute(95), "interior") in [r[4:] for r in query(pg_conn, HOLES_SQL) if r[:3] == (
+        "binance", "BTC/USDT", "1m")]
+
+    with pg_conn.cursor() as cur:
+        # late candles before the watermark: 92 splits the middle hole, 0 starts the leading one
+        for k in (92, 0):
+            insert_candle(cur, "binance", "BTC/USDT", "1m", minute(k), base_close(k), base_volume(k))
+        # a load that committed after the last build but stamped 30 minutes before it (within the
+        # lookback): minute 3 of the leading hole
+        insert_candle(cur, "binance", "BTC/USDT", "1m", minute(3), base_close(3), base_volume(3))
+        cur.execute("UPDATE staging.ohlcv SET ingested_at = (SELECT max(checked_at) FROM"
+                    " dbt_intermediate.int_dq_gap_holes) - interval '30 minutes'"
+                    " WHERE exchange = 'binance' AND symbol = 'BTC/USDT' AND timeframe = '1m' AND open_time = %s",
+                    (minute(3),))
+        # a revised candle (in no hole)
+        cur.execute("UPDATE staging.ohlcv SET close = close + 1, high = high + 1, ingested_at = now()"
+                    " WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND open_time = %s", (minute(30),))
+        # the unconfigured series gets its hole at 5 filled whole and an older first candle: its
+        # range start moves (read whole)
+        for k in (5, -3):
+            insert_candle(cur, "okx", "SOL/USDT", "1m", minute(k), Decimal(20), Decimal(1))
+        for k in range(100, 104):  # a series seen for the first time
+            insert_candle(cur, "okx", "XRP/USDT", "1m", minute(k), Decimal("0.5"), Decimal(3))
+    pg_conn.commit()
+    build(T0 + timedelta(hours=2, minutes=30, seconds=30))
+    binance = [r[4:] for r in query(pg_conn, HOLES_SQL) if r[:3] == ("binance", "BTC/USDT", "1m")]
+    assert binance == [(minute(1), minute(3), "interior"), (minute(4), minute(5), "interior"),
+                       (minute(90), minute(92), "interior"), (minute(93), minute(95), "interior"),
+                       (minute(148), minute(148), "trailing")]  # fmt: skip
+
+    build(T0 + timedelta(hours=3, minutes=10, seconds=30))  # the range ends at history_end: trailing hole
+    build(T0 + timedelta(hours=3, minutes=20, seconds=30))  # nothing new
+    holes, gaps = query(pg_conn, HOLES_SQL), query(pg_conn, "SELECT * FROM marts.data_quality_gaps ORDER BY 1, 2, 3, 4")
+    assert (minute(176), minute(180), "trailing") in [r[4:] for r in holes if r[:3] == ("binance", "BTC/USDT", "1m")]
+    build(T0 + timedelta(hours=3, minutes=20, seconds=30), "--full-refresh")
+    assert query(pg_conn, HOLES_SQL) == holes
+    assert query(pg_conn, "SELECT * FROM marts.data_quality_gaps ORDER BY 1, 2, 3, 4") == gaps
+
+
 def _written(conn, relation: str, key: str) -> dict[tuple, str]:
     """Each row's key and the transaction that wrote it (xmin): a row an incremental build left alone keeps it."""
     return {r[:-1]: r[-1] for r in query(conn, f"SELECT {key}, xmin::text FROM {relation}")}

@@ -13,6 +13,7 @@ EXPECTED_MODELS = {
     # name: (schema, materialization)
     "int_dq_candle_hours_1m": ("dbt_intermediate", "incremental"),
     "int_dq_expected_ranges": ("dbt_intermediate", "table"),
+    "int_dq_gap_holes": ("dbt_intermediate", "incremental"),
     "int_dq_hourly_1m": ("dbt_intermediate", "incremental"),
     "int_indicator_functions": ("dbt_intermediate", "view"),
     "int_markets": ("dbt_intermediate", "table"),
@@ -129,8 +130,9 @@ def test_generic_tests_are_attached(manifest: dict) -> None:
         "relationships_multi_column",
         "not_null_columns",
     } <= (by_model["ohlcv_1m"])
-    for model in ("markets", "latest_price", "int_markets"):
+    for model in ("markets", "latest_price"):
         assert "unique_combination_of_columns" in by_model[model], model
+    assert "unique_key_index" in by_model["int_markets"]
     # one NULL check per model, not one per column
     nulls = [t for t in tests if t["test_metadata"]["name"] in ("not_null", "not_null_columns")]
     per_model = [t["depends_on"]["nodes"][0] for t in nulls]
@@ -157,13 +159,14 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
         for name, node in models.items()
     }
     assert {name for name, keys in indexed.items() if keys} >= {"ohlcv_1m", "indicators_1m", "ohlcv_1w",
-                                                               "data_quality_gaps", "data_quality_summary"}
+                                                               "data_quality_gaps", "data_quality_summary",
+                                                               "int_markets", "int_dq_gap_holes"}
     for name, keys in indexed.items():
         by_index = checks.get(name, {}).get("unique_key_index", set())
         assert by_index == keys, f"{name}: unique indexes {keys}, unique_key_index tests {by_index}"
         if keys:
             assert "unique_combination_of_columns" not in checks.get(name, {}), name
-    unindexed_keyed = {"markets", "latest_price", "int_markets", "data_quality_flagged_candles"}
+    unindexed_keyed = {"markets", "latest_price", "data_quality_flagged_candles"}
     for name in unindexed_keyed:
         assert not indexed[name] and checks[name]["unique_combination_of_columns"], name
 

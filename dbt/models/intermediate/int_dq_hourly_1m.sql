@@ -54,12 +54,16 @@ anomalies as (
         count(distinct a.open_time) filter (where a.kind = 'revised')               as corrections,
         count(distinct a.open_time) filter (where a.kind = 'out_of_order')          as out_of_order
     from dq_plan as r
-    join {{ ref('stg_ohlcv_anomalies') }} as a
-        on a.exchange = r.exchange
-       and a.symbol = r.symbol
-       and a.timeframe = '1m'
-       and a.open_time >= greatest(r.range_start, r.recompute_from)
-       and a.open_time < r.range_end
+    cross join lateral (
+        select x.exchange, x.symbol, x.open_time, x.kind
+        from {{ ref('stg_ohlcv_anomalies') }} as x
+        where x.exchange = r.exchange
+          and x.symbol = r.symbol
+          and x.timeframe = '1m'
+          and x.open_time >= greatest(r.range_start, r.recompute_from)
+          and x.open_time < r.range_end
+        offset 0  -- an index range scan per series (as a join: a hash of every anomaly ever recorded)
+    ) as a
     group by 1, 2, 3
 ),
 
@@ -94,10 +98,15 @@ counted as (
         hours.cross_exchange_divergence_bps,
         hours.max_ingested_at
     from periods
-    left join {{ ref('int_dq_candle_hours_1m') }} as hours
-        on hours.exchange = periods.exchange
-       and hours.symbol = periods.symbol
-       and hours.period_start = periods.period_start
+    -- an index probe per recomputed hour (as a join: a hash of every market-hour of history)
+    left join lateral (
+        select h.present, h.spike_times, h.volume_anomaly_times, h.cross_exchange_divergence_bps, h.max_ingested_at
+        from {{ ref('int_dq_candle_hours_1m') }} as h
+        where h.exchange = periods.exchange
+          and h.symbol = periods.symbol
+          and h.period_start = periods.period_start
+        offset 0
+    ) as hours on true
     left join anomalies
         on anomalies.exchange = periods.exchange
        and anomalies.symbol = periods.symbol

@@ -1,5 +1,11 @@
-{{ config(post_hook="analyze {{ this }}") }}
+{{
+    config(
+        post_hook="analyze {{ this }}",
+        indexes=[{'columns': ['exchange', 'symbol'], 'unique': true}],
+    )
+}}
 
+-- The unique index serves latest_price's and markets' lookups by (exchange, symbol).
 -- One row per market (exchange, symbol) seen in the 1m candles or the ticker snapshots, with its
 -- candle coverage. Time-independent; marts.markets adds is_active relative to query time.
 -- The coverage sums the incremental per-day counts (a row per market-day), not every candle.

@@ -9,92 +9,25 @@
   Missing candle intervals per (exchange, symbol, timeframe), with the repair state from
   ops.backfill_tasks. See data_quality_gaps.yml for the contract.
 
-  Gaps come from neighbouring present candles (lag/lead over each series' open times inside its
-  expected range), never from a series of every expected open time: per series one ordered
-  index-only scan of staging.ohlcv's primary key (no sort), linear in the number of candles.
-  A series with no candle at all in its range is one gap over the whole range (an index probe per
-  series). A table rebuilt every run: the expected range ends at build time. The unique index on
-  (exchange, symbol, timeframe, gap_start, gap_end) serves "a market's gaps over a period".
+  The holes come from the incremental int_dq_gap_holes (which reads only the candles loaded since
+  its per-series watermark, and the holes late candles fall into); this table joins them with the
+  repair tasks: it is rebuilt every run from one row per hole and per task, never from the
+  candles, so it costs the same at any history. The unique index on (exchange, symbol, timeframe,
+  gap_start, gap_end) serves "a market's gaps over a period".
 -#}
 
-with ranges as (
+with missing as (
     select
         exchange,
         symbol,
         timeframe,
-        range_start,
-        range_end,
-        {{ timeframe_to_interval('timeframe') }} as step
-    from {{ ref('int_dq_expected_ranges') }}
-    where range_end > range_start
-),
-
--- per series, one ordered index-only scan of staging.ohlcv's primary key over its range; only
--- candles with a hole before them (the first one, after the range start) or after them are kept
-edges as (
-    select r.exchange, r.symbol, r.timeframe, r.range_start, r.range_end, r.step, n.*
-    from ranges as r
-    cross join lateral (
-        select *
-        from (
-            select
-                c.open_time,
-                lag(c.open_time) over series  as prev_open_time,
-                lead(c.open_time) over series as next_open_time
-            from {{ ref('stg_ohlcv') }} as c
-            where c.exchange = r.exchange
-              and c.symbol = r.symbol
-              and c.timeframe = r.timeframe
-              and c.open_time >= r.range_start
-              and c.open_time < r.range_end
-            window series as (order by c.open_time)
-        ) as neighbours
-        where (neighbours.prev_open_time is null and neighbours.open_time > r.range_start)
-           or coalesce(neighbours.next_open_time, r.range_end) > neighbours.open_time + r.step
-    ) as n
-),
-
-missing as (
-    select
-        e.exchange,
-        e.symbol,
-        e.timeframe,
-        e.step,
-        hole.gap_start,
-        hole.gap_end,
-        hole.gap_kind
-    from edges as e
-    cross join lateral (
-        values
-            (case when e.prev_open_time is null and e.open_time > e.range_start then e.range_start end,
-             e.open_time,
-             'leading'),
-            (case when coalesce(e.next_open_time, e.range_end) > e.open_time + e.step then e.open_time + e.step end,
-             coalesce(e.next_open_time, e.range_end),
-             case when e.next_open_time is null then 'trailing' else 'interior' end)
-    ) as hole (gap_start, gap_end, gap_kind)
-    where hole.gap_start is not null
-
-    union all
-
-    select
-        r.exchange,
-        r.symbol,
-        r.timeframe,
-        r.step,
-        r.range_start   as gap_start,
-        r.range_end     as gap_end,
-        'no_candles'    as gap_kind
-    from ranges as r
-    where not exists (
-        select 1
-        from {{ ref('stg_ohlcv') }} as c
-        where c.exchange = r.exchange
-          and c.symbol = r.symbol
-          and c.timeframe = r.timeframe
-          and c.open_time >= r.range_start
-          and c.open_time < r.range_end
-    )
+        {{ timeframe_to_interval('timeframe') }} as step,
+        gap_start,
+        gap_end,
+        gap_kind
+    from {{ ref('int_dq_gap_holes') }}
+    -- the tail row of a series whose last candle ends at its range end is empty
+    where gap_end > gap_start
 ),
 
 tasks as (
