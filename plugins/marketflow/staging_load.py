@@ -364,14 +364,27 @@ def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tupl
     The caller owns the transaction."""
     if not rows:
         return 0, 0
-    cols = ", ".join(_OHLCV_COLUMNS)
     if not staged:
         _stage_rows(cur, rows)
+    counts = _upsert_staged(cur).values()
+    return sum(i for i, _ in counts), sum(u for _, u in counts)
+
+
+def _upsert_counted(cur, rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """``upsert_ohlcv`` of rows already staged in tmp_ohlcv (``record_revisions``), counted per market:
+    {(exchange, symbol): (inserted, updated)}."""
+    return _upsert_staged(cur) if rows else {}
+
+
+def _upsert_staged(cur) -> dict[tuple[str, str], tuple[int, int]]:
+    """Upsert tmp_ohlcv into staging.ohlcv; (inserted, updated) per (exchange, symbol)."""
+    cols = ", ".join(_OHLCV_COLUMNS)
     cur.execute(
         f"""
         WITH upserted AS (
             INSERT INTO staging.ohlcv AS t ({cols}, ingested_at)
-            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv
+            -- in key order: two overlapping runs' batches lock the same rows in the same order (no deadlock)
+            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv ORDER BY exchange, symbol, timeframe, open_time
             ON CONFLICT (exchange, symbol, timeframe, open_time) DO UPDATE SET
                 open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, trades = EXCLUDED.trades,
@@ -389,39 +402,11 @@ def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tupl
             FROM tmp_ohlcv AS s
             JOIN staging.ohlcv AS o USING (exchange, symbol, timeframe, open_time)
         )
-        SELECT count(*) FILTER (WHERE e.open_time IS NULL), count(*) FILTER (WHERE e.open_time IS NOT NULL)
+        SELECT u.exchange, u.symbol, count(*) FILTER (WHERE e.open_time IS NULL),
+               count(*) FILTER (WHERE e.open_time IS NOT NULL)
         FROM upserted AS u
         LEFT JOIN existed AS e USING (exchange, symbol, timeframe, open_time)
-        """
-    )
-    inserted, updated = cur.fetchone()
-    return int(inserted), int(updated)
-
-
-def _upsert_counted(cur, rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """``upsert_ohlcv`` of rows already staged in tmp_ohlcv (``record_revisions``), counted per market:
-    {(exchange, symbol): (inserted, updated)}."""
-    if not rows:
-        return {}
-    cols = ", ".join(_OHLCV_COLUMNS)
-    cur.execute(
-        f"""
-        WITH upserted AS (
-            INSERT INTO staging.ohlcv AS t ({cols}, ingested_at)
-            -- in key order: two overlapping runs' batches lock the same rows in the same order (no deadlock)
-            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv ORDER BY exchange, symbol, timeframe, open_time
-            ON CONFLICT (exchange, symbol, timeframe, open_time) DO UPDATE SET
-                open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
-                volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, trades = EXCLUDED.trades,
-                raw_payload_id = EXCLUDED.raw_payload_id, run_id = EXCLUDED.run_id,
-                ingested_at = EXCLUDED.ingested_at
-            WHERE (t.open, t.high, t.low, t.close, t.volume, t.quote_volume, t.trades)
-                IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
-                                  EXCLUDED.quote_volume, EXCLUDED.trades)
-            RETURNING t.exchange, t.symbol, (xmax = 0) AS inserted
-        )
-        SELECT exchange, symbol, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted)
-        FROM upserted GROUP BY 1, 2
+        GROUP BY 1, 2
         """
     )
     return {(ex, sym): (int(ins), int(upd)) for ex, sym, ins, upd in cur.fetchall()}
