@@ -222,7 +222,8 @@ def test_maintenance_dag_prunes_through_airflow(pg_server, metadata_dsn, warehou
     with psycopg2.connect(metadata_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT task_id, state FROM task_instance WHERE dag_id = 'market_maintenance'")
         assert dict(cur.fetchall()) == {"prune_ops": "success", "prune_rejects": "success",
-                                        "clean_airflow_metadata": "success"}, output[-6000:]
+                                        "month_partitions": "success", "clean_airflow_metadata": "success"}, \
+            output[-6000:]
         cur.execute("SELECT value FROM xcom WHERE dag_id = 'market_maintenance' AND task_id = 'prune_ops' "
                     "AND key = 'return_value'")
         assert cur.fetchone()[0]["ops.api_errors"] == 2
