@@ -94,7 +94,7 @@ def test_months_of_history_upgrade_into_partitions_and_back(new_database, releas
     assert before["staging.ohlcv"][0] == before["marts.ohlcv_1m"][0] == before["marts.indicators_1m"][0] > 50_000
     plain_dump = schema_dump(old)
 
-    assert schema.upgrade(old) == ["0004"]
+    assert schema.upgrade(old, "0004") == ["0004"]
     assert _fingerprint(old) == before
     for table in TABLES:
         assert _layout(old, table) == ("p", [*MONTHS, "default"]), table
@@ -119,7 +119,7 @@ def test_months_of_history_upgrade_into_partitions_and_back(new_database, releas
 
     # the pipeline's schemas equal a fresh install that has partitions for the same months
     fresh = new_database()
-    schema.upgrade(fresh)
+    schema.upgrade(fresh, "0004")
     query(fresh, "SELECT ops.ensure_month_partitions('staging.ohlcv', '2025-09-01+00', '2026-01-01+00')")
     ours = [s for s in schema_dump(old) if "marts" not in s and "dbt_staging" not in s]
     # (sorted: the view reading staging.ohlcv makes pg_dump print the table earlier)
@@ -130,6 +130,6 @@ def test_months_of_history_upgrade_into_partitions_and_back(new_database, releas
     assert _fingerprint(old) == before
     assert schema_dump(old) == plain_dump
     # and up again
-    assert schema.upgrade(old) == ["0004"]
+    assert schema.upgrade(old, "0004") == ["0004"]
     assert _fingerprint(old) == before
     assert _layout(old, "marts.indicators_1m") == ("p", [*MONTHS, "default"])
