@@ -395,6 +395,7 @@ def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | N
                   redoc_url=None, openapi_url=None, dependencies=[Depends(authenticate)])
     app.state.settings = settings
     app.state.warehouse = Warehouse(settings)
+    app.state.token_cache = {}  # token hash -> (name, trusted until): auth.authenticate
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

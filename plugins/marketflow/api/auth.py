@@ -52,7 +52,7 @@ async def authenticate(request: Request) -> str:
         raise AuthError("no credentials: this API needs a bearer token",
                         "send 'Authorization: Bearer <token>'; create one with `marketflow api-token create NAME`")
     digest = token_hash(token)
-    cache: dict[str, tuple[str, float]] = request.app.state.__dict__.setdefault("token_cache", {})
+    cache: dict[str, tuple[str, float]] = request.app.state.token_cache
     hit = cache.get(digest)
     if hit and hit[1] > time.monotonic():
         return hit[0]
