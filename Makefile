@@ -10,7 +10,7 @@ VENV     := $(LOCAL)/venv
 DBT_VENV := $(LOCAL)/dbt-venv
 export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
-.PHONY: help install system-packages demo down status test lint dbt-parse lock clean faults bench env
+.PHONY: help install system-packages ui demo down status test lint dbt-parse lock clean faults bench env
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench   benchmarks against the machine's limits and a peer (bench/results/latest.md);"
 	@echo "             QUICK=1 for smaller sizes (10 min instead of <= 60)"
 	@echo "make lint    ruff"
+	@echo "make ui      (re)build the Markets page (ui/ -> plugins/marketflow/api/ui_dist; make install runs it)"
 	@echo "make lock    regenerate the pinned requirements*.txt from pyproject.toml and requirements-*.in"
 	@echo "             (keeps the current pins where they still fit; UPGRADE=1 moves every pin to the newest)"
 	@echo "make env     .env for docker compose with generated secrets (never overwrites an existing .env)"
@@ -46,7 +47,20 @@ $(DBT_VENV)/.installed: requirements-dbt.txt | $(UV)
 	VIRTUAL_ENV=$(DBT_VENV) $(UV) pip install --quiet --compile-bytecode -r requirements-dbt.txt
 	@touch $@
 
-install: $(VENV)/.installed $(DBT_VENV)/.installed system-packages
+install: $(VENV)/.installed $(DBT_VENV)/.installed system-packages ui
+
+# The Markets page (ui/): the exact packages of ui/package-lock.json (npm ci; the charting library comes
+# from the registry, nothing third-party is in the repository), then vite's build into the API's package
+# (gitignored; the API serves it under /marketflow/ui/).
+UI_DIST := plugins/marketflow/api/ui_dist
+ui/node_modules/.installed: ui/package.json ui/package-lock.json | system-packages
+	cd ui && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(UI_DIST)/index.html: ui/node_modules/.installed ui/index.html ui/vite.config.js $(wildcard ui/src/*)
+	cd ui && npm run --silent build -- --logLevel warn
+
+ui: $(UI_DIST)/index.html
 
 # Debian packages the tests run for real (Prometheus' promtool and server), when missing.
 system-packages:

@@ -31,6 +31,10 @@ class MarketflowPlugin(AirflowPlugin):
     name = "marketflow"
     # The hourly DAG's schedule (serialized DAGs name it; the scheduler loads it from here).
     timetables = [FirstRunAtDeployTimetable]
+    # "Markets" in the UI's navigation: the page the API serves (ui/, built by `make ui`), shown by Airflow
+    # in a frame at /plugin/markets; the frame is same-origin, so the page's calls carry the login cookie.
+    external_views = [{"name": "Markets", "href": "/marketflow/ui/", "url_route": "markets", "destination": "nav",
+                       "nav_top_level": True, "category": "marketflow"}]
 
     @property
     def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the tests and the local stack run for real (not from PyPI): each command below is
+# Debian packages the tests and the local stack run for real (not from PyPI or npm): each command below is
 # installed from its package when it is missing. Run by `make install`; needs root (or sudo) once.
 set -euo pipefail
 
 declare -A PACKAGE_OF=(
     [promtool]=prometheus     # `promtool test rules` on the alert rules
     [prometheus]=prometheus   # the scrape-and-alert integration test
+    [chromium]=chromium       # the Markets page's browser tests (Playwright drives it; no browser download)
+    [node]=nodejs             # builds the Markets page (vite)
+    [npm]=npm                 # installs the page's pinned packages (npm ci)
 )
 
 missing=()

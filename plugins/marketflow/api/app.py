@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import csv
+import html
 import io
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -21,18 +22,22 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from psycopg_pool import AsyncConnectionPool
 
 from marketflow.api.auth import AuthError, authenticate
 from marketflow.api.settings import ApiSettings
 
 log = logging.getLogger(__name__)
+
+# The Markets page (ui/, built by `make ui` into this gitignored directory), served under /ui/.
+UI_DIR = Path(__file__).resolve().parent / "ui_dist"
 
 
 class Timeframe(StrEnum):
@@ -402,7 +407,11 @@ def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | N
         return exc.response()
 
     @app.exception_handler(AuthError)
-    async def auth_error(_: Request, exc: AuthError) -> JSONResponse:
+    async def auth_error(request: Request, exc: AuthError) -> Response:
+        if _is_page(request):  # a person at a browser: say it in a page, not JSON
+            return HTMLResponse(_REFUSED_PAGE.format(message=html.escape(exc.message[:1].upper() + exc.message[1:]),
+                                                     fix=html.escape(exc.fix[:1].upper() + exc.fix[1:])),
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return JSONResponse({"error": {"status": 401, "parameter": "Authorization", "message": exc.message,
                                        "fix": exc.fix}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
@@ -425,6 +434,14 @@ def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | N
         return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
                                    title="marketflow API")
 
+    @app.get("/ui", include_in_schema=False)
+    async def ui_root() -> RedirectResponse:
+        return RedirectResponse("ui/", status_code=307)  # relative: works under any mount prefix
+
+    @app.get("/ui/{path:path}", include_in_schema=False)
+    async def ui(path: str) -> Response:
+        return ui_file(path)
+
     if metrics_database is not None:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -439,6 +456,30 @@ def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | N
             return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def ui_file(path: str, root: Path = UI_DIR) -> FileResponse:
+    """A file of the built Markets page; index.html for the page itself. Behind the app's authentication
+    like every route (the page shows market data and the pipeline's operations)."""
+    if not (root / "index.html").is_file():
+        raise ApiError(503, None, f"the Markets page is not built ({root / 'index.html'} is missing)",
+                       "run `make ui` (npm ci and vite build of ui/; `make install` runs it)")
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root.resolve()) or not target.is_file():
+        raise ApiError(404, "path", f"no file {path!r} in the Markets page", "open ui/ (the page itself)")
+    # Vite names assets by content hash: cache them for good; the page itself is re-checked every time.
+    immutable = target.parent.name == "assets"
+    return FileResponse(target, headers={"Cache-Control": "public, max-age=31536000, immutable" if immutable
+                                         else "no-cache"})
+
+
+def _is_page(request: Request) -> bool:
+    return "/ui/" in request.url.path + "/" and "text/html" in request.headers.get("accept", "")
+
+
+_REFUSED_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Not logged in</title></head>
+<body style="font: 14px system-ui, sans-serif; margin: 24px"><h1>Not logged in</h1><p>{message}.</p><p>{fix}.</p>
+<p><a href="/" target="_top">Log in to Airflow</a>, then open <em>Markets</em> in its navigation.</p></body></html>"""
 
 
 def _allowed(error: dict[str, Any]) -> str | None:
