@@ -170,6 +170,7 @@ Airflow UI     http://127.0.0.1:{st.airflow_port}   login {stack.ADMIN_USER} / {
                (a random token kept in {st.state_dir / 'airflow-admin.password'}; DAGs: market_candles_1h,
                market_candles_1m, market_maintenance)
 dbt docs       http://127.0.0.1:{st.airflow_port}/cosmos/marketflow/dbt_docs_index.html  (Browse > dbt docs)
+Markets page   http://127.0.0.1:{st.airflow_port}/plugin/markets  (Markets in the navigation; after the login)
 SQL            psql '{warehouse}'
                e.g. SELECT * FROM marts.ohlcv_1m ORDER BY open_time DESC LIMIT 5;
 Raw payloads   {env['MONGO_URI']}  (collections raw_market_payload, raw_ingestion_log)

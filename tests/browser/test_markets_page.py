@@ -93,7 +93,8 @@ def site(pg_server: stack.PostgresServer, sample_data_dir: Path, test_root: Path
     try:
         yield Site(f"http://127.0.0.1:{port}", candles, dsn)
     finally:
-        server.stop()
+        # Airflow's api-server outwaits SIGTERM here (~30 s); it holds nothing to flush, so kill it sooner.
+        server.stop(timeout=5)
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
             cur.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA marts FROM {role}")
         pg_server.drop_database(warehouse_db)
@@ -213,9 +214,9 @@ def _run(page, base: str, site: Site) -> None:
     # The default view: the first market (binance ETH/USDT), 1h, the day that ends at its last candle.
     candles = site.candles
     day = datetime(2022, 8, 15, tzinfo=UTC)
-    assert state["render"] | {"ms": 0} == {"exchange": "binance", "symbol": "ETH/USDT", "timeframe": "1h",
-                                           "start": iso(day), "end": iso(day + timedelta(days=1)), "candles": 24,
-                                           "ms": 0}
+    assert {k: state["render"][k] for k in ("exchange", "symbol", "timeframe", "start", "end", "candles")} == {
+        "exchange": "binance", "symbol": "ETH/USDT", "timeframe": "1h", "start": iso(day),
+        "end": iso(day + timedelta(days=1)), "candles": 24}
     check_chart(frame, expected(candles, "binance", "ETH/USDT", timedelta(hours=1), day, day + timedelta(days=1)))
     reference_ms = state["render"]["ms"]
     _panels_filled(frame, "binance")
@@ -226,10 +227,12 @@ def _run(page, base: str, site: Site) -> None:
     frame.locator("#timeframe").select_option("1m")
     state = wait_loaded(frame, loads, panels)
     check_chart(frame, expected(candles, "binance", "ETH/USDT", timedelta(minutes=1), day, day + timedelta(days=1)))
-    day_of_1m_ms = state["render"]["ms"]
-    assert state["render"]["candles"] == 1440
-    print(f"\nMarkets page: a day of 1m candles (1440) fetched and drawn in {day_of_1m_ms:.0f} ms "
-          f"(budget {RENDER_BUDGET_MS} ms); 24 1h candles in {reference_ms:.0f} ms")
+    render = state["render"]
+    day_of_1m_ms = render["ms"]
+    assert render["candles"] == 1440
+    print(f"\nMarkets page: a day of 1m candles (1440) fetched and drawn in {day_of_1m_ms:.0f} ms (fetch "
+          f"{render['fetchMs']:.0f} ms, draw {render['drawMs']:.0f} ms; budget {RENDER_BUDGET_MS} ms); the "
+          f"reference, 24 1h candles: {reference_ms:.0f} ms (ratio {day_of_1m_ms / reference_ms:.2f})")
     assert day_of_1m_ms < RENDER_BUDGET_MS * 0.8, day_of_1m_ms  # a margin under the 1 s
     _shot(page, "02-binance-1m-day")
 

@@ -235,12 +235,14 @@ async function load() {
     const [candles, indicators] = await Promise.all([
       getAll("ohlcv", query, "candles"), getAll("indicators", query, "indicators")]);
     if (mine !== sequence) return;
+    const fetched = performance.now();
     draw(candles, indicators);
     await nextFrame(); // painted, not only handed over
     const ms = performance.now() - started;
+    const fetchMs = fetched - started;
     state.candles = candles;
     state.drawn = candleSeries.data();
-    state.render = { ...query, candles: candles.length, ms };
+    state.render = { ...query, candles: candles.length, ms, fetchMs, drawMs: ms - fetchMs };
     state.renders.push(state.render);
     state.error = null;
     $("chart-title").textContent = `${query.exchange} ${query.symbol} · ${query.timeframe} · ${utcText(query.start)} – `
