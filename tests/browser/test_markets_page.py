@@ -240,7 +240,7 @@ def _run(page, base: str, site: Site) -> None:
           f"{[round(r['ms']) for r in renders]} (fetch {best['fetchMs']:.0f} ms, draw {best['drawMs']:.0f} ms; "
           f"budget {RENDER_BUDGET_MS} ms); the reference, 24 1h candles: {reference_ms:.0f} ms "
           f"(ratio {best['ms'] / reference_ms:.2f}); load average {os.getloadavg()[0]:.1f}")
-    assert best["ms"] < RENDER_BUDGET_MS * 0.8, renders  # a margin under the 1 s
+    assert best["ms"] < RENDER_BUDGET_MS, renders  # the 1 s (the best of three: the 2-core machine is shared)
     _shot(page, "02-binance-1m-day")
 
     # Range and end picked: 6 hours of 5m candles ending 2022-08-14 12:00.
