@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -301,3 +302,27 @@ def test_metrics_are_served_with_a_token(api: ApiStack) -> None:
     failing = {s.labels["test"]: s.value for s in families["marketflow_dbt_test_failing_rows"].samples}
     assert len(failing) > 20 and set(failing.values()) == {0.0}  # the dbt build's stored tests, all passing
     assert "marketflow_metrics_collect_seconds" in families
+
+
+def test_the_log_is_json_lines_with_an_access_event_per_request(api: ApiStack) -> None:
+    marker = f"log-check-{time.time_ns()}"
+    assert api.get("/latest", exchange="binance", symbol=marker).status_code == 404
+    assert api.get("/latest", token=None, exchange=marker).status_code == 401
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in api.log.read_text().splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines]  # every line, uvicorn's own included, is one JSON object
+        access = [e for e in events if e.get("logger") == "marketflow.api.access" and marker in e.get("query", "")]
+        if len(access) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(e["logger"] == "uvicorn.error" and "startup complete" in e["event"] for e in events)
+    assert not any("color_message" in e for e in events)
+    anonymous, unknown_market = sorted(access, key=lambda e: e["status"])
+    assert (anonymous["status"], anonymous["caller"]) == (401, None)
+    assert (unknown_market["status"], unknown_market["caller"]) == (404, "tests")  # the token's name
+    for e in access:
+        assert e["event"] == f"GET /latest {e['status']}"  # the words stay readable
+        assert (e["level"], e["method"], e["path"]) == ("info", "GET", "/latest")
+        assert 0 < e["duration_ms"] < 10_000 and e["client"].startswith("127.0.0.1:")
+        assert datetime.fromisoformat(e["timestamp"]).tzinfo is not None
