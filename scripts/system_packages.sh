@@ -6,6 +6,7 @@ set -euo pipefail
 declare -A PACKAGE_OF=(
     [promtool]=prometheus     # `promtool test rules` on the alert rules
     [prometheus]=prometheus   # the scrape-and-alert integration test
+    [curl]=curl               # the demo's API example (tests/integration/test_api.py runs it)
 )
 
 missing=()

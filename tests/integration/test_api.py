@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -326,3 +327,21 @@ def test_the_log_is_json_lines_with_an_access_event_per_request(api: ApiStack) -
         assert (e["level"], e["method"], e["path"]) == ("info", "GET", "/latest")
         assert 0 < e["duration_ms"] < 10_000 and e["client"].startswith("127.0.0.1:")
         assert datetime.fromisoformat(e["timestamp"]).tzinfo is not None
+
+
+def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> None:
+    """scripts/demo.py prints this command (against Airflow's /marketflow there; the same app here)."""
+    from scripts.demo import api_curl
+
+    symbol, day, rows = source_day(api)
+    command = api_curl(api.url, api.token, "binance", symbol, day, day + timedelta(days=1))
+    answer = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, (command, answer.stderr)
+    candles = json.loads(answer.stdout)["candles"]
+    assert [(c["open_time"], Decimal(c["close"]), Decimal(c["volume"])) for c in candles] == \
+        [(iso(w.open_time), Decimal(w.close), Decimal(w.volume)) for w in rows]
+    # the same command without the token: refused (curl -f exits 22 on an HTTP error)
+    anonymous = shlex.split(command.replace(f"Authorization: Bearer {api.token}", "X-No-Token: 1"))
+    refused = subprocess.run([*anonymous, "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.stdout == "401", refused
