@@ -4,8 +4,8 @@ Figures (see bench/README.md): 1 load path, 2 backfill end to end, 3 peer (freqt
 5 queries on 10M+ rows (5x: at 1,000 markets and 30M candles), 6 freshness on the running stack, 6c the
 minute DAG at 1,000 markets, 7 peak memory during 2, 6 and 6c, 8 bytes per 1m candle in Postgres,
 9 the hourly run of 1,000 markets at a small and a large history, 10 monthly partitions vs plain
-tables, 11 backfills under Airflow (task overhead, minute feed); rebuild: one market-day vs the full
-rebuild.
+tables, 11 backfills under Airflow (task overhead, minute feed), 12 the market-data API under 100
+concurrent users (standalone and in Airflow's API server); rebuild: one market-day vs the full rebuild.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ STEPS: list[tuple[str, str]] = [
     ("3", "bench.peer"),
     ("4", "bench.big_tables"),  # 4 and 5 share the 10M-row dataset
     ("5x", "bench.analyst_queries"),  # figure 5 at 30M candles and 1,000 markets (5d-5g)
+    # the market-data API under 100 users, standalone and in Airflow's API server, on 5x's large history
+    # (handed over, not built twice) or, run alone, on its own
+    ("12", "bench.api_load"),
     ("rebuild", "bench.rebuild_slice"),  # marketflow rebuild of one market-day vs the full rebuild
     ("6", "bench.freshness"),
     ("6c", "bench.minute_scale"),  # 1,000 markets on the minute DAG (QUICK: 200), and 7c its memory
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     failures: list[str] = []
     say(f"{'QUICK' if ctx.quick else 'full'} run; sizes {ctx.sizes}")
+    ctx.shared["api_load_takes_history"] = not only or {"5x", "12"} <= only
     ctx.start()
     try:
         for number, module in STEPS:

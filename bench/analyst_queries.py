@@ -90,8 +90,12 @@ def run(ctx: BenchContext) -> list[Figure]:
             results[size.label] = _measure(history, size, plans)
             plan_file.write_text("\n".join(plans) + "\n")  # after each size: a failed large run keeps the small's
         finally:
-            ctx.pg.drop_database(name)
-            shutil.rmtree(history.work, ignore_errors=True)
+            if size is large and ctx.shared.get("api_load_takes_history"):
+                # figure 12 (bench.api_load) runs next on the same history, then drops it
+                ctx.shared["history_for_api_load"] = (history, large, name)
+            else:
+                ctx.pg.drop_database(name)
+                shutil.rmtree(history.work, ignore_errors=True)
     say(f"plans: {plan_file}")
     return _figures(results, small, large, built, plan_file)
 

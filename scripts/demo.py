@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
+import httpx
 import psycopg2
 
 from marketflow.config import load_config
@@ -123,6 +127,34 @@ def generate_dbt_docs(st: stack.Stack, env: dict[str, str]) -> Path:
     return target
 
 
+def api_curl(base: str, token: str, exchange: str, symbol: str, start: datetime, end: datetime) -> str:
+    """The `curl` command that reads the 1m candles of [start, end) of one market from the market-data API
+    at ``base`` (Airflow's /marketflow, or a standalone API's root) with a bearer token."""
+    def iso(t: datetime) -> str:
+        return t.isoformat().replace("+00:00", "Z")
+
+    query = urlencode({"exchange": exchange, "symbol": symbol, "timeframe": "1m", "limit": 1440,
+                       "start": iso(start), "end": iso(end)})
+    return f"curl -sf -H {shlex.quote(f'Authorization: Bearer {token}')} {shlex.quote(f'{base}/ohlcv?{query}')}"
+
+
+def demo_api_example(airflow_url: str, user: str, password: str, config) -> tuple[str, int]:
+    """A token for the demo user (a JWT from Airflow's POST /auth/token: inside Airflow the API takes
+    Airflow's login) and a curl command for the first day of the first bundled market; the command is
+    run once here so the printed one is known to answer. Returns (command, candles it returned)."""
+    response = httpx.post(f"{airflow_url}/auth/token", json={"username": user, "password": password}, timeout=60)
+    response.raise_for_status()
+    token = response.json()["access_token"]
+    market = next(m for ex in config.exchanges for m in ex.markets if m.history_end is not None)  # bundled
+    start = market.history_start.replace(hour=0, minute=0, second=0, microsecond=0)
+    command = api_curl(f"{airflow_url}/marketflow", token, market.exchange, market.symbol, start,
+                       start + timedelta(days=1))
+    answer = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    if answer.returncode != 0:
+        raise RuntimeError(f"the API example failed (curl exit {answer.returncode}): {command}")
+    return command, len(json.loads(answer.stdout)["candles"])
+
+
 def main() -> int:
     st = stack.Stack()
     env = st.env()
@@ -165,12 +197,21 @@ def main() -> int:
         return 1
     report(warehouse, st)
     generate_dbt_docs(st, env)
+    airflow_url = f"http://127.0.0.1:{st.airflow_port}"
+    try:
+        curl, candles = demo_api_example(airflow_url, stack.ADMIN_USER, st.admin_password(), config)
+        api_lines = (f"{curl}\n               ({candles} candles; a token of the demo user, valid 24 h: POST "
+                     f"{airflow_url}/auth/token; without one: 401)")
+    except (httpx.HTTPError, RuntimeError, KeyError, ValueError) as exc:
+        api_lines = f"(the example call failed: {exc}; see {st.airflow_home / 'logs'})"
     print(f"""
+Market API     {api_lines}
 Airflow UI     http://127.0.0.1:{st.airflow_port}   login {stack.ADMIN_USER} / {st.admin_password()}
                (a random token kept in {st.state_dir / 'airflow-admin.password'}; DAGs: market_candles_1h,
                market_candles_1m, market_maintenance)
 dbt docs       http://127.0.0.1:{st.airflow_port}/cosmos/marketflow/dbt_docs_index.html  (Browse > dbt docs)
-Markets page   http://127.0.0.1:{st.airflow_port}/plugin/markets  (Markets in the navigation; after the login)
+Markets page   {airflow_url}/plugin/markets  (Markets in the navigation, after the login; the page alone:
+               {airflow_url}/marketflow/ui/)
 SQL            psql '{warehouse}'
                e.g. SELECT * FROM marts.ohlcv_1m ORDER BY open_time DESC LIMIT 5;
 Raw payloads   {env['MONGO_URI']}  (collections raw_market_payload, raw_ingestion_log)

@@ -49,13 +49,17 @@ GENERATED: dict[str, Callable[[], str]] = {
     "MARKETFLOW_PG_PASSWORD": token(24),
     "MONGO_ROOT_PASSWORD": token(24),
     "MARKETFLOW_MONGO_PASSWORD": token(24),
+    "MARKETFLOW_API_PG_PASSWORD": token(24),
+    "MARKETFLOW_MONITOR_PG_PASSWORD": token(24),
+    "MARKETFLOW_PROMETHEUS_API_TOKEN": token(32),
 }
 # Values that were published (the former .env.example) or that anyone would guess.
 WEAK = re.compile(r"(?i)^(dev-only-.*|admin|airflow|marketflow|postgres|mongo|root|password|changeme|secret)$")
 # Values docker-compose.yaml pastes into connection URIs: compose cannot percent-encode, so a
 # reserved character (@ : / ? # %) would break the URI (airflow-init refuses them too).
 IN_URIS = ("POSTGRES_USER", "POSTGRES_PASSWORD", "MARKETFLOW_PG_USER", "MARKETFLOW_PG_PASSWORD",
-           "MARKETFLOW_MONGO_USER", "MARKETFLOW_MONGO_PASSWORD")
+           "MARKETFLOW_MONGO_USER", "MARKETFLOW_MONGO_PASSWORD", "MARKETFLOW_API_PG_USER", "MARKETFLOW_API_PG_PASSWORD",
+           "MARKETFLOW_MONITOR_PG_USER", "MARKETFLOW_MONITOR_PG_PASSWORD")
 URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 _LINE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)$")
 

@@ -9,6 +9,7 @@ declare -A PACKAGE_OF=(
     [chromium]=chromium       # the Markets page's browser tests (Playwright drives it; no browser download)
     [node]=nodejs             # builds the Markets page (vite)
     [npm]=npm                 # installs the page's pinned packages (npm ci)
+    [curl]=curl               # the demo's API example (tests/integration/test_api.py runs it)
 )
 
 missing=()

@@ -107,3 +107,12 @@ def _fresh_markets_cache() -> Iterator[None]:
     exchanges._markets_cache.clear()
     yield
     exchanges._markets_cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _marketflow_logs_to_stdlib() -> None:
+    """marketflow's structlog events go to stdlib logging (pytest's caplog) in every test, also after a
+    test imported Airflow, which configures structlog for itself (marketflow.logs)."""
+    from marketflow.logs import route_to_stdlib
+
+    route_to_stdlib(force=True)

@@ -9,11 +9,12 @@ is recorded on the alert row and never fails the pipeline.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
-log = logging.getLogger(__name__)
+from marketflow.logs import get_logger
+
+log = get_logger(__name__)
 
 WEBHOOK_TIMEOUT_S = 10
 
@@ -46,7 +47,8 @@ def raise_alert(conn, kind: str, subject: str, message: str, dag_id: str | None 
         alert_id = int(cur.fetchone()[0])
     conn.commit()
     log.error("ALERT %s [%s] %s%s", kind, subject, message,
-              f" (webhook not delivered: {delivery_error})" if delivery_error else "")
+              f" (webhook not delivered: {delivery_error})" if delivery_error else "", alert=kind, subject=subject,
+              delivered=delivered)
     return alert_id
 
 

@@ -10,7 +10,6 @@ stores them in (`store_failures`, schema dbt_test__audit; the manifest names eac
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Iterable
@@ -21,7 +20,9 @@ from typing import Any
 
 from airflow.sdk import RetryDecision, RetryPolicy
 
-log = logging.getLogger(__name__)
+from marketflow.logs import get_logger
+
+log = get_logger(__name__)
 
 _DEFAULT_PROJECT = Path(__file__).resolve().parents[2] / "dbt"
 _EXIT_CODE = re.compile(r"non-zero exit code (\d+)")
@@ -128,7 +129,7 @@ def log_failing_tests(context: dict[str, Any]) -> None:
     tests = task_tests(manifest, node_id, _excluded(task))
     if not tests:
         log.error("%s (%s) failed and has no data tests: a model or compilation error, see the dbt output above",
-                  task_id, node_id)
+                  task_id, node_id, node=node_id)
         return
     try:
         conn = warehouse_connection()
@@ -141,7 +142,7 @@ def log_failing_tests(context: dict[str, Any]) -> None:
         conn.close()
     if not failures:
         log.error("%s (%s) failed without stored failing rows in its %d tests: a model or compilation error, "
-                  "see the dbt output above", task_id, node_id, len(tests))
+                  "see the dbt output above", task_id, node_id, len(tests), node=node_id, tests=len(tests))
     for test, count, rows in failures:
         log.error("dbt test %s of %s failed on %d rows; first rows: %s (all: SELECT * FROM %s.%s)", test.name,
-                  node_id, count, rows, test.schema, test.table)
+                  node_id, count, rows, test.schema, test.table, test=test.name, node=node_id, rows=count)

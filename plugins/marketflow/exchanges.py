@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -25,13 +24,14 @@ import tenacity
 from marketflow.config import ExchangeConfig
 from marketflow.errors import ErrorClass, backoff, classify
 from marketflow.exchange_facts import EDGE_MARGIN_CANDLES, ExchangeFacts, exchange_facts
+from marketflow.logs import get_logger, window_field
 from marketflow.secrets import exchange_credentials, redact
 from marketflow.timeframes import Window, ceil_ms, iso, timeframe_ms
 
 if TYPE_CHECKING:
     from marketflow.rate_limit import SharedRateLimiter
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _URL_HOST = re.compile(r"^https?://[^/]+")
 
@@ -235,7 +235,7 @@ def _use_stored_markets(cur, exchange: ccxt.Exchange, key: str) -> bool:
     # the TTL runs from when the list was fetched, not from when this process read it
     _markets_cache[key] = (time.monotonic() - float(row[2]), exchange.markets, exchange.currencies)
     log.info("%s: market list from ops.market_lists (%d markets, loaded %.0f s ago)", exchange.id, len(markets),
-             float(row[2]))
+             float(row[2]), exchange=exchange.id, markets=len(markets))
     return True
 
 
@@ -359,7 +359,9 @@ def call_with_retries(exchange: PipelineClient, call, what: str) -> tuple[Any, l
         log.warning("%s %s: %s (%s: %s), attempt %d/%d, retrying after %.1fs", exchange.id, what,
                     failure.error_class.value, type(failure.exc).__name__,
                     exchange.redact(str(failure.exc))[:300], state.attempt_number, MAX_CALL_ATTEMPTS,
-                    rate_limit_pause(state) or state.upcoming_sleep)
+                    rate_limit_pause(state) or state.upcoming_sleep, exchange=exchange.id, call=what,
+                    error_class=failure.error_class.value, error=type(failure.exc).__name__,
+                    attempt=state.attempt_number)
 
     exponential = backoff()
     retrying = tenacity.Retrying(
@@ -461,7 +463,8 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
     beyond = facts.beyond_history(window, timeframe, now)
     if beyond is not None:
         log.info("%s %s %s: %s is older than the newest %d candles %s serves; not fetched (beyond_exchange_history)",
-                 exchange.id, symbol, timeframe, beyond, facts.history_candles, facts.ccxt_id)
+                 exchange.id, symbol, timeframe, beyond, facts.history_candles, facts.ccxt_id, exchange=exchange.id,
+                 symbol=symbol, timeframe=timeframe, window=window_field(beyond))
         yield OhlcvPage([], None, [], beyond_history=beyond)
         cursor = beyond.end_ms
     # Never limit=0, which exchanges refuse: nothing left in the window, no request (weeks open on Monday).
@@ -482,7 +485,8 @@ def fetch_ohlcv_pages(exchange: ccxt.Exchange, symbol: str, timeframe: str, wind
                 raise
             refused = Window(cursor, min(window.end_ms, resume))
             log.info("%s %s %s: the exchange refused %s as too old (%s); beyond its history of %d candles",
-                     exchange.id, symbol, timeframe, refused, exc, facts.history_candles)
+                     exchange.id, symbol, timeframe, refused, exc, facts.history_candles, exchange=exchange.id,
+                     symbol=symbol, timeframe=timeframe, window=window_field(refused))
             yield OhlcvPage(getattr(exc, "responses", None) or [], request, [], beyond_history=refused)
             cursor = refused.end_ms
             continue

@@ -35,7 +35,6 @@ committed, and a second run over the same cut deletes nothing more.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import signal
@@ -52,8 +51,9 @@ from urllib.parse import quote
 from psycopg2 import sql
 
 from marketflow.config import HousekeepingConfig, RetentionConfig
+from marketflow.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # Airflow 3 blocks task processes from the metadata database (their sql_alchemy_conn is replaced by
 # "airflow-db-not-allowed:///"), so `airflow db clean` run from a task would fail. The deployment
@@ -151,11 +151,12 @@ def _batches(conn, pruned: Pruned, statement: sql.Composable, params: dict[str, 
             pruned.bytes_freed += int(freed or 0)
             log.info("%s: %s %s rows older than %s (batch %d: %s to %s; %s so far)", pruned.table, pruned.action,
                      f"{count:,}", _when(pruned.cut), pruned.batches, _when(oldest), _when(newest),
-                     f"{pruned.rows:,}")
+                     f"{pruned.rows:,}", table=pruned.table, rows=count, batch=pruned.batches)
         if count < batch_size:
             break
     pruned.seconds = time.monotonic() - started
-    log.info("%s", pruned.words())
+    log.info("%s", pruned.words(), table=pruned.table, rows=pruned.rows, batches=pruned.batches,
+             seconds=round(pruned.seconds, 3))
     return pruned
 
 
@@ -331,7 +332,7 @@ def drop_expired_partitions(conn, retention: RetentionConfig, now: datetime) -> 
             conn.commit()
             dropped.append(DroppedPartition(table, partition, month, rows))
             log.info("retention: %s: dropped %s (%s, %s rows; keeping %s months from %s on)", table, partition,
-                     month, f"{rows:,}", months, _when(floor))
+                     month, f"{rows:,}", months, _when(floor), table=table, partition=partition, rows=rows)
         if not expired:
             log.info("retention: %s: no month before %s", table, _when(floor))
     return dropped

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from marketflow.alerts import raise_alert
 from marketflow.config import MarketConfig, MarketflowConfig
 from marketflow.errors import ErrorClass
+from marketflow.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SUSPENDING = frozenset({ErrorClass.BAD_SYMBOL, ErrorClass.AUTH, ErrorClass.BAD_REQUEST, ErrorClass.DATA})
 
@@ -139,7 +139,8 @@ def record_failure(conn, config: MarketflowConfig, market: MarketConfig, error_c
                     f"{failures} attempts in a row failed; last: {error_class.value}: {error[:500]}", dag_id, run_id)
     elif permanent and status != "suspended":
         log.warning("%s: permanent failure %d of %d before it is suspended (%s)", subject, permanent_failures,
-                    config.suspend_after_failures, error_class.value)
+                    config.suspend_after_failures, error_class.value, exchange=market.exchange, symbol=market.symbol,
+                    error_class=error_class.value, permanent_failures=permanent_failures)
     return status
 
 
@@ -181,7 +182,8 @@ def resume(conn, exchange: str, symbol: str, by: str) -> bool:
         resumed = cur.rowcount == 1
     conn.commit()
     if resumed:
-        log.warning("%s %s resumed (%s): it is called again from its next run", exchange, symbol, by)
+        log.warning("%s %s resumed (%s): it is called again from its next run", exchange, symbol, by,
+                    exchange=exchange, symbol=symbol, by=by)
     return resumed
 
 

@@ -15,7 +15,6 @@ pruned table would go down, which Prometheus reads as a reset and turns into a f
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
@@ -26,7 +25,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-log = logging.getLogger(__name__)
+from marketflow.logs import get_logger
+
+log = get_logger(__name__)
 
 WINDOW_MINUTES = 15
 # A scrape must come back well inside Prometheus' default 10 s scrape timeout.
@@ -211,7 +212,8 @@ class PipelineCollector(Collector):
         try:
             conn = connect()
         except Exception as exc:  # the endpoint must answer even with the database down
-            log.warning("metrics: cannot connect for %s: %s", ", ".join(f.name for f in families), exc)
+            log.warning("metrics: cannot connect for %s: %s", ", ".join(f.name for f in families), exc,
+                        error=type(exc).__name__)
             for family in families:
                 errors.add_metric([family.name], 1)
             return
@@ -243,7 +245,8 @@ class PipelineCollector(Collector):
                 cur.execute(sql, params)
                 return list(cur.fetchall())
         except Exception as exc:
-            log.warning("metrics: the query of %s failed: %s", name, str(exc).strip())
+            log.warning("metrics: the query of %s failed: %s", name, str(exc).strip(), metric=name,
+                        error=type(exc).__name__)
             return None
 
     def _dbt_failures(self, conn: Any) -> GaugeMetricFamily | None:

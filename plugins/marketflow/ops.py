@@ -8,7 +8,6 @@ of them leaves a state the next run can continue from.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,9 +15,10 @@ from typing import Any
 from psycopg2.extras import execute_values
 
 from marketflow.config import MarketflowConfig
+from marketflow.logs import get_logger
 from marketflow.timeframes import Window, to_ms
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 STALE_AFTER = "30 minutes"
 

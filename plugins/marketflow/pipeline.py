@@ -10,7 +10,6 @@ Each records one raw_ingestion_log document per attempt, success or failure.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +31,13 @@ from marketflow.exchanges import (
     load_markets,
     market_info,
 )
+from marketflow.logs import get_logger, window_field
 from marketflow.ops import BackfillTask, claim_tasks, count_present, finish_task
 from marketflow.raw_store import PayloadContext, RawStore
 from marketflow.staging_load import load_candle_batch, load_candle_payloads, load_ticker_payloads, prepare_candles
 from marketflow.timeframes import Window, ceil_ms, floor_ms, iso, timeframe_ms, to_ms
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,8 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     if window.empty and not with_ticker:
         log.info("%s %s %s: run window %s is outside the market's history (%s to %s); nothing to fetch",
                  market.exchange, market.symbol, timeframe, run_window, market.history_start.isoformat(),
-                 market.history_end.isoformat() if market.history_end else "now")
+                 market.history_end.isoformat() if market.history_end else "now", exchange=market.exchange,
+                 symbol=market.symbol, timeframe=timeframe, window=window_field(run_window))
         raw.log_attempt(attempt.attempt_id, {"status": "skipped", "finished_at": datetime.now(UTC),
                                              "duration_s": time.monotonic() - started})
         return result
@@ -173,7 +174,8 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
                 elapsed = max(time.monotonic() - started, 1e-6)
                 log.info("%s %s %s: page %d, %d/%d candles (%.0f candles/s)", market.exchange, market.symbol,
                          timeframe, result["pages"], result["candles_fetched"], expected,
-                         result["candles_fetched"] / elapsed)
+                         result["candles_fetched"] / elapsed, exchange=market.exchange, symbol=market.symbol,
+                         timeframe=timeframe, pages=result["pages"], candles=result["candles_fetched"])
         if with_ticker:
             _, responses = fetch_ticker_response(exchange, market.symbol)
             ticker_ctx = PayloadContext(**{**ctx.__dict__, "kind": "ticker", "timeframe": None, "window": None})
@@ -192,7 +194,8 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
         })
         log.error("%s %s %s: extract failed after %d pages with an error of class %s (%s: %s); %s", market.exchange,
                   market.symbol, timeframe, result["pages"], error_class.value, type(exc).__name__, message,
-                  error_class.advice)
+                  error_class.advice, exchange=market.exchange, symbol=market.symbol, timeframe=timeframe,
+                  pages=result["pages"], error_class=error_class.value, error=type(exc).__name__)
         raise
     finally:
         if client is None and exchange.shared_limiter is not None:  # a reused client's owner flushes it
@@ -206,7 +209,9 @@ def extract_market(config: MarketflowConfig, market: MarketConfig, timeframe: st
     log.info("%s %s %s: fetched %d candles in %d pages for %s in %.1fs%s", market.exchange, market.symbol, timeframe,
              result["candles_fetched"], result["pages"], window, duration,
              f"; {result['beyond_history_candles']} candles beyond the exchange's history, not fetched"
-             if result["beyond_history_candles"] else "")
+             if result["beyond_history_candles"] else "", exchange=market.exchange, symbol=market.symbol,
+             timeframe=timeframe, window=window_field(window), candles=result["candles_fetched"],
+             pages=result["pages"], seconds=round(duration, 3), beyond_history_candles=result["beyond_history_candles"])
     return result
 
 
@@ -236,7 +241,8 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
                                              "error_message": str(exc)[:2000]})
         raise
     for problem in ticker_problems:
-        log.warning("ticker payload not loaded: %s", problem)
+        log.warning("ticker payload not loaded: %s", problem, exchange=extracted["exchange"],
+                    symbol=extracted["symbol"])
     unusable = result.unusable()
     raw.log_attempt(attempt.attempt_id, {
         "status": "failed" if unusable else "success", "finished_at": datetime.now(UTC),
@@ -244,11 +250,16 @@ def load_market(conn, raw: RawStore, extracted: dict[str, Any], attempt: Attempt
         "ticker_problems": ticker_problems,
         **({"error_class": ErrorClass.DATA.value, "error_message": unusable} if unusable else {})})
     log.info("%s %s %s %s: %s", extracted["exchange"], extracted["symbol"], extracted["timeframe"], window,
-             result.summary())
+             result.summary(), exchange=extracted["exchange"], symbol=extracted["symbol"],
+             timeframe=extracted["timeframe"], window=window_field(window), inserted=result.inserted,
+             updated=result.updated, unchanged=result.unchanged, rejected=result.rejected,
+             payloads_rejected=result.payloads_rejected)
     if unusable:
         # The rejects are committed (nothing is lost); the market's run must not end green with 0 rows.
         log.error("%s %s %s %s: the exchange's answer could not be used: %s", extracted["exchange"],
-                  extracted["symbol"], extracted["timeframe"], window, unusable)
+                  extracted["symbol"], extracted["timeframe"], window, unusable, exchange=extracted["exchange"],
+                  symbol=extracted["symbol"], timeframe=extracted["timeframe"], window=window_field(window),
+                  error_class="data")
         raise UnusableDataError(f"{extracted['exchange']} {extracted['symbol']}: {unusable}")
     return {**result.as_dict(), "tickers": tickers}
 
@@ -345,7 +356,8 @@ def ingest_markets(config: MarketflowConfig, markets: list[MarketConfig], timefr
             error_class = classify(exc, responses[-1].status if responses else None)
             message = f"{type(exc).__name__}: {exc}"[:2000]
             log.error("%s %s: %s failure (%s); %s", market.exchange, market.symbol, error_class.value, message,
-                      error_class.advice)
+                      error_class.advice, exchange=market.exchange, symbol=market.symbol,
+                      error_class=error_class.value, error=type(exc).__name__)
             _record_health(ops_conn, lambda c: market_health.record_failure(
                 c, config, market, error_class, message, attempt.dag_id, attempt.run_id))
             return MarketOutcome(market, "failed_transient" if error_class.transient else "failed_permanent",
@@ -474,7 +486,7 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
             results = load_candle_batch(load_conn, [p for _, p in prepared]) if prepared else []
         except Exception as exc:
             log.warning("%s: batch load of %d markets failed (%s: %s); loading them one by one", attempt.task_id,
-                        len(prepared), type(exc).__name__, exc)
+                        len(prepared), type(exc).__name__, exc, markets=len(prepared), error=type(exc).__name__)
             results = []
             for item, _ in prepared:
                 try:
@@ -493,7 +505,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
             unusable = None if isinstance(result, dict) else result.unusable()
             if unusable:
                 log.error("%s %s %s: the exchange's answer could not be used: %s", item.market.exchange,
-                          item.market.symbol, timeframe, unusable)
+                          item.market.symbol, timeframe, unusable, exchange=item.market.exchange,
+                          symbol=item.market.symbol, timeframe=timeframe, error_class="data")
                 _fail(ops_conn, item, UnusableDataError(f"{item.market.exchange} {item.market.symbol}: {unusable}"))
                 continue
             if not isinstance(result, dict):  # the per-market fallback logged its own load
@@ -511,7 +524,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
         spent["largest_batch"] = max(spent.get("largest_batch", 0), len(items))
         log.info("%s: batch of %d market(s) written: %d loaded, %d failed; %d candles inserted", attempt.task_id,
                  len(items), len(loaded), len(items) - len(loaded),
-                 sum(int(outcomes[i.market.symbol].result.get("inserted") or 0) for i in loaded))
+                 sum(int(outcomes[i.market.symbol].result.get("inserted") or 0) for i in loaded), markets=len(items),
+                 loaded=len(loaded), failed=len(items) - len(loaded))
 
     def _fail(ops_conn, item: _Fetched, exc: BaseException) -> None:
         responses = getattr(exc, "responses", None) or []
@@ -521,7 +535,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
             return
         message = f"{type(exc).__name__}: {exc}"[:2000]
         log.error("%s %s: %s failure (%s); %s", item.market.exchange, item.market.symbol, error_class.value, message,
-                  error_class.advice)
+                  error_class.advice, exchange=item.market.exchange, symbol=item.market.symbol,
+                  error_class=error_class.value, error=type(exc).__name__)
         _record_health(ops_conn, lambda c: market_health.record_failure(
             c, config, item.market, error_class, message, attempt.dag_id, attempt.run_id))
         outcomes[item.market.symbol] = MarketOutcome(
@@ -584,11 +599,12 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
         conn.close()
     if suspended:
         log.warning("%s: skipping %d suspended market(s): %s (python -m marketflow.cli markets status)", exchange,
-                    len(suspended), ", ".join(m.symbol for m in suspended))
+                    len(suspended), ", ".join(m.symbol for m in suspended), exchange=exchange,
+                    suspended=[m.symbol for m in suspended])
     todo, settled = markets_to_run(runnable, earlier)
     if settled:
         log.info("%s: try %d re-runs %d market(s); %d settled by earlier tries", exchange, attempt.try_number,
-                 len(todo), len(settled))
+                 len(todo), len(settled), exchange=exchange, markets=len(todo), settled=len(settled))
 
     # Tickers only make sense at the live edge, not for a historical window: one call for all markets, in
     # its own thread beside the candles (its latency hidden behind theirs), never failing the task.
@@ -611,7 +627,8 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
         try:
             tickers = pending.result()
         except Exception as exc:  # raw or the warehouse unreachable: the candles' outcomes are still recorded
-            log.error("%s: tickers not loaded: %s: %s", exchange, type(exc).__name__, exc)
+            log.error("%s: tickers not loaded: %s: %s", exchange, type(exc).__name__, exc, exchange=exchange,
+                      error=type(exc).__name__)
             tickers = {"tickers": 0, "requests": 0, "error": f"{type(exc).__name__}: {exc}"}
     rows = [(o.market.exchange, o.market.symbol, o.outcome, o.error_class.value if o.error_class else None,
              o.error, int(o.result.get("inserted") or 0) if o.result else None, round(o.seconds, 3))
@@ -627,7 +644,9 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
     succeeded = [o for o in outcomes if not o.failed]
     inserted = sum(int(o.result.get("inserted") or 0) for o in succeeded)
     log.info("%s: %d market(s) ingested, %d failed%s, %d suspended and skipped; %d candles inserted", exchange,
-             len(succeeded), len(failures), f" ({', '.join(failures)})" if failures else "", len(suspended), inserted)
+             len(succeeded), len(failures), f" ({', '.join(failures)})" if failures else "", len(suspended), inserted,
+             exchange=exchange, timeframe=timeframe, window=window_field(run_window), markets=len(succeeded),
+             failed=len(failures), failed_markets=failures, suspended=len(suspended), inserted=inserted)
     if failures:
         raise MarketsFailed(f"{exchange} {attempt.task_id}", failures)
     return {"exchange": exchange, "markets": len(succeeded), "suspended": len(suspended), "inserted": inserted,
@@ -650,7 +669,8 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
     if not markets:
         return out
     if deadline is not None and time.monotonic() > deadline:
-        log.warning("%s: no tickers this run: the task's time budget ran out after the candles", exchange_name)
+        log.warning("%s: no tickers this run: the task's time budget ran out after the candles", exchange_name,
+                    exchange=exchange_name)
         return {**out, "error": "time budget ran out"}
     exchange_cfg = config.exchange(exchange_name)
     ticker_attempt = replace(attempt, task_id=f"{attempt.task_id}[tickers]")
@@ -716,10 +736,12 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
         "requests": out["requests"], "ticker_problems": errors})
     if errors:
         log.warning("%s: %d of %d ticker(s) loaded; not loaded: %s. The candles are not affected; the next run "
-                    "takes new snapshots", exchange_name, out["tickers"], len(markets), out["error"])
+                    "takes new snapshots", exchange_name, out["tickers"], len(markets), out["error"],
+                    exchange=exchange_name, tickers=out["tickers"], markets=len(markets))
     else:
         log.info("%s: %d ticker(s) loaded from %d request(s) in %.2fs", exchange_name, out["tickers"],
-                 out["requests"], time.monotonic() - started)
+                 out["requests"], time.monotonic() - started, exchange=exchange_name, tickers=out["tickers"],
+                 requests=out["requests"])
     return out
 
 
@@ -769,7 +791,7 @@ def _record_health(conn, record: Callable[[Any], Any]) -> None:
     try:
         record(conn)
     except Exception as exc:
-        log.warning("could not record market health: %s: %s", type(exc).__name__, exc)
+        log.warning("could not record market health: %s: %s", type(exc).__name__, exc, error=type(exc).__name__)
 
 
 def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn, attempt: Attempt,
@@ -788,7 +810,8 @@ def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn
             state = finish_task(conn, task, 0, beyond_history=True)
             log.info("gap %s %s %s %s: older than the newest %d candles %s serves; not fetched, task now %s",
                      task.exchange, task.symbol, task.timeframe, task.window, facts.history_candles,
-                     exchange_cfg.ccxt_id, state)
+                     exchange_cfg.ccxt_id, state, exchange=task.exchange, symbol=task.symbol, timeframe=task.timeframe,
+                     window=window_field(task.window), state=state)
             return state
         result = ingest_market(config, market, task.timeframe, task.window, raw, conn, attempt, ops_conn=ops_conn,
                                live=False, deadline=deadline)
@@ -797,14 +820,18 @@ def repair_gap(config: MarketflowConfig, task: BackfillTask, raw: RawStore, conn
             conn.rollback()
         state = finish_task(conn, task, 0, error=f"{type(exc).__name__}: {exc}"[:2000])
         log.error("gap %s %s %s %s: attempt %d/%d failed (%s); task now %s", task.exchange, task.symbol,
-                  task.timeframe, task.window, task.attempts, task.max_attempts, exc, state)
+                  task.timeframe, task.window, task.attempts, task.max_attempts, exc, state, exchange=task.exchange,
+                  symbol=task.symbol, timeframe=task.timeframe, window=window_field(task.window),
+                  attempt=task.attempts, error_class=classify(exc).value, error=type(exc).__name__, state=state)
         raise
     present = count_present(conn, task.exchange, task.symbol, task.timeframe, task.window)
     beyond = result.get("beyond_history_candles", 0) >= task.window.candles(task.timeframe)
     state = finish_task(conn, task, present, beyond_history=beyond)
     log.info("gap %s %s %s %s: %d of %d candles present after attempt %d/%d; task now %s", task.exchange,
              task.symbol, task.timeframe, task.window, present, task.window.candles(task.timeframe), task.attempts,
-             task.max_attempts, state)
+             task.max_attempts, state, exchange=task.exchange, symbol=task.symbol, timeframe=task.timeframe,
+             window=window_field(task.window), candles=present, expected=task.window.candles(task.timeframe),
+             attempt=task.attempts, state=state)
     return state
 
 
@@ -837,7 +864,8 @@ def run_gap_repairs(config: MarketflowConfig, exchange: str, raw: RawStore, conn
                 done = sum(counts.values())
             log.info("%s: %d gap chunk(s) re-fetched in %.0f s of a %.0f s budget (%s)", exchange, done,
                      time.monotonic() - started, budget_seconds,
-                     ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+                     ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), exchange=exchange, chunks=done,
+                     seconds=round(time.monotonic() - started, 3), outcomes=dict(counts))
 
     try:
         with ThreadPoolExecutor(max(1, threads), thread_name_prefix=f"repair-{exchange}") as executor:
@@ -926,7 +954,7 @@ def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any
     share = -(-total // n)
     if wanted > max_tasks:
         log.warning("%s: %d candles in %d tasks (max_map_length) of ~%d, more than task_candles %d each", exchange,
-                    total, n, share, task_candles)
+                    total, n, share, task_candles, exchange=exchange, candles=total, tasks=n)
     units: list[dict[str, Any]] = [{"exchange": exchange, "timeframe": timeframe, "chunk_ms": chunk_ms,
                                     "markets": []} for _ in range(n)]
     # The markets' chunks laid end to end: a chunk goes to unit (candles before it) // share. Found by
@@ -1025,7 +1053,9 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
                          "window %s..%s; %d inserted so far (%.0f candles/s)", exchange, market.symbol, m_index,
                          len(unit["markets"]), c_index, len(chunks), iso(window.end_ms),
                          100 * (window.end_ms - first) / max(last - first, 1), iso(first), iso(last),
-                         total["inserted"], total["inserted"] / max(time.monotonic() - started, 1e-6))
+                         total["inserted"], total["inserted"] / max(time.monotonic() - started, 1e-6),
+                         exchange=exchange, symbol=market.symbol, chunk=c_index, chunks=len(chunks),
+                         inserted=total["inserted"])
         except Exception as exc:
             responses = getattr(exc, "responses", None) or []
             error_class = classify(exc, responses[-1].status if responses else None)
@@ -1033,7 +1063,8 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
                 raise
             failures[spec["symbol"]] = (error_class, f"{type(exc).__name__}: {exc}")
             log.error("%s %s: backfill stopped for this market: %s: %s (%s); the task's other markets go on",
-                      exchange, spec["symbol"], error_class.value, exc, error_class.advice)
+                      exchange, spec["symbol"], error_class.value, exc, error_class.advice, exchange=exchange,
+                      symbol=spec["symbol"], error_class=error_class.value, error=type(exc).__name__)
         total["present"] = count_present(conn, exchange, spec["symbol"], timeframe,
                                          Window(spec["window_start_ms"], spec["window_end_ms"]))
         total["missing"] = max(total["expected"] - total["present"], 0)
@@ -1041,7 +1072,8 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
         if total["beyond_exchange_history"]:
             log.warning("%s %s: %d candles of the window are older than %s serves (its history depth); not fetched, "
                         "reported beyond_exchange_history", exchange, spec["symbol"], total["beyond_exchange_history"],
-                        config.exchange(exchange).ccxt_id)
+                        config.exchange(exchange).ccxt_id, exchange=exchange, symbol=spec["symbol"],
+                        beyond_history_candles=total["beyond_exchange_history"])
         totals.append(total)
     if failures:
         raise MarketsFailed(f"backfill unit {unit['unit']}/{unit['units']} of {exchange}", failures)
@@ -1053,7 +1085,8 @@ def reprocess_from_raw(conn, raw: RawStore, chunk: dict[str, Any], attempt: Atte
     window = Window(chunk["window_start_ms"], chunk["window_end_ms"])
     ids = raw.find_payload_ids(chunk["exchange"], chunk["symbol"], chunk["timeframe"], window)
     log.info("%s %s %s %s: reprocessing %d stored payloads without calling the exchange", chunk["exchange"],
-             chunk["symbol"], chunk["timeframe"], window, len(ids))
+             chunk["symbol"], chunk["timeframe"], window, len(ids), exchange=chunk["exchange"], symbol=chunk["symbol"],
+             timeframe=chunk["timeframe"], window=window_field(window), payloads=len(ids))
     return load_market(conn, raw, {**chunk, "payload_ids": ids, "ticker_payload_ids": []}, attempt)
 
 

@@ -21,12 +21,13 @@ ops.rate_limit_metrics.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-log = logging.getLogger(__name__)
+from marketflow.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -171,7 +172,8 @@ class SharedRateLimiter:
             self._count(http_429=1)
         elif status == 418:
             self._count(http_418=1)
-        log.warning("%s: all calls paused for %.0fs: %s", self.exchange, seconds, reason)
+        log.warning("%s: all calls paused for %.0fs: %s", self.exchange, seconds, reason, exchange=self.exchange,
+                    seconds=seconds, status=status)
 
     def _count(self, **amounts: float) -> None:
         minute = datetime.now(UTC).replace(second=0, microsecond=0)

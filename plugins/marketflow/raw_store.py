@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,9 +27,10 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 from marketflow.exchanges import HttpExchange
+from marketflow.logs import get_logger
 from marketflow.timeframes import Window, from_ms, utc_ms
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 PAYLOADS = "raw_market_payload"
 INGESTION_LOG = "raw_ingestion_log"

@@ -20,7 +20,6 @@ Run it while the hourly DAG's dbt build is not running (both write the same tabl
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import time
@@ -29,8 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from marketflow import PROJECT_ROOT
+from marketflow.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 MINUTE = timedelta(minutes=1)
 # Every incremental relation: (relation, time column, width of a row's period, row filter).

@@ -8,13 +8,13 @@ every run: already at head, that costs two catalog reads and no lock.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from marketflow.logs import get_logger
 from marketflow.migrations import (
     LOCK_KEY,
     MIGRATIONS_DIR,
@@ -31,7 +31,7 @@ from marketflow.migrations import (
 __all__ = ["SQL_DIR", "MigrationError", "apply_ddl", "current", "ddl_files", "ddl_is_current", "downgrade", "head",
            "upgrade"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def head() -> str:

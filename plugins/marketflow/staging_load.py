@@ -16,7 +16,6 @@ reason. Either all of it commits or none.
 from __future__ import annotations
 
 import io
-import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -27,11 +26,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from psycopg2.extras import execute_values
 
+from marketflow.logs import get_logger
 from marketflow.parsing import Candle, PayloadError, parse_batch_tickers, parse_candles, parse_ticker
 from marketflow.timeframes import Window, from_ms, utc_ms
 from marketflow.validation import candle_problem
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _OHLCV_COLUMNS = ("exchange", "symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume",
                   "quote_volume", "trades", "raw_payload_id", "run_id")
@@ -333,7 +333,7 @@ def copy_new_ohlcv(cur, rows: list[tuple[Any, ...]]) -> int | None:
     except errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT copy_new_ohlcv")
         log.info("%s %s %s: candles appeared while loading (a concurrent load); upserting instead",
-                 exchange, symbol, timeframe)
+                 exchange, symbol, timeframe, exchange=exchange, symbol=symbol, timeframe=timeframe)
         return None
     cur.execute("RELEASE SAVEPOINT copy_new_ohlcv")
     return len(rows)

@@ -56,6 +56,7 @@ AIRFLOW_COMPONENTS = {
 }
 INIT_SERVICE = "airflow-init"
 BACKING_SERVICES = {"postgres", "mongo", "redis"}
+MONITORING_SERVICES = {"marketflow-api", "prometheus"}
 EMULATOR_SERVICE = "emulator"
 CONN_IDS = {"marketflow_postgres", "marketflow_mongo"}
 # Directories that are bind-mounted in development and must therefore not be baked into the image.
@@ -454,7 +455,7 @@ def test_compose_parses_with_services_and_no_version_key() -> None:
 
 
 def test_expected_services_exist() -> None:
-    expected = set(AIRFLOW_COMPONENTS) | BACKING_SERVICES | {INIT_SERVICE, EMULATOR_SERVICE}
+    expected = set(AIRFLOW_COMPONENTS) | BACKING_SERVICES | MONITORING_SERVICES | {INIT_SERVICE, EMULATOR_SERVICE}
     missing = expected - set(services())
     assert not missing, f"missing services: {sorted(missing)}"
 
@@ -1041,3 +1042,103 @@ def test_airflow_image_is_built_from_this_dockerfile() -> None:
         context = build if isinstance(build, str) else build.get("context", ".")
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         assert (REPO_ROOT / context / dockerfile).resolve() == DOCKERFILE, f"{name} builds another Dockerfile"
+
+
+# ==================================================================================================
+# Tests: the standalone market-data API and Prometheus
+# ==================================================================================================
+API_SERVICE = "marketflow-api"
+PROMETHEUS_SERVICE = "prometheus"
+PROMETHEUS_CONFIG = "/etc/prometheus/marketflow/prometheus.yml"
+
+
+def prometheus_config() -> dict[str, Any]:
+    command = command_list(PROMETHEUS_SERVICE)
+    assert f"--config.file={PROMETHEUS_CONFIG}" in command, command
+    path = host_path_for(PROMETHEUS_SERVICE, PROMETHEUS_CONFIG)
+    assert path == REPO_ROOT / "include" / "prometheus" / "prometheus.yml" and path.is_file(), path
+    return yaml.safe_load(path.read_text())
+
+
+def test_api_runs_standalone_with_token_auth_and_its_own_database_role() -> None:
+    api = services()[API_SERVICE]
+    command = command_list(API_SERVICE)
+    assert command[:5] == ["python", "-m", "uvicorn", "--factory", "marketflow.api.app:standalone_app"], command
+    assert command[command.index("--port") + 1] == "8000" and command[command.index("--host") + 1] == "0.0.0.0"
+    assert "--no-access-log" in command  # the app logs its own access event (with duration and caller)
+    # the product's image, not Airflow's services: no Airflow secret, no Airflow command
+    assert api["image"] == services()["airflow-apiserver"]["image"] and "build" not in api
+    env = service_env(API_SERVICE)
+    assert not {name for name in env if name.startswith("AIRFLOW")}, env
+    assert env["CONNECTION_CHECK_MAX_COUNT"] == "0"  # the image's entrypoint must not wait for Airflow's DB
+    assert host_path_for(API_SERVICE, "/opt/airflow/plugins/marketflow/api/app.py") == \
+        REPO_ROOT / "plugins" / "marketflow" / "api" / "app.py"
+    assert env["PYTHONPATH"] == "/opt/airflow/plugins"
+    # its own login role, never the pipeline's owner: a member of marketflow_api, created by init
+    generated = generated_env()
+    marts, metrics = urlsplit(env["MARKETFLOW_API_DATABASE"]), urlsplit(env["MARKETFLOW_API_METRICS_DATABASE"])
+    owner = generated["MARKETFLOW_PG_USER"]
+    assert (marts.username, unquote(marts.password)) == (generated["MARKETFLOW_API_PG_USER"],
+                                                         generated["MARKETFLOW_API_PG_PASSWORD"])
+    assert (metrics.username, unquote(metrics.password)) == (generated["MARKETFLOW_MONITOR_PG_USER"],
+                                                             generated["MARKETFLOW_MONITOR_PG_PASSWORD"])
+    assert owner not in {marts.username, metrics.username} and marts.username != metrics.username
+    for url in (marts, metrics):
+        assert (url.hostname, url.port, url.path) == ("postgres", 5432, "/marketflow"), url
+    script = init_script()
+    for step in ('GRANT marketflow_api TO {}', "GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}",
+                 "INSERT INTO ops.api_tokens (name, token_sha256) VALUES ('prometheus', %s)"):
+        assert step in script, step
+    # the roles are made after the DDL created marketflow_api
+    assert script.index("python -m marketflow.cli apply-ddl") < script.index("GRANT marketflow_api TO")
+    assert depends_on(API_SERVICE) == {"postgres": "service_healthy", "mongo": "service_healthy",
+                                       INIT_SERVICE: "service_completed_successfully"}
+    assert api["ports"] == [f"127.0.0.1:{generated['MARKETFLOW_API_HOST_PORT']}:8000"]
+    # healthy = it refuses an anonymous /health with 401 (nothing is open without a token)
+    health = api["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "python", "-c"] and "http://127.0.0.1:8000/health" in health[3]
+    ast.parse(health[3])
+    assert "x.code != 401" in health[3]
+
+
+def test_prometheus_scrapes_the_api_with_a_token_and_loads_the_alert_rules() -> None:
+    prom = services()[PROMETHEUS_SERVICE]
+    config = prometheus_config()
+    rules = [host_path_for(PROMETHEUS_SERVICE, str(PurePosixPath(PROMETHEUS_CONFIG).parent / f))
+             for f in config["rule_files"]]
+    assert rules == [REPO_ROOT / "include" / "prometheus" / "marketflow-alerts.yml"], rules
+    assert all(mount.endswith(":ro") for mount in prom["volumes"] if mount.startswith("./")), prom["volumes"]
+    [job] = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    [target] = [t for static in job["static_configs"] for t in static["targets"]]
+    host, port = target.split(":")
+    api_command = command_list(API_SERVICE)
+    assert host == API_SERVICE and port == api_command[api_command.index("--port") + 1], target
+    # the token: a compose secret from the generated .env, registered by init under the name prometheus
+    auth = job["authorization"]
+    assert auth["type"] == "Bearer" and auth["credentials_file"] == "/run/secrets/prometheus_api_token"
+    assert prom["secrets"] == ["prometheus_api_token"]
+    secret = raw_compose()["secrets"]["prometheus_api_token"]
+    assert secret == {"environment": "MARKETFLOW_PROMETHEUS_API_TOKEN"}
+    assert generated_env()["MARKETFLOW_PROMETHEUS_API_TOKEN"], "make env must generate the token"
+    assert "MARKETFLOW_PROMETHEUS_API_TOKEN" in service_env(INIT_SERVICE)
+    assert depends_on(PROMETHEUS_SERVICE) == {API_SERVICE: "service_healthy"}
+    assert prom["ports"] == [f"127.0.0.1:{generated_env()['PROMETHEUS_HOST_PORT']}:9090"]
+    assert "/-/ready" in " ".join(prom["healthcheck"]["test"])
+    assert "prometheus-data" in raw_compose()["volumes"]
+
+
+def test_prometheus_config_and_rules_pass_promtool(tmp_path: Path) -> None:
+    """`promtool check config` as the container reads it: the config beside its rules, the token file
+    where compose puts the secret (Debian's promtool, installed by `make install`)."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make install` installs Debian's prometheus package"
+    source = REPO_ROOT / "include" / "prometheus"
+    for name in ("prometheus.yml", "marketflow-alerts.yml"):
+        text = (source / name).read_text()
+        (tmp_path / name).write_text(text.replace("/run/secrets/", f"{tmp_path}/"))
+    (tmp_path / "prometheus_api_token").write_text("not-a-real-token\n")
+    res = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS" in res.stdout + res.stderr and "rules found" in res.stdout + res.stderr

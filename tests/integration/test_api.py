@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -301,3 +303,45 @@ def test_metrics_are_served_with_a_token(api: ApiStack) -> None:
     failing = {s.labels["test"]: s.value for s in families["marketflow_dbt_test_failing_rows"].samples}
     assert len(failing) > 20 and set(failing.values()) == {0.0}  # the dbt build's stored tests, all passing
     assert "marketflow_metrics_collect_seconds" in families
+
+
+def test_the_log_is_json_lines_with_an_access_event_per_request(api: ApiStack) -> None:
+    marker = f"log-check-{time.time_ns()}"
+    assert api.get("/latest", exchange="binance", symbol=marker).status_code == 404
+    assert api.get("/latest", token=None, exchange=marker).status_code == 401
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in api.log.read_text().splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines]  # every line, uvicorn's own included, is one JSON object
+        access = [e for e in events if e.get("logger") == "marketflow.api.access" and marker in e.get("query", "")]
+        if len(access) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(e["logger"] == "uvicorn.error" and "startup complete" in e["event"] for e in events)
+    assert not any("color_message" in e for e in events)
+    anonymous, unknown_market = sorted(access, key=lambda e: e["status"])
+    assert (anonymous["status"], anonymous["caller"]) == (401, None)
+    assert (unknown_market["status"], unknown_market["caller"]) == (404, "tests")  # the token's name
+    for e in access:
+        assert e["event"] == f"GET /latest {e['status']}"  # the words stay readable
+        assert (e["level"], e["method"], e["path"]) == ("info", "GET", "/latest")
+        assert 0 < e["duration_ms"] < 10_000 and e["client"].startswith("127.0.0.1:")
+        assert datetime.fromisoformat(e["timestamp"]).tzinfo is not None
+
+
+def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> None:
+    """scripts/demo.py prints this command (against Airflow's /marketflow there; the same app here)."""
+    from scripts.demo import api_curl
+
+    symbol, day, rows = source_day(api)
+    command = api_curl(api.url, api.token, "binance", symbol, day, day + timedelta(days=1))
+    answer = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, (command, answer.stderr)
+    candles = json.loads(answer.stdout)["candles"]
+    assert [(c["open_time"], Decimal(c["close"]), Decimal(c["volume"])) for c in candles] == \
+        [(iso(w.open_time), Decimal(w.close), Decimal(w.volume)) for w in rows]
+    # the same command without the token: refused (curl -f exits 22 on an HTTP error)
+    anonymous = shlex.split(command.replace(f"Authorization: Bearer {api.token}", "X-No-Token: 1"))
+    refused = subprocess.run([*anonymous, "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.stdout == "401", refused

@@ -16,7 +16,7 @@ import binascii
 import csv
 import html
 import io
-import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -33,8 +33,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from marketflow.api.auth import AuthError, authenticate
 from marketflow.api.settings import ApiSettings
+from marketflow.logs import configure_json, get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # The Markets page (ui/, built by `make ui` into this gitignored directory), served under /ui/.
 UI_DIR = Path(__file__).resolve().parent / "ui_dist"
@@ -496,13 +497,50 @@ def _allowed(error: dict[str, Any]) -> str | None:
     return None
 
 
+class AccessLog:
+    """One structured event per request (ASGI middleware): method, path, query, status, duration, the
+    caller's token name and the client address. Replaces uvicorn's access line, which has no duration
+    and no caller."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.log = get_logger("marketflow.api.access")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets when the app raises before answering
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client")
+            self.log.info("%s %s %d", scope["method"], scope["path"], status, method=scope["method"],
+                          path=scope["path"], query=scope.get("query_string", b"").decode("latin-1"), status=status,
+                          duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                          caller=(scope.get("state") or {}).get("caller"),
+                          client=f"{client[0]}:{client[1]}" if client else None)
+
+
 def standalone_app() -> FastAPI:
     """``uvicorn --factory marketflow.api.app:standalone_app``: settings from MARKETFLOW_API_*, token auth,
-    /metrics through MARKETFLOW_API_METRICS_DATABASE when set."""
+    /metrics through MARKETFLOW_API_METRICS_DATABASE when set. Logs JSON lines on stdout (uvicorn's too),
+    one access event per request (``AccessLog``)."""
     import os
 
     import psycopg2
 
+    configure_json(level=os.environ.get("MARKETFLOW_API_LOG_LEVEL", "INFO").upper())
     settings = ApiSettings.from_env(auth="token")
     metrics_dsn = os.environ.get("MARKETFLOW_API_METRICS_DATABASE")
-    return create_app(settings, metrics_database=(lambda: psycopg2.connect(metrics_dsn)) if metrics_dsn else None)
+    app = create_app(settings, metrics_database=(lambda: psycopg2.connect(metrics_dsn)) if metrics_dsn else None)
+    app.add_middleware(AccessLog)
+    return app

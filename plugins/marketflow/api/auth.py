@@ -44,6 +44,11 @@ def _bearer(request: Request) -> str | None:
 
 async def authenticate(request: Request) -> str:
     """The caller's name, or AuthError (401)."""
+    request.state.caller = name = await _caller(request)  # for the access log
+    return name
+
+
+async def _caller(request: Request) -> str:
     settings = request.app.state.settings
     if settings.auth == "airflow":
         return await _airflow_user(request)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import TaskGroup, get_current_context, task
 
 from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.logs import get_logger
 from marketflow.tasks.assets import STAGING_OHLCV
 from marketflow.tasks.context import current_attempt
 from marketflow.tasks.defaults import BACKFILL_PRIORITY, seconds
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 SUMMARY_KEYS = ("chunks", "chunks_skipped", "inserted", "updated", "unchanged", "rejected", "expected", "present",
                 "missing")
@@ -43,9 +43,11 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         candles = sum(u["candles"] for u in units)
         log.info("%s: %d market(s), %d candles in %d task(s) of ~%d candles each (max_map_length %d), to %s",
                  exchange.name, markets, candles, len(units), candles // max(len(units), 1), max_tasks,
-                 "reprocess from raw" if ctx["params"].get("from_raw") else "fetch")
+                 "reprocess from raw" if ctx["params"].get("from_raw") else "fetch", exchange=exchange.name,
+                 markets=markets, candles=candles, tasks=len(units))
         for u in units:
-            log.info("task %d/%d: %s, %d candles", u["unit"], u["units"], u["label"], u["candles"])
+            log.info("task %d/%d: %s, %d candles", u["unit"], u["units"], u["label"], u["candles"],
+                     exchange=exchange.name, unit=u["unit"], candles=u["candles"])
         return units
 
     @task(task_id="ingest", pool=exchange.backfill_pool, priority_weight=BACKFILL_PRIORITY, outlets=[STAGING_OHLCV],
@@ -72,7 +74,9 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
             if ops_conn is not None:
                 ops_conn.close()
         log.info("task %d/%d of %s done: %s, %d candles present of %d", unit["unit"], unit["units"], exchange.name,
-                 unit.get("label", ""), sum(t["present"] for t in totals), sum(t["expected"] for t in totals))
+                 unit.get("label", ""), sum(t["present"] for t in totals), sum(t["expected"] for t in totals),
+                 exchange=exchange.name, unit=unit["unit"], present=sum(t["present"] for t in totals),
+                 expected=sum(t["expected"] for t in totals))
         return totals
 
     with TaskGroup(group_id=exchange.name, tooltip=f"backfill {exchange.name}, a task per market") as group:
@@ -96,5 +100,7 @@ def backfill_summary(*per_exchange: list[list[dict[str, Any]]]) -> dict[str, Any
         log.info("%s: %d chunks (%d already complete); %d inserted, %d updated, %d unchanged, %d rejected; "
                  "%d of %d candles present, %d missing (left as gaps for the repair loop)", market, m["chunks"],
                  m["chunks_skipped"], m["inserted"], m["updated"], m["unchanged"], m["rejected"], m["present"],
-                 m["expected"], m["missing"])
+                 m["expected"], m["missing"], market=market, inserted=m["inserted"], updated=m["updated"],
+                 unchanged=m["unchanged"], rejected=m["rejected"], present=m["present"], expected=m["expected"],
+                 missing=m["missing"])
     return totals

@@ -3,18 +3,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from airflow.sdk import TaskGroup, task
 
 from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.logs import get_logger
 from marketflow.tasks.assets import STAGING_OHLCV
 from marketflow.tasks.context import current_attempt, run_window, time_budget
 from marketflow.tasks.defaults import HOURLY_PRIORITY, LIVE_PRIORITY, seconds
 from marketflow.tasks.storage import prepare
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def exchange_ingest(config: MarketflowConfig, exchange: ExchangeConfig, timeframe: str, *, live: bool) -> TaskGroup:
@@ -82,7 +82,8 @@ def marts_inputs(config: MarketflowConfig) -> Any:
             conn.close()
         for exchange, outcome, count, symbols in rows:
             (log.info if outcome == "success" else log.warning)("%s: %d market(s) %s: %s", exchange, count,
-                                                                 outcome.replace("_", " "), symbols)
+                                                                 outcome.replace("_", " "), symbols, exchange=exchange,
+                                                                 outcome=outcome, markets=int(count))
         log.info("building the marts from what loaded")
         return {f"{ex} {outcome}": int(count) for ex, outcome, count, _ in rows}
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 from airflow.sdk import TaskGroup, task
 
 from marketflow.config import ExchangeConfig, MarketflowConfig, load_config
+from marketflow.logs import get_logger
 from marketflow.tasks.assets import STAGING_OHLCV
 from marketflow.tasks.context import TIME_MARGIN, current_attempt
 from marketflow.tasks.defaults import HOURLY_PRIORITY, seconds
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> TaskGroup:
@@ -38,7 +38,7 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
         finally:
             conn.close()
         log.info("queued %d gap re-fetches (chunks of at most %d minutes, at most %d pending per exchange, "
-                 "most recent first)", queued, cfg.gap_repair_chunk_minutes, cfg.gap_repair_max_tasks)
+                 "most recent first)", queued, cfg.gap_repair_chunk_minutes, cfg.gap_repair_max_tasks, queued=queued)
         return queued
 
     def exchange_repairs(exchange: ExchangeConfig):
@@ -64,7 +64,8 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
             finally:
                 conn.close()
             log.info("%s: %d gap chunk(s) re-fetched (%s); %d still queued for the next hourly run", ex.name,
-                     sum(counts.values()), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none", left)
+                     sum(counts.values()), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none", left,
+                     exchange=ex.name, outcomes=dict(counts), queued=left)
             return counts
 
         return repair()

@@ -1,0 +1,271 @@
+"""Figure 12 (issue 17): the market-data API under 100 concurrent clients, standalone and through
+Airflow's API server.
+
+A candle history built straight in Postgres by bench.history, the marts by dbt: in a whole run the
+large history of figure 5x, handed over (full: 30M candles of 1,000 markets, 10 of them with a year
+of 1m; QUICK: ~350k of 100 markets); run alone (`--only 12`) its own of the same shape
+(MARKETFLOW_BENCH_API_MILLIONS=1/3/10/30 picks another full size). Then, on the same warehouse:
+
+* standalone: ``uvicorn --factory marketflow.api.app:standalone_app --workers 2`` as its own login
+  role (a member of marketflow_api), with a bearer token of ops.api_tokens;
+* Airflow: ``airflow api-server --workers 2`` with the marketflow plugin (the app at /marketflow),
+  Airflow's JWT from POST /auth/token.
+
+100 users (asyncio + httpx, one connection each), each a loop of a request and a think time of
+0.5-1.5 s (~100 requests/s offered), on two routes in turn:
+
+12a/12c ``/latest?exchange=&symbol=`` of a random market           p95 <= 20 ms
+12b/12d ``/ohlcv`` a day of 1m (1,440 candles) of a long market     p95 <= 100 ms
+
+Every answer is checked (200, the market asked for, 1,440 candles): any other is an error, and the
+target needs zero. Value: p95 under the 100 users; reference: p95 of one user asking back to back
+in the same run (what concurrency adds is the ratio). p50/p99, throughput and errors in the detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+import psycopg2
+
+from bench.analyst_queries import DBT_ARGS, Size, _vacuum_marts
+from bench.big_tables import _pct
+from bench.context import BenchContext, say
+from bench.history import START, build_history
+from bench.report import Figure
+from scripts import stack
+
+USERS = 100
+THINK_S = (0.5, 1.5)
+WORKERS = 2
+TARGET_MS = {"latest": 20.0, "ohlcv": 100.0}
+ROLE = "bench_api_login"
+
+
+@dataclass(frozen=True)
+class Route:
+    key: str
+    path: Callable[[random.Random], tuple[str, dict[str, str]]]
+    check: Callable[[httpx.Response, dict[str, str]], str | None]  # None: a right answer, else what is wrong
+
+
+def size_for(quick: bool, millions: int | None) -> Size:
+    """The history: QUICK ~350k candles; full 30M (figure 5x's large size) unless ``millions`` says."""
+    if quick:
+        return Size("quick 0.35M", 100, 3_000, 1, 35 * 1440)
+    year = 365 * 1440
+    long_candles = 10 * year  # 5.26M in 10 markets with a year each
+    total = (millions or 30) * 1_000_000
+    if total <= 3_000_000:  # small development sizes: one market with a year, the rest short
+        return Size(f"{total / 1e6:g}M", 1000, (total - year) // 999, 1, year)
+    return Size(f"{total / 1e6:g}M", 1000, (total - long_candles) // 990, 10, year)
+
+
+def routes(markets: list[tuple[str, str]], long_market: tuple[str, str], day: date) -> list[Route]:
+    next_day = day + timedelta(days=1)
+
+    def latest(rng: random.Random) -> tuple[str, dict[str, str]]:
+        exchange, symbol = rng.choice(markets)
+        return "/latest", {"exchange": exchange, "symbol": symbol}
+
+    def latest_ok(r: httpx.Response, params: dict[str, str]) -> str | None:
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}"
+        rows = r.json()["prices"]
+        return None if [(x["exchange"], x["symbol"]) for x in rows] == [(params["exchange"], params["symbol"])] \
+            else f"wrong rows {rows[:2]}"
+
+    def ohlcv(rng: random.Random) -> tuple[str, dict[str, str]]:
+        exchange, symbol = long_market
+        return "/ohlcv", {"exchange": exchange, "symbol": symbol, "timeframe": "1m", "start": f"{day}T00:00:00Z",
+                          "end": f"{next_day}T00:00:00Z", "limit": "1440"}
+
+    def ohlcv_ok(r: httpx.Response, params: dict[str, str]) -> str | None:
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}"
+        n = len(r.json()["candles"])
+        return None if n == 1440 else f"{n} candles, not 1,440"
+
+    return [Route("latest", latest, latest_ok), Route("ohlcv", ohlcv, ohlcv_ok)]
+
+
+async def _drive(base: str, headers: dict[str, str], route: Route, users: int, per_user: int,
+                 think: tuple[float, float] | None) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
+        async def user(index: int) -> None:
+            rng = random.Random(index)
+            if think:
+                await asyncio.sleep(rng.uniform(0, think[1]))  # users arrive spread, not in one burst
+            for _ in range(per_user):
+                path, params = route.path(rng)
+                started = time.perf_counter()
+                try:
+                    response = await client.get(path, params=params)
+                    problem = route.check(response, params)
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                elapsed = time.perf_counter() - started
+                if problem is None:
+                    latencies.append(elapsed * 1000)
+                else:
+                    errors.append(problem)
+                if think:
+                    await asyncio.sleep(rng.uniform(*think))
+
+        # one request per user first, untimed: connections open, each worker's pool warm
+        warm = route.path(random.Random(-1))
+        await asyncio.gather(*(client.get(warm[0], params=warm[1]) for _ in range(users)))
+        started = time.perf_counter()
+        await asyncio.gather(*(user(i) for i in range(users)))
+        seconds = time.perf_counter() - started
+    done = len(latencies)
+    return {"requests": done + len(errors), "errors": len(errors), "first_errors": sorted(set(errors))[:3],
+            "p50_ms": round(_pct(latencies, 0.50), 2) if done else None,
+            "p95_ms": round(_pct(latencies, 0.95), 2) if done else None,
+            "p99_ms": round(_pct(latencies, 0.99), 2) if done else None,
+            "max_ms": round(max(latencies), 2) if done else None,
+            "per_second": round((done + len(errors)) / seconds, 1), "seconds": round(seconds, 1)}
+
+
+def measure(base: str, headers: dict[str, str], all_routes: list[Route], per_user: int) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for route in all_routes:
+        one = asyncio.run(_drive(base, headers, route, 1, max(per_user * 3, 30), None))
+        many = asyncio.run(_drive(base, headers, route, USERS, per_user, THINK_S))
+        out[route.key] = {"one_user": one, "users": many}
+        say(f"  {base} {route.key}: 1 user p95 {one['p95_ms']} ms; {USERS} users p50/p95/p99 "
+            f"{many['p50_ms']}/{many['p95_ms']}/{many['p99_ms']} ms, {many['per_second']} req/s, "
+            f"{many['errors']} errors")
+    return out
+
+
+def _api_role(dsn: str) -> tuple[str, str]:
+    """A login role of marketflow_api and a bearer token for the standalone API."""
+    from marketflow.api.auth import new_token
+
+    token, digest = new_token()
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ROLE,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(f"{verb} ROLE {ROLE} LOGIN PASSWORD 'bench'")
+            cur.execute(f"GRANT marketflow_api TO {ROLE}")
+            cur.execute("INSERT INTO ops.api_tokens (name, token_sha256) VALUES ('bench', %s)", (digest,))
+    finally:
+        conn.close()
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(netloc=f"{ROLE}:bench@{parts.hostname}:{parts.port}")), token
+
+
+def _standalone(ctx: BenchContext, api_dsn: str, token: str, all_routes: list[Route], per_user: int) -> dict:
+    port = stack.free_port()
+    server = stack.ManagedProcess(
+        "bench-api", ctx.run_dir, [str(stack.VENV_BIN / "python"), "-m", "uvicorn", "--factory",
+                                   "marketflow.api.app:standalone_app", "--host", "127.0.0.1", "--port", str(port),
+                                   "--workers", str(WORKERS), "--no-access-log"], port,
+        env={"MARKETFLOW_API_DATABASE": api_dsn, "MARKETFLOW_API_LOG_LEVEL": "WARNING",
+             "PYTHONPATH": f"{stack.REPO / 'plugins'}:{stack.REPO}"}, ready_timeout=120)
+    server.start()
+    try:
+        return measure(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}, all_routes, per_user)
+    finally:
+        server.stop()
+
+
+def _through_airflow(ctx: BenchContext, api_dsn: str, all_routes: list[Route], per_user: int) -> dict:
+    metadata_db = "bench_api_airflow"
+    home = ctx.root / "api_airflow_home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    password = "bench-" + os.urandom(6).hex()
+    (home / "passwords.json").write_text(json.dumps({stack.ADMIN_USER: password}))
+    ctx.pg.drop_database(metadata_db)
+    ctx.pg.create_database(metadata_db)
+    port = stack.free_port()
+    env = stack.airflow_env(home, ctx.pg, port, metadata_db) | {"MARKETFLOW_API_DATABASE": api_dsn}
+    started = time.monotonic()
+    import subprocess
+
+    subprocess.run([str(stack.VENV_BIN / "airflow"), "db", "migrate"], env={**os.environ, **env}, check=True,
+                   capture_output=True, timeout=900)
+    server = stack.ManagedProcess("bench-airflow-api", ctx.run_dir,
+                                  [str(stack.VENV_BIN / "airflow"), "api-server", "--port", str(port),
+                                   "--workers", str(WORKERS)], port, env=env, ready_timeout=300)
+    server.start()
+    say(f"  Airflow API server up in {time.monotonic() - started:.0f}s (metadata migrated)")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        jwt = httpx.post(f"{base}/auth/token", json={"username": stack.ADMIN_USER, "password": password},
+                         timeout=60).json()["access_token"]
+        return measure(f"{base}/marketflow", {"Authorization": f"Bearer {jwt}"}, all_routes, per_user)
+    finally:
+        server.stop()
+        ctx.pg.drop_database(metadata_db)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run(ctx: BenchContext) -> list[Figure]:
+    per_user = 5 if ctx.quick else 20
+    handed = ctx.shared.pop("history_for_api_load", None)
+    if handed:  # figure 5x's large history (30M in a full run), its marts built and vacuumed
+        history, size, name = handed
+        say(f"on figure 5x's history ({size.label})")
+    else:
+        millions = os.environ.get("MARKETFLOW_BENCH_API_MILLIONS")
+        size = size_for(ctx.quick, int(millions) if millions else None)
+        name = "bench_api_load"
+        history = build_history(ctx, name, size.markets, size.minutes, DBT_ARGS, long_markets=size.long_markets,
+                                long_minutes=size.long_minutes, ticker_minutes=60)
+    try:
+        vacuum_s = 0.0 if handed else _vacuum_marts(history.dsn)
+        span = max(size.minutes, size.long_minutes)
+        last_day = (START + timedelta(minutes=span) - timedelta(days=1)).date()
+        all_routes = routes(history.markets, history.markets[0], last_day)
+        api_dsn, token = _api_role(history.dsn)
+        say(f"history {history.candles:,} candles ({size.label}); {USERS} users, {per_user} requests each per route")
+        results = {"standalone": _standalone(ctx, api_dsn, token, all_routes, per_user),
+                   "airflow": _through_airflow(ctx, api_dsn, all_routes, per_user)}
+    finally:
+        ctx.pg.drop_database(name)
+        shutil.rmtree(history.work, ignore_errors=True)
+        with psycopg2.connect(ctx.pg.dsn("postgres")) as conn, conn.cursor() as cur:
+            cur.execute(f"DROP ROLE IF EXISTS {ROLE}")
+    built = {"candles": history.candles, "size": size.label, "generate_s": round(history.generate_seconds, 1),
+             "dbt_run_s": round(history.dbt_seconds, 1), "vacuum_s": round(vacuum_s, 1), "users": USERS,
+             "think_s": THINK_S, "workers": WORKERS, "requests_per_user": per_user,
+             "load_average_1m_at_end": round(os.getloadavg()[0], 1)}  # a shared machine: how busy it was
+    figures = []
+    for letter, (where, key) in zip("abcd", [("standalone", "latest"), ("standalone", "ohlcv"),
+                                             ("airflow", "latest"), ("airflow", "ohlcv")], strict=True):
+        got = results[where][key]
+        many, one = got["users"], got["one_user"]
+        label = {"latest": "/latest", "ohlcv": "/ohlcv a day of 1m"}[key]
+        value = many["p95_ms"] or 0.0
+        figures.append(Figure(
+            figure=f"12{letter} {label}, {USERS} users, {'standalone' if where == 'standalone' else 'in Airflow'}"
+                   f" ({size.label} candles), p95",
+            value=value, unit="ms",
+            reference=f"1 user back to back: p95 {one['p95_ms']} ms",
+            target=f"p95 <= {TARGET_MS[key]:g} ms, 0 errors",
+            met=bool(many["p95_ms"] is not None and value <= TARGET_MS[key] and many["errors"] == 0
+                     and one["errors"] == 0),
+            ratio=value / one["p95_ms"] if one["p95_ms"] else None, reference_value=one["p95_ms"],
+            detail={"users": many, "one_user": one, "history": built}))
+    return figures
