@@ -25,6 +25,7 @@ import psycopg2
 import pytest
 from support.dbt_helpers import Candle, DbtRunner, copy_candles, dbt_env_for, read_sample_candles
 
+from marketflow.api.app import json_value_sql, out, records
 from marketflow.api.auth import new_token
 from marketflow.schema import apply_ddl
 from scripts import stack
@@ -159,6 +160,18 @@ def test_a_day_of_1m_candles_equals_the_source_file(api: ApiStack) -> None:
             assert isinstance(got[field], str)  # exact decimals travel as strings
             assert Decimal(got[field]) == Decimal(getattr(want, field)), (want.open_time, field)
         assert got["is_complete"] is True and got["is_closed"] is True
+    # Postgres writes the JSON page: every value as the API writes a mart value (exact text, ISO times in
+    # UTC with their fractions), checked against the mart's rows rendered in Python.
+    columns = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades", "close_time")
+    want = api.sql(f"SELECT {', '.join(columns)} FROM marts.ohlcv_1m WHERE exchange = 'binance' AND symbol = %s "
+                   "AND open_time >= %s AND open_time < %s ORDER BY open_time", (symbol, day, day + timedelta(days=1)))
+    assert [{c: got[c] for c in columns} for got in body["candles"]] == records(columns, want)
+    # ... and a time with fractions of a second, and a decimal so small Python would write it as 1E-8.
+    for value in (datetime(2024, 2, 29, 23, 59, 59, 999000, UTC), datetime(2024, 1, 1, 0, 0, 0, 1, UTC)):
+        assert api.sql(f"SELECT {json_value_sql('open_time')} FROM (SELECT %s::timestamptz AS open_time) AS t",
+                       (value,))[0][0] == out(value)
+    assert api.sql(f"SELECT {json_value_sql('close')} FROM (SELECT 0.00000001::numeric AS close) AS t")[0][0] == \
+        out(Decimal("0.00000001")) == "0.00000001"
 
 
 def test_cursor_pages_cover_the_range_once(api: ApiStack) -> None:
