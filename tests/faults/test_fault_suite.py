@@ -1,4 +1,4 @@
-"""The fault suite, every case (``make faults`` runs the same cases and rewrites docs/faults.md).
+"""The fault suite (`make faults` runs every case and rewrites docs/faults.md; `make test` a subset: LONG_CASES).
 
 Each case runs through the same runner as ``python -m faults`` (faults/harness.py) on services of its
 own (PostgreSQL, MongoDB and an emulator: some cases stop them), and must land exactly the candles
@@ -56,7 +56,15 @@ def results(suite: Suite, request: pytest.FixtureRequest) -> Results:
     return Results(suite, selected)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.slug)
+# The cases that spend the longest waiting out their faults (Retry-After pauses, bans, slow answers, the
+# random mix) run in `make faults` (pytest -m scenario, and `python -m faults`); `make test` keeps one of
+# each kind of fault: an HTTP error, bad bodies, bad rows, a stopped service, a killed worker, concurrency.
+LONG_CASES = frozenset({"weight_budget_429", "http_418", "http_5xx", "timeout", "slow", "truncated_json_short",
+                        "mixed"})
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.scenario) if c.slug in LONG_CASES else c
+                                  for c in CASES], ids=lambda c: c.slug)
 def test_fault_case(suite: Suite, results: Results, case: Case) -> None:
     result = results.get(case.slug)
     assert result.ok, f"{case.name} ({result.faults}): " + "; ".join(result.problems())
