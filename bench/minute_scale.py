@@ -166,8 +166,11 @@ def _measure(ctx: BenchContext, dsn: str, meta_dsn: str, url: str, binance: list
                 if not closes:
                     # the cold start over: a run has finished and none is left queued or running (the
                     # scheduler's first runs after unpausing start together and overlap)
+                    # (and the schedule is on time again: a finished run was queued by its close, not
+                    # behind the slow first runs, which with max_active_runs=1 delay the next ones)
                     mcur.execute("SELECT extract(epoch FROM max(end_date)), count(*) FILTER (WHERE state IN "
-                                 "('queued', 'running')), count(*) FILTER (WHERE state IN ('success', 'failed')) "
+                                 "('queued', 'running')), count(*) FILTER (WHERE state IN ('success', 'failed') "
+                                 "AND queued_at <= data_interval_end + interval '5 seconds') "
                                  "FROM dag_run WHERE dag_id = %s", (DAG_ID,))
                     ended, busy, finished = mcur.fetchone()
                     if busy or not finished:

@@ -474,7 +474,8 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
 
     def warm_up() -> None:
         """Before the close: this thread's start-up, then the wait (each warm-up holds its thread until
-        ``start_at``, so every fetcher thread runs exactly one)."""
+        ``start_at``, so every fetcher thread runs exactly one). No barrier: a thread whose start-up ends
+        after ``start_at`` (a busy machine) fetches at once, as the others do."""
         started = time.monotonic()
         try:
             thread_client()
@@ -588,11 +589,12 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
         workers = max(1, min(threads, len(markets)))
         with ThreadPoolExecutor(workers, thread_name_prefix="fetch") as executor:
             if start_at is not None and markets:
-                warm = time.monotonic()
-                for future in [executor.submit(warm_up) for _ in range(workers)]:
-                    future.result()
-                spent["waited_for_close_s"] = round(time.monotonic() - warm, 3)
-            futures = [executor.submit(fetch, m) for m in markets]
+                # the fetches queue behind the warm-ups (FIFO), so none starts before start_at
+                spent["waited_for_close_s"] = round(max(0.0, start_at - time.time()), 3)
+                warm_ups = [executor.submit(warm_up) for _ in range(workers)]
+            else:
+                warm_ups = []
+            futures = [*warm_ups, *(executor.submit(fetch, m) for m in markets)]
             pending = len(markets)
             while pending:
                 batch = [done.get()]
