@@ -62,6 +62,8 @@ def split(markets: int) -> tuple[list[str], list[str]]:
 def _write_markets(path: Path, binance: list[str], okx: list[str]) -> Path:
     lines = ["# Written by the benchmark (bench/minute_scale.py); synthetic markets on the exchange emulator.",
              "defaults:", "  timeframes: [1m]", "  overlap_minutes: 2",
+             # MARKETFLOW_MINUTE_RUN_LEAD=0: runs start at the close, as before the lead (an A/B on one machine)
+             "  minute_run_lead_seconds: ${MARKETFLOW_MINUTE_RUN_LEAD:20}",
              "  schedule_start: ${MARKETFLOW_SCHEDULE_START:2026-11-01T00:00:00Z}", "exchanges:"]
     for name, symbols in (("binance", binance), ("okx", okx)):
         if symbols:
@@ -164,8 +166,11 @@ def _measure(ctx: BenchContext, dsn: str, meta_dsn: str, url: str, binance: list
                 if not closes:
                     # the cold start over: a run has finished and none is left queued or running (the
                     # scheduler's first runs after unpausing start together and overlap)
+                    # (and the schedule is on time again: a finished run was queued by its close, not
+                    # behind the slow first runs, which with max_active_runs=1 delay the next ones)
                     mcur.execute("SELECT extract(epoch FROM max(end_date)), count(*) FILTER (WHERE state IN "
-                                 "('queued', 'running')), count(*) FILTER (WHERE state IN ('success', 'failed')) "
+                                 "('queued', 'running')), count(*) FILTER (WHERE state IN ('success', 'failed') "
+                                 "AND queued_at <= data_interval_end + interval '5 seconds') "
                                  "FROM dag_run WHERE dag_id = %s", (DAG_ID,))
                     ended, busy, finished = mcur.fetchone()
                     if busy or not finished:
@@ -173,7 +178,9 @@ def _measure(ctx: BenchContext, dsn: str, meta_dsn: str, url: str, binance: list
                     if ended is None and now - unpaused_at > 2 * GIVE_UP_S:
                         ended = now
                     if ended is not None:
-                        first = int(math.ceil(float(ended) / 60) * 60)
+                        # the first close whose run is created on time (its lead before the close)
+                        # after the warm-up, not one queued behind it (max_active_runs=1)
+                        first = int(math.ceil((float(ended) + _lead_s() + 1) / 60) * 60)
                         closes = [first + 60 * i for i in range(minutes)]
                         say(f"warm-up run done at {freshness._hms(float(ended))}; measuring the closes "
                             f"{freshness._hms(closes[0])} .. {freshness._hms(closes[-1])}")
@@ -196,6 +203,11 @@ def _measure(ctx: BenchContext, dsn: str, meta_dsn: str, url: str, binance: list
     cpu = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu_after.items()}
     status = {k: status_after[k] - status_before.get(k, 0) for k in status_after}
     return firsts, closes, cpu, status
+
+
+def _lead_s() -> float:
+    """The minute runs' lead before their close (the markets file's minute_run_lead_seconds)."""
+    return float(os.environ.get("MARKETFLOW_MINUTE_RUN_LEAD") or 20)
 
 
 def _task_phases(meta_dsn: str) -> dict[str, dict[str, float]]:

@@ -19,6 +19,11 @@ Every minute, for every configured market (`include/config/markets.yml`, or `MAR
   every failed market's class; a retry re-runs only the markets that failed transiently.
 * Storage (DDL, ops.market_config, raw indexes) is prepared inside the task, only when the DDL
   changed; the hourly DAG's prepare_storage keeps ops.market_config in step with the markets file.
+* Started ahead: a run is created `minute_run_lead_seconds` (20 s) before its minute closes
+  (`LeadingCronDataIntervalTimetable`; its data interval is still that minute), so the task's start-up
+  (process, DAG parse, connections, market lists) happens while the minute is open; it then waits for
+  the close (+ `close_settle_seconds`) and fetches. Runs of past windows (catch-up, reruns, conf windows)
+  fetch at once. One run at a time (`max_active_runs=1`): the next one waits while this one runs.
 * Catch-up is bounded: after downtime the DAG resumes at the current minute (`catchup=False`);
   the hourly `market_candles_1h` run re-fetches each whole hour, which repairs missed minutes.
 * Timeouts: each task `timeouts.minute_task`, each run `timeouts.minute_run`; a run not finished
@@ -31,23 +36,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.sdk import CronDataIntervalTimetable, dag
+from airflow.sdk import dag
 
 from marketflow.config import load_config
 from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
 from marketflow.tasks.ingest import exchange_ingest
+from marketflow.timetables import LeadingCronDataIntervalTimetable
 
 CONFIG = load_config()
+LEAD = timedelta(seconds=CONFIG.minute_run_lead_seconds)
 
 
 @dag(
     dag_id="market_candles_1m",
-    schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
+    schedule=LeadingCronDataIntervalTimetable("* * * * *", "UTC", LEAD),
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
-    max_active_runs=2,
+    # never two at once: started ahead of its close, a run waits (queued) while the previous one runs
+    max_active_runs=1,
     default_args=DEFAULT_ARGS,
-    deadline=deadline("market_candles_1m", timedelta(minutes=5)),
+    # queued LEAD before its minute closes: still 5 minutes from the close
+    deadline=deadline("market_candles_1m", timedelta(minutes=5) + LEAD),
     dagrun_timeout=seconds(CONFIG.timeouts.minute_run),
     tags=["marketflow", "extract", "1m"],
     doc_md=__doc__,

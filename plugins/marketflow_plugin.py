@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from marketflow.timetables import FirstRunAtDeployTimetable
+from marketflow.timetables import FirstRunAtDeployTimetable, LeadingCronDataIntervalTimetable
 
 
 @cache
@@ -29,8 +29,8 @@ def market_data_api() -> list[dict[str, Any]]:
 
 class MarketflowPlugin(AirflowPlugin):
     name = "marketflow"
-    # The hourly DAG's schedule (serialized DAGs name it; the scheduler loads it from here).
-    timetables = [FirstRunAtDeployTimetable]
+    # The hourly and minute DAGs' schedules (serialized DAGs name them; the scheduler loads them from here).
+    timetables = [FirstRunAtDeployTimetable, LeadingCronDataIntervalTimetable]
     # "Markets" in the UI's navigation: the page the API serves (ui/, built by `make ui`), shown by Airflow
     # in a frame at /plugin/markets; the frame is same-origin, so the page's calls carry the login cookie.
     external_views = [{"name": "Markets", "href": "/marketflow/ui/", "url_route": "markets", "destination": "nav",

@@ -308,6 +308,11 @@ class Defaults(_Section):
                                      description="Where history (backfills, gap repairs) starts, UTC.")
     raw_retention_days: PositiveInt = Field(30, description="Days MongoDB keeps a raw payload (a TTL index).")
     overlap_minutes: NonNegativeInt = Field(2, description="Earlier minutes each minute run reads again.")
+    minute_run_lead_seconds: Annotated[int, Ge(0), Le(45)] = Field(20, description=(
+        "A minute run starts this long before its minute closes, so its task is started and connected at "
+        "the close, then waits for it (0: runs start at the close)."))
+    close_settle_seconds: Annotated[float, Ge(0), Le(10)] = Field(0.5, description=(
+        "A live minute run fetches this long after the minute closes, so the exchange has closed the candle."))
     schedule_start: OptionalTimestamp = Field(None, description=(
         "First hour of the hourly DAG, which then catches up from there. Empty: the hour it is first deployed."))
     gap_repair_max_tasks: PositiveInt = Field(20, description="Repair chunks queued (and at most pending) per "
@@ -577,6 +582,8 @@ class MarketflowConfig:
     exchanges: tuple[ExchangeConfig, ...]
     raw_retention_days: int = 30
     overlap_minutes: int = 2
+    minute_run_lead_seconds: int = 20  # the minute run starts this long before its minute closes
+    close_settle_seconds: float = 0.5  # a live minute run fetches this long after the close
     # None: the hourly DAG starts at the hour it is first deployed (FirstRunAtDeployTimetable) and
     # never catches up on older hours; history comes from market_backfill.
     schedule_start: datetime | None = None
@@ -653,6 +660,7 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
     return MarketflowConfig(
         source=path, exchanges=tuple(exchanges), raw_retention_days=d.raw_retention_days,
         overlap_minutes=d.overlap_minutes, schedule_start=d.schedule_start,
+        minute_run_lead_seconds=d.minute_run_lead_seconds, close_settle_seconds=d.close_settle_seconds,
         gap_repair_max_tasks=d.gap_repair_max_tasks, gap_repair_max_attempts=d.gap_repair_max_attempts,
         gap_repair_chunk_minutes=d.gap_repair_chunk_minutes,
         gap_repair_time_budget_minutes=d.gap_repair_time_budget_minutes,

@@ -101,6 +101,36 @@ def market_window(market: MarketConfig, timeframe: str, window: Window, now_ms: 
     return window.clip(floor_ms(to_ms(market.history_start), timeframe), end_bound)
 
 
+def fetch_start_at(window: Window, conf: dict[str, Any] | None, config: MarketflowConfig,
+                   now: float | None = None) -> float | None:
+    """When a live minute run started ahead of its close (``LeadingCronDataIntervalTimetable``) may
+    fetch: the wall time (time.time()) of the window's close plus ``close_settle_seconds``; None when
+    that has passed (catch-up, backfill, a rerun of a past window: no wait) or the window comes from
+    ``dag_run.conf``. A close further ahead than the lead allows is not waited for (said in the log):
+    the run then fetches what is closed, as without the lead."""
+    if (conf or {}).get("start") or (conf or {}).get("end"):
+        return None
+    now = time.time() if now is None else now
+    start_at = window.end_ms / 1000 + config.close_settle_seconds
+    if start_at <= now:
+        return None
+    if start_at - now > config.minute_run_lead_seconds + config.close_settle_seconds + LEAD_SLACK_SECONDS:
+        log.warning("the window ends %.0f s from now, more than minute_run_lead_seconds (%d s) allows: not "
+                    "waiting for it; only closed candles are fetched", start_at - now, config.minute_run_lead_seconds)
+        return None
+    return start_at
+
+
+def wait_until(start_at: float | None) -> float:
+    """Sleep until the wall time ``start_at`` (from fetch_start_at); the seconds slept."""
+    if start_at is None:
+        return 0.0
+    pause = max(0.0, start_at - time.time())
+    if pause:
+        time.sleep(pause)
+    return pause
+
+
 def selected(market: MarketConfig, conf: dict[str, Any] | None) -> bool:
     """``dag_run.conf`` may narrow a run to some exchanges and/or symbols."""
     conf = conf or {}
@@ -372,6 +402,9 @@ def ingest_markets(config: MarketflowConfig, markets: list[MarketConfig], timefr
         pool.close()
 
 
+# A run may start up to this much earlier than minute_run_lead_seconds before its close (the scheduler
+# creates it as soon as run_after passes) and still wait for the close.
+LEAD_SLACK_SECONDS = 15.0
 # The minute path's loader writes what the fetchers have ready at least this often (seconds), and at most
 # this many markets in one transaction: the first markets land within seconds of being fetched instead
 # of waiting for the exchange's last one, and a batch stays one short transaction.
@@ -397,7 +430,8 @@ class _Fetched:
 def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig], timeframe: str,
                            run_window: Window, raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *,
                            threads: int, live: bool = True, deadline: float | None = None,
-                           phases: dict[str, float] | None = None) -> list[MarketOutcome]:
+                           phases: dict[str, float] | None = None, start_at: float | None = None
+                           ) -> list[MarketOutcome]:
     """What ``ingest_markets`` does, in batches: the minute path for hundreds of markets.
 
     Measured at 700 Binance + 300 OKX markets (bench figure 6c), a market's own work is a few candles,
@@ -417,6 +451,10 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
     as evidence, its health counted) and a batch whose transaction fails is loaded again market by
     market, so one market's bad answer never fails the others. ``phases`` gets the seconds spent per
     phase (fetch: summed over the fetcher threads; the others: the loader's wall time) and the batches.
+
+    ``start_at`` (a wall time, from ``fetch_start_at``): the run started before its minute closed. Every
+    fetcher thread first connects, builds its client and loads the market list, then all wait until
+    ``start_at`` and fetch: that start-up is off the path from the close to staging.
     """
     import queue
 
@@ -435,6 +473,30 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
         with timer_lock:
             spent[key] = round(spent.get(key, 0.0) + seconds, 3)
 
+    def thread_client() -> tuple[Any, Any]:
+        """This fetcher thread's ops connection and ccxt client (its market list loaded), made once."""
+        ops_conn, _ = pool.get()
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = build_exchange(exchange_cfg, ops_conn, live=live, deadline=deadline)
+            load_markets(client, ops_conn)
+            with timer_lock:
+                clients.append(client)
+        return ops_conn, client
+
+    def warm_up() -> None:
+        """Before the close: this thread's start-up, then the wait (each warm-up holds its thread until
+        ``start_at``, so every fetcher thread runs exactly one). No barrier: a thread whose start-up ends
+        after ``start_at`` (a busy machine) fetches at once, as the others do."""
+        started = time.monotonic()
+        try:
+            thread_client()
+        except Exception as exc:  # the fetches meet it again, market by market, and record it there
+            log.warning("%s: a fetcher's start-up before the close failed (%s: %s); its markets retry it",
+                        attempt.task_id, type(exc).__name__, exc)
+        add("warm_up_s_summed_over_threads", time.monotonic() - started)
+        wait_until(start_at)
+
     def fetch(market: MarketConfig) -> None:
         started = time.monotonic()
         market_attempt = replace(attempt, task_id=f"{attempt.task_id}[{market.symbol}]")
@@ -444,12 +506,7 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
             done.put(item)
             return
         try:
-            ops_conn, _ = pool.get()
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = build_exchange(exchange_cfg, ops_conn, live=live, deadline=deadline)
-                load_markets(client, ops_conn)
-                clients.append(client)
+            ops_conn, client = thread_client()
             item.extracted = extract_market(config, market, timeframe, run_window, item.raw, market_attempt,
                                             ops_conn=ops_conn, written=item.written, live=live, deadline=deadline,
                                             client=client)
@@ -544,8 +601,15 @@ def ingest_markets_batched(config: MarketflowConfig, markets: list[MarketConfig]
             seconds=time.monotonic() - item.started)
 
     try:
-        with ThreadPoolExecutor(max(1, min(threads, len(markets))), thread_name_prefix="fetch") as executor:
-            futures = [executor.submit(fetch, m) for m in markets]
+        workers = max(1, min(threads, len(markets)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="fetch") as executor:
+            if start_at is not None and markets:
+                # the fetches queue behind the warm-ups (FIFO), so none starts before start_at
+                spent["waited_for_close_s"] = round(max(0.0, start_at - time.time()), 3)
+                warm_ups = [executor.submit(warm_up) for _ in range(workers)]
+            else:
+                warm_ups = []
+            futures = [*warm_ups, *(executor.submit(fetch, m) for m in markets)]
             pending = len(markets)
             while pending:
                 batch = [done.get()]
@@ -575,7 +639,8 @@ def _window_of(extracted: dict[str, Any]) -> Window:
 def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str, run_window: Window,
                          conf: dict[str, Any], raw: RawStore, connect: Callable[[], Any], attempt: Attempt, *,
                          live: bool, deadline: float | None = None,
-                         prepare: Callable[[Any, MarketflowConfig], None] | None = None) -> dict[str, Any]:
+                         prepare: Callable[[Any, MarketflowConfig], None] | None = None,
+                         start_at: float | None = None) -> dict[str, Any]:
     """The body of a multi-market task (the minute DAG's ingest, the hourly reconcile): every selected
     market of ``exchange`` that is not suspended, each on its own (``ingest_markets``), and what each
     came to in ops.market_task_outcomes.
@@ -584,7 +649,8 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
     markets an earlier try left failing transiently or never started. Raises MarketsFailed naming
     every failed market (this try's, and earlier tries' permanent failures): transient when any
     failure is, so Airflow retries; permanent otherwise, so it does not. ``prepare`` (the minute path)
-    prepares storage first when the DDL changed."""
+    prepares storage first when the DDL changed. ``start_at`` (the live path, from ``fetch_start_at``):
+    everything before the first fetch is done, then the fetches wait for that wall time."""
     from marketflow.schema import ddl_is_current
 
     wanted = [m for m in config.exchange(exchange).markets if timeframe in m.timeframes and selected(m, conf)]
@@ -611,7 +677,7 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
     ticker_markets = [m for m in todo if live and not conf.get("start") and m.history_end is None]
     with ThreadPoolExecutor(1, thread_name_prefix="tickers") as ticker_thread:
         pending = ticker_thread.submit(ingest_tickers, config, exchange, ticker_markets, raw, connect, attempt,
-                                       deadline=deadline)
+                                       deadline=deadline, start_at=start_at)
         # The minute path batches its writes across markets (ingest_markets_batched says why); the hourly
         # reconcile fetches an hour per market, where the per-market path's overhead does not matter.
         phases: dict[str, float] = {}
@@ -619,11 +685,12 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
         if live:
             outcomes = ingest_markets_batched(config, todo, timeframe, run_window, raw, connect, attempt,
                                               threads=max(config.exchange(exchange).pool_slots, LIVE_FETCH_THREADS),
-                                              deadline=deadline, phases=phases)
+                                              deadline=deadline, phases=phases, start_at=start_at)
         else:
             outcomes = ingest_markets(config, todo, timeframe, run_window, raw, connect, attempt, live=False,
                                       threads=config.exchange(exchange).pool_slots, deadline=deadline)
-        phases["candles_s"] = round(time.monotonic() - task_started, 3)
+        # from the close (start_at) when the run started ahead of it
+        phases["candles_s"] = round(time.monotonic() - task_started - phases.get("waited_for_close_s", 0.0), 3)
         try:
             tickers = pending.result()
         except Exception as exc:  # raw or the warehouse unreachable: the candles' outcomes are still recorded
@@ -656,7 +723,8 @@ def run_exchange_markets(config: MarketflowConfig, exchange: str, timeframe: str
 
 
 def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[MarketConfig], raw: RawStore,
-                   connect: Callable[[], Any], attempt: Attempt, *, deadline: float | None = None) -> dict[str, Any]:
+                   connect: Callable[[], Any], attempt: Attempt, *, deadline: float | None = None,
+                   start_at: float | None = None) -> dict[str, Any]:
     """One ticker snapshot per market into staging.ticker, for all ``markets`` of one exchange in ONE
     ``fetch_tickers`` call (its answer stored once in raw, every market's row pointing at it), or one
     ``fetch_ticker`` per market where the exchange's ccxt has no fetchTickers.
@@ -664,7 +732,8 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
     Never raises for an exchange or data error: a ticker is a snapshot that the next minute's run
     takes again, so its failure is logged, kept in raw and in ops.api_errors, and the candles of
     the task stand. Returns {"tickers": rows written, "requests": ticker calls
-    that got an answer or failed, "error": the failure or None}."""
+    that got an answer or failed, "error": the failure or None}. ``start_at``: connected and its market
+    list loaded, the calls wait for that wall time (the minute's close)."""
     out: dict[str, Any] = {"tickers": 0, "requests": 0, "error": None}
     if not markets:
         return out
@@ -694,6 +763,8 @@ def ingest_tickers(config: MarketflowConfig, exchange_name: str, markets: list[M
             **fields, "exchange": exchange_name, "symbol": fields.get("symbol"), "dag_id": attempt.dag_id,
             "run_id": attempt.run_id, "task_id": ticker_attempt.task_id, "try_number": attempt.try_number})
         load_markets(exchange, ops_conn)
+        wait_until(start_at)
+        started = time.monotonic()
         # A market the exchange no longer lists (delisted, renamed) would make the whole batch fail: left
         # out, and said so; its candle extract reports it as a bad symbol.
         unknown = [m.symbol for m in markets if m.symbol not in exchange.markets]

@@ -151,6 +151,15 @@ def test_hourly_dag_builds_marts_after_the_gate(parsed: dict) -> None:
     assert parsed["dags"]["market_candles_1m"]["catchup"] is False
 
 
+def test_minute_runs_start_ahead_of_their_close_one_at_a_time(parsed: dict) -> None:
+    dag = parsed["dags"]["market_candles_1m"]
+    # created minute_run_lead_seconds before the close; the scheduler loads it back (the plugin registers it)
+    assert dag["timetable"] == dag["serialized_timetable"] == "LeadingCronDataIntervalTimetable"
+    assert dag["max_active_runs"] == 1  # started ahead, the next run waits while this one runs
+    # the deadline still counts 5 minutes from the close, not from the earlier queueing
+    assert dag["deadlines"] == ["market_candles_1m not done within 5 minutes 20 seconds"]
+
+
 def test_hourly_schedule_starts_at_the_first_deploy_unless_a_start_is_set(parsed: dict, tmp_path: Path) -> None:
     # the shipped markets file sets no schedule_start: no catch-up from a date in the past
     assert parsed["dags"]["market_candles_1h"]["timetable"] == "FirstRunAtDeployTimetable"

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from datetime import UTC
 from decimal import Decimal
 
 import psycopg2
@@ -158,3 +159,38 @@ def test_minute_of_240_markets_on_two_limited_exchanges_lands_exactly_once(confi
     [gone] = list(mongo_db.raw_ingestion_log.find({"run_id": "m1", "symbol": GONE}))
     assert gone["status"] == "failed" and gone["error_class"] == "bad_symbol"
     print(f"\n240 markets on two limited exchanges: first run {took:.1f} s")
+
+
+def test_a_run_started_before_the_close_connects_first_then_fetches_at_the_close(config, emulator, warehouse_dsn,
+                                                                                 mongo_db) -> None:
+    """The minute run started ahead of its close (LeadingCronDataIntervalTimetable): the fetchers connect
+    and load the market list at once, then no candle or ticker call is made before ``start_at``; a run
+    of a past window (start_at None, the test above) fetches at once. Every market still lands exactly
+    once with the emulator's values (brute force over the stored rows)."""
+    window = plan_window("1m", None, None, {}, config.overlap_minutes)
+    binance, okx = BINANCE[:12], OKX[:8]
+    start_at = time.time() + 3.0  # "the close + settle", 3 s ahead
+    results = {}
+    for exchange, symbols in (("binance", binance), ("okx", okx)):
+        results[exchange] = run_exchange_markets(
+            config, exchange, "1m", window, {"symbols": symbols}, RawStore(mongo_db), lambda: psycopg2.connect(
+                warehouse_dsn), Attempt("market_candles_1m", "early", f"{exchange}.ingest"), live=True,
+            start_at=start_at if exchange == "binance" else time.time() + 1.0)
+    phases = results["binance"]["phases"]
+    assert 2.0 <= phases["waited_for_close_s"] <= 3.5, phases  # the start-up ran inside the wait
+    assert phases["warm_up_s_summed_over_threads"] > 0, phases
+    assert results["binance"]["markets"] == len(binance) and results["okx"]["markets"] == len(okx)
+    assert results["binance"]["tickers"] == len(binance)
+
+    calls = list(mongo_db.raw_market_payload.find({"run_id": "early", "exchange": "binance"},
+                                                  {"fetched_at": 1, "kind": 1}))
+    assert {d["kind"] for d in calls} >= {"ohlcv", "ticker"}
+    first = min(d["fetched_at"] for d in calls).replace(tzinfo=UTC).timestamp()
+    assert first >= start_at - 0.002, (first, start_at)  # Mongo keeps milliseconds
+
+    with psycopg2.connect(warehouse_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT exchange, symbol, count(*), count(DISTINCT open_time) FROM staging.ohlcv "
+                    "WHERE timeframe = '1m' GROUP BY 1, 2")
+        counts = {(ex, sym): (n, d) for ex, sym, n, d in cur.fetchall()}
+    minutes = (window.end_ms - window.start_ms) // MINUTE
+    assert counts == {(ex, s): (minutes, minutes) for ex, syms in (("binance", binance), ("okx", okx)) for s in syms}

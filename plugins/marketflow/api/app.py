@@ -209,8 +209,8 @@ def json_value_sql(column: str) -> str:
     if column in TIMESTAMPS:
         utc_time = f"({column} AT TIME ZONE 'UTC')"
         return (f"to_char({utc_time}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
-                f"mod(extract(microseconds FROM {column})::bigint, 1000000) = 0 THEN '' ELSE to_char({utc_time}, '.US') "
-                f"END || 'Z'")
+                f"mod(extract(microseconds FROM {column})::bigint, 1000000) = 0 THEN '' "
+                f"ELSE to_char({utc_time}, '.US') END || 'Z'")
     return column
 
 

@@ -50,7 +50,8 @@ def deadline(dag_id: str, limit: timedelta) -> DeadlineAlert:
     end of a run of a DAG with a deadline (tests/airflow tolerates exactly that crash).
     """
     total = int(limit.total_seconds())
-    words = f"{total // 60} minutes" if total >= 60 else f"{total} seconds"
+    minutes, secs = divmod(total, 60)
+    words = " ".join(([f"{minutes} minutes"] if minutes else []) + ([f"{secs} seconds"] if secs or not minutes else []))
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=limit,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from airflow.sdk import TaskGroup, task
@@ -41,16 +42,22 @@ def exchange_ingest(config: MarketflowConfig, exchange: ExchangeConfig, timefram
           outlets=[STAGING_OHLCV], doc_md=f"extract + load {exchange.name}: {', '.join(symbols)}")
     def ingest(exchange_name: str) -> dict[str, Any]:
         from marketflow.connections import raw_database, warehouse_connection
-        from marketflow.pipeline import run_exchange_markets
+        from marketflow.pipeline import fetch_start_at, run_exchange_markets
         from marketflow.raw_store import RawStore
 
         cfg = load_config()
         budget = time_budget(cfg.timeouts.minute_task if live else cfg.timeouts.hourly_task)
         attempt, ctx = current_attempt()
         window, conf = run_window(ctx, cfg, timeframe)
+        # A minute run starts before its minute closes (LeadingCronDataIntervalTimetable): everything up
+        # to the first fetch is done now, the fetches wait for the close. A past window does not wait.
+        start_at = fetch_start_at(window, conf, cfg) if live else None
+        if start_at is not None:
+            log.info("started %.1f s before the minute closes: connecting now, fetching at the close + %.1f s",
+                     start_at - time.time() - cfg.close_settle_seconds, cfg.close_settle_seconds)
         return run_exchange_markets(cfg, exchange_name, timeframe, window, conf, RawStore(raw_database()),
                                     lambda: warehouse_connection(timeouts=cfg.timeouts), attempt, live=live,
-                                    deadline=budget, prepare=prepare if live else None)
+                                    deadline=budget, prepare=prepare if live else None, start_at=start_at)
 
     with TaskGroup(group_id=exchange.name, tooltip=f"{exchange.name}: {', '.join(symbols)}") as group:
         ingest(exchange_name=exchange.name)
