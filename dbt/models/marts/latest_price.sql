@@ -13,8 +13,9 @@
 
   The candle is the last *closed* one (open_time <= now() - 1 minute). int_latest_candle_1m holds a
   market's newest candle; only when that one has not closed yet at query time (never for the
-  loader's candles, which are closed) is ohlcv_1m probed for the newest closed one before it (the
-  probe's condition on the held candle is a one-time filter: not executed otherwise).
+  loader's candles, which are closed) is ohlcv_1m probed for the newest closed one before it: the
+  probe is the second branch of a UNION ALL whose outer side filters the held rows first, so for
+  closed candles it runs zero times.
 
   price: the ticker's `last` when that snapshot is strictly newer than the end (close_time) of
   the last closed 1m candle, else that candle's close. as_of is the time of the value used
@@ -26,35 +27,47 @@ with markets as (
     from {{ ref('int_markets') }}
 ),
 
+held as (
+    select exchange, symbol, open_time, close_time, close
+    from {{ ref('int_latest_candle_1m') }}
+),
+
+-- each market's last closed candle: the held one, or (only when that one has not closed yet) the
+-- newest closed candle before it from ohlcv_1m; the second branch reads no candle otherwise
+closed_candle as (
+    select exchange, symbol, open_time, close_time, close
+    from held
+    where open_time <= now() - interval '1 minute'
+    union all
+    select held.exchange, held.symbol, earlier.open_time, earlier.close_time, earlier.close
+    from held
+    cross join lateral (
+        select c.open_time, c.close_time, c.close
+        from {{ ref('ohlcv_1m') }} as c
+        where c.exchange = held.exchange
+          and c.symbol = held.symbol
+          and c.open_time <= now() - interval '1 minute'
+        order by c.open_time desc
+        limit 1
+    ) as earlier
+    where held.open_time > now() - interval '1 minute'
+),
+
 latest as (
     select
         markets.exchange,
         markets.symbol,
-        case when held.open_time <= now() - interval '1 minute' then held.open_time
-             else earlier.open_time end                                          as candle_open_time,
-        case when held.open_time <= now() - interval '1 minute' then held.close_time
-             else earlier.close_time end                                         as candle_close_time,
-        case when held.open_time <= now() - interval '1 minute' then held.close
-             else earlier.close end                                              as candle_close,
+        candle.open_time    as candle_open_time,
+        candle.close_time   as candle_close_time,
+        candle.close        as candle_close,
         ticker.ts           as ticker_ts,
         ticker.last         as ticker_last,
         ticker.bid          as ticker_bid,
         ticker.ask          as ticker_ask
     from markets
-    left join {{ ref('int_latest_candle_1m') }} as held
-        on held.exchange = markets.exchange
-       and held.symbol = markets.symbol
-    left join lateral (
-        -- only when the held candle has not closed yet: the newest closed candle before it
-        select c.open_time, c.close_time, c.close
-        from {{ ref('ohlcv_1m') }} as c
-        where held.open_time > now() - interval '1 minute'
-          and c.exchange = markets.exchange
-          and c.symbol = markets.symbol
-          and c.open_time <= now() - interval '1 minute'
-        order by c.open_time desc
-        limit 1
-    ) as earlier on true
+    left join closed_candle as candle
+        on candle.exchange = markets.exchange
+       and candle.symbol = markets.symbol
     left join {{ ref('stg_ticker_latest') }} as ticker
         on ticker.exchange = markets.exchange
        and ticker.symbol = markets.symbol
