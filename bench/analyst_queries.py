@@ -14,7 +14,9 @@ small one). The same queries run on both, as a member of the analyst role over T
 Value: p95 client wall (execute() until libpq holds the whole result) at the large history;
 reference: the same at the small one; ratio large / small (a query that costs what it returns
 stays near 1). Each query's EXPLAIN (ANALYZE, BUFFERS) at both sizes is written in full to
-bench/results/figure5x_plans_<quick|full>.txt.
+bench/results/figure5x_plans_<quick|full>.txt. 5d's latest_price reads one row per market
+(int_latest_candle_1m, staging.ticker_latest); its detail "oracle" says that it equals the newest
+candle and ticker of every market found by brute force over staging (the run fails otherwise).
 """
 
 from __future__ import annotations
@@ -164,67 +166,39 @@ def _measure(history: History, size: Size, plans: list[str]) -> dict[str, dict]:
                       _render_sql(sql, params), text, ""]
             say(f"{size.label} {key}: p50 {out[key]['p50_ms']} ms, p95 {out[key]['p95_ms']} ms, "
                 f"server {out[key]['server_execution_ms_median']} ms, {out[key]['rows_returned']} rows")
-        out["latest"]["one_row_per_market_prototype"] = _latest_prototype(history.dsn, conn, plans, size.label)
+        out["latest"]["oracle"] = _latest_oracle(history.dsn)
     finally:
         conn.close()
     return out
 
 
-# latest_price's columns from two tables of one row per market (the latest candle, the latest
-# ticker) instead of two index probes per market into ohlcv_1m and staging.ticker: what a
-# maintained latest-candle / latest-ticker table would give (a prototype in a scratch schema).
-PROTOTYPE_DDL = """
-create schema bench_proto;
-create table bench_proto.latest_candle as
-    select m.exchange, m.symbol, c.open_time, c.close_time, c.close
-    from dbt_intermediate.int_markets as m
-    cross join lateral (select open_time, close_time, close from marts.ohlcv_1m as o
-                        where o.exchange = m.exchange and o.symbol = m.symbol order by open_time desc limit 1) as c;
-create table bench_proto.latest_ticker as
-    select m.exchange, m.symbol, t.ts, t.last, t.bid, t.ask
-    from dbt_intermediate.int_markets as m
-    cross join lateral (select ts, last, bid, ask from staging.ticker as t
-                        where t.exchange = m.exchange and t.symbol = m.symbol order by ts desc limit 1) as t;
-alter table bench_proto.latest_candle add primary key (exchange, symbol);
-alter table bench_proto.latest_ticker add primary key (exchange, symbol);
-vacuum analyze bench_proto.latest_candle;
-vacuum analyze bench_proto.latest_ticker;
-grant usage on schema bench_proto to analyst;
-grant select on all tables in schema bench_proto to analyst;
-"""
-PROTOTYPE_SQL = """
-select coalesce(c.exchange, t.exchange) as exchange, coalesce(c.symbol, t.symbol) as symbol,
-       c.open_time as candle_open_time, c.close_time as candle_close_time, c.close as candle_close,
-       t.ts as ticker_ts, t.last as ticker_last, t.bid as ticker_bid, t.ask as ticker_ask,
-       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then t.last else c.close end
-           as price,
-       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then 'ticker' else 'candle' end
-           as price_source,
-       case when t.last is not null and (c.close_time is null or t.ts > c.close_time) then t.ts else c.close_time end
-           as as_of
-from bench_proto.latest_candle as c
-full join bench_proto.latest_ticker as t using (exchange, symbol)"""
-
-
-def _latest_prototype(dsn: str, analyst_conn, plans: list[str], label: str) -> dict:
-    admin = psycopg2.connect(dsn)
-    admin.autocommit = True
+def _latest_oracle(dsn: str) -> dict:
+    """latest_price against brute force: each market's max(open_time) over staging.ohlcv and max(ts)
+    over staging.ticker (full scans), so the figure is only counted for a view that is right."""
+    started = time.perf_counter()
+    conn = psycopg2.connect(dsn)
     try:
-        with admin.cursor() as cur:
-            for statement in filter(str.strip, PROTOTYPE_DDL.split(";")):  # one at a time: VACUUM is among them
-                cur.execute(statement)
-            cur.execute("select count(*) from bench_proto.latest_candle")
-            markets = cur.fetchone()[0]
+        with conn.cursor() as cur:
+            cur.execute("""
+                with candles as (select exchange, symbol, max(open_time) as open_time from staging.ohlcv
+                                 where timeframe = '1m' and open_time <= now() - interval '1 minute' group by 1, 2),
+                     tickers as (select exchange, symbol, max(ts) as ts from staging.ticker group by 1, 2),
+                     oracle as (select * from candles full join tickers using (exchange, symbol))
+                select count(*) filter (where p.exchange is null or o.exchange is null
+                                        or p.candle_open_time is distinct from o.open_time
+                                        or p.ticker_ts is distinct from o.ts),
+                       count(*)
+                from marts.latest_price as p full join oracle as o using (exchange, symbol)""")
+            wrong, markets = cur.fetchone()
     finally:
-        admin.close()
-    got = _time(analyst_conn, PROTOTYPE_SQL, ())
-    with analyst_conn.cursor() as cur:
-        cur.execute("explain (analyze, buffers) " + PROTOTYPE_SQL)
-        plans += [f"=== {label}: latest prices from one row per market (prototype, bench_proto)", PROTOTYPE_SQL,
-                  "\n".join(r[0] for r in cur.fetchall()), ""]
-    say(f"{label} latest, one row per market (prototype): p50 {got['p50_ms']} ms, p95 {got['p95_ms']} ms, "
-        f"server {got['server_execution_ms_median']} ms, {markets} markets")
-    return got
+        conn.close()
+    seconds = round(time.perf_counter() - started, 1)
+    say(f"latest_price vs brute force over staging: {markets} markets, {wrong} differ ({seconds}s)")
+    if wrong:
+        raise RuntimeError(f"marts.latest_price differs from the brute-force latest candle / ticker of staging in "
+                           f"{wrong} of {markets} markets: rebuild int_latest_candle_1m (dbt run --full-refresh -s "
+                           "int_latest_candle_1m) and check staging.ticker_latest's triggers")
+    return {"markets": markets, "differ": wrong, "seconds": seconds}
 
 
 def _time(conn, sql: str, params: tuple) -> dict:

@@ -378,8 +378,10 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     assert f"Got {len(BAD_CANDLES)} results" in result.output, result.output
 
 
-def test_latest_price_is_index_probes_per_market(dbt: DbtRunner, loaded_warehouse) -> None:
-    """No scan of ohlcv_1m or staging.ticker: one index probe per market into each."""
+def test_latest_price_reads_one_row_per_market(dbt: DbtRunner, loaded_warehouse) -> None:
+    """latest_price reads the one-row-per-market tables (int_markets, int_latest_candle_1m,
+    staging.ticker_latest): no node touches staging.ticker, and the fallback probe of ohlcv_1m's
+    partitions (for a held candle that has not closed yet) is planned but never executed."""
     conn = loaded_warehouse
     with conn.cursor() as cur:
         cur.execute(
@@ -389,23 +391,120 @@ def test_latest_price_is_index_probes_per_market(dbt: DbtRunner, loaded_warehous
         )
         cur.execute("analyze staging.ticker")
     conn.commit()
-    dbt("build")
-    ((plan,),) = query(conn, "explain (format json) select * from marts.latest_price")
+    dbt("run", "--select", "+latest_price")
+    ((plan,),) = query(conn, "explain (analyze, format json) select * from marts.latest_price")
 
     def scans(node: dict):
-        yield node["Node Type"], node.get("Relation Name"), node.get("Index Name")
+        yield node["Node Type"], node.get("Relation Name"), node.get("Actual Loops", 0), node.get("Actual Rows", 0)
         for child in node.get("Plans", []):
             yield from scans(child)
 
-    nodes = list(scans(plan[0]["Plan"]))
-    # ohlcv_1m is partitioned by month: the probe goes into each month's partition (ohlcv_1m_pYYYY_MM).
-    candle_scans = [(kind, rel) for kind, rel, _ in nodes if rel and rel.startswith("ohlcv_1m")]
-    assert candle_scans and {kind for kind, _ in candle_scans} <= {"Index Scan", "Index Only Scan"}, nodes
-    by_relation = {rel: (kind, index) for kind, rel, index in nodes if rel == "ticker"}
-    assert by_relation["ticker"] == ("Index Scan", "ticker_pk"), nodes
-    assert not [n for n in nodes if n[0] in ("Seq Scan", "Sort", "WindowAgg") and n[1] != "int_markets"], (
-        nodes
-    )
+    nodes = [n for n in scans(plan[0]["Plan"]) if n[1]]
+    read = {rel for _, rel, loops, _ in nodes if loops}
+    assert read == {"int_markets", "int_latest_candle_1m", "ticker_latest"}, nodes
+    # ohlcv_1m is partitioned by month: the gated fallback's scans go into ohlcv_1m_pYYYY_MM, never run
+    assert [n for n in nodes if n[1].startswith("ohlcv_1m")], nodes
+    assert not [n for n in nodes if n[1] == "ticker"], nodes
+
+
+def _brute_force_latest(conn) -> dict[tuple[str, str], tuple]:
+    """The oracle: each market's newest closed 1m candle and newest ticker, straight from staging by
+    brute force (max(open_time) / max(ts) per market), and the price chosen from them as documented."""
+    candles = {(e, s): (o, c) for e, s, o, c in query(
+        conn,
+        "select s.exchange, s.symbol, s.open_time, s.close from staging.ohlcv as s"
+        " join (select exchange, symbol, max(open_time) as newest from staging.ohlcv"
+        "       where timeframe = '1m' and open_time <= now() - interval '1 minute' group by 1, 2) as m"
+        "   on m.exchange = s.exchange and m.symbol = s.symbol and m.newest = s.open_time"
+        " where s.timeframe = '1m'")}
+    tickers = {(e, s): (ts, last, bid) for e, s, ts, last, bid in query(
+        conn,
+        "select t.exchange, t.symbol, t.ts, t.last, t.bid from staging.ticker as t"
+        " join (select exchange, symbol, max(ts) as newest from staging.ticker group by 1, 2) as m"
+        "   on m.exchange = t.exchange and m.symbol = t.symbol and m.newest = t.ts")}
+    out = {}
+    for market in candles.keys() | tickers.keys():
+        open_time, close = candles.get(market, (None, None))
+        ts, last, bid = tickers.get(market, (None, None, None))
+        close_time = open_time + timedelta(minutes=1) if open_time else None
+        by_ticker = last is not None and (close_time is None or ts > close_time)
+        out[market] = (open_time, close, ts, last, bid, last if by_ticker else close,
+                       "ticker" if by_ticker else "candle")
+    return out
+
+
+def _latest_price(conn) -> dict[tuple[str, str], tuple]:
+    return {(r[0], r[1]): r[2:] for r in query(
+        conn,
+        "select exchange, symbol, candle_open_time, candle_close, ticker_ts, ticker_last, ticker_bid, price,"
+        " price_source from marts.latest_price")}
+
+
+def test_latest_price_equals_brute_force_through_reruns_and_corrections(dbt: DbtRunner, loaded_warehouse) -> None:
+    """latest_price (over int_latest_candle_1m and staging.ticker_latest) equals the newest candle and
+    ticker per market found by brute force in staging: after the first build, after a re-run with
+    nothing new (and the held rows unchanged), after a correction of the newest minute, a new
+    minute, a backfill of old minutes and tickers loaded without a dbt run, and after a full refresh."""
+    conn = loaded_warehouse
+    with conn.cursor() as cur:
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id) values"
+            " ('okx', 'BTC/USDT', '2025-11-20 00:00:00+00', 90000, 89999, 90001, 't1', 'r'),"
+            " ('okx', 'BTC/USDT', '2025-11-19 00:00:00+00', 89000, 88999, 89001, 't0', 'r')"
+        )
+    conn.commit()
+    select = ("--select", "+latest_price")
+    dbt("run", *select)
+    expected = _brute_force_latest(conn)
+    assert len(expected) == 2 and _latest_price(conn) == expected
+    held = "select * from dbt_intermediate.int_latest_candle_1m order by exchange, symbol"
+    rows = query(conn, held)
+
+    dbt("run", *select)  # nothing new: the same rows
+    assert query(conn, held) == rows
+    assert _latest_price(conn) == expected
+
+    ((eth_newest,),) = query(conn, "select max(open_time) from staging.ohlcv where exchange = 'binance'")
+    ((okx_newest,),) = query(conn, "select max(open_time) from staging.ohlcv where exchange = 'okx'")
+    with conn.cursor() as cur:
+        # the exchange corrected the newest minute: the loader rewrites values and ingested_at
+        cur.execute(
+            "update staging.ohlcv set close = close + 1, high = high + 1, raw_payload_id = 'fix', ingested_at = now()"
+            " where exchange = 'binance' and timeframe = '1m' and open_time = %s", (eth_newest,))
+        # a new minute for okx, and a backfill of an older binance minute (the newest must stay)
+        cur.execute(
+            INSERT_OHLCV + " values ('okx', 'BTC/USDT', '1m', %s, 87000, 87010, 86990, 87005.5, 1, null, null,"
+            " 'new', 'run-2'), ('binance', 'ETH/USDT', '1m', '2022-08-13 23:59:00+00', 1980, 1981, 1979, 1980.5,"
+            " 2, 3960, 7, 'old', 'run-2')", (okx_newest + timedelta(minutes=1),))
+        # tickers: a batch with an older and a newer snapshot of one market, loaded without a dbt run
+        cur.execute(
+            "insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id) values"
+            " ('binance', 'ETH/USDT', %s, 1990.5, 1990.4, 1990.6, 't2', 'r'),"
+            " ('binance', 'ETH/USDT', %s, 1991.5, 1991.4, 1991.6, 't3', 'r')",
+            (eth_newest + timedelta(seconds=30), eth_newest + timedelta(minutes=2)))
+    conn.commit()
+    with_ticker = _latest_price(conn)
+    assert with_ticker[("binance", "ETH/USDT")][3:] == (Decimal("1991.5"), Decimal("1991.4"), Decimal("1991.5"),
+                                                        "ticker")
+    dbt("run", *select)
+    expected = _brute_force_latest(conn)
+    assert _latest_price(conn) == expected
+    assert expected[("okx", "BTC/USDT")][:2] == (okx_newest + timedelta(minutes=1), Decimal("87005.5"))
+    assert query(conn, "select open_time, close from dbt_intermediate.int_latest_candle_1m"
+                       " where exchange = 'binance'") == [(eth_newest, expected[("binance", "ETH/USDT")][1])]
+    assert query(conn, "select raw_payload_id from staging.ohlcv where exchange = 'binance' and open_time = %s",
+                 (eth_newest,)) == [("fix",)]
+    # a ticker snapshot corrected in place (same ts) replaces the kept one
+    with conn.cursor() as cur:
+        cur.execute("update staging.ticker set bid = 1991.3 where exchange = 'binance' and ts = %s",
+                    (eth_newest + timedelta(minutes=2),))
+    conn.commit()
+    assert _latest_price(conn) == _brute_force_latest(conn)
+
+    rows = query(conn, held)
+    dbt("run", *select, "--full-refresh")
+    assert query(conn, held) == rows
+    assert _latest_price(conn) == _brute_force_latest(conn)
 
 
 def test_source_freshness(dbt: DbtRunner, loaded_warehouse) -> None:
