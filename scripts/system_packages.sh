@@ -6,6 +6,8 @@ set -euo pipefail
 declare -A PACKAGE_OF=(
     [promtool]=prometheus     # `promtool test rules` on the alert rules
     [prometheus]=prometheus   # the scrape-and-alert integration test
+    [redis-server]=redis-server  # the Celery broker of `make demo EXECUTOR=celery` and its test
+    [pgbouncer]=pgbouncer     # the warehouse's connection pooler on the Celery path
 )
 
 missing=()
