@@ -351,6 +351,16 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
 
 
+def stop_together(procs: list[ManagedProcess], grace: float = 30.0) -> None:
+    """Stop several managed processes at once: each waits up to ``grace`` for its own session, so
+    seven Airflow processes take one grace period, not seven."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
+        for future in [pool.submit(proc.stop, grace) for proc in procs]:
+            future.result()
+
+
 def mongo_server(state_dir: Path, run_dir: Path, port: int) -> ManagedProcess:
     """Real mongod when it is installed, else the nx-27017 wire-protocol emulator."""
     data = state_dir / "mongo"
@@ -558,7 +568,8 @@ class Stack:
         from marketflow.connections import session_options
 
         config = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
-        timeouts = _load_config(config, {"MARKETFLOW_DEMO_BYBIT": "true"}).timeouts
+        timeouts = _load_config(config, {"MARKETFLOW_DEMO_BYBIT": "true",
+                                         "MARKETFLOW_EXCHANGE_URL": f"http://127.0.0.1:{self.emulator_port}"}).timeouts
         return PgBouncer(self.state_dir / "pgbouncer", self.pgbouncer_port, self.postgres,
                          session_options=session_options(timeouts))
 
@@ -738,10 +749,15 @@ def up(stack: Stack, with_airflow: bool) -> None:
 def down(stack: Stack, grace: float = 30.0) -> None:
     """Stop every service, each with every process of its session (Airflow's running task processes
     too): SIGTERM, then SIGKILL after ``grace`` seconds. Postgres stops with pg_ctl."""
-    for proc in stack.all_processes():  # Airflow first, then what it uses; Postgres last
+    procs = stack.all_processes()
+    for proc in procs:
         if proc.pid() is not None:
             print(f"stopping {proc.name} (pid {proc.pid()})", flush=True)
-        proc.stop(grace)
+    airflow = [p for p in procs if p.name not in ("emulator", "mongodb", "redis", "pgbouncer")]
+    stop_together(airflow, grace)  # Airflow first, then what it uses; Postgres last
+    for proc in procs:
+        if proc not in airflow:
+            proc.stop(grace)
     pg = stack.postgres
     if pg.data_dir.exists() and pg.is_running():
         print("stopping postgres", flush=True)

@@ -65,7 +65,8 @@ def celery_stack(tmp_path_factory, pg_server, mongo_uri, emulator_url) -> Iterat
             proc.wait_ready(popen)
         yield env, services
     finally:
-        for proc in reversed(services):
+        stack.stop_together(services[2:], 10)  # Airflow's processes, then the broker and the pooler
+        for proc in services[:2]:
             proc.stop(10)
         for name in (warehouse, meta):
             pg_server.drop_database(name)
