@@ -801,8 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(1)
         for name, mib in sorted(peak.items()):
-            print(f"{name:<10} {mib:8.1f} MiB")
-        print(f"{'total':<10} {peak_total:8.1f} MiB{' (peak)' if args.watch else ''}")
+            print(f"{name:<13} {mib:8.1f} MiB")
+        print(f"{'total':<13} {peak_total:8.1f} MiB{' (peak)' if args.watch else ''}")
     elif args.cmd == "env":
         for key, value in stack.env().items():
             print(f"export {key}='{value}'")
