@@ -14,7 +14,8 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := False
 
 help:
 	@echo "make demo    start the local stack (Postgres, MongoDB, exchange emulator, Airflow) and"
-	@echo "             backfill the bundled real candles through Airflow into the marts"
+	@echo "             backfill the bundled real candles through Airflow into the marts;"
+	@echo "             EXECUTOR=celery for the docker-compose topology (Redis, PgBouncer, 2 Celery workers)"
 	@echo "make down    stop everything make demo started (data is kept in .local/state)"
 	@echo "make test    unit + integration + dbt + DAG tests on their own throwaway services"
 	@echo "make faults  every fault-injection case, then the long scenarios (a fresh deploy on Airflow)"
@@ -70,8 +71,11 @@ system-packages:
 dbt-parse: $(DBT_VENV)/.installed
 	cd dbt && ../$(DBT_VENV)/bin/dbt parse --quiet --profiles-dir .
 
+# EXECUTOR=celery: the docker-compose topology without Docker (Redis, PgBouncer, Airflow's api-server,
+# scheduler, dag-processor, triggerer and two Celery workers as separate processes; scripts/topology.py).
+EXECUTOR ?= local
 demo: install dbt-parse
-	$(VENV)/bin/python -m scripts.demo
+	MARKETFLOW_EXECUTOR=$(EXECUTOR) $(VENV)/bin/python -m scripts.demo
 
 down:
 	@[ -x $(VENV)/bin/python ] && $(VENV)/bin/python -m scripts.stack down || true

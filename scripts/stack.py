@@ -22,8 +22,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from scripts import topology
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = Path(os.environ.get("MARKETFLOW_LOCAL_DIR", REPO / ".local"))
@@ -35,7 +39,7 @@ AIRFLOW_DB = "airflow"
 ADMIN_USER = "admin"
 
 
-def stored_secret(path: Path) -> str:
+def stored_secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> str:
     """A random token kept in ``path`` (0600), created on first use and the same on every later call.
 
     The local stack's passwords are such tokens, never a word: Airflow's secret masker replaces every
@@ -50,7 +54,7 @@ def stored_secret(path: Path) -> str:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(24) + "\n")  # URL-safe: it goes into connection URIs as it is
+        fh.write(make() + "\n")  # URL-safe by default: it goes into connection URIs as it is
     try:
         os.link(tmp, path)  # atomic and never replaces: two processes starting at once agree on one token
     except FileExistsError:
@@ -274,7 +278,7 @@ class ManagedProcess:
     name: str
     run_dir: Path
     argv: list[str]
-    port: int
+    port: int | None  # None: a server without a port of its own (the DAG processor); alive for a few seconds = up
     env: dict[str, str] = field(default_factory=dict)
     ready_timeout: float = 60.0
 
@@ -304,8 +308,12 @@ class ManagedProcess:
         return pid if pid is not None and _alive(pid) else None
 
     def start(self) -> None:
+        self.wait_ready(self.spawn())
+
+    def spawn(self) -> subprocess.Popen | None:
+        """Start the process unless it runs already (None then); wait_ready waits for it to serve."""
         if self.pid() is not None:
-            return
+            return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
@@ -314,8 +322,18 @@ class ManagedProcess:
         finally:
             log.close()
         self.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}".strip())
+        return proc
+
+    def wait_ready(self, proc: subprocess.Popen | None) -> None:
+        if proc is None:
+            return
         try:
-            wait_for_port(self.port, self.name, self.ready_timeout, proc)
+            if self.port is None:
+                time.sleep(3)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with code {proc.returncode}")
+            else:
+                wait_for_port(self.port, self.name, self.ready_timeout, proc)
         except Exception:
             self.stop()
             raise RuntimeError(f"{self.name} failed to start; see {self.log_file}") from None
@@ -331,6 +349,16 @@ class ManagedProcess:
             stop_session(leader, timeout)
             _reap(leader)
         self.pid_file.unlink(missing_ok=True)
+
+
+def stop_together(procs: list[ManagedProcess], grace: float = 30.0) -> None:
+    """Stop several managed processes at once: each waits up to ``grace`` for its own session, so
+    seven Airflow processes take one grace period, not seven."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(procs))) as pool:
+        for future in [pool.submit(proc.stop, grace) for proc in procs]:
+            future.result()
 
 
 def mongo_server(state_dir: Path, run_dir: Path, port: int) -> ManagedProcess:
@@ -354,6 +382,137 @@ def emulator_server(run_dir: Path, port: int, data_dir: Path, extra: list[str] |
     return ManagedProcess("emulator", run_dir, argv, port)
 
 
+def redis_server(state_dir: Path, run_dir: Path, port: int) -> ManagedProcess:
+    """Debian's redis-server: the Celery broker. Append-only file in its own directory, so queued
+    tasks survive a restart of Redis; no RDB snapshots."""
+    data = state_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(data), "--appendonly", "yes", "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+    return ManagedProcess("redis", run_dir, argv, port)
+
+
+@dataclass
+class PgBouncer:
+    """Debian's PgBouncer in front of the warehouse, in transaction pooling as managed Postgres
+    services run it. Each database is also reachable as ``<name>_session`` in session pooling, for
+    the components that keep session state (README, "PgBouncer")."""
+
+    root: Path
+    port: int
+    pg: PostgresServer
+    databases: tuple[str, ...] = (WAREHOUSE_DB,)
+    pool_size: int = 20
+    # libpq options the pipeline's sessions run with (connections.session_options); a transaction pooler
+    # refuses them from clients, so the pooler sets them on each server connection it opens instead.
+    session_options: str = ""
+
+    def dsn(self, database: str = WAREHOUSE_DB, session: bool = False) -> str:
+        name = f"{database}_session" if session else database
+        return f"postgresql://{DB_USER}:{self.pg.password}@127.0.0.1:{self.port}/{name}"
+
+    def write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        server = f"host={self.pg.host} port={self.pg.port}"
+        if sets := [f"SET {opt.strip()}" for opt in self.session_options.split("-c") if opt.strip()]:
+            server += " connect_query='" + "; ".join(sets) + "'"
+        dbs = "".join(f"{db} = {server} dbname={db}\n{db}_session = {server} dbname={db} pool_mode=session\n"
+                      for db in self.databases)
+        ini = self.root / "pgbouncer.ini"
+        users = self.root / "userlist.txt"
+        # The pooler logs in to Postgres (scram-sha-256) with the role's password, so it keeps it in clear.
+        users.write_text(f'"{DB_USER}" "{self.pg.password}"\n')
+        ini.write_text(f"""[databases]
+{dbs}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {self.port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {users}
+pool_mode = transaction
+default_pool_size = {self.pool_size}
+max_client_conn = 1000
+server_reset_query =
+; psycopg2 and libpq send these at connect; the pooler keeps the first client's value per server connection
+ignore_startup_parameters = extra_float_digits
+logfile =
+pidfile =
+""")
+        for path in (self.root, ini, users):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            if os.geteuid() == 0:
+                shutil.chown(path, "postgres", "postgres")
+        return ini
+
+    def process(self, run_dir: Path) -> ManagedProcess:
+        ini = self.write_config()
+        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        # PgBouncer refuses to run as root: -u drops to the postgres user after reading its files.
+        argv = [binary, *(["-u", "postgres"] if os.geteuid() == 0 else []), str(ini)]
+        if os.geteuid() == 0:
+            _make_traversable(self.root)
+        return ManagedProcess("pgbouncer", run_dir, argv, self.port)
+
+
+def celery_airflow(run_dir: Path, env: dict[str, str], api_port: int, workers: int = topology.LOCAL_WORKERS,
+                   concurrency: int = 4) -> list[ManagedProcess]:
+    """The Airflow processes of the CeleryExecutor topology (scripts/topology.py), each a managed
+    process in a session of its own. ``env`` is the shared environment (celery_env); each process
+    gets free ports for its health / log server, which also tell when it is up."""
+    airflow = str(VENV_BIN / "airflow")
+    procs: list[ManagedProcess] = []
+    for service, command in topology.AIRFLOW_SERVICES.items():
+        name = service.removeprefix("airflow-")
+        if service == topology.WORKER_SERVICE:
+            for i in range(1, workers + 1):
+                port = free_port()
+                procs.append(ManagedProcess(
+                    f"worker{i}", run_dir,
+                    [airflow, *command, "--celery-hostname", f"worker{i}@%h", "--concurrency", str(concurrency)],
+                    port, env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port)}, ready_timeout=240))
+            continue
+        extra: dict[str, str] = {}
+        port: int | None = None
+        if command == ("api-server",):
+            port = api_port
+        elif command == ("scheduler",):
+            port = free_port()
+            extra["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(port)
+        elif command == ("triggerer",):
+            port = free_port()
+            extra["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] = str(port)
+        procs.append(ManagedProcess(name, run_dir, [airflow, *command], port, env={**env, **extra},
+                                    ready_timeout=240))
+    return procs
+
+
+def celery_env(env: dict[str, str], state_dir: Path, redis_port: int, api_port: int, pooler: PgBouncer,
+               database: str = WAREHOUSE_DB, concurrency: int = 4) -> dict[str, str]:
+    """``env`` (service_env | airflow_env) turned into the CeleryExecutor topology's: the shared
+    settings, the broker, secrets every process must agree on, and the warehouse through PgBouncer
+    (transaction pooling). The Airflow metadata database stays a direct connection: the scheduler
+    holds row locks and session state there, and the Airflow docs ask for session pooling at least."""
+    from cryptography.fernet import Fernet
+
+    pooled = urlsplit(pooler.dsn(database))
+    return {
+        **env,
+        **topology.SHARED_SETTINGS,
+        topology.BROKER_SETTING: f"{topology.BROKER_SCHEME}127.0.0.1:{redis_port}/0",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": stored_secret(state_dir / "airflow-jwt.secret"),
+        "AIRFLOW__API__SECRET_KEY": stored_secret(state_dir / "airflow-api.secret"),
+        "AIRFLOW__CORE__FERNET_KEY": stored_secret(state_dir / "airflow-fernet.key",
+                                                   lambda: Fernet.generate_key().decode()),
+        # The extra tells the pipeline it sits behind a transaction pooler (connections.warehouse_conninfo).
+        "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pooler.dsn(database) + "?pooler=transaction",
+        "MARKETFLOW_PG_HOST": str(pooled.hostname),
+        "MARKETFLOW_PG_PORT": str(pooled.port),
+    }
+
+
 @dataclass
 class Stack:
     """The demo stack: fixed ports, state under .local/ (git-ignored)."""
@@ -365,6 +524,15 @@ class Stack:
     emulator_data_dir: Path = Path(os.environ.get("EMULATOR_DATA_DIR", REPO / "include" / "sample_data"))
     state_dir: Path = LOCAL / "state"
     emulator_args: list[str] = field(default_factory=list)
+    # "local": airflow standalone (LocalExecutor); "celery": the compose topology (scripts/topology.py)
+    # with Redis, PgBouncer in front of the warehouse and Celery workers (make demo EXECUTOR=celery).
+    executor: str = os.environ.get("MARKETFLOW_EXECUTOR", "local")
+    redis_port: int = int(os.environ.get("MARKETFLOW_REDIS_PORT", "6389"))
+    pgbouncer_port: int = int(os.environ.get("MARKETFLOW_PGBOUNCER_PORT", "6442"))
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("local", "celery"):
+            raise SystemExit(f"EXECUTOR={self.executor!r}: use local (airflow standalone) or celery")
 
     @property
     def run_dir(self) -> Path:
@@ -391,6 +559,35 @@ class Stack:
         return ManagedProcess("airflow", self.run_dir, [str(VENV_BIN / "airflow"), "standalone"],
                               self.airflow_port, env=self.env(), ready_timeout=240)
 
+    @property
+    def redis(self) -> ManagedProcess:
+        return redis_server(self.state_dir, self.run_dir, self.redis_port)
+
+    @property
+    def pgbouncer(self) -> PgBouncer:
+        from marketflow.connections import session_options
+
+        config = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
+        timeouts = _load_config(config, {"MARKETFLOW_DEMO_BYBIT": "true",
+                                         "MARKETFLOW_EXCHANGE_URL": f"http://127.0.0.1:{self.emulator_port}"}).timeouts
+        return PgBouncer(self.state_dir / "pgbouncer", self.pgbouncer_port, self.postgres,
+                         session_options=session_options(timeouts))
+
+    def celery_processes(self) -> list[ManagedProcess]:
+        """The Airflow processes of the Celery topology (new free ports on each call: start these)."""
+        env = self.env()
+        workers = topology.LOCAL_WORKERS
+        return celery_airflow(self.run_dir, env, self.airflow_port, workers,
+                              int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]))
+
+    def all_processes(self) -> list[ManagedProcess]:
+        """Every managed process either executor may have started, by name (for stop and status)."""
+        names = ["airflow", *(n.removeprefix("airflow-") for n in topology.AIRFLOW_SERVICES
+                              if n != topology.WORKER_SERVICE),
+                 *(f"worker{i}" for i in range(1, topology.LOCAL_WORKERS + 1))]
+        return [ManagedProcess(n, self.run_dir, [], None) for n in names] + [
+            self.emulator, self.mongo, self.redis, ManagedProcess("pgbouncer", self.run_dir, [], self.pgbouncer_port)]
+
     def admin_password(self) -> str:
         """The Airflow UI password of ADMIN_USER: a random token kept in the stack's state."""
         return stored_secret(self.state_dir / "airflow-admin.password")
@@ -401,15 +598,25 @@ class Stack:
         env["MARKETFLOW_CONFIG"] = os.environ.get("MARKETFLOW_CONFIG", str(REPO / "include/config/markets.demo.yml"))
         # the demo file's synthetic Bybit market (the emulator serves it on the same port as the recordings)
         env["MARKETFLOW_DEMO_BYBIT"] = os.environ.get("MARKETFLOW_DEMO_BYBIT", "true")
-        return env | airflow_env(self.airflow_home, pg, self.airflow_port,
-                                 parallelism=_parallelism(env["MARKETFLOW_CONFIG"], env))
+        parallelism = _parallelism(env["MARKETFLOW_CONFIG"], env)
+        env |= airflow_env(self.airflow_home, pg, self.airflow_port, parallelism=parallelism)
+        if self.executor == "celery":
+            # The same slots as standalone's LocalExecutor, split across the workers.
+            per_worker = -(-parallelism // topology.LOCAL_WORKERS)
+            env = celery_env(env, self.state_dir, self.redis_port, self.airflow_port, self.pgbouncer,
+                             concurrency=per_worker)
+        return env
+
+
+def _load_config(config_path: str, env: dict[str, str]):
+    from marketflow.config import load_config
+
+    return load_config(config_path, env={**os.environ, **env})
 
 
 def _parallelism(config_path: str, env: dict[str, str]) -> int:
     """Executor slots for every pool of the markets file at once (MarketflowConfig.required_parallelism)."""
-    from marketflow.config import load_config
-
-    return load_config(config_path, env={**os.environ, **env}).required_parallelism()
+    return _load_config(config_path, env).required_parallelism()
 
 
 def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database: str = WAREHOUSE_DB) -> dict[str, str]:
@@ -491,7 +698,7 @@ def stack_pids(stack: Stack) -> dict[str, list[int]]:
     """Every process of the stack, by service: each managed process's session (task processes in
     groups of their own included), and the postmaster's tree."""
     groups: dict[str, list[int]] = {}
-    for proc in (stack.mongo, stack.emulator, stack.airflow):
+    for proc in stack.all_processes():
         pid = proc.pid()
         if pid:
             groups[proc.name] = sorted(session_tree(pid)) or [pid]
@@ -516,23 +723,41 @@ def up(stack: Stack, with_airflow: bool) -> None:
     pg.start()
     procs = [(stack.mongo, f"({Path(stack.mongo.argv[0]).name})"),
              (stack.emulator, f"(data {stack.emulator_data_dir})")]
-    if with_airflow:
-        stack.airflow_home.mkdir(parents=True, exist_ok=True)
-        (stack.airflow_home / "passwords.json").write_text(json.dumps({ADMIN_USER: stack.admin_password()}))
-        procs.append((stack.airflow, "standalone"))
+    if stack.executor == "celery":
+        procs += [(stack.redis, "(Celery broker)"),
+                  (stack.pgbouncer.process(stack.run_dir), f"(transaction pooling, in front of :{stack.pg_port})")]
     for proc, what in procs:
         state = f"running (pid {proc.pid()})" if proc.pid() else "starting"
         print(f"{proc.name:<10} {state} on 127.0.0.1:{proc.port} {what}", flush=True)
         proc.start()
+    if not with_airflow:
+        return
+    stack.airflow_home.mkdir(parents=True, exist_ok=True)
+    (stack.airflow_home / "passwords.json").write_text(json.dumps({ADMIN_USER: stack.admin_password()}))
+    airflow = [stack.airflow] if stack.executor == "local" else stack.celery_processes()
+    # Started together, then waited for: each Airflow process needs tens of seconds to come up here.
+    started = []
+    for proc in airflow:
+        state = f"running (pid {proc.pid()})" if proc.pid() else "starting"
+        where = f"on 127.0.0.1:{proc.port}" if proc.port else ""
+        print(f"{proc.name:<13} {state} {where} (airflow {' '.join(proc.argv[1:3])})", flush=True)
+        started.append((proc, proc.spawn()))
+    for proc, popen in started:
+        proc.wait_ready(popen)
 
 
 def down(stack: Stack, grace: float = 30.0) -> None:
     """Stop every service, each with every process of its session (Airflow's running task processes
     too): SIGTERM, then SIGKILL after ``grace`` seconds. Postgres stops with pg_ctl."""
-    for proc in (stack.airflow, stack.emulator, stack.mongo):
+    procs = stack.all_processes()
+    for proc in procs:
         if proc.pid() is not None:
             print(f"stopping {proc.name} (pid {proc.pid()})", flush=True)
-        proc.stop(grace)
+    airflow = [p for p in procs if p.name not in ("emulator", "mongodb", "redis", "pgbouncer")]
+    stop_together(airflow, grace)  # Airflow first, then what it uses; Postgres last
+    for proc in procs:
+        if proc not in airflow:
+            proc.stop(grace)
     pg = stack.postgres
     if pg.data_dir.exists() and pg.is_running():
         print("stopping postgres", flush=True)
@@ -556,13 +781,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "down":
         down(stack)
     elif args.cmd == "status":
-        for proc in (stack.postgres, stack.mongo, stack.emulator, stack.airflow):
-            if isinstance(proc, PostgresServer):
-                state = "running" if proc.data_dir.exists() and proc.is_running() else "stopped"
-                print(f"postgres   {state}  127.0.0.1:{proc.port}")
-            else:
-                pid = proc.pid()
-                print(f"{proc.name:<10} {f'running (pid {pid})' if pid else 'stopped'}  127.0.0.1:{proc.port}")
+        pg = stack.postgres
+        print(f"postgres      {'running' if pg.data_dir.exists() and pg.is_running() else 'stopped'}  "
+              f"127.0.0.1:{pg.port}")
+        for proc in stack.all_processes():
+            pid = proc.pid()
+            if pid or proc.name in ("airflow", "mongodb", "emulator"):
+                print(f"{proc.name:<13} {f'running (pid {pid})' if pid else 'stopped'}")
     elif args.cmd == "memory":
         peak: dict[str, float] = {}
         peak_total = 0.0
@@ -576,8 +801,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(1)
         for name, mib in sorted(peak.items()):
-            print(f"{name:<10} {mib:8.1f} MiB")
-        print(f"{'total':<10} {peak_total:8.1f} MiB{' (peak)' if args.watch else ''}")
+            print(f"{name:<13} {mib:8.1f} MiB")
+        print(f"{'total':<13} {peak_total:8.1f} MiB{' (peak)' if args.watch else ''}")
     elif args.cmd == "env":
         for key, value in stack.env().items():
             print(f"export {key}='{value}'")

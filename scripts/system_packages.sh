@@ -10,6 +10,8 @@ declare -A PACKAGE_OF=(
     [node]=nodejs             # builds the Markets page (vite)
     [npm]=npm                 # installs the page's pinned packages (npm ci)
     [curl]=curl               # the demo's API example (tests/integration/test_api.py runs it)
+    [redis-server]=redis-server  # the Celery broker of `make demo EXECUTOR=celery` and its test
+    [pgbouncer]=pgbouncer     # the warehouse's connection pooler on the Celery path
 )
 
 missing=()

@@ -37,10 +37,15 @@ def warehouse_conninfo(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | Non
     conn = BaseHook.get_connection(conn_id)
     extra = conn.extra_dejson
     ssl = {k: extra[k] for k in ("sslmode", "sslrootcert", "sslcert", "sslkey") if k in extra}
+    # Behind a transaction pooler (extra {"pooler": "transaction"}, e.g. PgBouncer) the libpq `options`
+    # startup parameter is refused ("unsupported startup parameter: options") and a session SET would
+    # land on whichever server connection runs it: the timeouts are then the pooler's to set on its
+    # server connections (connect_query) or the role's (ALTER ROLE ... SET); see README, "PgBouncer".
+    pooled = extra.get("pooler") == "transaction"
+    options = {} if pooled else {"options": session_options(timeouts)}
     return make_conninfo(host=conn.host, port=conn.port or 5432, user=conn.login, password=conn.password,
                          dbname=conn.schema, application_name="marketflow",
-                         connect_timeout=int(extra.get("connect_timeout", 10)), options=session_options(timeouts),
-                         **ssl)
+                         connect_timeout=int(extra.get("connect_timeout", 10)), **options, **ssl)
 
 
 def warehouse_connection(conn_id: str = POSTGRES_CONN_ID, timeouts: Timeouts | None = None):

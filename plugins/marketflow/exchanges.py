@@ -206,8 +206,13 @@ def load_markets(exchange: ccxt.Exchange, conn=None) -> None:
     lock = f"market list {key}"
     with conn.cursor() as cur:
         if not _use_stored_markets(cur, exchange, key):
-            cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
+            # A transaction-level lock, released by the COMMIT that stores the list: a session lock and
+            # its unlock could run on two different server connections behind a transaction pooler
+            # (PgBouncer), leaving the lock held by an idle server connection.
+            if conn.autocommit:
+                cur.execute("BEGIN")
             try:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
                 if not _use_stored_markets(cur, exchange, key):
                     fetch()
                     cur.execute(
@@ -216,8 +221,12 @@ def load_markets(exchange: ccxt.Exchange, conn=None) -> None:
                         " loaded_at = excluded.loaded_at, markets = excluded.markets, currencies = excluded.currencies",
                         (exchange.id, key, json.dumps(exchange.markets, default=str),
                          json.dumps(exchange.currencies, default=str)))
-            finally:
-                cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+            except BaseException:
+                if conn.autocommit:
+                    cur.execute("ROLLBACK")  # releases the lock; a caller's own transaction is the caller's
+                raise
+            if conn.autocommit:
+                cur.execute("COMMIT")
     if not conn.autocommit:
         conn.commit()
 

@@ -130,10 +130,10 @@ def _when(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _prepare_session(conn) -> None:
-    with conn.cursor() as cur:
-        cur.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT_S}s'; SET lock_timeout = '{LOCK_TIMEOUT_S}s'")
-    conn.commit()
+def _bound_transaction(cur) -> None:
+    """The housekeeping timeouts for the current transaction only (SET LOCAL): a session SET would,
+    behind a transaction pooler (PgBouncer), land on one server connection and miss the next batch."""
+    cur.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT_S}s'; SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'")
 
 
 def _batches(conn, pruned: Pruned, statement: sql.Composable, params: dict[str, Any], batch_size: int
@@ -142,6 +142,7 @@ def _batches(conn, pruned: Pruned, statement: sql.Composable, params: dict[str, 
     started = time.monotonic()
     while True:
         with conn.cursor() as cur:
+            _bound_transaction(cur)
             cur.execute(statement, {**params, "cut": pruned.cut, "limit": batch_size})
             count, oldest, newest, freed = cur.fetchone()
         conn.commit()  # each batch on its own: nothing long-running holds locks or bloats one transaction
@@ -210,7 +211,6 @@ def cut_reject_bodies(conn, cut: datetime, batch_size: int) -> Pruned:
 def prune_ops(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
     """Every ops table's rows older than ``ops_retention_days`` before ``now``, and ticker snapshots
     older than ``ticker_retention_days`` (each market's latest stays)."""
-    _prepare_session(conn)
     cut = now - timedelta(days=config.ops_retention_days)
     pruned = [prune_rule(conn, rule, cut, config.batch_size) for rule in OPS_RULES]
     return [*pruned, prune_rule(conn, TICKER_RULE, now - timedelta(days=config.ticker_retention_days),
@@ -220,7 +220,6 @@ def prune_ops(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
 def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Pruned]:
     """Reject rows after ``rejects_retention_days``, then the bodies of the rest after
     ``rejects_body_retention_days`` (rows first: no body is cut only to be deleted)."""
-    _prepare_session(conn)
     return [
         prune_rule(conn, REJECTS_RULE, now - timedelta(days=config.rejects_retention_days), config.batch_size),
         cut_reject_bodies(conn, now - timedelta(days=config.rejects_body_retention_days), config.batch_size),

@@ -37,6 +37,8 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 
+from scripts import topology
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -47,13 +49,8 @@ REQUIREMENTS_DBT = REPO_ROOT / "requirements-dbt.txt"
 MAKE_ENV = REPO_ROOT / "scripts" / "make_env.py"
 MAKEFILE = REPO_ROOT / "Makefile"
 
-AIRFLOW_COMPONENTS = {
-    "airflow-apiserver": "api-server",
-    "airflow-scheduler": "scheduler",
-    "airflow-dag-processor": "dag-processor",
-    "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
-}
+# The one definition the local Celery stack runs too (scripts/topology.py; test_celery_topology.py).
+AIRFLOW_COMPONENTS = {service: " ".join(command) for service, command in topology.AIRFLOW_SERVICES.items()}
 INIT_SERVICE = "airflow-init"
 BACKING_SERVICES = {"postgres", "mongo", "redis"}
 MONITORING_SERVICES = {"marketflow-api", "prometheus"}
