@@ -27,7 +27,7 @@ import psycopg2
 
 from marketflow.config import load_config
 from scripts import stack
-from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
+from scripts.warehouse_checks import LINEAGE_COLUMNS, RERUN_INVARIANT_TABLES, table_checksum
 
 DAG_ID = "market_candles_1h"
 # The demo's run waits behind the first scheduled hour (max_active_runs=1), a second full run: on a
@@ -139,15 +139,19 @@ def report(warehouse_dsn: str, st: stack.Stack) -> None:
     previous = json.loads(checksum_file.read_text()) if checksum_file.exists() else None
     current: dict[str, list] = {}
     with psycopg2.connect(warehouse_dsn) as conn:
-        print("\nRows and checksums (md5 over rows in key order):")
+        print("\nRows and checksums (md5 over rows in key order; data: without the lineage columns "
+              f"{', '.join(LINEAGE_COLUMNS)},\nequal between any two stacks that loaded the same candles, "
+              "whichever executor ran them):")
         for table, (key, computed) in RERUN_INVARIANT_TABLES.items():
             count, digest = table_checksum(conn, table, key, computed)
+            _, data_digest = table_checksum(conn, table, key, [*computed, *LINEAGE_COLUMNS])
             current[table] = [count, digest]
             same = ""
             if previous and table in previous:
                 same = "  unchanged since the last demo run" if previous[table] == current[table] else \
                     f"  CHANGED (was {previous[table][0]} rows, {previous[table][1][:12]})"
-            print(f"  {table:<24} {count:>7} rows  {digest[:12] or '(empty)':<12}{same}")
+            print(f"  {table:<24} {count:>7} rows  {digest[:12] or '(empty)':<12}  "
+                  f"data {data_digest[:12] or '(empty)':<12}{same}")
         with conn.cursor() as cur:
             cur.execute("SELECT exchange, symbol, price, as_of, staleness_seconds FROM marts.latest_price "
                         "ORDER BY exchange, symbol")

@@ -22,6 +22,12 @@ RERUN_INVARIANT_TABLES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+# Where a row came from and when it was stored: the same candles loaded by two stacks (two fresh demos,
+# the LocalExecutor and the CeleryExecutor) differ only here. Left out of the "data" checksums, which
+# compare the data of two stacks; kept in the re-run checksums, which prove one stack's re-run changed nothing.
+LINEAGE_COLUMNS = ["run_id", "raw_payload_id", "ingested_at"]
+
+
 def table_checksum(conn, table: str, key: Sequence[str], exclude: Sequence[str] = ()) -> tuple[int, str]:
     """(row count, md5 over the rows in key order): how tests and the demo prove a re-run changed nothing.
 

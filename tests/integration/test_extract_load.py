@@ -12,7 +12,7 @@ from marketflow.config import load_config
 from marketflow.pipeline import Attempt, extract_market, load_market, plan_window
 from marketflow.raw_store import RawStore
 from marketflow.timeframes import Window, to_ms
-from scripts.warehouse_checks import table_checksum
+from scripts.warehouse_checks import LINEAGE_COLUMNS, table_checksum
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "include" / "config" / "markets.demo.yml"
@@ -136,3 +136,26 @@ def test_failed_extract_is_classified_logged_and_its_response_kept(demo_config, 
     assert entry["status"] == "failed" and entry["error_class"] == "exchange_unavailable"
     [kept] = list(mongo_db.raw_market_payload.find({"http_status": 503}))
     assert kept["_id"] in entry["payload_ids"] and "overloaded" in kept["body"] and entry["http_status"] == 503
+
+
+def test_data_checksum_ignores_lineage_only(demo_config, mongo_db, pg_conn) -> None:
+    """The demo's data checksums (what two stacks, e.g. the Local- and CeleryExecutor demos, compare): the
+    same candles loaded again by another run give the same data checksum and another full one; one changed
+    value changes both."""
+    key = ["exchange", "symbol", "timeframe", "open_time"]
+    run_pipeline(demo_config, RawStore(mongo_db), pg_conn, "run-1")
+    full, data = table_checksum(pg_conn, "staging.ohlcv", key), \
+        table_checksum(pg_conn, "staging.ohlcv", key, LINEAGE_COLUMNS)
+    with pg_conn.cursor() as cur:
+        cur.execute("TRUNCATE staging.ohlcv")
+    pg_conn.commit()
+    mongo_db.raw_market_payload.delete_many({})
+    run_pipeline(demo_config, RawStore(mongo_db), pg_conn, "run-elsewhere")
+    assert table_checksum(pg_conn, "staging.ohlcv", key) != full
+    assert table_checksum(pg_conn, "staging.ohlcv", key, LINEAGE_COLUMNS) == data and data[0] == 5760
+    with pg_conn.cursor() as cur:
+        cur.execute("UPDATE staging.ohlcv SET volume = volume + 1 WHERE exchange = 'okx' AND open_time = "
+                    "(SELECT min(open_time) FROM staging.ohlcv WHERE exchange = 'okx')")
+        assert cur.rowcount == 1
+    pg_conn.commit()
+    assert table_checksum(pg_conn, "staging.ohlcv", key, LINEAGE_COLUMNS) != data
