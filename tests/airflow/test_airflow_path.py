@@ -15,9 +15,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 from support.airflow_cli import AIRFLOW, MART_CONSUMER_DAG_ID, MART_OHLCV_1H_URI, asset_events, dags_test, metadata
-from support.sample import sample_candles
+from support.sample import assert_marts_equal_sample, sample_candles
 
-from marketflow.timeframes import to_ms
 from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
 
 WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T16:00:00Z"}
@@ -48,22 +47,8 @@ def test_hourly_dag_lands_every_sample_candle_exactly_and_reruns_change_nothing(
     dsn = airflow_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
     hourly_run(airflow_env, tmp_path / "first.log")
 
-    truth = sample_candles()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT exchange, symbol, open_time, open, high, low, close, volume, quote_volume, trades "
-                    "FROM marts.ohlcv_1m")
-        rows = cur.fetchall()
-        assert len(rows) == sum(len(c) for c in truth.values()) == 5760
-        for exchange, symbol, open_time, *values in rows:
-            expected = truth[(exchange, symbol)].get(to_ms(open_time))
-            assert expected is not None, f"{exchange} {symbol} {open_time}: a candle the source never had"
-            assert tuple(values[:5]) == expected[:5], (exchange, symbol, open_time)
-            assert values[5] == expected[5]
-            assert values[6] == expected[6]
-
-        cur.execute("SELECT exchange, symbol, price FROM marts.latest_price")
-        latest = {(ex, sym): price for ex, sym, price in cur.fetchall()}
-        assert latest == {market: candles[max(candles)][3] for market, candles in truth.items()}
+        assert_marts_equal_sample(cur)
 
         # The relations dbt made (tables, views), not the month partitions of the partitioned ones.
         cur.execute("SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "

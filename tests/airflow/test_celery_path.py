@@ -18,12 +18,11 @@ from urllib.parse import quote, urlsplit
 import psycopg2
 import pytest
 import requests
-from support.sample import sample_candles
+from support.sample import assert_marts_equal_sample
 from test_airflow_path import ONLY_RERUN_CHECKED_MARTS
 
 from marketflow.config import load_config
 from marketflow.connections import session_options
-from marketflow.timeframes import to_ms
 from scripts import demo, stack, topology
 
 WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T16:00:00Z"}
@@ -108,20 +107,8 @@ def run_hourly(env: dict[str, str], services: list, mark_success: str | None = N
 
 def check_marts(env: dict[str, str]) -> None:
     """marts.ohlcv_1m and marts.latest_price hold exactly the bundled source files' candles."""
-    truth = sample_candles()
     with psycopg2.connect(demo.warehouse_dsn(env)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT exchange, symbol, open_time, open, high, low, close, volume, quote_volume, trades "
-                    "FROM marts.ohlcv_1m")
-        rows = cur.fetchall()
-        assert len(rows) == sum(len(c) for c in truth.values()) == 5760
-        for exchange, symbol, open_time, *values in rows:
-            expected = truth[(exchange, symbol)].get(to_ms(open_time))
-            assert expected is not None, f"{exchange} {symbol} {open_time}: a candle the source never had"
-            assert tuple(values[:5]) == expected[:5], (exchange, symbol, open_time)
-            assert (values[5], values[6]) == (expected[5], expected[6]), (exchange, symbol, open_time)
-        cur.execute("SELECT exchange, symbol, price FROM marts.latest_price")
-        assert dict(((ex, sym), price) for ex, sym, price in cur.fetchall()) == {
-            market: candles[max(candles)][3] for market, candles in truth.items()}
+        assert_marts_equal_sample(cur)
 
 
 def check_celery_ran_it(env: dict[str, str], services: list, run_id: str) -> None:

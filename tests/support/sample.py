@@ -41,3 +41,23 @@ def sample_candles(sample_dir: Path = SAMPLE_DIR) -> dict[tuple[str, str], Candl
                 candles.update(reader(path))
             markets[(exchange, symbol)] = candles
     return markets
+
+
+def assert_marts_equal_sample(cur) -> None:
+    """marts.ohlcv_1m holds exactly the bundled source files' candles (every value, no candle more), and
+    marts.latest_price each market's last close. ``cur``: a cursor on the warehouse."""
+    from marketflow.timeframes import to_ms
+
+    truth = sample_candles()
+    cur.execute("SELECT exchange, symbol, open_time, open, high, low, close, volume, quote_volume, trades "
+                "FROM marts.ohlcv_1m")
+    rows = cur.fetchall()
+    assert len(rows) == sum(len(c) for c in truth.values()) == 5760
+    for exchange, symbol, open_time, *values in rows:
+        expected = truth[(exchange, symbol)].get(to_ms(open_time))
+        assert expected is not None, f"{exchange} {symbol} {open_time}: a candle the source never had"
+        assert tuple(values[:5]) == expected[:5], (exchange, symbol, open_time)
+        assert (values[5], values[6]) == (expected[5], expected[6]), (exchange, symbol, open_time)
+    cur.execute("SELECT exchange, symbol, price FROM marts.latest_price")
+    assert dict(((ex, sym), price) for ex, sym, price in cur.fetchall()) == {
+        market: candles[max(candles)][3] for market, candles in truth.items()}
