@@ -162,10 +162,13 @@ def check_chart(frame, want: list[tuple]) -> None:
 
 
 def wait_loaded(frame, loads_before: int, panels_before: int | None = None) -> dict:
+    # Polled by interval, not requestAnimationFrame (Playwright's default): Chromium may not paint an
+    # iframe of a page it considers hidden, and a rAF poll then never runs.
     frame.wait_for_function("n => window.__marketflow && window.__marketflow.loads > n", arg=loads_before,
-                            timeout=30_000)
+                            timeout=30_000, polling=100)
     if panels_before is not None:
-        frame.wait_for_function("n => window.__marketflow.panels > n", arg=panels_before, timeout=30_000)
+        frame.wait_for_function("n => window.__marketflow.panels > n", arg=panels_before, timeout=30_000,
+                                polling=100)
     state = frame.evaluate("() => ({loads: window.__marketflow.loads, panels: window.__marketflow.panels, "
                            "render: window.__marketflow.render, error: window.__marketflow.error})")
     assert state["error"] is None, state["error"]
