@@ -175,6 +175,13 @@ def wait_loaded(frame, loads_before: int, panels_before: int | None = None) -> d
     return state
 
 
+def choose(frame, select: str, value: str) -> dict:
+    """Pick ``value`` in the page's ``select`` picker and wait until the chart and panels reloaded."""
+    loads, panels = counts(frame)
+    frame.locator(select).select_option(value)
+    return wait_loaded(frame, loads, panels)
+
+
 def counts(frame) -> tuple[int, int]:
     state = frame.evaluate("() => [window.__marketflow.loads, window.__marketflow.panels]")
     return state[0], state[1]
@@ -226,9 +233,7 @@ def _run(page, base: str, site: Site) -> None:
     _shot(page, "01-airflow-nav-markets-binance-1h-day")
 
     # 1m: the whole day of the source file, candle for candle, fetched and drawn within the budget.
-    loads, panels = counts(frame)
-    frame.locator("#timeframe").select_option("1m")
-    state = wait_loaded(frame, loads, panels)
+    state = choose(frame, "#timeframe", "1m")
     check_chart(frame, expected(candles, "binance", "ETH/USDT", timedelta(minutes=1), day, day + timedelta(days=1)))
     renders = [state["render"]]
     assert renders[0]["candles"] == 1440
@@ -247,12 +252,8 @@ def _run(page, base: str, site: Site) -> None:
     _shot(page, "02-binance-1m-day")
 
     # Range and end picked: 6 hours of 5m candles ending 2022-08-14 12:00.
-    loads, panels = counts(frame)
-    frame.locator("#timeframe").select_option("5m")
-    wait_loaded(frame, loads, panels)
-    loads, panels = counts(frame)
-    frame.locator("#range").select_option("21600")
-    wait_loaded(frame, loads, panels)
+    choose(frame, "#timeframe", "5m")
+    choose(frame, "#range", "21600")
     loads, panels = counts(frame)
     frame.locator("#end").fill("2022-08-14T12:00")
     frame.locator("#end").dispatch_event("change")
@@ -265,15 +266,9 @@ def _run(page, base: str, site: Site) -> None:
 
     # The other exchange: okx BTC/USDT, 15m over its last 3 days: the planted hole is an open gap and a
     # red hour in the heat map, and the 10:00 candle of 15m is drawn as incomplete.
-    loads, panels = counts(frame)
-    frame.locator("#exchange").select_option("okx")
-    wait_loaded(frame, loads, panels)
-    loads, panels = counts(frame)
-    frame.locator("#timeframe").select_option("15m")
-    wait_loaded(frame, loads, panels)
-    loads, panels = counts(frame)
-    frame.locator("#range").select_option("259200")
-    state = wait_loaded(frame, loads, panels)
+    choose(frame, "#exchange", "okx")
+    choose(frame, "#timeframe", "15m")
+    state = choose(frame, "#range", "259200")
     last = max(c.open_time for c in candles if c.exchange == "okx") + timedelta(minutes=1)
     check_chart(frame, expected([c for c in candles if not HOLE[0] <= c.open_time < HOLE[1]], "okx", "BTC/USDT",
                                 timedelta(minutes=15), last - timedelta(days=3), last))
