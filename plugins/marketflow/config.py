@@ -203,6 +203,7 @@ CcxtId = Annotated[str, AfterValidator(_check_ccxt_id)]
 PositiveInt = Annotated[int, Gt(0)]
 NonNegativeInt = Annotated[int, Ge(0)]
 PositiveFloat = Annotated[float, Gt(0)]
+NonNegativeFloat = Annotated[float, Ge(0)]
 Share = Annotated[float, Gt(0), Le(1)]
 
 
@@ -395,6 +396,9 @@ class ExchangeFile(_Section):
     live_rate_reserve: Share = Field(0.3, description="Share of the bucket only the minute (live) path may spend.")
     rate_limit_window_seconds: PositiveFloat | None = Field(None, description=(
         "The window the exchange counts its limit over. Default: binance 60, okx 2, else 1."))
+    rate_limit_jitter_seconds: NonNegativeFloat = Field(0.25, description=(
+        "How far apart in time calls may reach the exchange from when the shared bucket granted them "
+        "(threads, connection set-up, network); the bucket leaves this much of the window's refill unspent."))
     credentials_conn_id: OptionalText = Field(None, description=(
         "Airflow connection with the API key and secret; keys never go in this file."))
     rate_limit_per_minute: PositiveFloat | None = Field(None, description=(
@@ -543,16 +547,36 @@ class ExchangeConfig:
     # per endpoint). The shared bucket's burst is sized so that a full burst plus a window's refill
     # stays inside the limit: a sliding 2 s window allows no burst of 2 s of calls on top of the rate.
     rate_limit_window_seconds: float = 1.0
+    # Calls reach the exchange up to this much earlier or later than the bucket granted them (thread
+    # scheduling, connection set-up, network), so the exchange's window can hold this much more refill.
+    rate_limit_jitter_seconds: float = 0.25
     hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
     backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
     # The markets file's `facts:` overrides (only the keys it sets), see exchange_facts.exchange_facts.
     facts: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def burst_seconds(self) -> float:
-        """Seconds of the bucket's refill it may hold: what ``rate_limit_share`` leaves of the exchange's
-        window (capacity + window x rate <= window x limit), at most 2 s."""
-        return min(2.0, self.rate_limit_window_seconds * (1 - self.rate_limit_share) / self.rate_limit_share)
+    def bucket_shape(self, per_minute: float) -> tuple[float, float]:
+        """(share, burst seconds) of the shared bucket for an exchange allowing ``per_minute`` cost units.
+
+        A full bucket plus the refill of one window (widened by the jitter) must fit the exchange's
+        window: capacity + rate x (window + jitter) <= limit x window. The burst is what
+        ``rate_limit_share`` leaves of the window, at most 2 s of refill. Where it leaves less than
+        one unit (OKX: 40 candle calls per sliding 2 s at 90 % leaves -0.25 of a unit), the bucket
+        keeps one unit and the refill is slowed until it fits (OKX: 84 % of the limit): a full bucket
+        at the first second after a close, with every fetcher firing at once, then stays inside the
+        window, which at exactly 100 % of it cost a 429 (bench 6c).
+        """
+        limit = per_minute / 60.0
+        window, jitter, share = self.rate_limit_window_seconds, self.rate_limit_jitter_seconds, self.rate_limit_share
+        room = limit * window - share * limit * (window + jitter)  # units a full bucket may hold
+        if room >= 1.0:
+            return share, min(2.0, room / (share * limit))
+        fitted = (limit * window - 1.0) / ((window + jitter) * limit)
+        if fitted > 0:
+            return fitted, 1.0 / (fitted * limit)  # a one-unit bucket: capacity = rate x burst = 1
+        # The exchange allows less than one unit per window (Kraken: a page per 3 s against a 1 s window):
+        # no bucket fits it; a one-unit bucket's debt keeps the rate, as ccxt's own throttler does.
+        return share, window * (1 - share) / share
 
     @property
     def pool(self) -> str:
@@ -655,6 +679,7 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
             rate_limit_share=ex.rate_limit_share, credentials_conn_id=ex.credentials_conn_id,
             rate_limit_per_minute=ex.rate_limit_per_minute, live_rate_reserve=ex.live_rate_reserve,
             rate_limit_window_seconds=window if window is not None else RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0),
+            rate_limit_jitter_seconds=ex.rate_limit_jitter_seconds,
             hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots,
             facts={k: v for k, v in ex.facts.model_dump().items() if v is not None}))
     return MarketflowConfig(
