@@ -26,15 +26,15 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
     long one): its task works through every chunk of ``chunk_hours`` of its windows (extract to raw,
     then load to staging), so a backfill of any size plans within Airflow's mapping limit and each
     task's start-up is small beside its work. Raw is written first, so a failed load loses nothing; a
-    retried task skips the chunks already complete. Returns the group (to order it after other tasks)
-    and the mapped output (for the summary).
+    retried task skips the chunks already complete. Returns the group and the mapped ingest (to order it
+    after prepare_storage: the plan reads only the markets file, so it runs beside it; and for the summary).
     """
 
     @task(task_id="plan", execution_timeout=seconds(600))
     def plan() -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
-        from marketflow.pipeline import plan_backfill
+        from marketflow.planning import plan_backfill  # not marketflow.pipeline: that imports ccxt
 
         ctx = get_current_context()
         max_tasks = conf.getint("core", "max_map_length", fallback=1024)
