@@ -57,8 +57,6 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
           map_index_template="{{ task.op_kwargs['unit']['label'] }}")
     def ingest(unit: dict[str, Any]) -> list[dict[str, Any]]:
         entered = time.time()
-        # History work yields the CPU to the minute DAG's tasks (bench figure 11c); set before the imports.
-        niceness = lower_cpu_priority(config.backfill_nice)
         from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import backfill_unit
         from marketflow.raw_store import RawStore
@@ -71,6 +69,9 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         ops_conn = None if from_raw else warehouse_connection(timeouts=cfg.timeouts)
         if ops_conn is not None:
             ops_conn.autocommit = True
+        # The work yields the CPU to the minute DAG's tasks (bench figure 11c). Set after the imports and
+        # connections (~0.5 CPU-s), which at niceness 10 took 4-25 s at load 15-20 (bench 11, setup_s).
+        niceness = lower_cpu_priority(config.backfill_nice)
         ready = time.time()
         try:
             totals = backfill_unit(cfg, unit, RawStore(raw_database()), conn, attempt, from_raw=from_raw,
