@@ -314,6 +314,9 @@ class Defaults(_Section):
         "the close, then waits for it (0: runs start at the close)."))
     close_settle_seconds: Annotated[float, Ge(0), Le(10)] = Field(0.5, description=(
         "A live minute run fetches this long after the minute closes, so the exchange has closed the candle."))
+    backfill_nice: Annotated[int, Ge(0), Le(19)] = Field(10, description=(
+        "CPU niceness of market_backfill's ingest tasks (0-19): under CPU contention the minute DAG's tasks, "
+        "at niceness 0, get ~10x their CPU share at 10, so a backfill does not delay the minute feed."))
     schedule_start: OptionalTimestamp = Field(None, description=(
         "First hour of the hourly DAG, which then catches up from there. Empty: the hour it is first deployed."))
     gap_repair_max_tasks: PositiveInt = Field(20, description="Repair chunks queued (and at most pending) per "
@@ -608,6 +611,7 @@ class MarketflowConfig:
     overlap_minutes: int = 2
     minute_run_lead_seconds: int = 20  # the minute run starts this long before its minute closes
     close_settle_seconds: float = 0.5  # a live minute run fetches this long after the close
+    backfill_nice: int = 10  # CPU niceness of market_backfill's ingest tasks (the minute DAG stays at 0)
     # None: the hourly DAG starts at the hour it is first deployed (FirstRunAtDeployTimetable) and
     # never catches up on older hours; history comes from market_backfill.
     schedule_start: datetime | None = None
@@ -686,6 +690,7 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
         source=path, exchanges=tuple(exchanges), raw_retention_days=d.raw_retention_days,
         overlap_minutes=d.overlap_minutes, schedule_start=d.schedule_start,
         minute_run_lead_seconds=d.minute_run_lead_seconds, close_settle_seconds=d.close_settle_seconds,
+        backfill_nice=d.backfill_nice,
         gap_repair_max_tasks=d.gap_repair_max_tasks, gap_repair_max_attempts=d.gap_repair_max_attempts,
         gap_repair_chunk_minutes=d.gap_repair_chunk_minutes,
         gap_repair_time_budget_minutes=d.gap_repair_time_budget_minutes,
