@@ -97,9 +97,12 @@ def test_history_saturating_the_bucket_never_takes_the_live_reserve(warehouse_ds
         stop.set()
         for h in hogs:
             h.join(timeout=10)
-    # Live took its calls at once (without the reserve it races four hogs for every token) ...
+    # Live took its calls at once: never refused by the bucket (without the reserve it races four hogs
+    # for every token and is refused, then sleeps ~1/rate) ...
+    assert sum(minute.denied for minute in live._pending.values()) == 0
+    # ... so its waits are a database round trip (a loose bound: a loaded machine's round trips are slow)
     live_waits.sort()
-    assert live_waits[len(live_waits) // 2] < 0.2 / rate and live_waits[-1] < 2 / rate + 0.1, live_waits
+    assert live_waits[len(live_waits) // 2] < 1 / rate and live_waits[-1] < 2 / rate + 0.1, live_waits
     # ... while history kept the bucket busy: about the rate minus live's share (not starved either).
     assert len(taken) >= rate * (1.5 + 16 * 0.25) * 0.5
 
