@@ -253,17 +253,22 @@ def _emulator_klines(url: str, symbol: str, start_ms: int, end_ms: int) -> dict[
     return out
 
 
+def three_binance_markets(tmp_path, emulator_url: str, symbols: list[str]):
+    """A markets file of Binance on the emulator with these markets, loaded."""
+    (tmp_path / "m.yml").write_text(
+        "defaults:\n  history_start: '2025-01-01T00:00:00Z'\nexchanges:\n  binance:\n    api_base_url: "
+        f"{emulator_url}\n    options: {{fetchMarkets: {{types: [spot]}}}}\n    markets:\n"
+        + "".join(f"      - symbol: {s}\n" for s in symbols))
+    return load_config(tmp_path / "m.yml")
+
+
 def test_sliced_units_load_every_candle_once_as_the_emulator_serves_it(tmp_path, emulator_url, mongo_db,
                                                                          pg_conn) -> None:
     """Three markets x 2 days cut into units that split markets across tasks; the units run in any
     order, one of them twice (a retry), and staging then equals the emulator's candles: none lost,
     none twice, none outside the window."""
     symbols = ["BTC/USDT", "SOL/USDT", "XRP/USDT"]
-    (tmp_path / "m.yml").write_text(
-        "defaults:\n  history_start: '2025-01-01T00:00:00Z'\nexchanges:\n  binance:\n    api_base_url: "
-        f"{emulator_url}\n    options: {{fetchMarkets: {{types: [spot]}}}}\n    markets:\n"
-        + "".join(f"      - symbol: {s}\n" for s in symbols))
-    config = load_config(tmp_path / "m.yml")
+    config = three_binance_markets(tmp_path, emulator_url, symbols)
     params = {"start": "2025-03-01T00:00:00Z", "end": "2025-03-03T00:00:00Z", "chunk_hours": 5,
               "task_candles": 2000}
     units = plan_backfill(config, "binance", params, 1024)
@@ -317,11 +322,7 @@ def test_a_killed_chunk_loop_rerun_loses_and_doubles_nothing(tmp_path, emulator_
     the emulator's candles (none lost, none twice), the 6 chunks complete before the kill are not
     fetched again, and only the killed chunk's page is fetched twice."""
     symbols = ["BTC/USDT", "SOL/USDT", "XRP/USDT"]
-    (tmp_path / "m.yml").write_text(
-        "defaults:\n  history_start: '2025-01-01T00:00:00Z'\nexchanges:\n  binance:\n    api_base_url: "
-        f"{emulator_url}\n    options: {{fetchMarkets: {{types: [spot]}}}}\n    markets:\n"
-        + "".join(f"      - symbol: {s}\n" for s in symbols))
-    config = load_config(tmp_path / "m.yml")
+    config = three_binance_markets(tmp_path, emulator_url, symbols)
     params = {"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z", "chunk_hours": 6}
     [unit] = plan_backfill(config, "binance", params, 1)  # one task: 3 markets x 4 chunks of 360 candles
     child = subprocess.run(
