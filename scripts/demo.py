@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import httpx
 import psycopg2
+from psycopg2 import sql
 
 from marketflow.config import load_config
 from scripts import stack
@@ -64,10 +65,23 @@ def prepare(env: dict[str, str], airflow_home: Path) -> None:
     say("migrating the warehouse schema (marketflow db upgrade)")
     subprocess.run([str(stack.VENV_BIN / "python"), "-m", "marketflow.cli", "db", "upgrade"],
                    env={**os.environ, **env}, check=True)
+    grant_api_login(env)
     pools = subprocess.run([str(stack.VENV_BIN / "python"), "-m", "marketflow.cli", "pools", "--format", "json"],
                            env={**os.environ, **env}, check=True, capture_output=True, text=True).stdout
     (airflow_home / "pools.json").write_text(pools)
     airflow(env, "pools", "import", str(airflow_home / "pools.json"))
+
+
+def grant_api_login(env: dict[str, str]) -> None:
+    """The API's login role (MARKETFLOW_API_DATABASE) as a member of marketflow_api, which the schema
+    migration just created: the API reads the marts as an analyst, never as the owner."""
+    api = psycopg2.extensions.parse_dsn(env["MARKETFLOW_API_DATABASE"])
+    with psycopg2.connect(warehouse_dsn(env)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (api["user"],))
+        verb = "ALTER" if cur.fetchone() else "CREATE"
+        cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(api["user"])),
+                    (api["password"],))
+        cur.execute(sql.SQL("GRANT marketflow_api TO {}").format(sql.Identifier(api["user"])))
 
 
 def wait_for_dag(env: dict[str, str], logs: Path, timeout: float = 300) -> None:

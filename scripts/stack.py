@@ -34,6 +34,9 @@ LOCAL = Path(os.environ.get("MARKETFLOW_LOCAL_DIR", REPO / ".local"))
 VENV_BIN = LOCAL / "venv" / "bin"
 
 DB_USER = "marketflow"
+# The market-data API's login: a member of marketflow_api (the analyst role plus the token check), never the
+# owner above; the demo grants it once the schema (and so marketflow_api) exists (scripts/demo.prepare).
+API_DB_USER = "marketflow_api_login"
 WAREHOUSE_DB = "marketflow"
 AIRFLOW_DB = "airflow"
 ADMIN_USER = "admin"
@@ -206,6 +209,12 @@ class PostgresServer:
 
     def dsn(self, database: str = WAREHOUSE_DB) -> str:
         return f"postgresql://{DB_USER}:{self.password}@{self.host}:{self.port}/{database}"
+
+    def api_dsn(self, database: str = WAREHOUSE_DB) -> str:
+        """The API's login, straight to Postgres: its psycopg pool keeps session state, which a transaction
+        pooler would not carry (README, PgBouncer)."""
+        password = stored_secret(self.root / f"{API_DB_USER}.password")
+        return f"postgresql://{API_DB_USER}:{password}@{self.host}:{self.port}/{database}"
 
     def _pg(self, tool: str) -> str:
         return str(_pg_bindir() / tool)
@@ -638,6 +647,7 @@ def service_env(pg: PostgresServer, mongo_uri: str, emulator_url: str, database:
         "MONGO_URI": mongo_uri,
         "AIRFLOW_CONN_MARKETFLOW_POSTGRES": pg.dsn(database),
         "AIRFLOW_CONN_MARKETFLOW_MONGO": f"mongo://{host}/{rest or 'marketflow'}",
+        "MARKETFLOW_API_DATABASE": pg.api_dsn(database),
         "MARKETFLOW_PG_HOST": pg.host,
         "MARKETFLOW_PG_PORT": str(pg.port),
         "MARKETFLOW_PG_USER": DB_USER,

@@ -22,6 +22,7 @@ from support.celery_stack import celery_stack as start_celery_stack
 from support.sample import assert_marts_equal_sample
 from test_airflow_path import ONLY_RERUN_CHECKED_MARTS
 
+from marketflow.config import load_config
 from scripts import demo, stack
 
 WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T16:00:00Z"}
@@ -114,6 +115,22 @@ def test_hourly_dag_on_two_celery_workers_through_pgbouncer_lands_every_sample_c
     run_id = run_hourly(env, services, mark_success=ONLY_RERUN_CHECKED_MARTS)
     check_marts(env)
     check_celery_ran_it(env, services, run_id)
+    check_market_api(env)
+
+
+def check_market_api(env: dict[str, str]) -> None:
+    """The demo's curl example through the api-server's /marketflow (MARKETFLOW_API_DATABASE, the API's own
+    login) answers the day's candles the mart holds; without a token, 401."""
+    config = load_config(CONFIG, env={**os.environ, **env})
+    base = env["AIRFLOW__API__BASE_URL"]
+    _, candles = demo.demo_api_example(base, stack.ADMIN_USER, ADMIN_PASSWORD, config)
+    market = next(m for ex in config.exchanges for m in ex.markets if m.history_end is not None)
+    start = market.history_start.replace(hour=0, minute=0, second=0, microsecond=0)
+    with psycopg2.connect(demo.warehouse_dsn(env)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM marts.ohlcv_1m WHERE exchange = %s AND symbol = %s AND open_time >= %s "
+                    "AND open_time < %s + interval '1 day'", (market.exchange, market.symbol, start, start))
+        assert candles == cur.fetchone()[0] > 0
+    assert requests.get(f"{base}/marketflow/latest", timeout=30).status_code == 401
 
 
 @pytest.mark.airflow
