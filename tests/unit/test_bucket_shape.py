@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from marketflow.config import ExchangeConfig
+from marketflow.rate_limit import SharedRateLimiter
 
 
 def grant_times(capacity: float, rate: float, cost: float, seconds: float) -> list[float]:
@@ -51,8 +52,9 @@ def test_a_full_bucket_and_a_windows_refill_fit_the_exchanges_window(ccxt_id: st
                                                                       cost: float, allowed: int) -> None:
     config = shaped(ccxt_id, window)
     share, burst = config.bucket_shape(per_minute)
-    rate = per_minute / 60 * share
-    capacity = max(1.0, rate * burst)  # as SharedRateLimiter.capacity
+    # the bucket the limiter keeps for that shape (no connection needed for its arithmetic)
+    bucket = SharedRateLimiter(None, ccxt_id, per_minute=per_minute, share=share, burst_seconds=burst)
+    rate, capacity = bucket.refill_per_second, bucket.capacity
     times = grant_times(capacity, rate, cost, seconds=4 * window + 5)
     assert most_calls_in_one_window(times, window, config.rate_limit_jitter_seconds) <= allowed
     # and the bucket still spends most of the limit: at least 80 % of it over a long run
@@ -64,9 +66,8 @@ def test_a_bucket_sized_to_exactly_the_window_overflows_it_when_calls_jitter() -
     granted exactly at the limit, exceed 40 in a window once calls reach OKX 0.25 s apart from their
     grants; the jitter-aware shape keeps the same data inside it (the test above)."""
     share, window = 0.9, 2.0
-    rate = 600 / 60 * share
-    capacity = max(1.0, rate * window * (1 - share) / share)
-    times = grant_times(capacity, rate, 0.5, seconds=13)
+    bucket = SharedRateLimiter(None, "okx", per_minute=600, share=share, burst_seconds=window * (1 - share) / share)
+    times = grant_times(bucket.capacity, bucket.refill_per_second, 0.5, seconds=13)
     assert most_calls_in_one_window(times, window, 0.0) <= 40
     assert most_calls_in_one_window(times, window, 0.25) > 40
 
