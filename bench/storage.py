@@ -58,7 +58,11 @@ def run(ctx: BenchContext, keep: bool = False) -> list[Figure]:
         rels = relation_sizes(conn)
         figure = _figure(ctx, rels, history.candles, markets_n, minutes, history.generate_seconds,
                          history.dbt_seconds)
-        figure.detail["alternatives"] = measure_alternatives(conn, rels, history.candles)
+        if any(r["relation"] == "marts.indicators_1m" for r in rels):
+            figure.detail["alternatives"] = measure_alternatives(conn, rels, history.candles)
+        else:  # 8b rebuilds variants of the layout before issue 16 (indicators_1m a table of its own)
+            figure.detail["alternatives"] = ("not run: 8b measures alternatives to the layout before issue 16's "
+                                             "storage work (indicators_1m a table); docs/storage.md has its results")
     finally:
         conn.close()
         if not keep:
@@ -185,35 +189,48 @@ def vacuum_all(conn) -> None:
 def relation_sizes(conn, schemas: list[str] | None = None) -> list[dict[str, Any]]:
     """Every table (or matview) of the given schemas (default: all user schemas): heap (main fork),
     free-space + visibility maps, TOAST (with its index), each index; ``total`` equals
-    pg_total_relation_size. Largest first."""
+    pg_total_relation_size. A partitioned table (the 1m layers' month partitions) is one relation: the
+    sum over its partitions, each index the sum of its partitions' indexes. Largest first."""
     # One statement, so the parts and the total are read at the same moment (autovacuum may add
     # free-space map pages in between); an index counts all its forks (a BRIN has a free-space map).
     with conn.cursor() as cur:
         cur.execute("""
-            select n.nspname, c.relname, c.reltuples::bigint,
-                   pg_relation_size(c.oid, 'main'),
+            select rn.nspname, rc.relname, pg_relation_size(c.oid, 'main'),
                    pg_relation_size(c.oid, 'fsm') + pg_relation_size(c.oid, 'vm'),
                    coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0),
                    pg_total_relation_size(c.oid),
-                   coalesce((select json_agg(json_build_array(ci.relname, pg_total_relation_size(i.indexrelid),
-                                                              pg_get_indexdef(i.indexrelid)))
-                             from pg_index i join pg_class ci on ci.oid = i.indexrelid
+                   coalesce((select json_agg(json_build_array(ri.relname, pg_total_relation_size(i.indexrelid),
+                                                              pg_get_indexdef(ri.oid)))
+                             from pg_index i
+                             join pg_class ri on ri.oid = coalesce(pg_partition_root(i.indexrelid), i.indexrelid)
                              where i.indrelid = c.oid), '[]')
-            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            from pg_class c
+            join pg_class rc on rc.oid = coalesce(pg_partition_root(c.oid), c.oid)
+            join pg_namespace rn on rn.oid = rc.relnamespace
             where c.relkind in ('r', 'm')
-              and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg_toast%%'
-              and (%s::text[] is null or n.nspname = any(%s::text[]))""", (schemas, schemas))
-        tables = cur.fetchall()
-        out = []
-        for schema, name, _tuples, heap, maps, toast, total, index_list in tables:
-            indexes = sorted(({"name": n, "bytes": b, "def": d.split(" USING ", 1)[-1]} for n, b, d in index_list),
-                             key=lambda i: -i["bytes"])
-            cur.execute(f'select count(*) from "{schema}"."{name}"')
-            rows = cur.fetchone()[0]
-            parts = heap + maps + toast + sum(i["bytes"] for i in indexes)
+              and rn.nspname not in ('pg_catalog', 'information_schema') and rn.nspname not like 'pg_toast%%'
+              and (%s::text[] is null or rn.nspname = any(%s::text[]))""", (schemas, schemas))
+        leaves = cur.fetchall()
+        by_root: dict[tuple[str, str], dict[str, Any]] = {}
+        for schema, name, heap, maps, toast, total, index_list in leaves:
+            parts = heap + maps + toast + sum(b for _, b, _ in index_list)
             assert parts == total, f"{schema}.{name}: parts {parts} != pg_total_relation_size {total}"
-            out.append({"relation": f"{schema}.{name}", "rows": rows, "heap": heap, "fsm_vm": maps, "toast": toast,
-                        "indexes": indexes, "total": total})
+            r = by_root.setdefault((schema, name), {"relation": f"{schema}.{name}", "heap": 0, "fsm_vm": 0,
+                                                    "toast": 0, "total": 0, "indexes": {}})
+            r["heap"] += heap
+            r["fsm_vm"] += maps
+            r["toast"] += toast
+            r["total"] += total
+            for index, size, definition in index_list:
+                entry = r["indexes"].setdefault(index, {"name": index, "bytes": 0,
+                                                        "def": definition.split(" USING ", 1)[-1]})
+                entry["bytes"] += size
+        out = []
+        for (schema, name), r in by_root.items():
+            cur.execute(f'select count(*) from "{schema}"."{name}"')
+            r["rows"] = cur.fetchone()[0]
+            r["indexes"] = sorted(r["indexes"].values(), key=lambda i: -i["bytes"])
+            out.append(r)
     out.sort(key=lambda r: -r["total"])
     return out
 
