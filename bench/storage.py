@@ -141,7 +141,9 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
                 order by a, m.exchange, m.symbol""",
                         {"page": PAGE, "lo": lo, "hi": hi, "okx": period["okx"], "binance": period["binance"]})
         for _, indexdef in indexes:
-            cur.execute(indexdef)
+            # a partitioned table's index reads "ON ONLY staging.ohlcv": as such it would be created on
+            # the parent alone (invalid, no partition indexes); ON creates it on every partition too
+            cur.execute(indexdef.replace(" ON ONLY ", " ON ", 1))
         cur.execute("drop schema bench cascade")
         # As autovacuum would after the load: statistics (the dbt models' plans depend on them).
         cur.execute("vacuum (analyze) staging.ohlcv")
