@@ -75,7 +75,10 @@ class BenchContext:
         """PostgreSQL and MongoDB for the whole bench run (fresh data directories)."""
         import shutil
 
-        for sub in ("postgres", "mongo", "run"):
+        # MARKETFLOW_BENCH_KEEP=1 (developing a figure): the PostgreSQL data directory, and the histories a
+        # figure keeps in it (figure 12), survive to the next run instead of being built again.
+        keep = os.environ.get("MARKETFLOW_BENCH_KEEP") not in (None, "", "0")
+        for sub in ("mongo", "run") if keep else ("postgres", "mongo", "run"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pg = stack.PostgresServer(self.root / "postgres", stack.free_port())

@@ -13,7 +13,8 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
   first, each paged through the exchange into MongoDB raw and loaded into staging, logging
   `chunk i/n up to <time> done, x% of the market's window`. History work
   leaves the exchange's `live_rate_reserve` of the rate budget to the minute DAG, whose own pool it
-  never touches. A retried task skips the chunks already complete.
+  never touches, and runs at CPU niceness `backfill_nice` (default 10) so the minute DAG's tasks win
+  the CPU. A retried task skips the chunks already complete. The plan runs beside `prepare_storage`.
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
 * The `summary` task reports per market what was loaded, rejected, and left missing.
 * Timeouts: each task `timeouts.backfill_task`, the run `timeouts.backfill_run`.
@@ -63,8 +64,8 @@ def market_backfill() -> None:
     storage = prepare_storage(CONFIG)
     loads = []
     for exchange in CONFIG.enabled_exchanges:
-        group, loaded = backfill_pipeline(CONFIG, exchange)
-        storage >> group
+        _, loaded = backfill_pipeline(CONFIG, exchange)
+        storage >> loaded  # the plan needs only the markets file: it runs beside prepare_storage
         loads.append(loaded)
     backfill_summary(*loads)
 

@@ -203,6 +203,7 @@ CcxtId = Annotated[str, AfterValidator(_check_ccxt_id)]
 PositiveInt = Annotated[int, Gt(0)]
 NonNegativeInt = Annotated[int, Ge(0)]
 PositiveFloat = Annotated[float, Gt(0)]
+NonNegativeFloat = Annotated[float, Ge(0)]
 Share = Annotated[float, Gt(0), Le(1)]
 
 
@@ -313,6 +314,9 @@ class Defaults(_Section):
         "the close, then waits for it (0: runs start at the close)."))
     close_settle_seconds: Annotated[float, Ge(0), Le(10)] = Field(0.5, description=(
         "A live minute run fetches this long after the minute closes, so the exchange has closed the candle."))
+    backfill_nice: Annotated[int, Ge(0), Le(19)] = Field(10, description=(
+        "CPU niceness of market_backfill's ingest tasks (0-19): under CPU contention the minute DAG's tasks, "
+        "at niceness 0, get ~10x their CPU share at 10, so a backfill does not delay the minute feed."))
     schedule_start: OptionalTimestamp = Field(None, description=(
         "First hour of the hourly DAG, which then catches up from there. Empty: the hour it is first deployed."))
     gap_repair_max_tasks: PositiveInt = Field(20, description="Repair chunks queued (and at most pending) per "
@@ -395,6 +399,9 @@ class ExchangeFile(_Section):
     live_rate_reserve: Share = Field(0.3, description="Share of the bucket only the minute (live) path may spend.")
     rate_limit_window_seconds: PositiveFloat | None = Field(None, description=(
         "The window the exchange counts its limit over. Default: binance 60, okx 2, else 1."))
+    rate_limit_jitter_seconds: NonNegativeFloat = Field(0.25, description=(
+        "How far apart in time calls may reach the exchange from when the shared bucket granted them "
+        "(threads, connection set-up, network); the bucket leaves this much of the window's refill unspent."))
     credentials_conn_id: OptionalText = Field(None, description=(
         "Airflow connection with the API key and secret; keys never go in this file."))
     rate_limit_per_minute: PositiveFloat | None = Field(None, description=(
@@ -543,16 +550,36 @@ class ExchangeConfig:
     # per endpoint). The shared bucket's burst is sized so that a full burst plus a window's refill
     # stays inside the limit: a sliding 2 s window allows no burst of 2 s of calls on top of the rate.
     rate_limit_window_seconds: float = 1.0
+    # Calls reach the exchange up to this much earlier or later than the bucket granted them (thread
+    # scheduling, connection set-up, network), so the exchange's window can hold this much more refill.
+    rate_limit_jitter_seconds: float = 0.25
     hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
     backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
     # The markets file's `facts:` overrides (only the keys it sets), see exchange_facts.exchange_facts.
     facts: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def burst_seconds(self) -> float:
-        """Seconds of the bucket's refill it may hold: what ``rate_limit_share`` leaves of the exchange's
-        window (capacity + window x rate <= window x limit), at most 2 s."""
-        return min(2.0, self.rate_limit_window_seconds * (1 - self.rate_limit_share) / self.rate_limit_share)
+    def bucket_shape(self, per_minute: float) -> tuple[float, float]:
+        """(share, burst seconds) of the shared bucket for an exchange allowing ``per_minute`` cost units.
+
+        A full bucket plus the refill of one window (widened by the jitter) must fit the exchange's
+        window: capacity + rate x (window + jitter) <= limit x window. The burst is what
+        ``rate_limit_share`` leaves of the window, at most 2 s of refill. Where it leaves less than
+        one unit (OKX: 40 candle calls per sliding 2 s at 90 % leaves -0.25 of a unit), the bucket
+        keeps one unit and the refill is slowed until it fits (OKX: 84 % of the limit): a full bucket
+        at the first second after a close, with every fetcher firing at once, then stays inside the
+        window, which at exactly 100 % of it cost a 429 (bench 6c).
+        """
+        limit = per_minute / 60.0
+        window, jitter, share = self.rate_limit_window_seconds, self.rate_limit_jitter_seconds, self.rate_limit_share
+        room = limit * window - share * limit * (window + jitter)  # units a full bucket may hold
+        if room >= 1.0:
+            return share, min(2.0, room / (share * limit))
+        fitted = (limit * window - 1.0) / ((window + jitter) * limit)
+        if fitted > 0:
+            return fitted, 1.0 / (fitted * limit)  # a one-unit bucket: capacity = rate x burst = 1
+        # The exchange allows less than one unit per window (Kraken: a page per 3 s against a 1 s window):
+        # no bucket fits it; a one-unit bucket's debt keeps the rate, as ccxt's own throttler does.
+        return share, window * (1 - share) / share
 
     @property
     def pool(self) -> str:
@@ -584,6 +611,7 @@ class MarketflowConfig:
     overlap_minutes: int = 2
     minute_run_lead_seconds: int = 20  # the minute run starts this long before its minute closes
     close_settle_seconds: float = 0.5  # a live minute run fetches this long after the close
+    backfill_nice: int = 10  # CPU niceness of market_backfill's ingest tasks (the minute DAG stays at 0)
     # None: the hourly DAG starts at the hour it is first deployed (FirstRunAtDeployTimetable) and
     # never catches up on older hours; history comes from market_backfill.
     schedule_start: datetime | None = None
@@ -655,12 +683,14 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
             rate_limit_share=ex.rate_limit_share, credentials_conn_id=ex.credentials_conn_id,
             rate_limit_per_minute=ex.rate_limit_per_minute, live_rate_reserve=ex.live_rate_reserve,
             rate_limit_window_seconds=window if window is not None else RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0),
+            rate_limit_jitter_seconds=ex.rate_limit_jitter_seconds,
             hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots,
             facts={k: v for k, v in ex.facts.model_dump().items() if v is not None}))
     return MarketflowConfig(
         source=path, exchanges=tuple(exchanges), raw_retention_days=d.raw_retention_days,
         overlap_minutes=d.overlap_minutes, schedule_start=d.schedule_start,
         minute_run_lead_seconds=d.minute_run_lead_seconds, close_settle_seconds=d.close_settle_seconds,
+        backfill_nice=d.backfill_nice,
         gap_repair_max_tasks=d.gap_repair_max_tasks, gap_repair_max_attempts=d.gap_repair_max_attempts,
         gap_repair_chunk_minutes=d.gap_repair_chunk_minutes,
         gap_repair_time_budget_minutes=d.gap_repair_time_budget_minutes,

@@ -167,10 +167,10 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, de
     if limiter_conn is not None:
         from marketflow.rate_limit import SharedRateLimiter
 
-        limiter = SharedRateLimiter(limiter_conn, cfg.name,
-                                    per_minute=cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit,
-                                    share=cfg.rate_limit_share, live=live, reserve=cfg.live_rate_reserve,
-                                    deadline=deadline, burst_seconds=cfg.burst_seconds)
+        per_minute = cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit
+        share, burst_seconds = cfg.bucket_shape(per_minute)
+        limiter = SharedRateLimiter(limiter_conn, cfg.name, per_minute=per_minute, share=share, live=live,
+                                    reserve=cfg.live_rate_reserve, deadline=deadline, burst_seconds=burst_seconds)
         limiter.ensure_bucket()
         exchange.shared_limiter = limiter
     return exchange

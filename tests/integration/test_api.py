@@ -25,7 +25,7 @@ import psycopg2
 import pytest
 from support.dbt_helpers import Candle, DbtRunner, copy_candles, dbt_env_for, read_sample_candles
 
-from marketflow.api.app import json_value_sql, out, records
+from marketflow.api.app import OHLCV_COLUMNS, json_fragment_sql, out, records
 from marketflow.api.auth import new_token
 from marketflow.schema import apply_ddl
 from scripts import stack
@@ -41,6 +41,7 @@ class ApiStack:
     dsn: str
     candles: list[Candle]
     log: Path
+    dbt: DbtRunner
 
     def get(self, path: str, token: str | None = "", **params: object) -> httpx.Response:
         token = self.token if token == "" else token
@@ -68,7 +69,8 @@ def api(pg_server: stack.PostgresServer, sample_data_dir: Path, tmp_path_factory
         conn.commit()
     finally:
         conn.close()
-    DbtRunner(dbt_env_for(dsn, work / "dbt"))("build")
+    dbt = DbtRunner(dbt_env_for(dsn, work / "dbt"))
+    dbt("build")
     token, digest = new_token()
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute(f"DROP ROLE IF EXISTS {role}")
@@ -95,7 +97,7 @@ def api(pg_server: stack.PostgresServer, sample_data_dir: Path, tmp_path_factory
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"the API did not start:\n{log.read_text()}") from None
                 time.sleep(0.2)
-        yield ApiStack(url, token, dsn, candles, log)
+        yield ApiStack(url, token, dsn, candles, log, dbt)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -167,11 +169,15 @@ def test_a_day_of_1m_candles_equals_the_source_file(api: ApiStack) -> None:
                    "AND open_time >= %s AND open_time < %s ORDER BY open_time", (symbol, day, day + timedelta(days=1)))
     assert [{c: got[c] for c in columns} for got in body["candles"]] == records(columns, want)
     # ... and a time with fractions of a second, and a decimal so small Python would write it as 1E-8.
-    for value in (datetime(2024, 2, 29, 23, 59, 59, 999000, UTC), datetime(2024, 1, 1, 0, 0, 0, 1, UTC)):
-        assert api.sql(f"SELECT {json_value_sql('open_time')} FROM (SELECT %s::timestamptz AS open_time) AS t",
-                       (value,))[0][0] == out(value)
-    assert api.sql(f"SELECT {json_value_sql('close')} FROM (SELECT 0.00000001::numeric AS close) AS t")[0][0] == \
-        out(Decimal("0.00000001")) == "0.00000001"
+    for value in (datetime(2024, 2, 29, 23, 59, 59, 999000, UTC), datetime(2024, 1, 1, 0, 0, 0, 1, UTC),
+                  datetime(2024, 1, 1, 0, 0, 0, 123456, UTC), datetime(2024, 1, 1, 0, 0, 1, 0, UTC), None):
+        got = api.sql(f"SELECT {json_fragment_sql('open_time')} FROM (SELECT %s::timestamptz AS open_time) AS t",
+                      (value,))[0][0]
+        assert json.loads(got) == (None if value is None else out(value)), got
+    assert json.loads(api.sql(f"SELECT {json_fragment_sql('close')} FROM (SELECT 0.00000001::numeric AS close) "
+                              "AS t")[0][0]) == out(Decimal("0.00000001")) == "0.00000001"
+    assert api.sql(f"SELECT {json_fragment_sql('quote_volume')}, {json_fragment_sql('trades')} "
+                   "FROM (SELECT NULL::numeric AS quote_volume, NULL::bigint AS trades) AS t") == [("null", "null")]
 
 
 def test_cursor_pages_cover_the_range_once(api: ApiStack) -> None:
@@ -358,3 +364,52 @@ def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> No
     refused = subprocess.run([*anonymous, "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True,
                              timeout=60)
     assert refused.stdout == "401", refused
+
+
+def test_kept_pages_are_served_fresh_after_a_correction_or_a_backfill(api: ApiStack) -> None:
+    """A closed page is kept by the API (api/pages.py) and served again while its mart rows are unchanged; a
+    candle corrected in one kept window and a missing candle backfilled into another, both merged into the
+    mart by dbt as the pipeline does, make both pages fresh: equal to the mart, row for row."""
+    columns = OHLCV_COLUMNS[:9]
+
+    def mart(start: datetime, end: datetime) -> list[dict]:
+        return records(columns, api.sql(f"SELECT {', '.join(columns)} FROM marts.ohlcv_1m WHERE exchange = 'okx' "
+                                        "AND symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s "
+                                        "ORDER BY open_time", (start, end)))
+
+    def page(start: datetime, end: datetime) -> tuple[str, list[dict]]:
+        r = api.get("/ohlcv", exchange="okx", symbol="BTC/USDT", start=iso(start), end=iso(end), limit=1440)
+        assert r.status_code == 200, r.text
+        return r.headers["x-page-cache"], [{c: got[c] for c in columns} for got in r.json()["candles"]]
+
+    day = datetime(2025, 11, 24, tzinfo=UTC)  # a closed day no other test of this module reads
+    corrected_window = (day + timedelta(hours=12), day + timedelta(hours=18))
+    backfilled_window = (day, day + timedelta(hours=6))
+    corrected, backfilled = day + timedelta(hours=15, minutes=7), day + timedelta(hours=2, minutes=30)
+    missing = next(c for c in api.candles if (c.exchange, c.symbol, c.open_time) == ("okx", "BTC/USDT", backfilled))
+    # the backfilled candle had not arrived yet: in neither staging nor the mart
+    for table in ("staging.ohlcv", "marts.ohlcv_1m"):
+        api.sql(f"DELETE FROM {table} WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND open_time = %s",
+                (backfilled,))
+    for window, rows in ((corrected_window, 360), (backfilled_window, 359)):
+        first, second = page(*window), page(*window)
+        assert first == ("stored", mart(*window)) and len(first[1]) == rows
+        assert second == ("hit", first[1])  # kept: the mart did not change
+    # The exchange corrects one candle (the loader writes the new values with a new ingested_at) and the
+    # gap repair brings the missing one; the next dbt run merges both into the mart.
+    assert api.sql("UPDATE staging.ohlcv SET close = low, ingested_at = now() WHERE exchange = 'okx' AND symbol = "
+            "'BTC/USDT' AND open_time = %s AND close <> low RETURNING 1", (corrected,)) == [(1,)]
+    conn = psycopg2.connect(api.dsn)
+    try:
+        copy_candles(conn, [missing], run_id="backfill")
+    finally:
+        conn.close()
+    api.dbt("run", "--select", "ohlcv_1m")
+    low = next(c.low for c in api.candles if (c.exchange, c.symbol, c.open_time) == ("okx", "BTC/USDT", corrected))
+    for window, rows in ((corrected_window, 360), (backfilled_window, 360)):
+        fresh = page(*window)
+        assert fresh == ("stored", mart(*window)) and len(fresh[1]) == rows
+        assert page(*window) == ("hit", fresh[1])
+    assert Decimal(next(c for c in page(*corrected_window)[1] if c["open_time"] == iso(corrected))["close"]) == \
+        Decimal(low)
+    assert iso(backfilled) in [c["open_time"] for c in page(*backfilled_window)[1]]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -283,3 +286,64 @@ def test_sliced_units_load_every_candle_once_as_the_emulator_serves_it(tmp_path,
         assert len(truth) == 2880 and staged == truth, symbol
         assert totals[symbol] == 2880  # inserted once; the repeated unit found its candles unchanged
     assert len(rows) == 3 * 2880
+
+
+KILLED_CHUNK_LOOP = """
+import json, os, signal, sys
+import psycopg2, pymongo
+from marketflow import pipeline
+from marketflow.config import load_config
+from marketflow.raw_store import RawStore
+
+config_path, dsn, mongo_uri, db_name, unit, kill_at = sys.argv[1:]
+load_market, loads = pipeline.load_market, []
+
+def load_or_die(*args, **kwargs):
+    loads.append(1)
+    if len(loads) == int(kill_at):  # this chunk's page is in MongoDB; its staging load never starts
+        os.kill(os.getpid(), signal.SIGKILL)
+    return load_market(*args, **kwargs)
+
+pipeline.load_market = load_or_die
+pipeline.backfill_unit(load_config(config_path), json.loads(unit), RawStore(pymongo.MongoClient(mongo_uri)[db_name]),
+                       psycopg2.connect(dsn), pipeline.Attempt("market_backfill", "k1", "binance.ingest", 0, 1))
+"""
+
+
+def test_a_killed_chunk_loop_rerun_loses_and_doubles_nothing(tmp_path, emulator_url, mongo_uri, mongo_db,
+                                                              warehouse_dsn, pg_conn) -> None:
+    """An ingest task's process is SIGKILLed in the middle of its chunk loop (the 7th of 12 chunks fetched
+    into raw, not loaded); Airflow's retry (try 2: skip_complete) then finishes the unit. Staging equals
+    the emulator's candles (none lost, none twice), the 6 chunks complete before the kill are not
+    fetched again, and only the killed chunk's page is fetched twice."""
+    symbols = ["BTC/USDT", "SOL/USDT", "XRP/USDT"]
+    (tmp_path / "m.yml").write_text(
+        "defaults:\n  history_start: '2025-01-01T00:00:00Z'\nexchanges:\n  binance:\n    api_base_url: "
+        f"{emulator_url}\n    options: {{fetchMarkets: {{types: [spot]}}}}\n    markets:\n"
+        + "".join(f"      - symbol: {s}\n" for s in symbols))
+    config = load_config(tmp_path / "m.yml")
+    params = {"start": "2025-03-01T00:00:00Z", "end": "2025-03-02T00:00:00Z", "chunk_hours": 6}
+    [unit] = plan_backfill(config, "binance", params, 1)  # one task: 3 markets x 4 chunks of 360 candles
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_CHUNK_LOOP, str(tmp_path / "m.yml"), warehouse_dsn, mongo_uri, mongo_db.name,
+         json.dumps(unit), "7"], env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr[-2000:]
+    start, end = to_ms(datetime(2025, 3, 1, tzinfo=UTC)), to_ms(datetime(2025, 3, 2, tzinfo=UTC))
+    assert window_coverage(pg_conn, "binance", "SOL/USDT", "1m", Window(start, end))["present"] == 2 * 360
+    assert mongo_db.raw_market_payload.count_documents({}) == 7  # a page per chunk fetched, the 7th not loaded
+    totals = backfill_unit(config, unit, RawStore(mongo_db), pg_conn,
+                           Attempt("market_backfill", "k1", "binance.ingest", 0, 2), skip_complete=True)
+    assert [(t["symbol"], t["chunks_skipped"], t["inserted"], t["missing"]) for t in totals] == [
+        ("BTC/USDT", 4, 0, 0), ("SOL/USDT", 2, 720, 0), ("XRP/USDT", 0, 1440, 0)]
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT symbol, (extract(epoch FROM open_time) * 1000)::bigint, open, high, low, close, volume "
+                    "FROM staging.ohlcv WHERE exchange = 'binance' AND timeframe = '1m'")
+        rows = cur.fetchall()
+    assert len(rows) == 3 * 1440
+    for symbol in symbols:
+        assert {ms: tuple(v) for s, ms, *v in rows if s == symbol} == _emulator_klines(emulator_url, symbol, start,
+                                                                                        end), symbol
+    # raw: one document per chunk's page; fetched once each, the killed chunk's twice
+    counts = sorted(d["fetch_count"] for d in mongo_db.raw_market_payload.find({}, {"fetch_count": 1}))
+    assert counts == [1] * 11 + [2]

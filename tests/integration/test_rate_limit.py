@@ -117,11 +117,18 @@ def test_history_waits_at_the_reserve_while_live_takes_it(warehouse_dsn: str) ->
     assert live.acquire(1) < 0.05  # the reserve is live's
 
 
-def test_workers_at_okxs_full_limit_never_get_a_429(warehouse_dsn: str, emulator_url: str, tmp_path) -> None:
-    """Four workers page OKX's history candles as fast as the shared bucket lets them, against the
-    emulator's real OKX limit (20 requests per sliding 2 s per endpoint). The bucket's burst is sized
-    from OKX's 2 s window: with the former 2 s of burst, a full bucket plus 2 s of refill allowed
-    ~32 calls in one window, and OKX answered 429."""
+@pytest.mark.parametrize(("live", "threads", "endpoint"), [
+    (False, 4, "/api/v5/market/history-candles"),  # 20 calls per sliding 2 s
+    (True, 12, "/api/v5/market/candles"),  # 40 per 2 s; the minute path: every fetcher at once at a close
+])
+def test_workers_at_okxs_full_limit_never_get_a_429(warehouse_dsn: str, emulator_url: str, live: bool,
+                                                    threads: int, endpoint: str) -> None:
+    """Workers page OKX candles as fast as the shared bucket lets them, against the emulator's real
+    OKX limits (per endpoint, sliding 2 s), starting together on a full bucket. The bucket is sized
+    from OKX's window with room for the calls' jitter: with the former 2 s of burst, a full bucket
+    plus 2 s of refill allowed ~32 history calls in one window. (Sized to exactly the window, bench 6c
+    saw one 429 in 1,808 calls at 1,000 markets; this quiet test does not reproduce that jitter, the
+    unit test test_bucket_shape shows the arithmetic.)"""
     import json
     import urllib.request
     from pathlib import Path
@@ -137,38 +144,43 @@ def test_workers_at_okxs_full_limit_never_get_a_429(warehouse_dsn: str, emulator
         with urllib.request.urlopen(f"{emulator_url}/__admin/stats", timeout=10) as resp:
             return json.loads(resp.read())
 
-    conns = [psycopg2.connect(warehouse_dsn) for _ in range(4)]
+    conns = [psycopg2.connect(warehouse_dsn) for _ in range(threads)]
     for conn in conns:
         conn.autocommit = True
-    clients = [build_exchange(okx, conn, live=False) for conn in conns]
+    clients = [build_exchange(okx, conn, live=live) for conn in conns]
     clients[0].load_markets()
     for client in clients[1:]:
         client.set_markets(clients[0].markets, clients[0].currencies)
     with conns[0].cursor() as cur:  # start with a full bucket, the worst case
-        cur.execute("UPDATE ops.rate_limit_buckets SET tokens = capacity WHERE exchange = 'okx'")
+        cur.execute("UPDATE ops.rate_limit_buckets SET tokens = capacity, refilled_at = clock_timestamp(), "
+                    "paused_until = NULL WHERE exchange = 'okx'")
     before = stats()
-    stop = time.monotonic() + 6
+    start = threading.Barrier(threads)
+    seconds = 6
+    stop = time.monotonic() + seconds
     calls: list[int] = []
 
     def work(client) -> None:
-        since = 1_700_000_000_000  # old enough for /market/history-candles
+        # old enough for /market/history-candles; the newest page (no since) for /market/candles
+        since = None if live else 1_700_000_000_000
+        start.wait()
         while time.monotonic() < stop:
             client.fetch_ohlcv("BTC/USDT", "1m", since=since, limit=100)
             calls.append(1)
 
-    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
-    for t in threads:
+    workers = [threading.Thread(target=work, args=(c,)) for c in clients]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join(timeout=60)
     after = stats()
     for conn in conns:
         conn.close()
-    history = "/api/v5/market/history-candles"
-    served = after["requests"]["okx"].get(history, 0) - before["requests"].get("okx", {}).get(history, 0)
+    served = after["requests"]["okx"].get(endpoint, 0) - before["requests"].get("okx", {}).get(endpoint, 0)
     assert after["http_429_sent"] - before["http_429_sent"] == 0
-    assert served >= 30 and len(calls) == served  # the workers really ran at the limit (~8 calls/s)
-
+    per_2s = 40 if live else 20
+    # the workers really ran near the limit (the bucket spends ~84 % of it), every call reached OKX
+    assert served >= per_2s / 2 * seconds * 0.6 and len(calls) == served, served
 
 
 def test_a_request_bigger_than_the_bucket_is_taken_at_the_exchanges_rate(warehouse_dsn: str) -> None:

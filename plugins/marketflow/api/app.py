@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from psycopg_pool import AsyncConnectionPool
 
 from marketflow.api.auth import AuthError, authenticate
+from marketflow.api.pages import FINGERPRINT_SQL, GZIP_MIN_BYTES, Page, PageCache
 from marketflow.api.settings import ApiSettings
 from marketflow.logs import configure_json, get_logger
 
@@ -189,33 +190,40 @@ EndQ = Annotated[datetime | None, Query(description="UTC, exclusive (open_time <
 
 OHLCV_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades", "close_time",
                  "candle_count", "is_complete", "is_closed")
-OHLCV_1M = ("SELECT open_time, open, high, low, close, volume, quote_volume, trades, close_time, 1 AS candle_count, "
-            "true AS is_complete, close_time <= now() AS is_closed FROM marts.ohlcv_1m")
-OHLCV_ROLLUP = ("SELECT open_time, open, high, low, close, volume, quote_volume, trades, close_time, candle_count, "
-                "is_complete, is_closed FROM marts.ohlcv_{tf}")
+# (the select list, the mart table) of each series
+OHLCV_1M = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, 1 AS candle_count, "
+            "true AS is_complete, close_time <= now() AS is_closed", "marts.ohlcv_1m")
+OHLCV_ROLLUP = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, candle_count, "
+                "is_complete, is_closed", "marts.ohlcv_{tf}")
 INDICATOR_COLUMNS = ("open_time", "close", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
                      "macd_line", "macd_signal", "macd_histogram", "is_closed", "inputs_complete")
-INDICATORS = f"SELECT {', '.join(INDICATOR_COLUMNS)} FROM marts.indicators_{{tf}}"
+INDICATORS = (", ".join(INDICATOR_COLUMNS), "marts.indicators_{tf}")
 # How a column becomes JSON inside Postgres (series pages), as out() and JSONResponse write it: the exact
-# NUMERIC columns as their text, timestamps in ISO 8601 UTC with Z (fractions only when there are any),
-# the rest (counts, flags, the indicators' double precision: shortest round-trip digits) as JSON values.
+# NUMERIC columns as their text, timestamps in ISO 8601 UTC with Z (six digits of fraction when there is
+# one), the rest (counts, flags, the indicators' double precision: shortest round-trip digits) as JSON values.
 EXACT = frozenset({"open", "high", "low", "close", "volume", "quote_volume"})
 TIMESTAMPS = frozenset({"open_time", "close_time"})
 
 
-def json_value_sql(column: str) -> str:
+def json_fragment_sql(column: str) -> str:
+    """SQL for the JSON text of ``column``'s value. Rows are concatenated from these rather than built with
+    json_build_object and to_char: a day of 1m candles took 14.7 ms of Postgres' CPU that way, 6.5 ms
+    this way (to_json writes a timestamp in ISO 8601 whatever the session's DateStyle)."""
     if column in EXACT:
-        return f"{column}::text"
+        return f"""coalesce('"' || {column}::text || '"', 'null')"""
     if column in TIMESTAMPS:
-        utc_time = f"({column} AT TIME ZONE 'UTC')"
-        return (f"to_char({utc_time}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
-                f"mod(extract(microseconds FROM {column})::bigint, 1000000) = 0 THEN '' "
-                f"ELSE to_char({utc_time}, '.US') END || 'Z'")
-    return column
+        return (f"""coalesce(rpad(rtrim(to_json({column} AT TIME ZONE 'UTC')::text, '"'), """
+                f"""CASE WHEN date_trunc('second', {column}) = {column} THEN 20 ELSE 27 END, '0') || 'Z"', 'null')""")
+    return f"coalesce(to_json({column})::text, 'null')"
 
 
-async def series(db: Warehouse, select: str, columns: Sequence[str], exchange: str, symbol: str,
-                 timeframe: Timeframe, start: datetime | None, end: datetime | None, limit: int | None,
+def json_object_sql(columns: Sequence[str]) -> str:
+    """SQL for one row as a JSON object's text (the column names are this module's constants)."""
+    return "'{' || " + " || ', ' || ".join(f"""'"{c}": ' || {json_fragment_sql(c)}""" for c in columns) + " || '}'"
+
+
+async def series(request: Request, db: Warehouse, source: tuple[str, str], columns: Sequence[str], exchange: str,
+                 symbol: str, timeframe: Timeframe, start: datetime | None, end: datetime | None, limit: int | None,
                  cursor: str | None, fmt: Format, kind: str) -> Response:
     cap = db.settings.row_cap
     if limit is not None and limit > cap:
@@ -223,51 +231,90 @@ async def series(db: Warehouse, select: str, columns: Sequence[str], exchange: s
                        f"ask for at most {cap} rows and follow next_cursor for the rest")
     limit = limit or min(1000, cap)
     start_at, end_at = time_range(start, end, STEP[timeframe] * limit)
-    await known_market(db, exchange, symbol)
     after = decode_cursor(cursor) if cursor else None
+    select_list, table = source
     # One row more than the page: its presence says there is a next page.
-    page = (f"{select} WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s"
-            f"{' AND open_time > %s' if after else ''} ORDER BY open_time LIMIT %s")
+    where = (f"FROM {table} WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s"
+             f"{' AND open_time > %s' if after else ''} ORDER BY open_time LIMIT %s")
     params: list[Any] = [exchange, symbol, start_at, end_at, *([after] if after else []), limit + 1]
     if fmt is Format.csv:
-        names, rows = await db.fetch(page, params)
+        await known_market(db, exchange, symbol)
+        names, rows = await db.fetch(f"SELECT {select_list} {where}", params)
         next_cursor = encode_cursor(rows[limit - 1][0]) if len(rows) > limit else None
         headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
         return csv_response(names, rows[:limit], headers)
+    cache: PageCache = request.app.state.page_cache
+    key = (table, exchange, symbol, start_at, end_at, after, limit)
+    if cache.enabled:
+        # The market check and the page's fingerprint in one round trip; a kept page with the same
+        # fingerprint is what building it again would give (pages.py).
+        _, ((known, *fingerprint),) = await db.fetch(
+            f"SELECT EXISTS (SELECT 1 FROM marts.markets WHERE exchange = %s AND symbol = %s), {FINGERPRINT_SQL} "
+            f"FROM (SELECT xmin AS row_version {where}) AS page", [exchange, symbol, *params])
+        if not known:
+            await known_market(db, exchange, symbol)  # raises the 404
+        page = cache.get(key, (int(fingerprint[0]), int(fingerprint[1])))
+        if page is not None:
+            return page_response(request, cache, page)
+    else:
+        await known_market(db, exchange, symbol)
     # JSON pages are built by Postgres: turning 1,440 rows x 12 values into Decimal and datetime objects and
     # back into text cost ~20 ms of the API process's CPU per day of 1m candles, which capped it at a few
-    # dozen such requests a second (bench figure 12).
-    fields = ", ".join(f"'{c}', {json_value_sql(c)}" for c in columns)
-    _, ((fetched, last_time, body),) = await db.fetch(
+    # dozen such requests a second (bench figure 12); the rows' text is concatenated (json_object_sql).
+    _, ((fetched, last_time, body, version_sum, closed),) = await db.fetch(
         f"SELECT count(*), max(open_time) FILTER (WHERE n = %s), "
-        f"coalesce(json_agg(json_build_object({fields}) ORDER BY open_time) FILTER (WHERE n <= %s), '[]')::text "
-        f"FROM (SELECT page.*, row_number() OVER (ORDER BY open_time) AS n FROM ({page}) AS page) AS numbered",
-        [limit, limit, *params])
+        f"coalesce('[' || string_agg({json_object_sql(columns)}, ', ' ORDER BY open_time) FILTER (WHERE n <= %s) "
+        f"|| ']', '[]'), "
+        f"coalesce(sum(hashtextextended(row_version::text, 0)), 0), "
+        f"coalesce(bool_and(is_closed) FILTER (WHERE n <= %s), true) "
+        f"FROM (SELECT page.*, row_number() OVER (ORDER BY open_time) AS n "
+        f"FROM (SELECT {select_list}, xmin AS row_version {where}) AS page) AS numbered",
+        [limit, limit, limit, *params])
     count = min(fetched, limit)
     next_cursor = encode_cursor(last_time) if fetched > limit else None
     head = json.dumps({"exchange": exchange, "symbol": symbol, "timeframe": timeframe.value, "start": out(start_at),
                        "end": out(end_at), "count": count, "next_cursor": next_cursor})
-    return Response(f'{head[:-1]}, "{kind}": {body}}}', media_type="application/json")
+    page = Page((int(fetched), int(version_sum)), f'{head[:-1]}, "{kind}": {body}}}'.encode())
+    state = "not kept"
+    if cache.enabled and closed:  # an open candle's is_closed turns true later: such a page is never kept
+        cache.put(key, page)
+        state = "stored"
+    # A page asked once goes out as it is (Airflow's GZipMiddleware compresses it there): compressing it
+    # here too would cost ~4 ms of this process's CPU for a day of 1m candles that may never be asked again.
+    return Response(page.body, media_type="application/json",
+                    headers={"X-Page-Cache": state} if cache.enabled else None)
+
+
+def page_response(request: Request, cache: PageCache, page: Page) -> Response:
+    """A kept page asked again (``X-Page-Cache: hit``), gzip-compressed once for every client that accepts
+    it (browsers and httpx do; Airflow's GZipMiddleware passes an encoded body through)."""
+    headers = {"Vary": "Accept-Encoding", "X-Page-Cache": "hit"}
+    if len(page.body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(cache.gzipped(page), media_type="application/json",
+                        headers=headers | {"Content-Encoding": "gzip"})
+    return Response(page.body, media_type="application/json", headers=headers)
 
 
 @router.get("/ohlcv", summary="Candles of one market, any timeframe, a time range, cursor-paged; JSON or CSV")
-async def ohlcv(db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ, timeframe: Timeframe = Timeframe.m1,
+async def ohlcv(request: Request, db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ,
+                timeframe: Timeframe = Timeframe.m1,
                 start: StartQ = None, end: EndQ = None,
                 limit: Annotated[int | None, Query(ge=1, description="rows per page (default 1000)")] = None,
                 cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
                 format: Format = Format.json) -> Response:
-    select = OHLCV_1M if timeframe is Timeframe.m1 else OHLCV_ROLLUP.format(tf=timeframe.value)
-    return await series(db, select, OHLCV_COLUMNS, exchange, symbol, timeframe, start, end, limit, cursor, format,
-                        "candles")
+    source = OHLCV_1M if timeframe is Timeframe.m1 else (OHLCV_ROLLUP[0], OHLCV_ROLLUP[1].format(tf=timeframe.value))
+    return await series(request, db, source, OHLCV_COLUMNS, exchange, symbol, timeframe, start, end, limit, cursor,
+                        format, "candles")
 
 
 @router.get("/indicators", summary="SMA/EMA/RSI/MACD of one market, any timeframe, cursor-paged; JSON or CSV")
-async def indicators(db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ, timeframe: Timeframe = Timeframe.m1,
+async def indicators(request: Request, db: WarehouseDep, exchange: ExchangeQ, symbol: SymbolQ,
+                     timeframe: Timeframe = Timeframe.m1,
                      start: StartQ = None, end: EndQ = None,
                      limit: Annotated[int | None, Query(ge=1)] = None, cursor: str | None = None,
                      format: Format = Format.json) -> Response:
-    select = INDICATORS.format(tf=timeframe.value)
-    return await series(db, select, INDICATOR_COLUMNS, exchange, symbol, timeframe, start, end, limit, cursor,
+    source = (INDICATORS[0], INDICATORS[1].format(tf=timeframe.value))
+    return await series(request, db, source, INDICATOR_COLUMNS, exchange, symbol, timeframe, start, end, limit, cursor,
                         format, "indicators")
 
 
@@ -437,6 +484,7 @@ def create_app(settings: ApiSettings, *, metrics_database: Callable[[], Any] | N
     app.state.settings = settings
     app.state.warehouse = Warehouse(settings)
     app.state.token_cache = {}  # token hash -> (name, trusted until): auth.authenticate
+    app.state.page_cache = PageCache(settings.page_cache_mb * 2**20)  # closed /ohlcv, /indicators pages
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

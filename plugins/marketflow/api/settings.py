@@ -20,6 +20,8 @@ class ApiSettings(BaseModel):
     statement_timeout_ms: int = Field(default=3000, gt=0)
     # Rows one response may hold; /ohlcv and /indicators page beyond it with a cursor.
     row_cap: int = Field(default=10_000, gt=0)
+    # Closed JSON pages of /ohlcv and /indicators kept per API process (api/pages.py); 0: none.
+    page_cache_mb: int = Field(default=64, ge=0)
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
     # A live market whose latest price is older than this fails /health's freshness check.
@@ -31,7 +33,7 @@ class ApiSettings(BaseModel):
     def from_env(cls, **overrides: object) -> ApiSettings:
         """MARKETFLOW_API_DATABASE (else the warehouse connection's conninfo, as the pipeline reaches
         it), MARKETFLOW_API_MONGO_URI, MARKETFLOW_API_STATEMENT_TIMEOUT_MS, MARKETFLOW_API_ROW_CAP,
-        MARKETFLOW_API_POOL_MIN / _MAX, MARKETFLOW_API_MAX_STALENESS_SECONDS."""
+        MARKETFLOW_API_POOL_MIN / _MAX, MARKETFLOW_API_PAGE_CACHE_MB, MARKETFLOW_API_MAX_STALENESS_SECONDS."""
         values: dict[str, object] = {}
         for name in cls.model_fields:
             raw = os.environ.get(f"MARKETFLOW_API_{name.upper()}")

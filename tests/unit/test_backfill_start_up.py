@@ -1,0 +1,28 @@
+"""What market_backfill's tasks cost before their work: the plan without ccxt, the ingest at a lower CPU priority."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def test_planning_a_backfill_does_not_import_ccxt() -> None:
+    """The plan task imports marketflow.planning; ccxt (0.4 s quiet, 4-10 s at load 20) stays out of it."""
+    code = ("import sys, marketflow.planning as p; assert p.plan_backfill and p.plan_window; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ccxt'))")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_ingest_task_lowers_its_cpu_priority_and_never_raises_it() -> None:
+    """In a child process (niceness cannot be lowered again): 0 -> 10, then a request for 5 keeps 10;
+    /proc (not the helper's return value) is the oracle."""
+    code = ("import os; from marketflow.tasks.backfill import lower_cpu_priority as low; "
+            "a = low(10); b = low(5); print(a, b, open('/proc/self/stat').read().rsplit(')', 1)[1].split()[16])")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120, check=True)
+    base = os.nice(0)
+    expected = max(base, 10)
+    assert out.stdout.split() == [str(expected), str(expected), str(expected)]
