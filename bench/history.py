@@ -69,7 +69,8 @@ def markets_for(count: int) -> list[tuple[str, str]]:
 
 def build_history(ctx: BenchContext, name: str, markets_count: int, minutes: int,
                   dbt_args: tuple[str, ...] | None = ("build", "--exclude-resource-type", "unit_test"),
-                  long_markets: int = 0, long_minutes: int = 0, ticker_minutes: int = 0) -> History:
+                  long_markets: int = 0, long_minutes: int = 0, ticker_minutes: int = 0,
+                  market_major: bool = False) -> History:
     """A fresh database ``name`` with ``markets_count x minutes`` 1m candles from START, the markets
     file synced, and the marts built by ``dbt <dbt_args>`` (None: staging only). The caller drops
     the database (ctx.pg.drop_database) and removes ``History.work`` when done.
@@ -98,7 +99,7 @@ def build_history(ctx: BenchContext, name: str, markets_count: int, minutes: int
     conn = psycopg2.connect(dsn)
     try:
         conn.autocommit = True
-        candles, gen_s = generate(conn, markets, START, span, late)
+        candles, gen_s = generate(conn, markets, START, span, late, market_major)
         if ticker_minutes:
             _tickers(conn, START + timedelta(minutes=span - ticker_minutes))
         conn.autocommit = False

@@ -103,7 +103,7 @@ Last full run: {when}, {n} cases in {seconds:.0f} s (building the marts: {dbt_se
 | case | tries beyond the first | in-task retries | case checks | seconds |
 |---|---|---:|---|---:|
 {details}
-
+{celery}
 Columns: *faults injected* = what the emulator's `/__admin/stats` counted as fired (`faults_fired`,
 and the rate-limit answers it sent on its own: Binance's 429s for an exhausted weight budget, Bybit's
 retCode 10006 over its per-second limit) plus the suite's own outages, kills and concurrent
@@ -179,6 +179,21 @@ fault-free run (staging and marts) comes with it.
 """
 
 
+# The CeleryExecutor cases (a worker lost, the broker restarted) run on a real Airflow deployment in
+# `pytest -m scenario` (tests/airflow/test_celery_faults.py), not in this runner: their section of the
+# file is kept as it is when the runner rewrites the rest.
+CELERY_SECTION = ("<!-- celery cases: tests/airflow/test_celery_faults.py -->", "<!-- /celery cases -->")
+
+
+def kept_celery_section(path: Path) -> str:
+    """The CeleryExecutor cases' section of the current file (markers included), or nothing."""
+    start, end = CELERY_SECTION
+    text = path.read_text() if path.exists() else ""
+    if start not in text or end not in text:
+        return ""
+    return "\n" + text[text.index(start):text.index(end) + len(end)] + "\n"
+
+
 def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, retries: str,
                path: Path = DOCS) -> None:
     details = "\n".join(
@@ -191,7 +206,8 @@ def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, ret
     failures = ("\nFailed:\n\n" + "\n".join(f"* **{r.name}**: " + "; ".join(r.problems()) for r in failed) + "\n"
                 if failed else "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(DOC.format(failures=failures,
+    celery = kept_celery_section(path)
+    path.write_text(DOC.format(failures=failures, celery=celery,
         when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), n=len(results), seconds=seconds,
         dbt_seconds=sum(r.dbt_seconds for r in results), marts=", ".join(f"`{m}`" for m in MARTS),
         n_marts=len(MARTS), table=markdown_table(table_rows(results)), summary=summary_line(results),

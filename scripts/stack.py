@@ -456,11 +456,21 @@ pidfile =
 
 
 def celery_airflow(run_dir: Path, env: dict[str, str], api_port: int, workers: int = topology.LOCAL_WORKERS,
-                   concurrency: int = 4) -> list[ManagedProcess]:
+                   concurrency: int = 4, queues: str | None = None,
+                   egress: tuple[str, ...] | None = None) -> list[ManagedProcess]:
     """The Airflow processes of the CeleryExecutor topology (scripts/topology.py), each a managed
     process in a session of its own. ``env`` is the shared environment (celery_env); each process
-    gets free ports for its health / log server, which also tell when it is up."""
+    gets free ports for its health / log server, which also tell when it is up.
+
+    Each worker listens on ``queues`` (default: the default queue and every exchange's queue of the
+    markets file in ``env``) with its egress identity ``egress[i]`` (default: one for all, as workers
+    on one host share its IP), so they share one rate-limit bucket per exchange."""
     airflow = str(VENV_BIN / "airflow")
+    if queues is None:
+        queues = topology.worker_queues(_load_config(env["MARKETFLOW_CONFIG"], env))
+    egress = egress or (env.get(topology.EGRESS_VAR) or "default",) * workers
+    if len(egress) != workers:
+        raise ValueError(f"{workers} workers need {workers} egress identities, got {egress}")
     procs: list[ManagedProcess] = []
     for service, command in topology.AIRFLOW_SERVICES.items():
         name = service.removeprefix("airflow-")
@@ -469,8 +479,10 @@ def celery_airflow(run_dir: Path, env: dict[str, str], api_port: int, workers: i
                 port = free_port()
                 procs.append(ManagedProcess(
                     f"worker{i}", run_dir,
-                    [airflow, *command, "--celery-hostname", f"worker{i}@%h", "--concurrency", str(concurrency)],
-                    port, env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port)}, ready_timeout=240))
+                    [airflow, *topology.worker_command(queues), "--celery-hostname", f"worker{i}@%h",
+                     "--concurrency", str(concurrency)],
+                    port, env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port),
+                               topology.EGRESS_VAR: egress[i - 1]}, ready_timeout=240))
             continue
         extra: dict[str, str] = {}
         port: int | None = None

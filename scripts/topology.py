@@ -17,6 +17,30 @@ WORKER_SERVICE = "airflow-worker"
 # Local Celery workers (compose scales its one worker service with `--scale airflow-worker=N`).
 LOCAL_WORKERS = 2
 
+# Queues: every task that calls an exchange goes to that exchange's queue (ExchangeConfig.queue,
+# exchange_<name>); dbt, planning and housekeeping to Airflow's [operators] default_queue. A worker
+# listens on `--queues`; compose takes the list from MARKETFLOW_WORKER_QUEUES (default: every queue of
+# the shipped markets files), a worker per egress IP can be given only the exchanges it should call.
+DEFAULT_QUEUE = "default"
+QUEUES_OPTION = "--queues"
+QUEUES_VAR = "MARKETFLOW_WORKER_QUEUES"
+# The worker's egress identity: workers with one value share a rate-limit bucket per exchange
+# (plugins/marketflow/rate_limit.py); compose passes it through, default "default".
+EGRESS_VAR = "MARKETFLOW_EGRESS_ID"
+# Compose's markets files: the worker's default --queues must cover the exchanges of each.
+COMPOSE_MARKETS_FILES = ("markets.yml", "markets.demo.yml")
+
+
+def worker_queues(*configs) -> str:
+    """``--queues`` of a worker that serves every exchange of ``configs`` (MarketflowConfig), comma-separated."""
+    queues = sorted({ex.queue for config in configs for ex in config.exchanges})
+    return ",".join([DEFAULT_QUEUE, *queues])
+
+
+def worker_command(queues: str) -> tuple[str, ...]:
+    return (*AIRFLOW_SERVICES[WORKER_SERVICE], QUEUES_OPTION, queues)
+
+
 # Settings every Airflow process of the topology has, here and in compose, word for word.
 SHARED_SETTINGS: dict[str, str] = {
     "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",

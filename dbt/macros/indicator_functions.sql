@@ -49,6 +49,8 @@ create schema if not exists {{ s }};
 
 {{ smoothing_aggregate(s, 'wilder', 'n integer', '(state * (n - 1) + x) / n') }}
 
+{{ indicator_state_aggregate(s) }}
+
 comment on function {{ s }}.ema_step(double precision, double precision, double precision, double precision, double precision)
     is 'Transition of marketflow''s ema aggregate: (x - state) * alpha + state; see dbt/macros/indicator_functions.sql.';
 comment on function {{ s }}.wilder_step(double precision, double precision, double precision, integer, double precision)
@@ -105,4 +107,103 @@ create or replace aggregate {{ s }}.{{ name }}(double precision, double precisio
     sfunc = {{ s }}.{{ name }}_step,
     stype = double precision
 );
+{%- endmacro %}
+
+
+{#- The smoothed states of one candle series, one aggregate call per row instead of seven (each
+    call of a plpgsql function costs more than its arithmetic): the six EMA / Wilder states of
+    ohlcv_indicators and MACD's signal line, as an array (see indicator_state_columns for the
+    elements). Every state is updated with the same expression, on the same inputs, in the same
+    order as the single-state aggregates above (and, for the signal's warm-up mean, PostgreSQL's
+    float8 avg(): a sum from 0 in row order, divided by the count), so the values are identical
+    to the bit. -#}
+{% macro indicator_state_columns() -%}
+    {#- name, update (of s, with input x), input argument, warm argument, seed argument -#}
+    {{ return([
+        ('ema_12', '({x} - {s}) * (2::double precision / 13) + {s}', 'x_close', 'warm_ema_12', 'seed_ema_12'),
+        ('ema_26', '({x} - {s}) * (2::double precision / 27) + {s}', 'x_close', 'warm_ema_26', 'seed_ema_26'),
+        ('ema_50', '({x} - {s}) * (2::double precision / 51) + {s}', 'x_close', 'warm_ema_50', 'seed_ema_50'),
+        ('macd_fast_ema', '({x} - {s}) * (2::double precision / 13) + {s}', 'x_close', 'warm_macd_fast_ema',
+         'seed_macd_fast_ema'),
+        ('rsi_avg_gain_14', '({s} * (14 - 1) + {x}) / 14', 'x_gain', 'warm_rsi_avg_gain_14', 'seed_rsi_avg_gain_14'),
+        ('rsi_avg_loss_14', '({s} * (14 - 1) + {x}) / 14', 'x_loss', 'warm_rsi_avg_loss_14', 'seed_rsi_avg_loss_14'),
+    ]) }}
+{%- endmacro %}
+
+{#- One state's step, as one expression (one plpgsql statement): the single-state aggregates'
+    rules with `state` = element i of the array. -#}
+{% macro indicator_state_step(i, update, x, warm, seed) -%}
+case
+            when state[{{ i }}] is null then
+                case
+                    when {{ seed }} is null then {{ warm }}
+                    when {{ x }} is null then {{ seed }}
+                    else {{ update | replace('{x}', x) | replace('{s}', seed) }}
+                end
+            when {{ x }} is null then state[{{ i }}]
+            else {{ update | replace('{x}', x) | replace('{s}', 'state[' ~ i ~ ']') }}
+        end
+{%- endmacro %}
+
+{% macro indicator_state_aggregate(s) -%}
+{%- set columns = indicator_state_columns() -%}
+{%- set signal = columns | length + 1 -%}
+create or replace function {{ s }}.indicator_step(
+    state double precision[], x_close double precision, x_gain double precision, x_loss double precision,
+    candle_index bigint,
+    {%- for c in columns %}
+    warm_{{ c[0] }} double precision,
+    {%- endfor %}
+    {%- for c in columns %}
+    seed_{{ c[0] }} double precision,
+    {%- endfor %}
+    seed_macd_signal double precision
+) returns double precision[]
+language plpgsql immutable parallel safe as $fn$
+declare
+    {%- for c in columns %}
+    {{ c[0] }} double precision;
+    {%- endfor %}
+    macd_line double precision;
+    -- running float8 sum and count of the MACD line at candle_index <= 34 (the signal's warm-up)
+    warm_sum double precision := state[{{ signal + 1 }}];
+    warm_count double precision := state[{{ signal + 2 }}];
+begin
+    {%- for c in columns %}
+    {{ c[0] }} := {{ indicator_state_step(loop.index, c[1], c[2], c[3], c[4]) }};
+    {%- endfor %}
+    macd_line := macd_fast_ema - ema_26;
+    if candle_index <= 34 and macd_line is not null then
+        warm_sum := coalesce(warm_sum, 0) + macd_line;
+        warm_count := coalesce(warm_count, 0) + 1;
+    end if;
+    return array[
+        {%- for c in columns %}
+        {{ c[0] }},
+        {%- endfor %}
+        {{ indicator_state_step(signal, '({x} - {s}) * (2::double precision / 10) + {s}', 'macd_line',
+                                'case when candle_index = 34 then warm_sum / warm_count end', 'seed_macd_signal') }},
+        warm_sum,
+        warm_count
+    ];
+end
+$fn$;
+
+create or replace aggregate {{ s }}.indicator_state(
+    double precision, double precision, double precision, bigint,
+    {%- for c in columns %}
+    double precision,
+    {%- endfor %}
+    {%- for c in columns %}
+    double precision,
+    {%- endfor %}
+    double precision
+) (
+    sfunc = {{ s }}.indicator_step,
+    stype = double precision[]
+);
+
+comment on function {{ s }}.indicator_step(double precision[], double precision, double precision, double precision, bigint,
+    {%- for c in columns %} double precision,{% endfor %}{% for c in columns %} double precision,{% endfor %} double precision)
+    is 'Transition of marketflow''s indicator_state aggregate (ema_12, ema_26, ema_50, macd_fast_ema, rsi_avg_gain_14, rsi_avg_loss_14, macd_signal, signal warm-up sum and count); see dbt/macros/indicator_functions.sql.';
 {%- endmacro %}

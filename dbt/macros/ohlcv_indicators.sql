@@ -31,8 +31,12 @@
   longest window (sma_200); beyond it the EMA / Wilder weights are below (1 - 2/51)^200 ~ 4e-4.
   False = some value of the row comes from partial data.
 
-  EMA and Wilder averages run through the running-state aggregates of indicator_functions.sql,
-  as window functions over ROWS UNBOUNDED PRECEDING (one pass, O(n)).
+  EMA and Wilder averages and the MACD signal run through one running-state aggregate of
+  indicator_functions.sql (indicator_state: all seven states in one call per row), as a window
+  function over ROWS UNBOUNDED PRECEDING (one pass, O(n)). The whole computation is two window
+  passes over one sort (running counts, sums and lags; then the SMAs and the states): each window
+  pass stores and re-reads every row, and a plpgsql call per state and row cost more than the
+  arithmetic (five window passes and seven aggregate calls a row before).
 
   Incremental runs. The watermark is the newest last_ingested_at already in {{ this }} minus
   ohlcv_lookback_minutes (as for ohlcv_1m and the rollups); candles of the source written since
@@ -61,14 +65,15 @@
     view derives them). -#}
 {%- set merged = candle_columns is not none -%}
 {%- set out_ingested = 'ingested_at' if merged else 'last_ingested_at' -%}
-{%- set ema = indicator_function('ema') -%}
-{%- set wilder = indicator_function('wilder') -%}
+{%- set indicator_state = indicator_function('indicator_state') -%}
 {%- set continue_from_index = 50 -%}
 {%- set input_window = 200 -%}
 {%- set width_seconds = {'1m': 60, '5m': 300, '15m': 900, '1h': 3600, '1d': 86400, '1w': 604800}[timeframe] -%}
 {%- set has_flags = timeframe != '1m' -%}  {#- ohlcv_1m holds closed minutes only; rollups carry the flags #}
 {%- set state_columns = ['ema_12', 'ema_26', 'ema_50', 'rsi_avg_gain_14', 'rsi_avg_loss_14', 'macd_fast_ema',
                          'macd_signal'] -%}
+{#- the elements of indicator_state's array, in order -#}
+{%- set aggregate_states = indicator_state_columns() | map(attribute=0) | list + ['macd_signal'] -%}
 {#- ohlcv_1m built before the indicators moved onto its rows: rebuilt alone (its candles, and so what
     is built from them, do not change; a rollup's full refresh would lose months retention dropped) #}
 {%- if merged %}
@@ -206,139 +211,94 @@ candles as (
 {%- endif %}
 
 numbered as (
+    -- one window pass (one sort, one WindowAgg): every function here is over the same window
     select
         candles.*,
         -- position among the market's candles, continuing from the anchor's (rows before
         -- from_time are only context for the windows below and get the anchor's index)
         anchor_index + count(*) filter (where from_time is null or open_time >= from_time)
-            over (market rows unbounded preceding)                          as candle_index,
-        close - lag(close) over market                                      as change,
+            over running                                                    as candle_index,
+        close - lag(close) over running                                     as change,
         -- running sum of the closes read: the sum of the last n closes is a difference of two
-        sum(close) over (market rows unbounded preceding)                   as close_sum,
-        -- the row's inputs: this candle and up to {{ input_window - 1 }} before it (moving counts, O(1) a row)
-        count(*) filter (where not candle_is_final) over inputs             as partial_inputs,
-        count(*) over inputs                                                as input_candles,
-        first_value(open_time) over inputs                                  as first_input_at
+        sum(close) over running                                             as close_sum,
+        -- the row's inputs: this candle and up to {{ input_window - 1 }} before it, from running
+        -- counts (differenced with lag() in the next pass) and the open time {{ input_window - 1 }} rows back
+        count(*) over running                                               as rows_read,
+        count(*) filter (where not candle_is_final) over running            as partial_read,
+        coalesce(lag(open_time, {{ input_window - 1 }}) over running, first_value(open_time) over running)
+                                                                            as first_input_at
     from candles
-    window market as (partition by exchange, symbol order by open_time),
-           inputs as (market rows between {{ input_window - 1 }} preceding and current row)
+    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
 ),
 
-means as (
+smoothed as (
+    -- the second (and last) window pass, over the same window: the SMAs from the running sums,
+    -- the input counts, and the EMA / Wilder / MACD signal states (one aggregate call per row,
+    -- indicator_functions.sql), aggregated over the rows being (re)computed only: the context rows
+    -- before from_time feed the windows, not the states
     select
         numbered.*,
-        {%- for n in [12, 26] %}
-        -- the exact mean of the first n closes, only where ema_{{ n }} takes it as its seed (sma_{{ n }} is
-        -- not a column: computing it for every row cost a numeric division and cast per row)
-        case when candle_index = {{ n }} then
-            (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
-        end                                                                 as ema_seed_{{ n }},
-        {%- endfor %}
-        -- MACD's fast EMA is seeded where its slow one starts (TA-Lib): the mean of closes 15..26 at 26
-        case when candle_index = 26 then
-            (round(close_sum - lag(close_sum, 12, 0::numeric) over market, 30) / 12)::double precision
-        end                                                                 as macd_fast_seed,
         {%- for n in [20, 50, 200] %}
         -- exact sum of the last n closes, at a fixed scale (so the division does not depend on how
         -- far back the running sum started), divided in numeric, then rounded to double
         case when candle_index >= {{ n }} then
-            (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over market, 30) / {{ n }})::double precision
+            (round(close_sum - lag(close_sum, {{ n }}, 0::numeric) over running, 30) / {{ n }})::double precision
         end                                                                 as sma_{{ n }},
         {%- endfor %}
-        -- Wilder's seeds: the means of the market's first 14 gains / losses (the changes at
-        -- candle_index 2..15), looked up at candle_index 15 only (a row that exists only when the
-        -- market is computed from its first candle): a window for them cost ~1 s per 400k rows
-        {%- for side, sign in [('gain', ''), ('loss', '-')] %}
-        case when candle_index = 15 then (
-            select avg(greatest({{ sign }}first_15.change, 0))::double precision
-            from (
-                select opening.close - lag(opening.close) over (order by opening.open_time) as change
-                from {{ candles }} as opening
-                where opening.exchange = numbered.exchange
-                  and opening.symbol = numbered.symbol
-                order by opening.open_time
-                limit 15
-            ) as first_15
-            where first_15.change is not null  -- greatest() would turn the first row's NULL into a 0
-        ) end                                                               as {{ side }}_seed_14{{ ',' if side == 'gain' }}
-        {%- endfor %}
+        partial_read - lag(partial_read, {{ input_window }}, 0::bigint) over running as partial_inputs,
+        least(rows_read, {{ input_window }})                                as input_candles,
+        -- seeds: ema_12, ema_26, ema_50 with the SMA at k = n, MACD's fast EMA with the mean of
+        -- closes 15..26 at k = 26 (where TA-Lib seeds it), Wilder's averages with the means of the
+        -- first 14 gains / losses at k = 15, the signal line (EMA(9) of macd_fast_ema - ema_26)
+        -- with the mean of its first 9 values at k = 34 (inside the aggregate); an incremental run
+        -- passes the anchor's stored states instead
+        {{ indicator_state }}(
+            close::double precision,
+            greatest(change, 0)::double precision,
+            greatest(-change, 0)::double precision,
+            candle_index,
+            case when candle_index = 12 then {{ opening_mean(candles, 1, 12) }} end,
+            case when candle_index = 26 then {{ opening_mean(candles, 1, 26) }} end,
+            case when candle_index = 50 then {{ opening_mean(candles, 1, 50) }} end,
+            case when candle_index = 26 then {{ opening_mean(candles, 15, 26) }} end,
+            {%- for side, sign in [('gain', ''), ('loss', '-')] %}
+            -- the mean of the market's first 14 {{ side }}s (the changes at candle_index 2..15)
+            case when candle_index = 15 then (
+                select avg(greatest({{ sign }}first_15.change, 0))::double precision
+                from (
+                    select opening.close - lag(opening.close) over (order by opening.open_time) as change
+                    from {{ candles }} as opening
+                    where opening.exchange = numbered.exchange
+                      and opening.symbol = numbered.symbol
+                    order by opening.open_time
+                    limit 15
+                ) as first_15
+                where first_15.change is not null  -- greatest() would turn the first row's NULL into a 0
+            ) end,
+            {%- endfor %}
+            {%- for column in aggregate_states %}
+            seed_{{ column }}{{ ',' if not loop.last }}
+            {%- endfor %}
+        ) filter (where from_time is null or open_time >= from_time) over running as state
     from numbered
-    window market as (partition by exchange, symbol order by open_time)
+    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
 ),
 
-smoothed as (
-    -- only the rows being (re)computed: the context rows before from_time feed the windows above
+signaled as (
+    -- only the rows being (re)computed: the context rows before from_time fed the windows above
     select
-        exchange,
-        symbol,
-        open_time,
-        close,
-        {%- for column in candle_columns or [] if column != 'close' %}
-        {{ column }},
-        {%- endfor %}
-        candle_index,
-        candle_is_closed,
+        smoothed.*,
         candle_is_closed
             and partial_inputs = 0
             and extract(epoch from open_time - first_input_at) = (input_candles - 1) * {{ width_seconds }}
                                                                             as inputs_complete,
-        last_ingested_at,
-        seed_macd_signal,
-        sma_20,
-        sma_50,
-        sma_200,
-        {%- for n in [12, 26, 50] %}
-        {{ ema }}(
-            close::double precision,
-            {{ 'ema_seed_' ~ n if n != 50 else 'case when candle_index = 50 then sma_50 end' }},
-            2::double precision / {{ n + 1 }},
-            seed_ema_{{ n }}
-        ) over running                                                      as ema_{{ n }},
+        {%- for column in aggregate_states %}
+        state[{{ loop.index }}]                                             as {{ column }},
         {%- endfor %}
-        {{ ema }}(close::double precision, macd_fast_seed, 2::double precision / 13, seed_macd_fast_ema)
-            over running                                                    as macd_fast_ema,
-        {{ wilder }}(
-            greatest(change, 0)::double precision,
-            case when candle_index = 15 then gain_seed_14 end,
-            14,
-            seed_rsi_avg_gain_14
-        ) over running                                                      as rsi_avg_gain_14,
-        {{ wilder }}(
-            greatest(-change, 0)::double precision,
-            case when candle_index = 15 then loss_seed_14 end,
-            14,
-            seed_rsi_avg_loss_14
-        ) over running                                                      as rsi_avg_loss_14
-    from means
-    where from_time is null or open_time >= from_time
-    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
-),
-
-macd as (
-    select
-        smoothed.*,
-        macd_fast_ema - ema_26                                              as macd_line
+        state[{{ aggregate_states.index('macd_fast_ema') + 1 }}] - state[{{ aggregate_states.index('ema_26') + 1 }}]
+                                                                            as macd_line
     from smoothed
-),
-
-macd_warm as (
-    select
-        macd.*,
-        -- the mean of the first 9 MACD values (candle_index 26..34), summed in time order
-        case when candle_index = 34 then
-            avg(macd_line) filter (where candle_index <= 34) over (
-                partition by exchange, symbol order by open_time rows unbounded preceding
-            )
-        end                                                                 as macd_signal_warm
-    from macd
-),
-
-signaled as (
-    select
-        macd_warm.*,
-        {{ ema }}(macd_line, macd_signal_warm, 2::double precision / 10, seed_macd_signal)
-            over (partition by exchange, symbol order by open_time rows unbounded preceding) as macd_signal
-    from macd_warm
+    where from_time is null or open_time >= from_time
 ),
 
 final as (
@@ -399,4 +359,22 @@ where (
 -- a full build writes the rows in key order: a market's candles physically together (ohlcv_1m.sql)
 order by exchange, symbol, open_time
 {%- endif %}
+{%- endmacro %}
+
+{#- The exact mean of a market's closes at positions first..last (1-based, in open_time order): read
+    only at the one row that takes it as a seed (a row that exists only when the market is
+    computed from its first candle), so the window pass below does not depend on another
+    window's output. Same value as a difference of the running sums: a numeric sum is exact. -#}
+{% macro opening_mean(candles, first, last) -%}
+(
+            select (round(sum(opening.close), 30) / {{ last - first + 1 }})::double precision
+            from (
+                select c.close
+                from {{ candles }} as c
+                where c.exchange = numbered.exchange
+                  and c.symbol = numbered.symbol
+                order by c.open_time
+                offset {{ first - 1 }} limit {{ last - first + 1 }}
+            ) as opening
+        )
 {%- endmacro %}

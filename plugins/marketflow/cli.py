@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    candles: {exchange_facts(ex.ccxt_id, ex.facts).describe()}")
         print(f"  pools: {', '.join(f'{name} ({slots})' for name, (slots, _) in config.pools().items())}; "
               f"give Airflow's executor at least {config.required_parallelism()} slots (core.parallelism)")
+        queues = ",".join(["default", *sorted({ex.queue for ex in config.enabled_exchanges})])
+        print(f"  Celery queues: {queues} (airflow celery worker --queues ...; workers behind one egress IP "
+              f"share MARKETFLOW_EGRESS_ID)")
         for warning in config.warnings:  # what an exchange cannot give; the file is still valid
             print(f"warning: {warning}")
     elif args.cmd == "markets":

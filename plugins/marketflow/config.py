@@ -59,6 +59,7 @@ RATE_LIMIT_WINDOWS = {"binance": 60.0, "okx": 2.0, "bybit": 5.0}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 _SYMBOL = re.compile(r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_QUEUE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _URL = re.compile(r"^https?://[^/\s]+")
 _SECRET_KEYS = ("apiKey", "api_key", "secret", "password", "apikey")
 # PyYAML's C parser when built with it: the markets file is read at every DAG parse.
@@ -162,6 +163,13 @@ def _check_name(value: str) -> str:
     return value
 
 
+def _check_queue(value: str) -> str:
+    if not _QUEUE.match(value):
+        raise _mistake(f"{value!r} is not a Celery queue name (letters, digits, '_', '.', '-'; no commas or spaces)",
+                       "use e.g. exchange_binance, or leave 'queue' out for exchange_<name>")
+    return value
+
+
 def _check_url(value: str) -> str:
     if not _URL.match(value):
         raise _mistake(f"{value!r} is not an http(s) URL",
@@ -194,6 +202,8 @@ OptionalTimestamp = Annotated[Timestamp | None, BeforeValidator(_none_if_empty),
 Symbol = Annotated[str, AfterValidator(_check_symbol),
                    WithJsonSchema({"type": "string", "pattern": _SYMBOL.pattern, "examples": ["BTC/USDT"]})]
 ExchangeName = Annotated[str, AfterValidator(_check_name), WithJsonSchema({"type": "string", "pattern": _NAME.pattern})]
+CeleryQueue = Annotated[str, AfterValidator(_check_queue),
+                        WithJsonSchema({"type": "string", "pattern": _QUEUE.pattern})]
 Url = Annotated[str, AfterValidator(_check_url)]
 OptionalUrl = Annotated[Url | None, BeforeValidator(_none_if_empty),
                         WithJsonSchema({"anyOf": [{"type": "string", "pattern": _URL.pattern}, _EMPTY_SCHEMA,
@@ -404,6 +414,10 @@ class ExchangeFile(_Section):
         "(threads, connection set-up, network); the bucket leaves this much of the window's refill unspent."))
     credentials_conn_id: OptionalText = Field(None, description=(
         "Airflow connection with the API key and secret; keys never go in this file."))
+    queue: CeleryQueue | None = Field(None, description=(
+        "The Celery queue of the tasks that call this exchange (CeleryExecutor; the LocalExecutor ignores it), so "
+        "workers can be placed where their egress IP's limit applies: `airflow celery worker --queues "
+        "default,exchange_<name>`. Default: exchange_<name>. dbt and housekeeping tasks stay on the default queue."))
     rate_limit_per_minute: PositiveFloat | None = Field(None, description=(
         "The exchange's limit in ccxt cost units per minute. Default: 60000 / ccxt's rateLimit."))
     timeframes: Timeframes | None = Field(None, description="Default: defaults.timeframes.")
@@ -555,6 +569,9 @@ class ExchangeConfig:
     rate_limit_jitter_seconds: float = 0.25
     hourly_pool_slots: int = 1  # the hourly reconcile and gap repairs of this exchange
     backfill_pool_slots: int = 2  # market_backfill tasks of this exchange
+    # The Celery queue of every task that calls this exchange (minute ingest, hourly reconcile, gap
+    # repairs, backfill): workers listening on it are the ones whose egress IP this exchange sees.
+    celery_queue: str | None = None
     # The markets file's `facts:` overrides (only the keys it sets), see exchange_facts.exchange_facts.
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -585,6 +602,11 @@ class ExchangeConfig:
     def pool(self) -> str:
         """The live pool: only the minute DAG's ingest task runs in it, so history never takes its slot."""
         return f"exchange_{self.name}"
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue of the tasks that call this exchange (markets file `queue`, default exchange_<name>)."""
+        return self.celery_queue or f"exchange_{self.name}"
 
     @property
     def hourly_pool(self) -> str:
@@ -684,7 +706,7 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
             rate_limit_per_minute=ex.rate_limit_per_minute, live_rate_reserve=ex.live_rate_reserve,
             rate_limit_window_seconds=window if window is not None else RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0),
             rate_limit_jitter_seconds=ex.rate_limit_jitter_seconds,
-            hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots,
+            hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots, celery_queue=ex.queue,
             facts={k: v for k, v in ex.facts.model_dump().items() if v is not None}))
     return MarketflowConfig(
         source=path, exchanges=tuple(exchanges), raw_retention_days=d.raw_retention_days,

@@ -139,11 +139,11 @@ WAREHOUSE_FAMILIES: tuple[Family, ...] = (
     Family(
         "marketflow_rate_limit_paused_seconds",
         "Seconds until the exchange's shared budget resumes after a 429 Retry-After or a 418 ban (0 = not paused); "
-        "status: the HTTP status that paused it.",
-        ("exchange", "status"),
+        "status: the HTTP status that paused it; egress: the workers' egress identity (MARKETFLOW_EGRESS_ID).",
+        ("exchange", "status", "egress"),
         # The status, not the reason text: the reason names the request, a label value per request.
         """
-        SELECT exchange, coalesce(substring(pause_reason FROM 'HTTP ([0-9]+)'), ''),
+        SELECT exchange, coalesce(substring(pause_reason FROM 'HTTP ([0-9]+)'), ''), egress_id,
                greatest(extract(epoch FROM coalesce(paused_until, now()) - clock_timestamp()), 0)
         FROM ops.rate_limit_buckets
         """,

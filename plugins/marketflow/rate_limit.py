@@ -1,9 +1,16 @@
-"""A token bucket per exchange in Postgres, shared by every worker process.
+"""A token bucket per exchange and egress identity in Postgres, shared by every worker process.
 
 ccxt paces calls inside one process; with several Airflow workers each would go at full speed.
 This bucket holds one exchange's budget for all of them. Its unit is ccxt's own request cost
 (Binance: `rateLimit` 50 ms, klines cost 0.4 -> 3,000 calls/min, i.e. Binance's 6,000 weight per
 minute at weight 2), so it works for any ccxt exchange without a table of weights.
+
+An exchange counts its limit per IP address, so the bucket is per (exchange, egress identity): every
+worker process reads its identity from ``MARKETFLOW_EGRESS_ID`` (default ``default``), set alike for
+workers that leave through one IP (they share one budget) and differently for workers behind another
+IP (a budget of its own). A 429 or a ban pauses only the identity that got it. With the CeleryExecutor
+the tasks of an exchange go to its queue (``ExchangeConfig.queue``), so an operator places workers,
+and so identities, per exchange.
 
 Acquisition is one atomic UPDATE (refill by elapsed time, then take) — no lock held between
 calls. Live before history: a limiter for history work (the hourly reconcile, gap repairs,
@@ -16,11 +23,13 @@ A request larger than the bucket (less the reserve, for history) waits for a ful
 in debt, as ccxt's throttler does, so no cost is too big to take and the average rate is kept.
 
 Tokens used (live and in all), denials and time waited are counted per exchange and minute in
-ops.rate_limit_metrics.
+ops.rate_limit_metrics (all identities together).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +37,21 @@ from datetime import UTC, datetime
 from marketflow.logs import get_logger
 
 log = get_logger(__name__)
+
+EGRESS_ENV = "MARKETFLOW_EGRESS_ID"
+DEFAULT_EGRESS = "default"
+_EGRESS = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def egress_id(env: dict[str, str] | None = None) -> str:
+    """This worker's egress identity (``MARKETFLOW_EGRESS_ID``): workers leaving through one IP address
+    share a bucket per exchange, so set the same value on them (e.g. the IP or a NAT gateway's name)."""
+    value = (os.environ if env is None else env).get(EGRESS_ENV, "").strip() or DEFAULT_EGRESS
+    if not _EGRESS.match(value):
+        raise ValueError(f"{EGRESS_ENV}={value!r} is not an egress identity: use 1-64 letters, digits, '_', '.', "
+                         f"':' or '-' (e.g. the worker's public IP or its NAT gateway's name), or unset it for "
+                         f"{DEFAULT_EGRESS!r}")
+    return value
 
 
 @dataclass
@@ -56,7 +80,13 @@ class SharedRateLimiter:
     live: bool = True  # the minute path; False for history work, which leaves ``reserve`` to it
     reserve: float = 0.0  # share of the capacity history may not take
     deadline: float | None = None
+    # Workers behind one egress IP share a bucket per exchange; None: this process's MARKETFLOW_EGRESS_ID.
+    egress: str | None = None
     _pending: dict[datetime, _Minute] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.egress is None:
+            self.egress = egress_id()
 
     @property
     def floor(self) -> float:
@@ -75,14 +105,14 @@ class SharedRateLimiter:
         with self.conn.cursor() as cur:
             cur.execute(
                 """
-                INSERT INTO ops.rate_limit_buckets (exchange, capacity, refill_per_second, tokens)
-                VALUES (%s, %s, %s, %s)
-                ON CONFLICT (exchange) DO UPDATE
+                INSERT INTO ops.rate_limit_buckets (exchange, egress_id, capacity, refill_per_second, tokens)
+                VALUES (%s, %s, %s, %s, %s)
+                ON CONFLICT (exchange, egress_id) DO UPDATE
                     SET capacity = EXCLUDED.capacity, refill_per_second = EXCLUDED.refill_per_second
                     WHERE (rate_limit_buckets.capacity, rate_limit_buckets.refill_per_second)
                           IS DISTINCT FROM (EXCLUDED.capacity, EXCLUDED.refill_per_second)
                 """,
-                (self.exchange, self.capacity, self.refill_per_second, self.capacity),
+                (self.exchange, self.egress, self.capacity, self.refill_per_second, self.capacity),
             )
 
     def acquire(self, cost: float) -> float:
@@ -102,7 +132,8 @@ class SharedRateLimiter:
             if now + wait > give_up:
                 raise TimeoutError(f"{self.exchange}: no rate-limit budget within {give_up - started:.0f}s "
                                    f"({'live' if self.live else 'history'} call; the exchange is paused or the "
-                                   f"budget is saturated); see ops.rate_limit_buckets")
+                                   f"budget is saturated); see ops.rate_limit_buckets, egress_id "
+                                   f"{self.egress!r}")
             time.sleep(min(wait, 5.0))
         waited = time.monotonic() - started
         if self.live:
@@ -126,14 +157,14 @@ class SharedRateLimiter:
         # full bucket and leaves it in debt, which later takers wait out, as ccxt's own throttler does;
         # the rate stays the exchange's. The hair less keeps a bucket sized to exactly one request (Bybit's
         # 45/s x 0.111 s = 4.999...) from missing it by a float's last bit.
-        params = {"ex": self.exchange, "cost": cost,
+        params = {"ex": self.exchange, "egress": self.egress, "cost": cost,
                   "need": min(cost + self.floor, self.capacity) * (1 - 1e-9)}
         with self.conn.cursor() as cur:
             cur.execute(
                 f"""
                 UPDATE ops.rate_limit_buckets
                 SET tokens = {available} - %(cost)s, refilled_at = clock_timestamp()
-                WHERE exchange = %(ex)s AND {available} >= %(need)s
+                WHERE exchange = %(ex)s AND egress_id = %(egress)s AND {available} >= %(need)s
                   AND (paused_until IS NULL OR paused_until <= clock_timestamp())
                 RETURNING 1
                 """,
@@ -145,18 +176,20 @@ class SharedRateLimiter:
                 f"""
                 SELECT greatest(extract(epoch FROM paused_until - clock_timestamp()), 0),
                        greatest((%(need)s - {available}) / refill_per_second, 0)
-                FROM ops.rate_limit_buckets WHERE exchange = %(ex)s
+                FROM ops.rate_limit_buckets WHERE exchange = %(ex)s AND egress_id = %(egress)s
                 """,
                 params,
             )
             row = cur.fetchone()
         if row is None:
-            raise LookupError(f"no rate-limit bucket for {self.exchange}; call ensure_bucket() first")
+            raise LookupError(f"no rate-limit bucket for {self.exchange} (egress {self.egress!r}); "
+                              f"call ensure_bucket() first")
         paused_for, refill_wait = row
         return max(float(paused_for or 0), float(refill_wait or 0), 0.01)
 
     def pause(self, seconds: float, reason: str, status: int | None = None) -> None:
-        """Stop every worker's calls to this exchange for ``seconds`` (429 Retry-After, 418 ban)."""
+        """Stop the calls to this exchange of every worker of this egress identity for ``seconds`` (429
+        Retry-After, 418 ban): the exchange limits and bans an IP, so other identities keep calling."""
         with self.conn.cursor() as cur:
             cur.execute(
                 """
@@ -164,16 +197,16 @@ class SharedRateLimiter:
                 SET paused_until = greatest(coalesce(paused_until, clock_timestamp()),
                                             clock_timestamp() + make_interval(secs => %s)),
                     pause_reason = %s, tokens = 0, refilled_at = clock_timestamp()
-                WHERE exchange = %s
+                WHERE exchange = %s AND egress_id = %s
                 """,
-                (seconds, reason, self.exchange),
+                (seconds, reason, self.exchange, self.egress),
             )
         if status == 429:
             self._count(http_429=1)
         elif status == 418:
             self._count(http_418=1)
-        log.warning("%s: all calls paused for %.0fs: %s", self.exchange, seconds, reason, exchange=self.exchange,
-                    seconds=seconds, status=status)
+        log.warning("%s: all calls from egress %s paused for %.0fs: %s", self.exchange, self.egress, seconds, reason,
+                    exchange=self.exchange, egress=self.egress, seconds=seconds, status=status)
 
     def _count(self, **amounts: float) -> None:
         minute = datetime.now(UTC).replace(second=0, microsecond=0)

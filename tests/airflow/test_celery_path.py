@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote, urlsplit
 
 import psycopg2
 import pytest
 import requests
+from support.celery_stack import celery_stack as start_celery_stack
 from support.sample import assert_marts_equal_sample
 from test_airflow_path import ONLY_RERUN_CHECKED_MARTS
 
-from marketflow.config import load_config
-from marketflow.connections import session_options
-from scripts import demo, stack, topology
+from scripts import demo, stack
 
 WINDOW = {"start": "2022-08-14T00:00:00Z", "end": "2025-11-25T16:00:00Z"}
 CONFIG = stack.REPO / "include" / "config" / "markets.demo.yml"  # the two recorded markets (Bybit off)
@@ -32,43 +31,9 @@ ADMIN_PASSWORD = "celery-test-admin"
 
 @pytest.fixture(scope="module")
 def celery_stack(tmp_path_factory, pg_server, mongo_uri, emulator_url) -> Iterator[tuple[dict[str, str], list]]:
-    root = tmp_path_factory.mktemp("celery")
-    run_dir, home = root / "run", root / "airflow"
-    warehouse, meta = f"mf_celery_{os.getpid()}", f"mf_celery_airflow_{os.getpid()}"
-    for name in (warehouse, meta):
-        pg_server.drop_database(name)
-        pg_server.create_database(name)
-    config = load_config(str(CONFIG), env={**os.environ, "MARKETFLOW_EXCHANGE_URL": emulator_url})
-    redis = stack.redis_server(root, run_dir, stack.free_port())
-    bouncer = stack.PgBouncer(root / "pgbouncer", stack.free_port(), pg_server, (warehouse,),
-                              session_options=session_options(config.timeouts))
-    api_port = stack.free_port()
-    env = stack.service_env(pg_server, f"{mongo_uri}/mf_celery_{os.getpid()}", emulator_url, warehouse)
-    env |= stack.airflow_env(home, pg_server, api_port, metadata_db=meta, parallelism=4)
-    env = stack.celery_env(env, root, redis.port, api_port, bouncer, warehouse, concurrency=2)
-    env |= {"MARKETFLOW_CONFIG": str(CONFIG), "PYTHONPATH": str(stack.REPO / "plugins"),
-            "MARKETFLOW_DBT_PROJECT_DIR": str(stack.REPO / "dbt"),
-            # No scheduled run of the current hour beside the triggered ones (`make demo` has one).
-            "MARKETFLOW_SCHEDULE_START": "2099-01-01T00:00:00Z"}
-    home.mkdir(parents=True)
-    (home / "passwords.json").write_text(json.dumps({stack.ADMIN_USER: ADMIN_PASSWORD}))
-    services = [redis, bouncer.process(run_dir)]
-    try:
-        for proc in services:
-            proc.start()
-        demo.prepare(env, home)
-        airflow = stack.celery_airflow(run_dir, env, api_port, topology.LOCAL_WORKERS, concurrency=2)
-        services += airflow
-        started = [(proc, proc.spawn()) for proc in airflow]
-        for proc, popen in started:
-            proc.wait_ready(popen)
-        yield env, services
-    finally:
-        stack.stop_together(services[2:], 10)  # Airflow's processes, then the broker and the pooler
-        for proc in services[:2]:
-            proc.stop(10)
-        for name in (warehouse, meta):
-            pg_server.drop_database(name)
+    with start_celery_stack(tmp_path_factory.mktemp("celery"), pg_server, mongo_uri, emulator_url, CONFIG,
+                            ADMIN_PASSWORD) as started:
+        yield started.env, started.services
 
 
 def api(env: dict[str, str]) -> requests.Session:
@@ -82,14 +47,16 @@ def api(env: dict[str, str]) -> requests.Session:
     return session
 
 
-def run_hourly(env: dict[str, str], services: list, mark_success: str | None = None) -> str:
+def run_hourly(env: dict[str, str], services: list, mark_success: str | None = None,
+               during: Callable[[str], None] | None = None, conf: dict | None = None) -> str:
     """Trigger the hourly DAG over WINDOW through the scheduler and wait for the workers to finish it.
     ``mark_success``: task ids (regex) set successful through the REST API before the run starts,
-    like `airflow dags test --mark-success-pattern` (the DAG is paused until then)."""
+    like `airflow dags test --mark-success-pattern` (the DAG is paused until then). ``during(run_id)``
+    runs once the run is unpaused (a fault aimed at it)."""
     demo.wait_for_dag(env, services[0].run_dir)
     demo.airflow(env, "dags", "pause", demo.DAG_ID)
     run_id = f"celery__{os.urandom(4).hex()}"
-    demo.airflow(env, "dags", "trigger", demo.DAG_ID, "--run-id", run_id, "--conf", json.dumps(WINDOW))
+    demo.airflow(env, "dags", "trigger", demo.DAG_ID, "--run-id", run_id, "--conf", json.dumps(conf or WINDOW))
     if mark_success:
         with psycopg2.connect(demo.metadata_dsn(env)) as conn, conn.cursor() as cur:
             cur.execute("SELECT task_id FROM task_instance WHERE dag_id = %s AND run_id = %s", (demo.DAG_ID, run_id))
@@ -101,6 +68,8 @@ def run_hourly(env: dict[str, str], services: list, mark_success: str | None = N
                              json={"new_state": "success"}, timeout=60)
             assert res.status_code == 200, (task_id, res.status_code, res.text[:500])
     demo.airflow(env, "dags", "unpause", demo.DAG_ID)
+    if during is not None:
+        during(run_id)
     assert demo.wait_for_run(env, run_id, timeout=1800) == "success"
     return run_id
 

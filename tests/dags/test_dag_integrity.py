@@ -45,7 +45,8 @@ PARSE_SCRIPT = textwrap.dedent(
             "timetable": type(dag.timetable).__name__,
             "deadlines": [d.name for d in (dag.deadline if isinstance(dag.deadline, list) else [dag.deadline])
                           if d is not None],
-            "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "mapped": hasattr(t, "expand_input"),
+            "tasks": {t.task_id: {"retries": t.retries, "pool": t.pool, "queue": t.queue,
+                                  "mapped": hasattr(t, "expand_input"),
                                   "owner": t.owner, "upstream": sorted(t.upstream_task_ids),
                                   "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule),
                                   "priority": t.priority_weight,
@@ -129,6 +130,22 @@ def test_live_work_has_a_pool_and_the_priority_of_its_own(parsed: dict) -> None:
         history = [v["priority"] for d, dag in parsed["dags"].items() if d != "market_candles_1m"
                    for v in dag["tasks"].values()]
         assert task["priority"] > max(history)
+
+
+def test_every_task_that_calls_an_exchange_goes_to_its_celery_queue_the_rest_to_the_default(parsed: dict) -> None:
+    """On the CeleryExecutor an exchange's tasks (its three pools) go to the queue exchange_<name>, so the
+    workers that call it can be placed behind the egress IP its limit applies to; dbt, planning and
+    housekeeping go to Airflow's default queue, which every worker serves (scripts/topology.py)."""
+    seen = set()
+    for dag_id, dag in parsed["dags"].items():
+        for task_id, task in dag["tasks"].items():
+            exchange = next((e for e in ("binance", "okx") if task["pool"] in (
+                f"exchange_{e}", f"exchange_{e}_hourly", f"exchange_{e}_backfill")), None)
+            expected = f"exchange_{exchange}" if exchange else "default"
+            assert task["queue"] == expected, (dag_id, task_id, task["pool"], task["queue"])
+            seen.add((dag_id, expected))
+    assert {("market_candles_1m", "exchange_okx"), ("market_candles_1h", "exchange_binance"),
+            ("market_backfill", "exchange_okx"), ("market_candles_1h", "default")} <= seen
 
 
 def test_backfill_dag_plans_then_summarises(parsed: dict) -> None:

@@ -173,6 +173,28 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
         assert not indexed[name] and checks[name]["unique_combination_of_columns"], name
 
 
+def test_data_tests_on_growing_tables_read_a_window(manifest: dict) -> None:
+    """Every data test of an incremental model whose rows grow with history (a row per market and
+    minute, bucket or hour) reads the data-test window (a `where` on an indexed ingestion column),
+    the catalog, or windows itself: the hourly build's tests cost what the new data costs (issue
+    16, item 3; bench figure 9). int_dq_gap_holes (a row per hole and series) and
+    int_latest_candle_1m (a row per market) do not grow with history and are read whole."""
+    models = {n["name"]: n for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    growing = {name for name, n in models.items() if n["config"]["materialized"] == "incremental"} - {
+        "int_dq_gap_holes", "int_latest_candle_1m"}
+    reads_no_rows_or_windows_itself = {"unique_key_index", "indicator_matches_candles"}
+    unbounded = []
+    for t in manifest["nodes"].values():
+        if t["resource_type"] != "test" or not t.get("test_metadata"):
+            continue
+        model = t["depends_on"]["nodes"][0].split(".")[-1]
+        name = t["test_metadata"]["name"]
+        if model in growing and name not in reads_no_rows_or_windows_itself and not (t["config"].get("where") or ""):
+            unbounded.append(f"{model}: {name}")
+    assert growing >= {"ohlcv_1m", "indicators_1m", "int_dq_candle_hours_1m", "data_quality_summary"}
+    assert not unbounded, f"data tests scanning a whole growing table: {sorted(unbounded)}"
+
+
 def test_unit_tests_and_exposure(manifest: dict) -> None:
     unit_tests = {u["name"]: u for u in manifest["unit_tests"].values()}
     models_tested = {u["model"] for u in unit_tests.values()}

@@ -135,6 +135,9 @@ def test_check_config_warns_what_an_exchange_cannot_give(tmp_path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == f"{path}: OK, 5 warning(s)"
+    # what a Celery worker serving every exchange listens on
+    assert any(line.startswith("  Celery queues: default,exchange_binance,exchange_bitbank,exchange_kraken ")
+               for line in lines), lines
     assert ("    candles: 720 candles a page (forward paging), history the newest 720 candles, oldest first, "
             "1.2 x 1000 ms a page (/0/public/OHLC)") in lines
     assert ("    candles: 1000 candles a page (until paging), history back to the listing, oldest first, "

@@ -130,8 +130,8 @@ def test_every_family_is_read_from_the_rows_written(pg_conn, warehouse_dsn: str,
     assert one(m[f"marketflow_http_responses_{window}"], exchange="binance", status="429") == 1
     assert one(m[f"marketflow_http_responses_{window}"], exchange="binance", status="418") == 1
     paused = m["marketflow_rate_limit_paused_seconds"]
-    assert 100 < one(paused, exchange="binance", status="418") <= 120
-    assert one(paused, exchange="okx", status="") == 0
+    assert 100 < one(paused, exchange="binance", status="418", egress="default") <= 120
+    assert one(paused, exchange="okx", status="", egress="default") == 0
 
     recent = Counter((e, c) for e, c, back in errors if back < WINDOW_MINUTES)
     assert m[f"marketflow_api_errors_{window}"] == {

@@ -52,7 +52,8 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
                      exchange=exchange.name, unit=u["unit"], candles=u["candles"])
         return units
 
-    @task(task_id="ingest", pool=exchange.backfill_pool, priority_weight=BACKFILL_PRIORITY, outlets=[STAGING_OHLCV],
+    @task(task_id="ingest", pool=exchange.backfill_pool, queue=exchange.queue, priority_weight=BACKFILL_PRIORITY,
+          outlets=[STAGING_OHLCV],
           execution_timeout=seconds(config.timeouts.backfill_task),
           map_index_template="{{ task.op_kwargs['unit']['label'] }}")
     def ingest(unit: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,6 +8,12 @@ history:
 * ``exchange_<name>_backfill``  market_backfill (priority 1)
 * ``marketflow_dbt``             dbt tasks, so they never fill the executor
 
+On the CeleryExecutor every task that calls an exchange (those in the three pools above) also goes to
+the exchange's Celery queue ``ExchangeConfig.queue`` (``exchange_<name>``, markets file ``queue``), so an
+operator places the workers that call an exchange where their egress IP's limit applies; the rest (dbt,
+planning, housekeeping) stay on Airflow's default queue. Workers of one egress IP share one rate-limit
+bucket per exchange (``MARKETFLOW_EGRESS_ID``, rate_limit.py).
+
 With core.parallelism at least ``MarketflowConfig.required_parallelism()`` (the sum of the pools), no
 mix of history tasks can hold every executor slot while a live task waits.
 History work also leaves the exchange's ``live_rate_reserve`` of the shared rate-limit bucket to the

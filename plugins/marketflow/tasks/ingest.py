@@ -38,8 +38,9 @@ def exchange_ingest(config: MarketflowConfig, exchange: ExchangeConfig, timefram
     timeout = config.timeouts.minute_task if live else config.timeouts.hourly_task
 
     @task(task_id="ingest" if live else "reconcile", pool=exchange.pool if live else exchange.hourly_pool,
-          priority_weight=LIVE_PRIORITY if live else HOURLY_PRIORITY, execution_timeout=seconds(timeout),
-          outlets=[STAGING_OHLCV], doc_md=f"extract + load {exchange.name}: {', '.join(symbols)}")
+          queue=exchange.queue, priority_weight=LIVE_PRIORITY if live else HOURLY_PRIORITY,
+          execution_timeout=seconds(timeout), outlets=[STAGING_OHLCV],
+          doc_md=f"extract + load {exchange.name}: {', '.join(symbols)}")
     def ingest(exchange_name: str) -> dict[str, Any]:
         from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import fetch_start_at, run_exchange_markets

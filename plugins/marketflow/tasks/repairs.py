@@ -42,7 +42,8 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
         return queued
 
     def exchange_repairs(exchange: ExchangeConfig):
-        @task(task_id=f"repair_{exchange.name}", pool=exchange.hourly_pool, priority_weight=HOURLY_PRIORITY,
+        @task(task_id=f"repair_{exchange.name}", pool=exchange.hourly_pool, queue=exchange.queue,
+              priority_weight=HOURLY_PRIORITY,
               execution_timeout=seconds(config.timeouts.hourly_task), outlets=[STAGING_OHLCV])
         def repair() -> dict[str, int]:
             from marketflow.connections import raw_database, warehouse_connection

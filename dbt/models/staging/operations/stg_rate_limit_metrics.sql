@@ -8,6 +8,11 @@ select
     m.wait_seconds,
     m.http_429,
     m.http_418,
-    b.refill_per_second * 60 as budget_per_minute
+    b.budget_per_minute
 from {{ source('ops', 'rate_limit_metrics') }} as m
-left join {{ source('ops', 'rate_limit_buckets') }} as b using (exchange)
+-- the metrics count all egress identities together, so the budget is theirs together: a bucket each
+left join (
+    select exchange, sum(refill_per_second) * 60 as budget_per_minute
+    from {{ source('ops', 'rate_limit_buckets') }}
+    group by exchange
+) as b using (exchange)
