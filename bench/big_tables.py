@@ -182,7 +182,8 @@ def _generate(conn, markets: list[str], firsts: dict[str, int], end_minute: int,
             if n % 10 == 9:
                 say(f"  generated up to {_ts(hi):%Y-%m-%d} ({time.monotonic() - started:.0f}s)")
         for _, indexdef in indexes:
-            # "ON ONLY" (a partitioned table's indexdef) would skip the partitions: see bench.storage.generate
+            # a partitioned table's index reads "ON ONLY staging.ohlcv": as such it would be created on
+            # the parent alone (invalid, no partition indexes); ON creates it on every partition too
             cur.execute(indexdef.replace(" ON ONLY ", " ON ", 1))
         # Tickers: the last day of every market, one per minute, 30 s into the minute.
         cur.execute("""

@@ -148,9 +148,8 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
                 order by """ + ("m.exchange, m.symbol, a" if market_major else "a, m.exchange, m.symbol"),
                         {"page": PAGE, "lo": lo, "hi": hi, "okx": period["okx"], "binance": period["binance"]})
         for _, indexdef in indexes:
-            # a partitioned table's indexdef reads "ON ONLY staging.ohlcv": that would create the
-            # parent's index alone (no partition gets it, e.g. no BRIN on ingested_at to read the
-            # new candles by); without ONLY it is built on every partition, as include/sql does
+            # a partitioned table's index reads "ON ONLY staging.ohlcv": as such it would be created on
+            # the parent alone (invalid, no partition indexes); ON creates it on every partition too
             cur.execute(indexdef.replace(" ON ONLY ", " ON ", 1))
         cur.execute("drop schema bench cascade")
         # As autovacuum would after the load: statistics (the dbt models' plans depend on them).

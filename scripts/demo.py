@@ -28,7 +28,7 @@ from psycopg2 import sql
 
 from marketflow.config import load_config
 from scripts import stack
-from scripts.warehouse_checks import LINEAGE_COLUMNS, RERUN_INVARIANT_TABLES, table_checksum
+from scripts.warehouse_checks import DERIVED_COLUMNS, LINEAGE_COLUMNS, RERUN_INVARIANT_TABLES, table_checksum
 
 DAG_ID = "market_candles_1h"
 # The demo's run waits behind the first scheduled hour (max_active_runs=1), a second full run: on a
@@ -154,11 +154,13 @@ def report(warehouse_dsn: str, st: stack.Stack) -> None:
     current: dict[str, list] = {}
     with psycopg2.connect(warehouse_dsn) as conn:
         print("\nRows and checksums (md5 over rows in key order; data: without the lineage columns "
-              f"{', '.join(LINEAGE_COLUMNS)},\nequal between any two stacks that loaded the same candles, "
+              f"{', '.join(LINEAGE_COLUMNS)} and ohlcv_1m's indicator columns,\nequal between any two stacks that "
+              "loaded the same candles, "
               "whichever executor ran them):")
         for table, (key, computed) in RERUN_INVARIANT_TABLES.items():
             count, digest = table_checksum(conn, table, key, computed)
-            _, data_digest = table_checksum(conn, table, key, [*computed, *LINEAGE_COLUMNS])
+            _, data_digest = table_checksum(conn, table, key,
+                                            [*computed, *LINEAGE_COLUMNS, *DERIVED_COLUMNS.get(table, [])])
             current[table] = [count, digest]
             same = ""
             if previous and table in previous:

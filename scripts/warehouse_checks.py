@@ -27,6 +27,15 @@ RERUN_INVARIANT_TABLES: dict[str, tuple[list[str], list[str]]] = {
 # compare the data of two stacks; kept in the re-run checksums, which prove one stack's re-run changed nothing.
 LINEAGE_COLUMNS = ["run_id", "raw_payload_id", "ingested_at"]
 
+# Values a table holds that are computed from its own candles: the 1m indicators on ohlcv_1m's rows
+# (docs/storage.md). In the re-run checksums (a re-run must not change them either), left out of the
+# data checksums, which then compare with stacks from before they moved onto the row.
+DERIVED_COLUMNS: dict[str, list[str]] = {
+    "marts.ohlcv_1m": ["candle_index", "inputs_complete", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26",
+                       "ema_50", "rsi_14", "macd_line", "macd_signal", "rsi_avg_gain_14", "rsi_avg_loss_14",
+                       "macd_fast_ema"],
+}
+
 
 def table_checksum(conn, table: str, key: Sequence[str], exclude: Sequence[str] = ()) -> tuple[int, str]:
     """(row count, md5 over the rows in key order): how tests and the demo prove a re-run changed nothing.

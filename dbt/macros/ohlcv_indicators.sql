@@ -57,7 +57,14 @@
   candles rewrites nothing. Values are double precision, and an incremental run performs the
   same floating-point operations on the same inputs as a full build, so the two are identical.
 -#}
-{% macro ohlcv_indicators(candles, ingested_column, timeframe) -%}
+{% macro ohlcv_indicators(candles, ingested_column, timeframe, candle_columns=none) -%}
+{#- candle_columns: ohlcv_1m's mode, the candle row and its indicators as one row (docs/storage.md).
+    `candles` is then a parenthesised subquery of the 1m candles (staging), these columns of it are
+    carried into the output, which has the candle's columns first, its ingested_at (the watermark)
+    instead of last_ingested_at, and no close copy, is_closed or macd_histogram (the indicators_1m
+    view derives them). -#}
+{%- set merged = candle_columns is not none -%}
+{%- set out_ingested = 'ingested_at' if merged else 'last_ingested_at' -%}
 {%- set indicator_state = indicator_function('indicator_state') -%}
 {%- set continue_from_index = 50 -%}
 {%- set input_window = 200 -%}
@@ -67,21 +74,28 @@
                          'macd_signal'] -%}
 {#- the elements of indicator_state's array, in order -#}
 {%- set aggregate_states = indicator_state_columns() | map(attribute=0) | list + ['macd_signal'] -%}
+{#- ohlcv_1m built before the indicators moved onto its rows: rebuilt alone (its candles, and so what
+    is built from them, do not change; a rollup's full refresh would lose months retention dropped) #}
+{%- if merged %}
+{{- require_columns(['candle_index', 'inputs_complete', 'macd_fast_ema'],
+                    rebuild_select=this.identifier ~ ' indicators_' ~ timeframe) }}
+{%- else %}
 {{- require_columns(['is_closed', 'inputs_complete', 'macd_fast_ema']) }}
+{%- endif %}
 with
 {%- if is_incremental() %}
 touched as (
     select exchange, symbol, min(from_time) as from_time
     from (
-        select exchange, symbol, min(open_time) as from_time
-        from {{ candles }}
+        select src.exchange, src.symbol, min(src.open_time) as from_time
+        from {{ candles }} as src
         {%- if rebuild_slice() is not none %}
         -- `marketflow rebuild`: from the slice's first candle on (macros/rebuild_slice.sql)
-        where {{ rebuild_filter('open_time', rebuild_width(timeframe)) }}
+        where {{ rebuild_filter('open_time', rebuild_width(timeframe), 'src.') }}
         {%- else %}
-        where {{ ingested_column }} > {{ incremental_watermark('last_ingested_at', var('ohlcv_lookback_minutes', 60)) }}
+        where src.{{ ingested_column }} > {{ incremental_watermark(out_ingested, var('ohlcv_lookback_minutes', 60)) }}
         {%- endif %}
-        group by exchange, symbol
+        group by src.exchange, src.symbol
         {%- if has_flags and rebuild_slice() is none %}
         union all
         -- the newest stored row, computed from a forming candle that has closed since
@@ -152,6 +166,9 @@ candles as (
         c.symbol,
         c.open_time,
         c.close,
+        {%- for column in candle_columns or [] if column != 'close' %}
+        c.{{ column }},
+        {%- endfor %}
         c.{{ ingested_column }} as last_ingested_at,
         {{ 'c.is_closed' if has_flags else 'true' }} as candle_is_closed,
         {{ 'c.is_complete and c.is_closed' if has_flags else 'true' }} as candle_is_final,
@@ -178,6 +195,9 @@ candles as (
         c.symbol,
         c.open_time,
         c.close,
+        {%- for column in candle_columns or [] if column != 'close' %}
+        c.{{ column }},
+        {%- endfor %}
         c.{{ ingested_column }} as last_ingested_at,
         {{ 'c.is_closed' if has_flags else 'true' }} as candle_is_closed,
         {{ 'c.is_complete and c.is_closed' if has_flags else 'true' }} as candle_is_final,
@@ -286,9 +306,18 @@ final as (
         exchange,
         symbol,
         open_time,
+        {%- if merged %}
+        {%- for column in candle_columns %}
+        {{ column }},
+        {%- endfor %}
+        last_ingested_at                                                    as ingested_at,
+        {%- else %}
         close,
+        {%- endif %}
         candle_index,
+        {%- if not merged %}
         candle_is_closed                                                    as is_closed,
+        {%- endif %}
         inputs_complete,
         sma_20,
         sma_50,
@@ -302,11 +331,15 @@ final as (
         end                                                                 as rsi_14,
         case when candle_index >= 34 then macd_line end                     as macd_line,
         macd_signal,
+        {%- if not merged %}
         macd_line - macd_signal                                             as macd_histogram,
+        {%- endif %}
         rsi_avg_gain_14,
         rsi_avg_loss_14,
-        macd_fast_ema,
+        macd_fast_ema{{ ',' if not merged }}
+        {%- if not merged %}
         last_ingested_at
+        {%- endif %}
     from signaled
 )
 
@@ -322,6 +355,9 @@ where (
       and stored.symbol = final.symbol
       and stored.open_time = final.open_time
 ) is distinct from final::text
+{%- elif merged %}
+-- a full build writes the rows in key order: a market's candles physically together (ohlcv_1m.sql)
+order by exchange, symbol, open_time
 {%- endif %}
 {%- endmacro %}
 

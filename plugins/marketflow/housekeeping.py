@@ -18,8 +18,8 @@ Run daily by the ``market_maintenance`` DAG, with the retentions of the markets 
 * **monthly partitions** (``retention: ohlcv_1m_months``): the 1m layers are partitioned by month of
   open_time (include/sql/120_month_partitions.sql). ``ensure_month_partitions`` creates this month's
   and the next month's partition of each ahead of need and moves rows that landed in a DEFAULT
-  partition into their month's; ``drop_expired_partitions`` drops whole months of marts.ohlcv_1m and
-  marts.indicators_1m before the retention (never a DELETE), after recording the floor in
+  partition into their month's; ``drop_expired_partitions`` drops whole months of marts.ohlcv_1m (with
+  the 1m indicators on its rows) before the retention (never a DELETE), after recording the floor in
   ops.partition_retention so dbt does not re-create them. Rollups and staging.ohlcv keep everything.
 * **Airflow's metadata** (``airflow_metadata_retention_days``): ``airflow db clean`` on the tables
   of AIRFLOW_TABLES, in batches, without archive tables. It keeps each DAG's latest scheduled run
@@ -230,11 +230,12 @@ def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Prune
 # Monthly partitions of the 1m layers
 # --------------------------------------------------------------------------------------------------
 # Every table partitioned by month (staging's by the migrations, the marts by dbt's materialization,
-# macros/month_partitions.sql); the marts are absent until dbt first builds them.
-MONTH_PARTITIONED = ("staging.ohlcv", "marts.ohlcv_1m", "marts.indicators_1m")
+# macros/month_partitions.sql); the marts are absent until dbt first builds them. marts.indicators_1m
+# is a view of the indicator columns on ohlcv_1m's rows (docs/storage.md): its months are ohlcv_1m's.
+MONTH_PARTITIONED = ("staging.ohlcv", "marts.ohlcv_1m")
 # What `retention: ohlcv_1m_months` drops: the 1m marts. Not staging.ohlcv: the gap marts and repairs
 # read it over each market's whole configured history, and would report dropped months as gaps to re-fetch.
-RETAINED_BY_MONTHS = ("marts.ohlcv_1m", "marts.indicators_1m")
+RETAINED_BY_MONTHS = ("marts.ohlcv_1m",)
 
 
 @dataclass

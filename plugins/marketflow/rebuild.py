@@ -35,8 +35,7 @@ log = get_logger(__name__)
 MINUTE = timedelta(minutes=1)
 # Every incremental relation: (relation, time column, width of a row's period, row filter).
 SLICED_RELATIONS: list[tuple[str, str, str, str]] = [
-    ("marts.ohlcv_1m", "open_time", "1 minute", "true"),
-    ("marts.indicators_1m", "open_time", "1 minute", "true"),
+    ("marts.ohlcv_1m", "open_time", "1 minute", "true"),  # with the 1m indicators (indicators_1m is a view)
     *((f"marts.{kind}_{tf}", "open_time", width, "true")
       for tf, width in (("5m", "5 minutes"), ("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"),
                         ("1w", "7 days"))

@@ -98,9 +98,9 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
             (T0 + timedelta(days=1), *corrected),
         )
     conn.commit()
-    before = ref.row_versions(conn, "indicators_1m")
+    before = ref.row_versions(conn, "ohlcv_1m")  # the 1m indicators are on its rows
     second = dbt("run", *ref.DBT_SELECT)
-    after = ref.row_versions(conn, "indicators_1m")
+    after = ref.row_versions(conn, "ohlcv_1m")  # the 1m indicators are on its rows
     # continued from the stored state: nothing before the corrected candle was rewritten
     rewritten = sorted(k for k, xmin in after.items() if before.get(k) != xmin)
     assert rewritten and min(k[2] for k in rewritten if k[0] == "okx") == corrected[1]
@@ -117,7 +117,7 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
         f" incremental rest & 2 late candles: {third.seconds:.1f} s"
     )
 
-    tables = ref.INDICATOR_MODELS + ref.ROLLUPS
+    tables = ["ohlcv_1m", *ref.INDICATOR_MODELS, *ref.ROLLUPS]
     incremental = ref.table_checksums(conn, tables)
     with conn.cursor() as cur:
         cur.execute("create schema incremental_copy")
@@ -145,3 +145,33 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
     o, h, lo, _c, v, qv, tr = okx[_ms(corrected[1])]
     okx[_ms(corrected[1])] = (o, h, lo, lo, v, qv, tr)
     ref.assert_indicators_match(conn, ref.minutes_frame(markets), REL_TOLERANCE)
+
+
+def test_an_ohlcv_1m_from_before_the_merged_row_asks_for_its_rebuild(dbt: DbtRunner, loaded_warehouse) -> None:
+    """An install built before the 1m indicators moved onto ohlcv_1m's rows (ohlcv_1m with the candle
+    columns only, indicators_1m a table of its own): the incremental run names the table and the
+    command that fixes it; that command turns indicators_1m into the view, with the same rows as the
+    old table, and leaves the rollups alone."""
+    conn = loaded_warehouse
+    dbt("run", *ref.DBT_SELECT)
+    rollups = ref.table_checksums(conn, ref.ROLLUPS)
+    with conn.cursor() as cur:  # the previous release's two tables (the values it computed are the same)
+        cur.execute("create table marts.old_indicators_1m as table marts.indicators_1m")
+        cur.execute("drop view marts.indicators_1m")
+        cur.execute("alter table marts.old_indicators_1m rename to indicators_1m")
+        cur.execute("alter table marts.ohlcv_1m " + ", ".join(
+            f"drop column {c}" for c in ("candle_index", "inputs_complete", *ref.FLOAT_INDICATORS)
+            if c != "macd_histogram"))  # the view's, never stored on ohlcv_1m
+        cur.execute("create table public.previous_indicators_1m as table marts.indicators_1m")
+    conn.commit()
+    failed = dbt("run", "--select", "ohlcv_1m", expect_success=False)
+    assert "was built before it had the columns candle_index" in failed.output, failed.output
+    assert "dbt build --full-refresh -s ohlcv_1m indicators_1m" in failed.output, failed.output
+    dbt("build", "--full-refresh", "-s", "ohlcv_1m", "indicators_1m", "--indirect-selection", "cautious")
+    assert ref.fetch(conn, "select relkind::text from pg_class where oid = 'marts.indicators_1m'::regclass") == [("v",)]
+    ((differing,),) = ref.fetch(
+        conn, "select count(*) from marts.indicators_1m n full join public.previous_indicators_1m o"
+              " using (exchange, symbol, open_time) where n::text is distinct from o::text")
+    assert differing == 0
+    assert ref.table_checksums(conn, ref.ROLLUPS) == rollups
+    dbt("run", *ref.DBT_SELECT)  # and the next incremental run goes on from there

@@ -12,6 +12,8 @@ from marketflow.config import RetentionConfig
 from marketflow.housekeeping import drop_expired_partitions, ensure_month_partitions, retention_floor
 
 ONE_MINUTE = ("marts.ohlcv_1m", "marts.indicators_1m")
+# the one partitioned 1m mart: indicators_1m is a view of the indicator columns on ohlcv_1m's rows
+PARTITIONED = ("marts.ohlcv_1m",)
 ROLLUPS = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1d", "ohlcv_1w")
 MODELS = ["+indicators_1m", *ROLLUPS]
 NOW = datetime(2025, 11, 26, 12, tzinfo=UTC)  # the maintenance run's logical date
@@ -64,13 +66,14 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
     assert _months(conn, "staging.ohlcv") == staging_months
 
     dbt("run", "-s", *MODELS)
-    for table in ONE_MINUTE:
+    assert query(conn, "select relkind::text from pg_class where oid = 'marts.indicators_1m'::regclass") == [("v",)]
+    for table in PARTITIONED:
         assert query(conn, "select relkind::text from pg_class where oid = %s::regclass", (table,)) == [("p",)]
         assert _months(conn, table) == staging_months, table
         assert query(conn, f"select count(*) from {table}_default") == [(0,)]
     # a full refresh builds under a temporary name and swaps: still partitioned, partitions renamed back
     dbt("run", "-s", "ohlcv_1m", "indicators_1m", "--full-refresh")
-    for table in ONE_MINUTE:
+    for table in PARTITIONED:
         assert _months(conn, table) == staging_months, table
         names = [r[0] for r in query(conn, "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
                                            " where i.inhparent = %s::regclass order by 1", (table,))]
@@ -85,14 +88,15 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
     floor = retention_floor(NOW, 2)
     assert floor == datetime(2025, 10, 1, tzinfo=UTC)
     dropped = drop_expired_partitions(conn, RetentionConfig(ohlcv_1m_months=2), NOW)
-    assert {(d.table, d.month) for d in dropped} == {(t, m) for t in ONE_MINUTE for m in ("2022-08", "2025-08",
+    assert {(d.table, d.month) for d in dropped} == {(t, m) for t in PARTITIONED for m in ("2022-08", "2025-08",
                                                                                           "2025-09")}
     old = "open_time < '2025-10-01+00'"
     expected_gone = query(conn, f"select count(*) from staging.ohlcv where timeframe = '1m' and {old}")[0][0]
     assert expected_gone == 2880 + 2 * 360
-    for table in ONE_MINUTE:
+    for table in PARTITIONED:
         assert sum(d.rows for d in dropped if d.table == table) == expected_gone
         assert _months(conn, table) == ["2025-10", "2025-11", "2025-12"]
+    for table in ONE_MINUTE:
         # brute force: exactly the snapshot's rows from the floor on are left, unchanged
         assert _rows(conn, table) == _snapshot_rows(conn, all_1m[table], table, "open_time >= '2025-10-01+00'")
     assert {name: _rows(conn, f"marts.{name}") for name in ROLLUPS} == rollups  # rollups keep everything

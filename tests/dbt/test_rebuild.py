@@ -22,7 +22,7 @@ from support.sample import sample_candles
 # relation -> (its key columns, time column, width of a row's period)
 RELATIONS: dict[str, tuple[str, str, timedelta]] = {
     "marts.ohlcv_1m": ("exchange, symbol, open_time", "open_time", timedelta(minutes=1)),
-    "marts.indicators_1m": ("exchange, symbol, open_time", "open_time", timedelta(minutes=1)),
+    # (marts.indicators_1m is a view of the indicator columns on ohlcv_1m's rows: checked as those rows)
     **{f"marts.{kind}_{tf}": ("exchange, symbol, open_time", "open_time", width)
        for tf, width in (("5m", timedelta(minutes=5)), ("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)),
                          ("1d", timedelta(days=1)), ("1w", timedelta(days=7)))

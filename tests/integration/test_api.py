@@ -230,6 +230,23 @@ def test_indicators_equal_the_mart(api: ApiStack) -> None:
             iso(open_time), sma, ema, rsi, macd)
 
 
+def test_1m_indicators_equal_the_view(api: ApiStack) -> None:
+    """The 1m indicators are read from ohlcv_1m's rows (the page fingerprint needs a table's xmin); they
+    equal marts.indicators_1m, the view analysts read, value for value, first page and the cached one."""
+    symbol, day, _ = source_day(api)
+    want = api.sql("SELECT open_time, close, sma_20, ema_12, rsi_14, macd_line, macd_histogram, is_closed,"
+                   " inputs_complete FROM marts.indicators_1m WHERE exchange = 'binance' AND symbol = %s"
+                   " AND open_time >= %s AND open_time < %s ORDER BY open_time",
+                   (symbol, day, day + timedelta(hours=6)))
+    assert len(want) == 360
+    for _ in range(2):
+        body = api.get("/indicators", exchange="binance", symbol=symbol, timeframe="1m", start=iso(day),
+                       end=iso(day + timedelta(hours=6))).json()
+        got = [(g["open_time"], g["close"], g["sma_20"], g["ema_12"], g["rsi_14"], g["macd_line"], g["macd_histogram"],
+                g["is_closed"], g["inputs_complete"]) for g in body["indicators"]]
+        assert got == [(iso(t), str(c), *rest) for t, c, *rest in want]
+
+
 @pytest.mark.parametrize(("params", "status", "parameter", "hint"), [
     ({"timeframe": "2m"}, 400, "timeframe", "one of"),
     ({"symbol": "NOPE/USDT"}, 404, "symbol", "/markets"),

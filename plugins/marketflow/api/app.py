@@ -198,6 +198,10 @@ OHLCV_ROLLUP = ("open_time, open, high, low, close, volume, quote_volume, trades
 INDICATOR_COLUMNS = ("open_time", "close", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
                      "macd_line", "macd_signal", "macd_histogram", "is_closed", "inputs_complete")
 INDICATORS = (", ".join(INDICATOR_COLUMNS), "marts.indicators_{tf}")
+# The 1m indicators live on ohlcv_1m's rows (marts.indicators_1m is a view of them, docs/storage.md): read
+# from the table, whose xmin the page fingerprint needs; the view's derived columns computed as it does.
+INDICATORS_1M = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram",
+                             "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), "marts.ohlcv_1m")
 # How a column becomes JSON inside Postgres (series pages), as out() and JSONResponse write it: the exact
 # NUMERIC columns as their text, timestamps in ISO 8601 UTC with Z (six digits of fraction when there is
 # one), the rest (counts, flags, the indicators' double precision: shortest round-trip digits) as JSON values.
@@ -313,7 +317,7 @@ async def indicators(request: Request, db: WarehouseDep, exchange: ExchangeQ, sy
                      start: StartQ = None, end: EndQ = None,
                      limit: Annotated[int | None, Query(ge=1)] = None, cursor: str | None = None,
                      format: Format = Format.json) -> Response:
-    source = (INDICATORS[0], INDICATORS[1].format(tf=timeframe.value))
+    source = INDICATORS_1M if timeframe is Timeframe.m1 else (INDICATORS[0], INDICATORS[1].format(tf=timeframe.value))
     return await series(request, db, source, INDICATOR_COLUMNS, exchange, symbol, timeframe, start, end, limit, cursor,
                         format, "indicators")
 

@@ -1,22 +1,31 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='merge',
-        unique_key=['exchange', 'symbol', 'open_time'],
-        on_schema_change='fail',
-        pre_hook="set local jit = off",
-        partition_by_month={'column': 'open_time', 'months_like': 'marts.ohlcv_1m'},
-        post_hook=month_partitions_post_hooks(),
-        indexes=[
-            {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
-            {'columns': ['last_ingested_at']},
-        ],
-    )
-}}
+{{ config(materialized='view') }}
 
--- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates)
--- pre_hook: JIT would spend seconds compiling this wide query for a few touched rows.
--- Partitioned by month of open_time like ohlcv_1m (macros/month_partitions.sql); retention drops
--- both tables' old months together, and this model reads only ohlcv_1m.
--- SMA / EMA / RSI / MACD of the 1m candles (ohlcv_1m): see macros/ohlcv_indicators.sql.
-{{ ohlcv_indicators(ref('ohlcv_1m'), 'ingested_at', '1m') }}
+-- Indicators of the 1m candles: stored on the candle's own row in ohlcv_1m (one tuple and one key
+-- per candle instead of two; docs/storage.md). This view keeps the columns and their order as they
+-- were when indicators_1m was a table: close is the candle's, is_closed is always true for a
+-- closed minute, macd_histogram is line - signal (the same double subtraction the table stored),
+-- last_ingested_at is the candle's ingested_at. A plain projection, so filters on the key use
+-- ohlcv_1m's (exchange, symbol, open_time desc) index and month partitions.
+select
+    exchange,
+    symbol,
+    open_time,
+    close,
+    candle_index,
+    true                                                                    as is_closed,
+    inputs_complete,
+    sma_20,
+    sma_50,
+    sma_200,
+    ema_12,
+    ema_26,
+    ema_50,
+    rsi_14,
+    macd_line,
+    macd_signal,
+    macd_line - macd_signal                                                 as macd_histogram,
+    rsi_avg_gain_14,
+    rsi_avg_loss_14,
+    macd_fast_ema,
+    ingested_at                                                             as last_ingested_at
+from {{ ref('ohlcv_1m') }}

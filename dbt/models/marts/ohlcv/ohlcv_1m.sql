@@ -4,6 +4,7 @@
         incremental_strategy='merge',
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
+        pre_hook="set local jit = off",
         partition_by_month={'column': 'open_time', 'months_like': 'staging.ohlcv'},
         post_hook=month_partitions_post_hooks(),
         indexes=[
@@ -14,14 +15,19 @@
 }}
 
 {#-
-  1-minute candles, one row per (exchange, symbol, open_time).
+  1-minute candles, one row per (exchange, symbol, open_time), and on the same row the candle's
+  indicators (SMA / EMA / RSI / MACD, macros/ohlcv_indicators.sql): one tuple, one key and one
+  key index per candle instead of two tables of them (docs/storage.md: the biggest single saving
+  of bytes per candle). marts.indicators_1m is a view of the indicator columns with the columns it
+  always had (close, is_closed, macd_histogram derived).
 
   Incremental runs read only staging rows written since the newest ingested_at already merged,
   minus a lookback (var ohlcv_lookback_minutes): a loader transaction that started earlier can
-  commit after dbt read that maximum, and its rows carry the earlier ingested_at. MERGE on the
-  key makes re-reading the overlap idempotent; rows already merged with the same ingested_at are
-  skipped (the loader bumps ingested_at whenever it changes values), so an incremental run
-  without new staging data writes nothing.
+  commit after dbt read that maximum, and its rows carry the earlier ingested_at. Per market with
+  such rows, every candle from the earliest of them on is recomputed (its indicators continue from
+  the stored row before it, as indicators_1m always did); MERGE on the key makes re-reading the
+  overlap idempotent, and rows equal to the stored ones are left out (the loader bumps ingested_at
+  whenever it changes values), so an incremental run without new staging data writes nothing.
 
   Indexes: the unique (exchange, symbol, open_time desc) index is both the key and the "latest
   candle of a market" lookup (latest_price); ranges in ascending order scan it backwards.
@@ -44,45 +50,47 @@
   full refresh (see dbt/README.md).
 -#}
 
-with candles as (
-    select *
-    from {{ ref('stg_ohlcv') }}
-    where timeframe = '1m'
-      and open_time >= {{ retention_floor(this) }}
-    {% if is_incremental() and rebuild_slice() is not none %}
-      -- `marketflow rebuild`: the slice's candles (macros/rebuild_slice.sql)
-      and {{ rebuild_filter('open_time') }}
-    {% elif is_incremental() %}
-      and ingested_at > {{ incremental_watermark('ingested_at', var('ohlcv_lookback_minutes', 60)) }}
-    {% endif %}
+-- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates)
+-- pre_hook: JIT would spend seconds compiling this wide query for a few touched rows.
+{#- The 1m candle series the indicators run over, as the two-table build had it in ohlcv_1m: on a
+    full build every staged candle; on an incremental run the candles staged since the watermark
+    (or `marketflow rebuild`'s slice) and, for the rest, the rows already merged. A staged change
+    the watermark does not see (stamped before the lookback) stays invisible, as before: the
+    rollups, which read this table by ingested_at, would not see it either. -#}
+{%- set columns = ['exchange', 'symbol', 'open_time', 'open', 'high', 'low', 'close', 'volume', 'quote_volume',
+                   'trades', 'close_time', 'raw_payload_id', 'run_id', 'ingested_at'] -%}
+{%- if is_incremental() and rebuild_slice() is not none -%}
+  {%- set fresh_staged = rebuild_filter('open_time', none, 'staged.') -%}
+  {%- set fresh_newer = rebuild_filter('open_time', none, 'newer.') -%}
+{%- elif is_incremental() -%}
+  {%- set watermark = incremental_watermark('ingested_at', var('ohlcv_lookback_minutes', 60)) -%}
+  {%- set fresh_staged = 'staged.ingested_at > ' ~ watermark -%}
+  {%- set fresh_newer = 'newer.ingested_at > ' ~ watermark -%}
+{%- endif -%}
+{%- set candles -%}
+(
+    select {% for c in columns %}staged.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
+    from {{ ref('stg_ohlcv') }} as staged
+    where staged.timeframe = '1m'
+      and staged.open_time >= {{ retention_floor(this) }}
+    {%- if is_incremental() %}
+      and {{ fresh_staged }}
+    union all
+    -- the candles merged before and not staged anew since
+    select {% for c in columns %}stored.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
+    from {{ this }} as stored
+    where not exists (
+        select 1
+        from {{ ref('stg_ohlcv') }} as newer
+        where newer.exchange = stored.exchange
+          and newer.symbol = stored.symbol
+          and newer.timeframe = '1m'
+          and newer.open_time = stored.open_time
+          and newer.open_time >= {{ retention_floor(this) }}
+          and {{ fresh_newer }}
+    )
+    {%- endif %}
 )
-
-select
-    candles.exchange,
-    candles.symbol,
-    candles.open_time,
-    candles.open,
-    candles.high,
-    candles.low,
-    candles.close,
-    candles.volume,
-    candles.quote_volume,
-    candles.trades,
-    candles.close_time,
-    candles.raw_payload_id,
-    candles.run_id,
-    candles.ingested_at
-from candles
-{% if is_incremental() %}
-where not exists (
-    select 1
-    from {{ this }} as merged
-    where merged.exchange = candles.exchange
-      and merged.symbol = candles.symbol
-      and merged.open_time = candles.open_time
-      and merged.ingested_at = candles.ingested_at
-)
-{% else %}
--- Full refresh: written in key order, so a market's candles are physically together (see above).
-order by candles.exchange, candles.symbol, candles.open_time
-{% endif %}
+{%- endset %}
+{{ ohlcv_indicators(candles, 'ingested_at', '1m', candle_columns=[
+    'open', 'high', 'low', 'close', 'volume', 'quote_volume', 'trades', 'close_time', 'raw_payload_id', 'run_id']) }}
