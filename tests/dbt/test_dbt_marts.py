@@ -160,7 +160,7 @@ def test_docs_generate(dbt: DbtRunner, loaded_warehouse) -> None:
     catalog = json.loads((dbt.env_path("DBT_TARGET_PATH") / "catalog.json").read_text())
     names = {n["metadata"]["name"] for n in catalog["nodes"].values()}
     assert {"ohlcv_1m", "markets", "latest_price", "stg_ohlcv", "stg_ticker", "int_markets"} <= names
-    assert {"ohlcv", "ticker", "ohlcv_rejects"} <= {
+    assert {"candle", "ticker", "ohlcv_rejects"} <= {
         s["metadata"]["name"] for s in catalog["sources"].values()
     }
     assert not catalog.get("errors")
