@@ -2,7 +2,7 @@
   The distinct (exchange, symbol, timeframe) candle series of stg_ohlcv, read with a loose index
   scan: one index probe per series instead of reading every candle. The view's candles are keyed
   (market_id, open_time) (staging.candle, docs/storage.md), so the scan walks the market ids (the
-  view's joins are left out when only market_id is read) and names each series with one probe; a
+  view's joins are left out when only market_id is read) and names each series from staging.market; a
   unit test's fixture (no market ids) is scanned by its names. Same technique as
   `distinct_markets`; renders a parenthesised subquery usable as a FROM item.
 -#}
@@ -29,12 +29,8 @@
     )
     select named.exchange, named.symbol, named.timeframe
     from ids
-    cross join lateral (
-        select r.exchange, r.symbol, r.timeframe
-        from {{ relation }} as r
-        where r.market_id = ids.market_id
-        limit 1
-    ) as named
+    join {{ stg_market_relation() }} as named
+        on named.market_id = ids.market_id
 )
 {%- else -%}
 (
