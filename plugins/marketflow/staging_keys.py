@@ -6,7 +6,9 @@
   ``staging.payload_id_bytes`` of include/sql/200_staging_candle.sql, which the view decodes).
 
 Keys are cached per connection (a task's loads share one; rows of those tables are never deleted,
-so a committed key stays valid). A key is cached only when it is known to be committed: new keys
+so a committed key stays valid while the connection lives; a worker holding a connection across a
+downgrade and upgrade of revision 0010 would hold stale ids: deploys restart the workers). A key is
+cached only when it is known to be committed: new keys
 are added in a short transaction of their own when the connection has none open (the loader's
 entry points), otherwise inside the caller's transaction and then looked up again next time (a
 rollback would take them away).
@@ -55,11 +57,6 @@ def _keys(conn) -> _Keys:
     if keys is None:
         keys = _cache[conn] = _Keys()
     return keys
-
-
-def forget(conn) -> None:
-    """Drop the connection's cached keys (tests that recreate the tables under one connection)."""
-    _cache.pop(conn, None)
 
 
 def market_ids(cur, series: Iterable[Series]) -> dict[Series, int]:
