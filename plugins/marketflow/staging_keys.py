@@ -5,13 +5,12 @@
 * ``payload_id_bytes``: a MongoDB payload id as stored (the same encoding as the SQL function
   ``staging.payload_id_bytes`` of include/sql/200_staging_candle.sql, which the view decodes).
 
-Keys are cached per connection (a task's loads share one; rows of those tables are never deleted,
-so a committed key stays valid while the connection lives; a worker holding a connection across a
+Keys are cached per connection (a task's loads share one). Rows of those tables are never deleted,
+so a committed key stays valid while the connection lives (a worker holding a connection across a
 downgrade and upgrade of revision 0010 would hold stale ids: deploys restart the workers). A key is
-cached only when it is known to be committed: new keys
-are added in a short transaction of their own when the connection has none open (the loader's
-entry points), otherwise inside the caller's transaction and then looked up again next time (a
-rollback would take them away).
+cached only when it is known to be committed: new keys are added in a short transaction of their
+own when the connection has none open (the loader's entry points), otherwise inside the caller's
+transaction and then looked up again next time (a rollback would take them away).
 """
 
 from __future__ import annotations
