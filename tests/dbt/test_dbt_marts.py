@@ -531,7 +531,7 @@ def test_source_freshness(dbt: DbtRunner, loaded_warehouse) -> None:
         cur.execute("update staging.ohlcv set ingested_at = now() - interval '3 hours'")
     conn.commit()
     result = dbt("source", "freshness", expect_success=False)
-    assert "ERROR STALE" in result.output and "staging.ohlcv" in result.output, result.output
+    assert "ERROR STALE" in result.output and "staging.candle" in result.output, result.output
 
 
 def _failing_tests(output: str) -> set[str]:
