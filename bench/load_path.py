@@ -4,7 +4,7 @@ Same rows (1m candles of 10 markets, Decimal values as the parser yields them), 
 same batch size per transaction:
 
 * reference: COPY into a table with the staging columns and no index or constraint;
-* new candles: ``staging_load.write_ohlcv`` into staging.ohlcv (key, CHECKs, BRIN) — the path
+* new candles: ``staging_load.write_ohlcv`` into staging.candle (key, CHECKs, BRIN) — the path
   every backfill chunk takes;
 * re-load of identical candles: the same call when every row exists (upsert, nothing changes);
 * 10,000 rows into the filled table: new ones, identical ones, and corrected ones (each a
@@ -56,13 +56,13 @@ def _batches(rows_per_market: int) -> list[list[tuple]]:
 
 def _reset(conn) -> None:
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE staging.ohlcv, staging.ohlcv_anomalies")
+        cur.execute("TRUNCATE staging.candle, staging.ohlcv_anomalies")
         cur.execute("DROP TABLE IF EXISTS public.copy_reference")
         cur.execute("CREATE TABLE public.copy_reference AS SELECT * FROM staging.ohlcv WITH NO DATA")
     conn.commit()
     conn.autocommit = True  # VACUUM cannot run in a transaction
     with conn.cursor() as cur:
-        cur.execute("VACUUM ANALYZE staging.ohlcv")
+        cur.execute("VACUUM ANALYZE staging.candle")
     conn.autocommit = False
 
 
@@ -119,7 +119,7 @@ def run(ctx: BenchContext) -> list[Figure]:
         small[label] = round(seconds, 4)
         say(f"  10,000 {label} rows: {seconds * 1000:.0f} ms ({inserted} inserted, {updated} updated)")
     with conn.cursor() as cur:
-        cur.execute("SELECT pg_size_pretty(pg_total_relation_size('staging.ohlcv'))")
+        cur.execute("SELECT pg_size_pretty(pg_total_relation_size('staging.candle'))")
         size = cur.fetchone()[0]
     conn.close()
     worst = max(small, key=small.get)

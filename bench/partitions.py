@@ -93,7 +93,7 @@ def run(ctx: BenchContext) -> list[Figure]:
     try:
         conn.autocommit = True
         with conn.cursor() as cur:  # the months exist before the candles arrive (maintenance keeps them ahead)
-            cur.execute("SELECT ops.ensure_month_partitions('staging.ohlcv', %s, %s)",
+            cur.execute("SELECT ops.ensure_month_partitions('staging.candle', %s, %s)",
                         (START, end + timedelta(days=31)))
         candles, gen_s = generate(conn, markets, START, minutes)
         conn.autocommit = False
@@ -112,12 +112,12 @@ def run(ctx: BenchContext) -> list[Figure]:
     try:
         started = time.monotonic()
         with conn.cursor() as cur:
-            for table in ("marts.ohlcv_1m", "staging.ohlcv"):  # indicators_1m: a view of ohlcv_1m
+            for table in ("marts.ohlcv_1m", "staging.candle"):  # indicators_1m: a view of ohlcv_1m
                 cur.execute("SELECT ops.convert_month_partitioning(%s, 'open_time', false)", (table,))
         conn.commit()
         conn.autocommit = True
         with conn.cursor() as cur:
-            for table in ("staging.ohlcv", "marts.ohlcv_1m"):
+            for table in ("staging.candle", "marts.ohlcv_1m"):
                 cur.execute(f"VACUUM ANALYZE {table}")
         say(f"plain copy converted in {time.monotonic() - started:.0f}s")
     finally:

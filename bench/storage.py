@@ -94,7 +94,7 @@ def sample_rows() -> list[tuple]:
 def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int,
              late_starts: dict[tuple[str, str], int] | None = None,
              market_major: bool = False) -> tuple[int, float]:
-    """``minutes`` 1m candles from ``start`` for each market into staging.ohlcv; returns (rows, seconds).
+    """``minutes`` 1m candles from ``start`` for each market into staging.candle; returns (rows, seconds).
     ``late_starts``: markets whose history starts that many minutes after ``start`` (same end).
 
     Written in time order, all markets interleaved, as live loading writes them; the BRIN on
@@ -121,40 +121,52 @@ def generate(conn, markets: list[tuple[str, str]], start: datetime, minutes: int
         cur.execute("analyze bench.sample; analyze bench.markets")
         cur.execute("select exchange, count(*) from bench.sample group by 1")
         period = dict(cur.fetchall())
+        # staging.candle (storage stage 2): the series and runs get their int keys first, as the loader
+        # adds them; the payload id is the 16 bytes of its 32 hexadecimal digits (staging.payload_id_bytes)
+        cur.execute("insert into staging.market (exchange, symbol, timeframe) "
+                    "select exchange, symbol, '1m' from bench.markets order by exchange, symbol")
+        earliest = first + min(late_starts.get(m, 0) for m in markets)
+        cur.execute("""insert into ops.run (run_id)
+                       select 'scheduled__' || to_char(to_timestamp(h * 3600.0) at time zone 'UTC',
+                                                       'YYYY-MM-DD"T"HH24:MI:SS') || '+00:00'
+                       from generate_series(%s::bigint, %s::bigint) as h order by h""",
+                    (earliest // 60, (first + minutes) // 60))
+        cur.execute("analyze staging.market; analyze ops.run")
         cur.execute("select indexname, indexdef from pg_indexes where schemaname = 'staging' "
-                    "and tablename = 'ohlcv' and indexname <> 'ohlcv_pk'")
+                    "and tablename = 'candle' and indexname <> 'candle_pk'")
         indexes = cur.fetchall()
         for name, _ in indexes:
             cur.execute(f"drop index staging.{name}")
         chunk = 7 * 1440
-        earliest = first + min(late_starts.get(m, 0) for m in markets)
         for lo in range(earliest, first + minutes, chunk):
             hi = min(lo + chunk, first + minutes) - 1
             cur.execute("""
-                insert into staging.ohlcv
-                select m.exchange, m.symbol, '1m', to_timestamp(a * 60.0), s.open, s.high, s.low, s.close,
-                       s.volume, s.quote_volume, s.trades,
-                       left(md5(m.exchange || m.symbol || (a / %(page)s)::text), 32),
-                       'scheduled__' || to_char(to_timestamp((a / 60) * 3600.0) at time zone 'UTC',
-                                                'YYYY-MM-DD"T"HH24:MI:SS') || '+00:00',
-                       to_timestamp(a * 60.0) + interval '65 seconds'
+                insert into staging.candle (open_time, ingested_at, trades, market_id, run_key, open, high, low,
+                                            close, volume, quote_volume, raw_payload_id)
+                select to_timestamp(a * 60.0), to_timestamp(a * 60.0) + interval '65 seconds', s.trades,
+                       k.market_id, r.run_key, s.open, s.high, s.low, s.close, s.volume, s.quote_volume,
+                       decode(md5(m.exchange || m.symbol || (a / %(page)s)::text), 'hex')
                 from bench.markets as m
+                join staging.market as k on k.exchange = m.exchange and k.symbol = m.symbol and k.timeframe = '1m'
                 -- each market from its own first minute: a market that starts later costs nothing before
                 cross join lateral generate_series(greatest(%(lo)s::bigint, m.first_minute), %(hi)s::bigint) as a
                 join bench.sample as s
                   on s.exchange = m.exchange
                  and s.k = ((a + m.shift) %% (case m.exchange when 'okx' then %(okx)s else %(binance)s end))::int
+                join ops.run as r
+                  on r.run_id = 'scheduled__' || to_char(to_timestamp((a / 60) * 3600.0) at time zone 'UTC',
+                                                         'YYYY-MM-DD"T"HH24:MI:SS') || '+00:00'
                 where m.first_minute <= %(hi)s
-                order by """ + ("m.exchange, m.symbol, a" if market_major else "a, m.exchange, m.symbol"),
+                order by """ + ("k.market_id, a" if market_major else "a, m.exchange, m.symbol"),
                         {"page": PAGE, "lo": lo, "hi": hi, "okx": period["okx"], "binance": period["binance"]})
         for _, indexdef in indexes:
-            # a partitioned table's index reads "ON ONLY staging.ohlcv": as such it would be created on
+            # a partitioned table's index reads "ON ONLY staging.candle": as such it would be created on
             # the parent alone (invalid, no partition indexes); ON creates it on every partition too
             cur.execute(indexdef.replace(" ON ONLY ", " ON ", 1))
         cur.execute("drop schema bench cascade")
         # As autovacuum would after the load: statistics (the dbt models' plans depend on them).
-        cur.execute("vacuum (analyze) staging.ohlcv")
-        cur.execute("select count(*) from staging.ohlcv")
+        cur.execute("vacuum (analyze) staging.candle")
+        cur.execute("select count(*) from staging.candle")
         rows = cur.fetchone()[0]
     seconds = time.monotonic() - started
     say(f"generated {rows:,} candles of {len(markets)} markets in {seconds:.0f}s")
@@ -248,7 +260,7 @@ def _figure(ctx: BenchContext, rels: list[dict[str, Any]], candles: int, markets
             gen_s: float, build_s: float) -> Figure:
     total = sum(r["total"] for r in rels)
     per = total / candles
-    staging = next(r for r in rels if r["relation"] == "staging.ohlcv")
+    staging = next(r for r in rels if r["relation"] in ("staging.candle", "staging.ohlcv"))
     breakdown = []
     for r in rels:
         if r["total"] == 0:
@@ -279,7 +291,7 @@ def _figure(ctx: BenchContext, rels: list[dict[str, Any]], candles: int, markets
         reference_value=float(baseline) if baseline else round(staging["total"] / candles, 1),
         ratio=round(per / baseline, 3) if baseline else round(per / (staging["total"] / candles), 2),
         reference=(f"today's total before issue 16 ({baseline} bytes/candle, same data)" if baseline else
-                   f"staging.ohlcv alone (the one copy the loader writes): {staging['total'] / candles:.1f} "
+                   f"{staging['relation']} alone (the one copy the loader writes): {staging['total'] / candles:.1f} "
                    "bytes/candle"),
         target=f"<= {TARGET_RATIO:.0%} of today's (issue 16)" + ("" if baseline else "; today's is this run"),
         met=bool(baseline) and per <= TARGET_RATIO * baseline,
@@ -288,6 +300,6 @@ def _figure(ctx: BenchContext, rels: list[dict[str, Any]], candles: int, markets
                 "index_bytes_per_candle": round(index, 1), "by_schema": {k: round(v, 1) for k, v in schemas.items()},
                 "relations": breakdown, "generate_seconds": round(gen_s, 1), "dbt_build_seconds": round(build_s, 1),
                 "how": "sum of pg_total_relation_size over every table of every user schema after `dbt build` "
-                       "and VACUUM (ANALYZE), divided by the candles in staging.ohlcv; values tiled from the "
+                       "and VACUUM (ANALYZE), divided by the candles in staging; values tiled from the "
                        "recorded Binance/OKX candles of include/sample_data"},
     )

@@ -10,7 +10,7 @@ retentions of the markets file's `housekeeping:` section:
 * **prune_rejects**: bodies of `staging.ohlcv_rejects` over 1 KB cut to their first 200 characters
   after `rejects_body_retention_days` (the row and its reason stay), rows deleted after
   `rejects_retention_days`;
-* **month_partitions**: this and next month's partitions of the 1m layers (`staging.ohlcv`,
+* **month_partitions**: this and next month's partitions of the 1m layers (`staging.candle`,
   `marts.ohlcv_1m`, whose rows carry the 1m indicators), rows that landed in a default partition moved
   into their month's; with `retention: {ohlcv_1m_months: N}` the months of `ohlcv_1m` before
   the last N dropped whole (rollups and staging keep everything);

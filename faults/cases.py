@@ -240,9 +240,9 @@ def drive_worker_killed(env: CaseEnv) -> None:
                                 f"see {worker.log_path}")
             locks = _count(env, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
                                 f"WHERE a.application_name LIKE 'faults-hold:%{tag}' "
-                                "AND l.relation = 'staging.ohlcv'::regclass")
+                                "AND l.relation = 'staging.candle'::regclass")
             env.check("the worker was killed inside its open upsert transaction", locks > 0,
-                      f"({locks} locks on staging.ohlcv)")
+                      f"({locks} locks on staging.candle)")
         finally:
             worker.kill()
         env.event("worker SIGKILLed mid-load")
@@ -472,7 +472,7 @@ def drive_hung_connection(env: CaseEnv) -> None:
 
 
 def drive_lock_held(env: CaseEnv) -> None:
-    """Another session takes ``LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE`` (as a long migration or a
+    """Another session takes ``LOCK TABLE staging.candle IN EXCLUSIVE MODE`` (as a long migration or a
     manual fix would) before OKX's first try and holds it until that try has failed. The load's COPY
     queues behind it; the session's lock_timeout (``defaults.timeouts.db_lock``, applied like in
     production) ends the wait as a database error (transient), and Airflow's retry, after the lock
@@ -487,7 +487,7 @@ def drive_lock_held(env: CaseEnv) -> None:
         waits.extend(_await(env, done, lambda: env.query(
             "SELECT l.mode, pg_blocking_pids(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE a.datname = current_database() AND a.application_name = %s AND NOT l.granted "
-            "AND l.relation = 'staging.ohlcv'::regclass", (victim,)), "the OKX load waits for the lock"))
+            "AND l.relation = 'staging.candle'::regclass", (victim,)), "the OKX load waits for the lock"))
         # A load without a lock_timeout would wait for as long as the lock is held, and the lock is only
         # released for the retry: let go after a while, so the case fails on its checks instead of hanging.
         give_up = time.monotonic() + DB_LOCK_S + 60
@@ -502,7 +502,7 @@ def drive_lock_held(env: CaseEnv) -> None:
             return
         conn = env.connect("faults-lock-holder")
         with conn.cursor() as cur:
-            cur.execute("LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE")  # reads go on; every write waits
+            cur.execute("LOCK TABLE staging.candle IN EXCLUSIVE MODE")  # reads go on; every write waits
         lock.update(conn=conn, pid=conn.get_backend_pid(), taken=time.monotonic())
         lock["observer"] = Background(env, "observe the lock wait", observe)
 
@@ -526,8 +526,8 @@ def drive_lock_held(env: CaseEnv) -> None:
         if "observer" in lock:
             lock["observer"].finish()
     if waits:
-        env.event("lock held on staging.ohlcv past the load's lock_timeout")
-    env.check("the OKX load waited for the lock: its RowExclusiveLock on staging.ohlcv blocked by the holder",
+        env.event("lock held on staging.candle past the load's lock_timeout")
+    env.check("the OKX load waited for the lock: its RowExclusiveLock on staging.candle blocked by the holder",
               any(mode == "RowExclusiveLock" and lock.get("pid") in blockers for mode, blockers in waits),
               f"({waits}, holder {lock.get('pid')})")
     env.check(f"the lock was held past the load's lock_timeout ({DB_LOCK_S} s)",
@@ -668,7 +668,7 @@ CASES: tuple[Case, ...] = (
          faults=({"kind": "slow", **BINANCE_KLINES, "count": 2, "ms": 1500},),
          drive=drive_hung_connection),
     Case("postgres_lock", "Postgres lock held past the lock timeout",
-         "Another session holds LOCK TABLE staging.ohlcv IN EXCLUSIVE MODE from before OKX's first try until it "
+         "Another session holds LOCK TABLE staging.candle IN EXCLUSIVE MODE from before OKX's first try until it "
          f"has failed: the load's COPY waits its lock_timeout (db_lock: {DB_LOCK_S} s in the case's markets file) "
          "and fails as a database error (LockNotAvailable, transient); Airflow's retry loads after the release.",
          defaults={"timeouts": {"db_lock": DB_LOCK_S}}, drive=drive_lock_held),

@@ -108,8 +108,8 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
-DROP TRIGGER IF EXISTS faults_hold_load ON staging.ohlcv;
-CREATE TRIGGER faults_hold_load AFTER INSERT ON staging.ohlcv
+DROP TRIGGER IF EXISTS faults_hold_load ON staging.candle;
+CREATE TRIGGER faults_hold_load AFTER INSERT ON staging.candle
     FOR EACH STATEMENT EXECUTE FUNCTION public.faults_hold_load();
 """
 

@@ -306,7 +306,7 @@ class RetentionConfig(_Section):
     ohlcv_1m_months: PositiveInt | None = Field(None, description=(
         "Months of marts.ohlcv_1m and marts.indicators_1m kept: the current month and the N-1 before it; older "
         "monthly partitions are dropped whole. Empty = keep everything. The rollups (5m to 1w) and "
-        "staging.ohlcv keep everything."))
+        "staging.candle keep everything."))
 
 
 class Defaults(_Section):

@@ -54,15 +54,16 @@ WAREHOUSE_FAMILIES: tuple[Family, ...] = (
         "Seconds from the close of the newest 1m candle in staging to now, per live enabled market that is not "
         "suspended (from the start of its history when it has no candle yet).",
         ("exchange", "symbol"),
-        # One index probe per market (the staging primary key leads with exchange, symbol, timeframe, open_time).
+        # One index probe per market (staging.candle's key is (market_id, open_time); the market's id is a probe too).
         """
         SELECT c.exchange, c.symbol,
                extract(epoch FROM now() - coalesce(newest.open_time + interval '1 minute', c.history_start))
         FROM ops.market_config AS c
         LEFT JOIN ops.market_health AS h ON h.exchange = c.exchange AND h.symbol = c.symbol
         CROSS JOIN LATERAL (
-            SELECT max(s.open_time) AS open_time FROM staging.ohlcv AS s
-            WHERE s.exchange = c.exchange AND s.symbol = c.symbol AND s.timeframe = '1m'
+            SELECT max(s.open_time) AS open_time FROM staging.candle AS s
+            WHERE s.market_id = (SELECT m.market_id FROM staging.market AS m
+                                 WHERE m.exchange = c.exchange AND m.symbol = c.symbol AND m.timeframe = '1m')
         ) AS newest
         WHERE c.timeframe = '1m' AND c.enabled AND c.history_end IS NULL
           AND coalesce(h.status, 'active') <> 'suspended'

@@ -276,7 +276,8 @@ def finish_task(conn, task: BackfillTask, present: int, error: str | None = None
 def count_present(conn, exchange: str, symbol: str, timeframe: str, window: Window) -> int:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM staging.ohlcv WHERE exchange = %s AND symbol = %s AND timeframe = %s "
+            "SELECT count(*) FROM staging.candle WHERE market_id = (SELECT m.market_id FROM staging.market AS m "
+            "WHERE m.exchange = %s AND m.symbol = %s AND m.timeframe = %s) "
             "AND open_time >= to_timestamp(%s / 1000.0) AND open_time < to_timestamp(%s / 1000.0)",
             (exchange, symbol, timeframe, window.start_ms, window.end_ms),
         )

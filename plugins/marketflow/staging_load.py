@@ -3,7 +3,7 @@
 Two paths, same result:
 
 * new candles (nothing stored yet in the batch's time range for the market, the common case in
-  a backfill): COPY straight into staging.ohlcv. If another loader commits the same candles
+  a backfill): COPY straight into staging.candle. If another loader commits the same candles
   meanwhile, the unique key stops the COPY and the batch falls back to the upsert below.
 * otherwise: COPY into a temporary table and upsert with ``ON CONFLICT DO UPDATE ... WHERE
   values differ``: re-loading the same data touches no row, a corrected candle updates its row
@@ -11,6 +11,11 @@ Two paths, same result:
 
 Invalid rows, and whole payloads that cannot be parsed, go to staging.ohlcv_rejects with the
 reason. Either all of it commits or none.
+
+Candles are written to staging.candle, the narrow table behind the view staging.ohlcv (storage
+stage 2, docs/storage.md): the market and run as int keys (marketflow.staging_keys, cached per
+connection), the payload id as bytes. The rows prepared here keep the wide form (exchange, symbol,
+timeframe, ..., raw_payload_id, run_id); they are keyed when written.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from psycopg2.extras import execute_values
 
 from marketflow.logs import get_logger
 from marketflow.parsing import Candle, PayloadError, parse_batch_tickers, parse_candles, parse_ticker
+from marketflow.staging_keys import market_ids, payload_id_bytes, payload_id_text, run_keys
 from marketflow.timeframes import Window, from_ms, utc_ms
 from marketflow.validation import candle_problem
 
@@ -35,6 +41,9 @@ log = get_logger(__name__)
 
 _OHLCV_COLUMNS = ("exchange", "symbol", "timeframe", "open_time", "open", "high", "low", "close", "volume",
                   "quote_volume", "trades", "raw_payload_id", "run_id")
+# staging.candle's columns as the loader COPYs them (ingested_at: the default, or clock_timestamp() on upsert)
+_CANDLE_COLUMNS = ("market_id", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
+                   "raw_payload_id", "run_key")
 _REJECT_COLUMNS = ("raw_payload_id", "row_index", "exchange", "symbol", "timeframe", "open_time", "raw_row",
                    "reason", "run_id")
 _ANOMALY_COLUMNS = ("raw_payload_id", "kind", "open_time", "exchange", "symbol", "timeframe", "detail", "run_id")
@@ -189,8 +198,8 @@ def load_candle_batch(conn, batch: list[PreparedCandles]) -> list[LoadResult]:
     rows = [r for p in batch for r in p.rows]
     try:
         with conn.cursor() as cur:
-            revisions = record_revisions(cur, rows)
-            counts = _upsert_counted(cur, rows)
+            keyed, revisions = _stage_and_compare(cur, rows) if rows else (None, [])
+            counts = _upsert_staged(cur, keyed) if keyed else {}
             insert_rejects(cur, [r for p in batch for r in p.rejects])
             insert_anomalies(cur, [a for p in batch for a in p.anomalies] + revisions)
         conn.commit()
@@ -289,29 +298,64 @@ def _values(c: Candle) -> tuple[Any, ...]:
     return (c.open, c.high, c.low, c.close, c.volume, c.quote_volume, c.trades)
 
 
+_NULL = "\\N"  # COPY text's NULL
+_HEX = "\\\\x"  # a bytea in hex, its backslash doubled for COPY text
+
+
+class _Keyed:
+    """Rows of ``prepare_candles`` with staging.candle's keys: the COPY text, and the way back from keys to names."""
+
+    def __init__(self, cur, rows: list[tuple[Any, ...]]) -> None:
+        markets = market_ids(cur, {(r[0], r[1], r[2]) for r in rows})
+        runs = run_keys(cur, {r[12] for r in rows})
+        self.series = {key: series for series, key in markets.items()}
+        self.run_ids = {key: run for run, key in runs.items()}
+        self.markets, self.runs = markets, runs
+
+    def copy_buffer(self, rows: Sequence[Sequence[Any]]) -> io.StringIO:
+        """COPY text of staging.candle rows (``_CANDLE_COLUMNS``). Every value is an int, a timestamp, a
+        validated number or hexadecimal, so nothing needs escaping (the bytea's backslash is doubled)."""
+        markets, runs = self.markets, self.runs
+        payloads: dict[str, str] = {}
+        buf = io.StringIO()
+        for ex, sym, tf, ts, o, h, lo, c, v, qv, tr, payload, run in rows:
+            hex_id = payloads.get(payload)
+            if hex_id is None:
+                hex_id = payloads[payload] = payload_id_bytes(payload).hex()
+            buf.write(f"{markets[(ex, sym, tf)]}\t{ts.isoformat()}\t{o}\t{h}\t{lo}\t{c}\t{v}\t"
+                      f"{_NULL if qv is None else qv}\t{_NULL if tr is None else tr}\t{_HEX}{hex_id}\t{runs[run]}\n")
+        buf.seek(0)
+        return buf
+
+
 def write_ohlcv(cur, rows: list[tuple[Any, ...]]) -> tuple[int, int, list[tuple[Any, ...]]]:
     """Write one market's candle rows: COPY when they are all new, else upsert recording revisions.
 
-    Returns (inserted, updated, revision anomalies). The caller owns the transaction.
+    Returns (inserted, updated, revision anomalies). The caller owns the transaction (the market's and
+    run's keys, when new, are added in a transaction of their own first if none is open).
     """
     copied = copy_new_ohlcv(cur, rows)
     if copied is not None:
         return copied, 0, []
-    revisions = record_revisions(cur, rows)
-    inserted, updated = upsert_ohlcv(cur, rows, staged=bool(rows))
-    return inserted, updated, revisions
+    if not rows:
+        return 0, 0, []
+    keyed, revisions = _stage_and_compare(cur, rows)
+    counts = _upsert_staged(cur, keyed).values()
+    return sum(i for i, _ in counts), sum(u for _, u in counts), revisions
 
 
-def _stage_rows(cur, rows: list[tuple[Any, ...]]) -> None:
+def _stage_rows(cur, rows: list[tuple[Any, ...]]) -> _Keyed:
     """COPY rows into the session's temp table (emptied at commit)."""
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_ohlcv (LIKE staging.ohlcv INCLUDING DEFAULTS) "
+    keyed = _Keyed(cur, rows)
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS tmp_candle (LIKE staging.candle INCLUDING DEFAULTS) "
                 "ON COMMIT DELETE ROWS")
-    cur.execute("TRUNCATE tmp_ohlcv")
-    cur.copy_expert(f"COPY tmp_ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _ohlcv_copy_buffer(rows))
+    cur.execute("TRUNCATE tmp_candle")
+    cur.copy_expert(f"COPY tmp_candle ({', '.join(_CANDLE_COLUMNS)}) FROM STDIN", keyed.copy_buffer(rows))
+    return keyed
 
 
 def copy_new_ohlcv(cur, rows: list[tuple[Any, ...]]) -> int | None:
-    """COPY rows of one market straight into staging.ohlcv when none of their time range is stored yet.
+    """COPY rows of one market straight into staging.candle when none of their time range is stored yet.
 
     Returns the rows inserted, or None when the upsert path must run instead: rows exist in the
     range, or a concurrent loader committed some of these candles first (unique violation; the
@@ -322,14 +366,15 @@ def copy_new_ohlcv(cur, rows: list[tuple[Any, ...]]) -> int | None:
     if not rows:
         return None
     exchange, symbol, timeframe = rows[0][0], rows[0][1], rows[0][2]
+    keyed = _Keyed(cur, rows)
     first, last = min(r[3] for r in rows), max(r[3] for r in rows)
-    cur.execute("SELECT EXISTS (SELECT 1 FROM staging.ohlcv WHERE exchange = %s AND symbol = %s "
-                "AND timeframe = %s AND open_time BETWEEN %s AND %s)", (exchange, symbol, timeframe, first, last))
+    cur.execute("SELECT EXISTS (SELECT 1 FROM staging.candle WHERE market_id = %s AND open_time BETWEEN %s AND %s)",
+                (keyed.markets[(exchange, symbol, timeframe)], first, last))
     if cur.fetchone()[0]:
         return None
     cur.execute("SAVEPOINT copy_new_ohlcv")
     try:
-        cur.copy_expert(f"COPY staging.ohlcv ({', '.join(_OHLCV_COLUMNS)}) FROM STDIN", _ohlcv_copy_buffer(rows))
+        cur.copy_expert(f"COPY staging.candle ({', '.join(_CANDLE_COLUMNS)}) FROM STDIN", keyed.copy_buffer(rows))
     except errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT copy_new_ohlcv")
         log.info("%s %s %s: candles appeared while loading (a concurrent load); upserting instead",
@@ -341,22 +386,24 @@ def copy_new_ohlcv(cur, rows: list[tuple[Any, ...]]) -> int | None:
 
 def record_revisions(cur, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Stage ``rows`` and return an anomaly for each one whose values differ from what staging holds."""
-    if not rows:
-        return []
-    _stage_rows(cur, rows)
+    return _stage_and_compare(cur, rows)[1] if rows else []
+
+
+def _stage_and_compare(cur, rows: list[tuple[Any, ...]]) -> tuple[_Keyed, list[tuple[Any, ...]]]:
+    keyed = _stage_rows(cur, rows)
     old = ", ".join(f"t.{c}" for c in _VALUE_COLUMNS)
     new = ", ".join(f"s.{c}" for c in _VALUE_COLUMNS)
     cur.execute(
         f"""
-        SELECT s.raw_payload_id, s.open_time, s.exchange, s.symbol, s.timeframe, t.raw_payload_id, ({old})::text,
-               ({new})::text, s.run_id
-        FROM tmp_ohlcv s
-        JOIN staging.ohlcv t USING (exchange, symbol, timeframe, open_time)
+        SELECT s.raw_payload_id, s.open_time, s.market_id, t.raw_payload_id, ({old})::text, ({new})::text, s.run_key
+        FROM tmp_candle s
+        JOIN staging.candle t USING (market_id, open_time)
         WHERE ({old}) IS DISTINCT FROM ({new})
         """
     )
-    return [(payload, "revised", open_time, ex, sym, tf, f"payload {was_payload} said {was}, this one {now}", run_id)
-            for payload, open_time, ex, sym, tf, was_payload, was, now, run_id in cur.fetchall()]
+    return keyed, [(payload_id_text(bytes(payload)), "revised", open_time, *keyed.series[market],
+                    f"payload {payload_id_text(bytes(was_payload))} said {was}, this one {now}", keyed.run_ids[run])
+                   for payload, open_time, market, was_payload, was, now, run in cur.fetchall()]
 
 
 def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tuple[int, int]:
@@ -364,52 +411,50 @@ def upsert_ohlcv(cur, rows: list[tuple[Any, ...]], staged: bool = False) -> tupl
     The caller owns the transaction."""
     if not rows:
         return 0, 0
-    if not staged:
-        _stage_rows(cur, rows)
-    counts = _upsert_staged(cur).values()
+    keyed = _Keyed(cur, rows) if staged else _stage_rows(cur, rows)
+    counts = _upsert_staged(cur, keyed).values()
     return sum(i for i, _ in counts), sum(u for _, u in counts)
 
 
-def _upsert_counted(cur, rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[int, int]]:
-    """``upsert_ohlcv`` of rows already staged in tmp_ohlcv (``record_revisions``), counted per market:
-    {(exchange, symbol): (inserted, updated)}."""
-    return _upsert_staged(cur) if rows else {}
-
-
-def _upsert_staged(cur) -> dict[tuple[str, str], tuple[int, int]]:
-    """Upsert tmp_ohlcv into staging.ohlcv; (inserted, updated) per (exchange, symbol)."""
-    cols = ", ".join(_OHLCV_COLUMNS)
+def _upsert_staged(cur, keyed: _Keyed) -> dict[tuple[str, str], tuple[int, int]]:
+    """Upsert tmp_candle into staging.candle; (inserted, updated) per (exchange, symbol)."""
+    cols = ", ".join(_CANDLE_COLUMNS)
     cur.execute(
         f"""
         WITH upserted AS (
-            INSERT INTO staging.ohlcv AS t ({cols}, ingested_at)
+            INSERT INTO staging.candle AS t ({cols}, ingested_at)
             -- in key order: two overlapping runs' batches lock the same rows in the same order (no deadlock)
-            SELECT {cols}, clock_timestamp() FROM tmp_ohlcv ORDER BY exchange, symbol, timeframe, open_time
-            ON CONFLICT (exchange, symbol, timeframe, open_time) DO UPDATE SET
+            SELECT {cols}, clock_timestamp() FROM tmp_candle ORDER BY market_id, open_time
+            ON CONFLICT (market_id, open_time) DO UPDATE SET
                 open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
                 volume = EXCLUDED.volume, quote_volume = EXCLUDED.quote_volume, trades = EXCLUDED.trades,
-                raw_payload_id = EXCLUDED.raw_payload_id, run_id = EXCLUDED.run_id,
+                raw_payload_id = EXCLUDED.raw_payload_id, run_key = EXCLUDED.run_key,
                 ingested_at = EXCLUDED.ingested_at
             WHERE (t.open, t.high, t.low, t.close, t.volume, t.quote_volume, t.trades)
                 IS DISTINCT FROM (EXCLUDED.open, EXCLUDED.high, EXCLUDED.low, EXCLUDED.close, EXCLUDED.volume,
                                   EXCLUDED.quote_volume, EXCLUDED.trades)
-            RETURNING t.exchange, t.symbol, t.timeframe, t.open_time
+            RETURNING t.market_id, t.open_time
         ),
         -- what was stored before this statement (its snapshot): a returned row with a stored key was
         -- updated. (Not xmax = 0: a partitioned table cannot return system columns.)
         existed AS (
-            SELECT s.exchange, s.symbol, s.timeframe, s.open_time
-            FROM tmp_ohlcv AS s
-            JOIN staging.ohlcv AS o USING (exchange, symbol, timeframe, open_time)
+            SELECT s.market_id, s.open_time
+            FROM tmp_candle AS s
+            JOIN staging.candle AS o USING (market_id, open_time)
         )
-        SELECT u.exchange, u.symbol, count(*) FILTER (WHERE e.open_time IS NULL),
+        SELECT u.market_id, count(*) FILTER (WHERE e.open_time IS NULL),
                count(*) FILTER (WHERE e.open_time IS NOT NULL)
         FROM upserted AS u
-        LEFT JOIN existed AS e USING (exchange, symbol, timeframe, open_time)
-        GROUP BY 1, 2
+        LEFT JOIN existed AS e USING (market_id, open_time)
+        GROUP BY 1
         """
     )
-    return {(ex, sym): (int(ins), int(upd)) for ex, sym, ins, upd in cur.fetchall()}
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for market, ins, upd in cur.fetchall():
+        ex, sym, _ = keyed.series[market]
+        was_ins, was_upd = counts.get((ex, sym), (0, 0))
+        counts[(ex, sym)] = (was_ins + int(ins), was_upd + int(upd))
+    return counts
 
 
 def insert_rejects(cur, rejects: list[tuple[Any, ...]]) -> int:

@@ -16,7 +16,8 @@ from psycopg2 import errors
 
 from marketflow.schema import apply_ddl
 
-FORBIDDEN_READS = ["staging.ohlcv", "staging.ohlcv_rejects", "ops.backfill_tasks", "ops.market_config",
+FORBIDDEN_READS = ["staging.ohlcv", "staging.candle", "staging.market", "ops.run", "staging.ohlcv_rejects",
+                   "ops.backfill_tasks", "ops.market_config",
                    "dbt_staging.stg_ohlcv", "dbt_intermediate.int_markets"]
 FORBIDDEN_WRITES = [
     "INSERT INTO marts.ohlcv_1m (exchange, symbol, open_time) VALUES ('x', 'X/Y', now())",

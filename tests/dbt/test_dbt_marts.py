@@ -160,7 +160,7 @@ def test_docs_generate(dbt: DbtRunner, loaded_warehouse) -> None:
     catalog = json.loads((dbt.env_path("DBT_TARGET_PATH") / "catalog.json").read_text())
     names = {n["metadata"]["name"] for n in catalog["nodes"].values()}
     assert {"ohlcv_1m", "markets", "latest_price", "stg_ohlcv", "stg_ticker", "int_markets"} <= names
-    assert {"ohlcv", "ticker", "ohlcv_rejects"} <= {
+    assert {"candle", "ticker", "ohlcv_rejects"} <= {
         s["metadata"]["name"] for s in catalog["sources"].values()
     }
     assert not catalog.get("errors")
@@ -531,7 +531,7 @@ def test_source_freshness(dbt: DbtRunner, loaded_warehouse) -> None:
         cur.execute("update staging.ohlcv set ingested_at = now() - interval '3 hours'")
     conn.commit()
     result = dbt("source", "freshness", expect_success=False)
-    assert "ERROR STALE" in result.output and "staging.ohlcv" in result.output, result.output
+    assert "ERROR STALE" in result.output and "staging.candle" in result.output, result.output
 
 
 def _failing_tests(output: str) -> set[str]:

@@ -105,7 +105,7 @@ def test_every_model_and_column_is_described(manifest: dict) -> None:
 
 def test_sources_have_described_columns_and_freshness(manifest: dict) -> None:
     sources = {(s["source_name"], s["name"]): s for s in manifest["sources"].values()}
-    assert {name for (group, name) in sources if group == "staging"} >= {"ohlcv", "ticker", "ohlcv_rejects"}
+    assert {name for (group, name) in sources if group == "staging"} >= {"candle", "market", "ticker", "ohlcv_rejects"}
     assert {name for (group, name) in sources if group == "ops"} >= {"market_config", "backfill_tasks", "api_errors",
                                                                        "rate_limit_metrics", "rate_limit_buckets"}
     for (group, name), source in sources.items():
@@ -113,7 +113,7 @@ def test_sources_have_described_columns_and_freshness(manifest: dict) -> None:
         assert all(c["description"].strip() for c in source["columns"].values()), name
         if group == "staging":  # the pipeline's data tables list every column
             assert source["columns"], name
-    for name in ("ohlcv", "ticker"):
+    for name in ("candle", "ticker"):
         assert sources[("staging", name)]["loaded_at_field"] == "ingested_at"
         freshness = sources[("staging", name)]["freshness"]
         assert freshness["warn_after"]["count"] and freshness["error_after"]["count"], name

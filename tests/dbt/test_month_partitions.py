@@ -61,9 +61,9 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
     _execute(conn, SYNTHETIC)
     # the sample rows were COPYed before any month partition existed: storage preparation moves them out
     ensure_month_partitions(conn, NOW)
-    assert query(conn, "select count(*) from staging.ohlcv_default") == [(0,)]
+    assert query(conn, "select count(*) from staging.candle_default") == [(0,)]
     staging_months = ["2022-08", "2025-08", "2025-09", "2025-10", "2025-11", "2025-12"]
-    assert _months(conn, "staging.ohlcv") == staging_months
+    assert _months(conn, "staging.candle") == staging_months
 
     dbt("run", "-s", *MODELS)
     assert query(conn, "select relkind::text from pg_class where oid = 'marts.indicators_1m'::regclass") == [("v",)]
@@ -109,15 +109,15 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
     _execute(conn, "insert into staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close, volume,"
                 " raw_payload_id, run_id) values ('binance', 'SYN/USDT', '1m', '2025-11-10 06:00+00', 10, 11, 9,"
                 " 10.5, '1.25', 'syn', 'run-syn-2')")
-    old_scans = {p: _scans(conn, p) for p in ("staging.ohlcv_p2025_08", "staging.ohlcv_p2022_08")}
-    new_scans = _scans(conn, "staging.ohlcv_p2025_11")
+    old_scans = {p: _scans(conn, p) for p in ("staging.candle_p2025_08", "staging.candle_p2022_08")}
+    new_scans = _scans(conn, "staging.candle_p2025_11")
     dbt("run", "-s", *MODELS)
     for table in ONE_MINUTE:
         assert query(conn, f"select count(*) from {table} where {old}") == [(0,)]
         assert query(conn, f"select count(*) from {table} where symbol = 'SYN/USDT' "
                            "and open_time = '2025-11-10 06:00+00'") == [(1,)]
     assert {p: _scans(conn, p) for p in old_scans} == old_scans  # not read at all (pruned at plan time)
-    assert _scans(conn, "staging.ohlcv_p2025_11") > new_scans
+    assert _scans(conn, "staging.candle_p2025_11") > new_scans
     for name in ROLLUPS:  # the rollups' old buckets are as they were (the correction is not applied)
         old_buckets = _snapshot_rows(conn, rollups[name], f"marts.{name}", old)
         assert old_buckets and _rows(conn, f"marts.{name}", old) == old_buckets, name

@@ -147,7 +147,7 @@ def test_data_checksum_ignores_lineage_only(demo_config, mongo_db, pg_conn) -> N
     full, data = table_checksum(pg_conn, "staging.ohlcv", key), \
         table_checksum(pg_conn, "staging.ohlcv", key, LINEAGE_COLUMNS)
     with pg_conn.cursor() as cur:
-        cur.execute("TRUNCATE staging.ohlcv")
+        cur.execute("TRUNCATE staging.candle")
     pg_conn.commit()
     mongo_db.raw_market_payload.delete_many({})
     run_pipeline(demo_config, RawStore(mongo_db), pg_conn, "run-elsewhere")

@@ -122,15 +122,16 @@ def test_a_release_deployment_with_data_upgrades_to_head(new_database, release_a
 
     fresh = new_database()
     assert schema.upgrade(fresh) == every
-    # 0004 gave the upgraded staging.ohlcv a partition for every month from its first candle to its
-    # last; a fresh install gets them as candles of those months arrive
-    query(fresh, "SELECT ops.ensure_month_partitions('staging.ohlcv', '2022-08-01+00', '2025-11-01+00')")
+    # 0004 gave the upgraded staging.ohlcv (0010: staging.candle) a partition for every month from its first
+    # candle to its last; a fresh install gets them as candles of those months arrive
+    query(fresh, "SELECT ops.ensure_month_partitions('staging.candle', '2022-08-01+00', '2025-11-01+00')")
     assert schema_dump(old) == schema_dump(fresh)
     # Tables added since the release: the version table, the retention floor (0004), the API's tokens (0005),
-    # each market's latest ticker (0006).
-    assert _tables(old) == _tables(fresh) == set(DATA_TABLES) | {"marketflow_meta.alembic_version",
-                                                                 "ops.partition_retention", "ops.api_tokens",
-                                                                 "staging.ticker_latest"}
+    # each market's latest ticker (0006), the narrow candles and their market and run keys (0010, which made
+    # staging.ohlcv a view of them).
+    assert _tables(old) == _tables(fresh) == set(DATA_TABLES) - {"staging.ohlcv"} | {
+        "marketflow_meta.alembic_version", "ops.partition_retention", "ops.api_tokens", "staging.ticker_latest",
+        "staging.candle", "staging.market", "ops.run"}
 
 
 def test_the_baseline_revision_is_the_release(new_database, release_applier, schema_dump) -> None:

@@ -23,7 +23,7 @@
   symbol the earliest changed open time; every market of that symbol (its divergence depends on
   the others) is recomputed from that hour on. A full refresh recomputes everything.
 
-  Cost: per market, one ordered range scan of staging.ohlcv's primary key, read from enough
+  Cost: per market, one ordered range scan of staging.candle's (market_id, open_time) key, read from enough
   candles before the first recomputed hour to rebuild the baselines exactly (2 x (N + 2) candles),
   then moving sums (running sums before each row, differenced with lag(): linear whatever the window size;
   PostgreSQL has no moving-aggregate support for float stddev, which would cost N per row).
@@ -84,9 +84,7 @@ plan as (
         coalesce((
             select c.open_time
             from {{ ref('stg_ohlcv') }} as c
-            where c.exchange = todo.exchange
-              and c.symbol = todo.symbol
-              and c.timeframe = '1m'
+            where {{ stg_series_filter('c', 'todo.exchange', 'todo.symbol', "'1m'") }}
               and c.open_time < todo.recompute_from
             order by c.open_time desc
             offset {{ context - 1 }} limit 1
@@ -193,9 +191,7 @@ hours as (
                                         end as log_return,
                                         case when c.volume > 0 then ln(c.volume::float8) end as log_volume
                                     from {{ ref('stg_ohlcv') }} as c
-                                    where c.exchange = plan.exchange
-                                      and c.symbol = plan.symbol
-                                      and c.timeframe = '1m'
+                                    where {{ stg_series_filter('c', 'plan.exchange', 'plan.symbol', "'1m'") }}
                                       and c.open_time >= plan.read_from
                                     window w as (order by c.open_time)
                                 ) as returns
@@ -219,9 +215,7 @@ hours as (
             cross join lateral (
                 select c.open_time, c.close
                 from {{ ref('stg_ohlcv') }} as c
-                where c.exchange = other.exchange
-                  and c.symbol = plan.symbol
-                  and c.timeframe = '1m'
+                where {{ stg_series_filter('c', 'other.exchange', 'plan.symbol', "'1m'") }}
                   and c.open_time >= plan.recompute_from
                 offset 0  -- keep it a per-exchange index scan: flattened, it is planned as a scan of all of staging
             ) as o

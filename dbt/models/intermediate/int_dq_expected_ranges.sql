@@ -33,12 +33,23 @@ series as (
         bounds.first_candle_at,
         bounds.last_candle_at
     from {{ dq_distinct_series(ref('stg_ohlcv')) }} as s
+    -- the first and the last candle: two probes of staging's (market_id, open_time) key
     cross join lateral (
-        select min(c.open_time) as first_candle_at, max(c.open_time) as last_candle_at
-        from {{ ref('stg_ohlcv') }} as c
-        where c.exchange = s.exchange
-          and c.symbol = s.symbol
-          and c.timeframe = s.timeframe
+        select
+            (
+                select c.open_time
+                from {{ ref('stg_ohlcv') }} as c
+                where {{ stg_series_filter('c', 's.exchange', 's.symbol', 's.timeframe') }}
+                order by c.open_time
+                limit 1
+            ) as first_candle_at,
+            (
+                select c.open_time
+                from {{ ref('stg_ohlcv') }} as c
+                where {{ stg_series_filter('c', 's.exchange', 's.symbol', 's.timeframe') }}
+                order by c.open_time desc
+                limit 1
+            ) as last_candle_at
     ) as bounds
 ),
 

@@ -158,7 +158,7 @@ windows as (
 ),
 {% endif %}
 
--- per window, one ordered index-only scan of staging.ohlcv's primary key over it, keeping the
+-- per window, one ordered scan of staging.candle's (market_id, open_time) key over it, keeping the
 -- candles with a hole before or after them (and the window's first and last); the window starts
 -- right after a candle (or at the range start) and ends at a candle (or the range end)
 edges as (
@@ -172,9 +172,7 @@ edges as (
                 lag(c.open_time) over series  as prev_open_time,
                 lead(c.open_time) over series as next_open_time
             from {{ ref('stg_ohlcv') }} as c
-            where c.exchange = w.exchange
-              and c.symbol = w.symbol
-              and c.timeframe = w.timeframe
+            where {{ stg_series_filter('c', 'w.exchange', 'w.symbol', 'w.timeframe') }}
               and c.open_time >= w.window_start
               and c.open_time < w.window_end
             window series as (order by c.open_time)

@@ -5,7 +5,7 @@
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
         pre_hook="set local jit = off",
-        partition_by_month={'column': 'open_time', 'months_like': 'staging.ohlcv'},
+        partition_by_month={'column': 'open_time', 'months_like': 'staging.candle'},
         post_hook=month_partitions_post_hooks(),
         indexes=[
             {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
