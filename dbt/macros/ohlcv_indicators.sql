@@ -57,12 +57,13 @@
   candles rewrites nothing. Values are double precision, and an incremental run performs the
   same floating-point operations on the same inputs as a full build, so the two are identical.
 -#}
-{% macro ohlcv_indicators(candles, ingested_column, timeframe, candle_columns=none) -%}
+{% macro ohlcv_indicators(candles, ingested_column, timeframe, candle_columns=none, dropped_columns=[]) -%}
 {#- candle_columns: ohlcv_1m's mode, the candle row and its indicators as one row (docs/storage.md).
     `candles` is then a parenthesised subquery of the 1m candles (staging), these columns of it are
     carried into the output, which has the candle's columns first, its ingested_at (the watermark)
     instead of last_ingested_at, and no close copy, is_closed or macd_histogram (the indicators_1m
-    view derives them). -#}
+    view derives them). dropped_columns: columns an older build of the table has and this one no longer
+    writes (ohlcv_1m's lineage copies): an incremental run into such a table stops with the fix. -#}
 {%- set merged = candle_columns is not none -%}
 {%- set out_ingested = 'ingested_at' if merged else 'last_ingested_at' -%}
 {%- set indicator_state = indicator_function('indicator_state') -%}
@@ -78,7 +79,7 @@
     is built from them, do not change; a rollup's full refresh would lose months retention dropped) #}
 {%- if merged %}
 {{- require_columns(['candle_index', 'inputs_complete', 'macd_fast_ema'],
-                    rebuild_select=this.identifier ~ ' indicators_' ~ timeframe) }}
+                    rebuild_select=this.identifier ~ ' indicators_' ~ timeframe, dropped=dropped_columns) }}
 {%- else %}
 {{- require_columns(['is_closed', 'inputs_complete', 'macd_fast_ema']) }}
 {%- endif %}

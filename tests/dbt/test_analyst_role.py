@@ -51,6 +51,10 @@ def test_analyst_reads_marts_only(analyst_dsn: str) -> None:
                          "data_quality_flagged_candles"):  # fmt: skip
                 cur.execute(f"SELECT count(*) FROM marts.{mart}")
                 assert cur.fetchone()[0] > 0, mart
+            # the candles' lineage: staging's ids, through the view (staging itself stays forbidden)
+            cur.execute("SELECT count(*), count(raw_payload_id),"
+                        " count(*) FILTER (WHERE staged_ingested_at = ingested_at) FROM marts.ohlcv_1m_lineage")
+            assert cur.fetchone() == (5760, 5760, 5760)
             # the drill-down the summary points to: the sample's one volume anomaly, with its candle
             cur.execute("SELECT exchange, open_time, is_volume_anomaly, volume FROM marts.data_quality_flagged_candles")
             assert cur.fetchall() == [("binance", datetime(2022, 8, 14, 13, 16, tzinfo=UTC), True, mock.ANY)]

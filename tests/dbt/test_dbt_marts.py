@@ -17,7 +17,7 @@ INSERT_OHLCV = (
 )
 OHLCV_1M_COLUMNS = [
     "exchange", "symbol", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
-    "close_time", "raw_payload_id", "run_id", "ingested_at",
+    "close_time", "ingested_at",  # no lineage ids: ohlcv_1m_lineage joins them from staging by key
     # the candle's indicators, on its own row (indicators_1m is a view of them)
     "candle_index", "inputs_complete", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
     "macd_line", "macd_signal", "rsi_avg_gain_14", "rsi_avg_loss_14", "macd_fast_ema",
@@ -44,6 +44,14 @@ def _ohlcv_row(conn, exchange: str, symbol: str, open_time: datetime) -> dict:
     conn.commit()
     assert row is not None, (exchange, symbol, open_time)
     return dict(zip(names, row, strict=True))
+
+
+def _lineage(conn, exchange: str, symbol: str, open_time: datetime) -> tuple:
+    """(raw_payload_id, run_id, whether the mart row holds that staging row's values) from ohlcv_1m_lineage."""
+    rows = query(conn, "select raw_payload_id, run_id, staged_ingested_at = ingested_at from marts.ohlcv_1m_lineage"
+                       " where exchange = %s and symbol = %s and open_time = %s", (exchange, symbol, open_time))
+    assert len(rows) == 1, (exchange, symbol, open_time, rows)
+    return rows[0]
 
 
 def _row_versions(conn) -> str:
@@ -229,15 +237,19 @@ def test_corrected_and_new_candles_flow_in_incrementally(dbt: DbtRunner, loaded_
     dbt("build")
 
     fixed = _ohlcv_row(conn, "binance", "ETH/USDT", t0)
-    assert (fixed["high"], fixed["close"], fixed["raw_payload_id"], fixed["run_id"]) == (
-        Decimal("2000"), Decimal("1999.99"), "fix", "run-2",
-    )  # fmt: skip
+    assert (fixed["high"], fixed["close"]) == (Decimal("2000"), Decimal("1999.99"))
+    assert _lineage(conn, "binance", "ETH/USDT", t0) == ("fix", "run-2", True)
     new = _ohlcv_row(conn, "binance", "ETH/USDT", newest)
     assert (new["close"], new["trades"], new["close_time"]) == (
         Decimal("1800.5"), 42, newest + timedelta(minutes=1),
     )  # fmt: skip
-    assert _ohlcv_row(conn, "okx", "BTC/USDT", late)["raw_payload_id"] == "late"
-    assert _ohlcv_row(conn, "okx", "BTC/USDT", old)["raw_payload_id"] != "too-old"
+    late_row = _ohlcv_row(conn, "okx", "BTC/USDT", late)
+    assert late_row["close"] == late_row["high"]
+    assert _lineage(conn, "okx", "BTC/USDT", late)[::2] == ("late", True)
+    old_row = _ohlcv_row(conn, "okx", "BTC/USDT", old)
+    assert old_row["close"] != old_row["high"]
+    # the lineage view shows staging's revision, and that the mart row does not hold it (yet)
+    assert _lineage(conn, "okx", "BTC/USDT", old)[::2] == ("too-old", False)
     assert query(conn, "select count(*) from marts.ohlcv_1m") == [(5761,)]
 
     # downstream marts follow
@@ -251,7 +263,9 @@ def test_corrected_and_new_candles_flow_in_incrementally(dbt: DbtRunner, loaded_
 
     # a full refresh re-reads everything, including the change stamped outside the lookback
     dbt("build", "--full-refresh")
-    assert _ohlcv_row(conn, "okx", "BTC/USDT", old)["raw_payload_id"] == "too-old"
+    old_row = _ohlcv_row(conn, "okx", "BTC/USDT", old)
+    assert old_row["close"] == old_row["high"]
+    assert _lineage(conn, "okx", "BTC/USDT", old)[::2] == ("too-old", True)
 
 
 def test_full_refresh_equals_incremental(dbt: DbtRunner, loaded_warehouse) -> None:
@@ -354,13 +368,14 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     assert "PASS=1" in dbt("test", *select).output
     # staging's CHECK constraints refuse such rows, so they go straight into the mart, one per minute
     start = datetime(2030, 1, 1, tzinfo=UTC)
+    minute = {label: start + timedelta(minutes=i) for i, label in enumerate(BAD_CANDLES)}  # a bad candle's key
     with conn.cursor() as cur:
-        for i, (label, (o, h, lo, c, v, _)) in enumerate(BAD_CANDLES.items()):
+        for label, (o, h, lo, c, v, _) in BAD_CANDLES.items():
             cur.execute(
                 "insert into marts.ohlcv_1m (exchange, symbol, open_time, open, high, low, close, volume,"
-                " close_time, raw_payload_id, run_id, ingested_at)"
-                " values ('binance', 'ETH/USDT', %s, %s, %s, %s, %s, %s, %s, %s, 'bad', now())",
-                (start + timedelta(minutes=i), o, h, lo, c, v, start + timedelta(minutes=i + 1), label),
+                " close_time, ingested_at)"
+                " values ('binance', 'ETH/USDT', %s, %s, %s, %s, %s, %s, %s, now())",
+                (minute[label], o, h, lo, c, v, minute[label] + timedelta(minutes=1)),
             )
     conn.commit()
     result = dbt("test", *select, "--store-failures", expect_success=False)
@@ -368,18 +383,19 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     failures = dict(
         query(
             conn,
-            "select raw_payload_id, violations"
+            "select open_time, violations"
             " from dbt_test__audit.ohlcv_consistency_ohlcv_1m_quote_volume__trades",
         )
     )
-    assert failures == {label: spec[-1] for label, spec in BAD_CANDLES.items()}
+    assert failures == {minute[label]: spec[-1] for label, spec in BAD_CANDLES.items()}
 
     # data tests on the big tables only look at rows written within data_test_window_hours (48);
     # a bad row merged long ago is found by the full check (window 0)
     with conn.cursor() as cur:
         cur.execute(
-            "update marts.ohlcv_1m set ingested_at = now() - interval '30 days' where raw_payload_id = %s",
-            ("negative volume",),
+            "update marts.ohlcv_1m set ingested_at = now() - interval '30 days'"
+            " where exchange = 'binance' and symbol = 'ETH/USDT' and open_time = %s",
+            (minute["negative volume"],),
         )
     conn.commit()
     result = dbt("test", *select, expect_success=False)
@@ -639,7 +655,7 @@ def test_not_null_columns_names_each_column_with_nulls(dbt: DbtRunner, loaded_wa
     dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
     select = ("--select", "ohlcv_1m,test_name:not_null_columns")
     with conn.cursor() as cur:
-        cur.execute("update marts.ohlcv_1m set volume = null, run_id = null"
+        cur.execute("update marts.ohlcv_1m set volume = null, close_time = null"
                     " where open_time >= (select max(open_time) - interval '2 minutes' from marts.ohlcv_1m)")
         changed = cur.rowcount
     conn.commit()
@@ -649,4 +665,4 @@ def test_not_null_columns_names_each_column_with_nulls(dbt: DbtRunner, loaded_wa
     (table,) = query(conn, "select table_name from information_schema.tables where table_schema = 'dbt_test__audit'"
                            " and table_name like 'not_null_columns_ohlcv_1m%'")[0]
     assert dict(query(conn, f'select column_name, null_rows from dbt_test__audit."{table}"')) == {
-        "volume": changed, "run_id": changed}
+        "volume": changed, "close_time": changed}

@@ -45,6 +45,7 @@ EXPECTED_MODELS = {
     "ohlcv_1d": ("marts", "incremental"),
     "ohlcv_1h": ("marts", "incremental"),
     "ohlcv_1m": ("marts", "incremental"),
+    "ohlcv_1m_lineage": ("marts", "view"),  # ohlcv_1m's lineage: the staging row of the same key
     "ohlcv_1w": ("marts", "incremental"),
     "ohlcv_5m": ("marts", "incremental"),
     "rate_limit_usage": ("marts", "view"),

@@ -59,8 +59,8 @@ def test_callback_names_only_the_tests_of_the_failed_task(dbt: DbtRunner, loaded
         # ohlcv_1m: two candles whose high is below their low (staging's CHECKs refuse them, the mart does not)
         for i in range(2):
             cur.execute("insert into marts.ohlcv_1m (exchange, symbol, open_time, open, high, low, close, volume,"
-                        " close_time, raw_payload_id, run_id, ingested_at)"
-                        " values ('binance', 'ETH/USDT', %s, 100, 100, 101, 100, 1, %s, 'bad', 'bad', now())",
+                        " close_time, ingested_at)"
+                        " values ('binance', 'ETH/USDT', %s, 100, 100, 101, 100, 1, %s, now())",
                         (start + timedelta(minutes=i), start + timedelta(minutes=i + 1)))
         # ohlcv_1h: a bucket whose volume no longer adds up (another model's tests fail)
         cur.execute("update marts.ohlcv_1h set volume = volume + 1 where (exchange, symbol, open_time) ="

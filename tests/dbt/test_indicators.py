@@ -149,12 +149,19 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
 
 def test_an_ohlcv_1m_from_before_the_merged_row_asks_for_its_rebuild(dbt: DbtRunner, loaded_warehouse) -> None:
     """An install built before the 1m indicators moved onto ohlcv_1m's rows (ohlcv_1m with the candle
-    columns only, indicators_1m a table of its own): the incremental run names the table and the
-    command that fixes it; that command turns indicators_1m into the view, with the same rows as the
-    old table, and leaves the rollups alone."""
+    columns and the lineage ids, indicators_1m a table of its own), and one built with the merged row
+    but still with the lineage ids on it (storage stage 1 alone): the incremental run names the table
+    and the command that fixes it; that command turns indicators_1m into the view, with the same rows
+    as the old table, drops the ids, and leaves the rollups alone."""
     conn = loaded_warehouse
     dbt("run", *ref.DBT_SELECT)
     rollups = ref.table_checksums(conn, ref.ROLLUPS)
+    with conn.cursor() as cur:  # stage 1's ohlcv_1m: the lineage ids were still copied onto the row
+        cur.execute("alter table marts.ohlcv_1m add column raw_payload_id text, add column run_id text")
+    conn.commit()
+    failed = dbt("run", "--select", "ohlcv_1m", expect_success=False)
+    assert "was built with the columns raw_payload_id, run_id" in failed.output, failed.output
+    assert "dbt build --full-refresh -s ohlcv_1m indicators_1m" in failed.output, failed.output
     with conn.cursor() as cur:  # the previous release's two tables (the values it computed are the same)
         cur.execute("create table marts.old_indicators_1m as table marts.indicators_1m")
         cur.execute("drop view marts.indicators_1m")
@@ -174,4 +181,7 @@ def test_an_ohlcv_1m_from_before_the_merged_row_asks_for_its_rebuild(dbt: DbtRun
               " using (exchange, symbol, open_time) where n::text is distinct from o::text")
     assert differing == 0
     assert ref.table_checksums(conn, ref.ROLLUPS) == rollups
+    assert not {"raw_payload_id", "run_id"} & {c for (c,) in ref.fetch(
+        conn, "select column_name from information_schema.columns"
+              " where table_schema = 'marts' and table_name = 'ohlcv_1m'")}
     dbt("run", *ref.DBT_SELECT)  # and the next incremental run goes on from there

@@ -91,7 +91,7 @@ def corrupt(conn, market: tuple[str, str], start: datetime, end: datetime) -> No
         # a candle in the range that staging does not have (a row from a bad manual insert)
         cur.execute("insert into marts.ohlcv_1m select exchange, symbol, open_time + interval '30 seconds', open,"
                     " high, low, close, volume, quote_volume, trades, close_time + interval '30 seconds',"
-                    " raw_payload_id, run_id, ingested_at from marts.ohlcv_1m where exchange = %(e)s"
+                    " ingested_at from marts.ohlcv_1m where exchange = %(e)s"
                     " and symbol = %(s)s and open_time = %(lo)s", p)
     conn.commit()
 
