@@ -13,7 +13,8 @@ minute, unpaused the whole time), the others bounded to a past history (nothing 
     is left: the scheduler's loops, queueing, task process start-up (counted from inside each ingest
     task: its duration minus the seconds its backfill work took; its phases from its XCom).
     Target: < 10 % of the run. MARKETFLOW_BENCH_HISTORY_DAYS="10,30" runs (b) twice (10 days, then
-    the 30 before); MARKETFLOW_BENCH_SKIP_DAY=1 leaves (a) out.
+    the 30 before); MARKETFLOW_BENCH_SKIP_DAY=1 leaves (a) out; MARKETFLOW_BENCH_DAY_MARKETS=300 makes
+    (a) (and the markets file) smaller, MARKETFLOW_BENCH_BASELINE_MINUTES=2 the reference of (c) shorter.
 (c) the minute feed while a backfill runs: for each minute close, the wall time at which every live
     market's closed minute is in staging.ohlcv, minus the close; p95 during the backfills against p95
     of the closes with none running (before the first and after the last; same stack, same minute
@@ -84,7 +85,12 @@ class Sizes:
         # (two runs in the same stack: 10 days, then the 30 days before them).
         given = os.environ.get("MARKETFLOW_BENCH_HISTORY_DAYS")
         days = [int(d) for d in given.split(",")] if given else [365 if free_gb > 30 else 30]
-        return cls(markets=1000, history_days=days, baseline_minutes=3, day_run=day_run)
+        # A shortened full run (a time slot on a shared machine): fewer markets in (a), e.g. 300, the same
+        # 2 ingest tasks at the same pace, so its minute closes still measure (c) during a backfill; and
+        # fewer reference closes before and after.
+        markets = int(os.environ.get("MARKETFLOW_BENCH_DAY_MARKETS") or 1000)
+        baseline = int(os.environ.get("MARKETFLOW_BENCH_BASELINE_MINUTES") or 3)
+        return cls(markets=max(markets, LIVE_MARKETS), history_days=days, baseline_minutes=baseline, day_run=day_run)
 
 
 def run(ctx: BenchContext) -> list[Figure]:
@@ -334,7 +340,7 @@ def _phases(p: dict[str, Any], duration: float, work: float) -> dict[str, Any]:
     before, setup, unit = (float(p.get(k) or 0.0) for k in ("before_callable_s", "setup_s", "unit_s"))
     return {"before_callable_s": round(before, 1), "setup_s": round(setup, 1),
             "in_unit_not_markets_s": round(unit - work, 1), "after_unit_s": round(duration - before - setup - unit, 1),
-            "niceness": p.get("niceness")}
+            "niceness": p.get("niceness"), "yielded_to_live_s": p.get("live_yield_s")}
 
 
 def _check(dsn: str, url: str, symbols: list[str], start: datetime, end: datetime) -> dict[str, Any]:

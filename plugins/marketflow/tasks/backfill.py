@@ -86,7 +86,8 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         # Where the task's own time went beside its markets' work (bench figure 11 reads it from the XCom):
         # Airflow's start-up (fork, DAG parse) before this function, then imports and connections.
         phases = {"before_callable_s": round(entered - started.timestamp(), 3) if started else None,
-                  "setup_s": round(ready - entered, 3), "unit_s": round(done - ready, 3), "niceness": niceness}
+                  "setup_s": round(ready - entered, 3), "unit_s": round(done - ready, 3), "niceness": niceness,
+                  "live_yield_s": totals[0].get("live_yield_seconds") if totals else None}
         if totals:
             totals[0]["task_phases"] = phases
         log.info("task %d/%d of %s done: %s, %d candles present of %d", unit["unit"], unit["units"], exchange.name,
