@@ -345,7 +345,11 @@ def _phases(p: dict[str, Any], duration: float, work: float) -> dict[str, Any]:
     before, setup, unit = (float(p.get(k) or 0.0) for k in ("before_callable_s", "setup_s", "unit_s"))
     return {"before_callable_s": round(before, 1), "setup_s": round(setup, 1),
             "in_unit_not_markets_s": round(unit - work, 1), "after_unit_s": round(duration - before - setup - unit, 1),
-            "niceness": p.get("niceness"), "yielded_to_live_s": p.get("live_yield_s")}
+            "niceness": p.get("niceness"), "yielded_to_live_s": p.get("live_yield_s"),
+            # CPU seconds of the task process itself (load-independent): before the callable (fork, DAG parse),
+            # setup (imports, connections); and whether its parent had ccxt imported already
+            "before_callable_cpu_s": p.get("before_callable_cpu_s"), "setup_cpu_s": p.get("setup_cpu_s"),
+            "ccxt_preloaded": p.get("ccxt_preloaded")}
 
 
 def _check(dsn: str, url: str, symbols: list[str], start: datetime, end: datetime) -> dict[str, Any]:
