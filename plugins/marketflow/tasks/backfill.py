@@ -73,7 +73,8 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         if ops_conn is not None:
             ops_conn.autocommit = True
         # The work yields the CPU to the minute DAG's tasks (bench figure 11c). Set after the imports and
-        # connections (~0.5 CPU-s), which at niceness 10 took 4-25 s at load 15-20 (bench 11, setup_s).
+        # connections (~0.15 CPU-s with ccxt preloaded by the forking worker, airflow_local_settings; 0.5-0.6
+        # without), which at niceness 10 took 4-25 s at load 15-20 (bench 11, setup_s).
         niceness = lower_cpu_priority(config.backfill_nice)
         ready, ready_cpu = time.time(), time.process_time()
         try:
