@@ -13,7 +13,8 @@ minute, unpaused the whole time), the others bounded to a past history (nothing 
     is left: the scheduler's loops, queueing, task process start-up (counted from inside each ingest
     task: its duration minus the seconds its backfill work took; its phases from its XCom).
     Target: < 10 % of the run. MARKETFLOW_BENCH_HISTORY_DAYS="10,30" runs (b) twice (10 days, then
-    the 30 before); MARKETFLOW_BENCH_SKIP_DAY=1 leaves (a) out.
+    the 30 before); MARKETFLOW_BENCH_SKIP_DAY=1 leaves (a) out; MARKETFLOW_BENCH_DAY_MARKETS=300 makes
+    (a) (and the markets file) smaller, MARKETFLOW_BENCH_BASELINE_MINUTES=2 the reference of (c) shorter.
 (c) the minute feed while a backfill runs: for each minute close, the wall time at which every live
     market's closed minute is in staging.ohlcv, minus the close; p95 during the backfills against p95
     of the closes with none running (before the first and after the last; same stack, same minute
@@ -84,7 +85,12 @@ class Sizes:
         # (two runs in the same stack: 10 days, then the 30 days before them).
         given = os.environ.get("MARKETFLOW_BENCH_HISTORY_DAYS")
         days = [int(d) for d in given.split(",")] if given else [365 if free_gb > 30 else 30]
-        return cls(markets=1000, history_days=days, baseline_minutes=3, day_run=day_run)
+        # A shortened full run (a time slot on a shared machine): fewer markets in (a), e.g. 300, the same
+        # 2 ingest tasks at the same pace, so its minute closes still measure (c) during a backfill; and
+        # fewer reference closes before and after.
+        markets = int(os.environ.get("MARKETFLOW_BENCH_DAY_MARKETS") or 1000)
+        baseline = int(os.environ.get("MARKETFLOW_BENCH_BASELINE_MINUTES") or 3)
+        return cls(markets=max(markets, LIVE_MARKETS), history_days=days, baseline_minutes=baseline, day_run=day_run)
 
 
 def run(ctx: BenchContext) -> list[Figure]:
@@ -135,10 +141,12 @@ def run(ctx: BenchContext) -> list[Figure]:
             poller.start()
             # Baseline: minute closes after the minute DAG's first (warm-up) run, before any backfill.
             _wait_for_first_minute_run(meta_dsn)
+            service_at_start = _service(url)
             first_close = math.ceil(time.time() / 60) * 60
             baseline_closes = [first_close + 60 * i for i in range(sizes.baseline_minutes)]
             say(f"minute DAG running; measuring {len(baseline_closes)} minute close(s) before any backfill")
             _sleep_until(baseline_closes[-1] + 20)
+            service = [_service(url)]  # the emulator's own seconds per request: before, during, after the backfills
             day = _backfill(ctx, env, meta_dsn, dsn, url, "a day of every market",
                             {"start": _iso(DAY), "end": _iso(DAY + timedelta(days=1)), "chunk_hours": CHUNK_HOURS},
                             symbols, DAY, DAY + timedelta(days=1)) if sizes.day_run else None
@@ -149,18 +157,21 @@ def run(ctx: BenchContext) -> list[Figure]:
                                            {"start": _iso(start), "end": _iso(end), "chunk_hours": CHUNK_HOURS,
                                             "symbols": live}, live, start, end))
                 end = start
+            service.append(_service(url))
             # the same number of closes after the last backfill: the reference spans the run's load drift
             after = math.ceil(time.time() / 60) * 60 + 60
             baseline_closes += [after + 60 * i for i in range(sizes.baseline_minutes)]
             say(f"backfills done; measuring {sizes.baseline_minutes} minute close(s) with none running")
             _sleep_until(baseline_closes[-1] + 20)
+            service.append(_service(url))
             minute_runs = _minute_runs(meta_dsn)
         finally:
             poller.stop()
             ctx.services.pop("airflow standalone", None)
             airflow.stop()
     load_after = os.getloadavg()
-    return _figures(ctx, day, histories, poller, baseline_closes, load_before, load_after, minute_runs)
+    return _figures(ctx, day, histories, poller, baseline_closes, load_before, load_after, minute_runs,
+                    _service_phases(service_at_start, *service))
 
 
 # ---------------------------------------------------------------- stack
@@ -334,7 +345,11 @@ def _phases(p: dict[str, Any], duration: float, work: float) -> dict[str, Any]:
     before, setup, unit = (float(p.get(k) or 0.0) for k in ("before_callable_s", "setup_s", "unit_s"))
     return {"before_callable_s": round(before, 1), "setup_s": round(setup, 1),
             "in_unit_not_markets_s": round(unit - work, 1), "after_unit_s": round(duration - before - setup - unit, 1),
-            "niceness": p.get("niceness")}
+            "niceness": p.get("niceness"), "yielded_to_live_s": p.get("live_yield_s"),
+            # CPU seconds of the task process itself (load-independent): before the callable (fork, DAG parse),
+            # setup (imports, connections); and whether its parent had ccxt imported already
+            "before_callable_cpu_s": p.get("before_callable_cpu_s"), "setup_cpu_s": p.get("setup_cpu_s"),
+            "ccxt_preloaded": p.get("ccxt_preloaded")}
 
 
 def _check(dsn: str, url: str, symbols: list[str], start: datetime, end: datetime) -> dict[str, Any]:
@@ -435,6 +450,29 @@ class FreshnessPoller:
         return [round(self.firsts[b] - b, 1) if b in self.firsts else freshness.GIVE_UP_S for b in closes]
 
 
+def _service(url: str) -> dict[str, dict[str, float]]:
+    """The emulator's own time per kind of request so far (/__admin/stats service_s; none: an older emulator)."""
+    with urllib.request.urlopen(f"{url}/__admin/stats", timeout=30) as resp:
+        return json.loads(resp.read()).get("service_s") or {}
+
+
+def _service_phases(start: dict, backfills_start: dict, backfills_end: dict, end: dict) -> dict[str, Any]:
+    """Mean ms the emulator took per request kind with no backfill running (before + after) and during the
+    backfills: whether the exchange (here one Python process) slowed the minute feed's calls."""
+    def diff(a: dict, b: dict) -> dict[str, list[float]]:
+        return {k: [v["requests"] - a.get(k, {}).get("requests", 0), v["seconds"] - a.get(k, {}).get("seconds", 0.0)]
+                for k, v in b.items()}
+
+    phases = {"without_backfill": {}, "during": diff(backfills_start, backfills_end)}
+    for part in (diff(start, backfills_start), diff(backfills_end, end)):
+        for k, (n, sec) in part.items():
+            acc = phases["without_backfill"].setdefault(k, [0, 0.0])
+            acc[0] += n
+            acc[1] += sec
+    return {phase: {k: {"requests": int(n), "mean_ms": round(1000 * sec / n, 2)} for k, (n, sec) in kinds.items() if n}
+            for phase, kinds in phases.items()}
+
+
 def _minute_runs(meta_dsn: str) -> dict[int, dict[str, float]]:
     """Per minute close (the run's data interval end): its ingest task's start and end after the close,
     and the phases of its XCom (fetch, raw write, parse, staging load): where a slower minute feed lost time."""
@@ -467,7 +505,8 @@ def _mean_phases(runs: dict[int, dict[str, float]], closes: list[int]) -> dict[s
 
 def _figures(ctx: BenchContext, day: dict[str, Any] | None, histories: list[dict[str, Any]],
              poller: FreshnessPoller, baseline_closes: list[int], load_before: tuple, load_after: tuple,
-             minute_runs: dict[int, dict[str, float]]) -> list[Figure]:
+             minute_runs: dict[int, dict[str, float]], emulator_service: dict[str, Any] | None = None
+             ) -> list[Figure]:
     load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after],
             "cpus": os.cpu_count()}
     figures = []
@@ -509,6 +548,9 @@ def _figures(ctx: BenchContext, day: dict[str, Any] | None, histories: list[dict
                     # the minute runs' ingest tasks, averaged: seconds after the close, and their own phases
                     "minute_task_without_backfill": _mean_phases(minute_runs, baseline_closes),
                     "minute_task_during": _mean_phases(minute_runs, [c for _, r in runs for c in closes(r)]),
+                    # the emulator's own mean ms per request ("short": the minute feed's few-candle calls,
+                    # "page": the backfill's 1000-candle pages), with no backfill running and during them
+                    "emulator_service": emulator_service or {},
                     "load_average": load}))
     else:
         figures.append(Figure(figure="11c minute feed during the backfill", value=0, unit="s",

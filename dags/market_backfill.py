@@ -13,8 +13,10 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
   first, each paged through the exchange into MongoDB raw and loaded into staging, logging
   `chunk i/n up to <time> done, x% of the market's window`. History work
   leaves the exchange's `live_rate_reserve` of the rate budget to the minute DAG, whose own pool it
-  never touches, and runs at CPU niceness `backfill_nice` (default 10) so the minute DAG's tasks win
-  the CPU. A retried task skips the chunks already complete. The plan runs beside `prepare_storage`.
+  never touches, waits out the minute feed's call bursts (`live_burst_seconds`), and runs at CPU
+  niceness `backfill_nice` (default 10) so the minute DAG's tasks win the CPU. A retried task skips
+  the chunks already complete. The plan runs beside `prepare_storage`, which creates the month
+  partitions of the requested window first (the rows never land in a DEFAULT partition).
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
 * The `summary` task reports per market what was loaded, rejected, and left missing.
 * Timeouts: each task `timeouts.backfill_task`, the run `timeouts.backfill_run`.
@@ -61,7 +63,7 @@ CONFIG = load_config()
     },
 )
 def market_backfill() -> None:
-    storage = prepare_storage(CONFIG)
+    storage = prepare_storage(CONFIG, backfill_request=True)  # with the request's month partitions
     loads = []
     for exchange in CONFIG.enabled_exchanges:
         _, loaded = backfill_pipeline(CONFIG, exchange)

@@ -113,6 +113,10 @@ class Stats:
             self.bans: Counter = Counter()
             self.faults_by_kind: Counter = Counter()
             self.faults_by_id: Counter = Counter()
+            # Seconds from a request read to its answer written, per kind ("<exchange> candles page" of
+            # >= 100 rows, "<exchange> candles short", else the path): what the emulator itself adds to a
+            # client's call, queueing for the GIL behind other requests' threads included.
+            self.service: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
 
     def request(self, exchange: str, path: str) -> None:
         with self._lock:
@@ -129,6 +133,13 @@ class Stats:
                 self.throttled[(exchange, cause or "rate_limit")] += 1
             elif status == 418 or (status == 403 and exchange == "bybit"):
                 self.bans[(exchange, cause or "ban")] += 1
+
+    def served(self, kind: str, seconds: float) -> None:
+        with self._lock:
+            entry = self.service[kind]
+            entry[0] += 1
+            entry[1] += seconds
+            entry[2] = max(entry[2], seconds)
 
     def fault(self, f: Fault) -> None:
         with self._lock:
@@ -151,6 +162,8 @@ class Stats:
                 "throttled_by_exchange": _by_exchange(self.throttled),
                 "bans_by_cause": _by_cause(self.bans),
                 "bans_by_exchange": _by_exchange(self.bans),
+                "service_s": {kind: {"requests": n, "seconds": round(total, 4), "max_s": round(most, 4)}
+                              for kind, (n, total, most) in self.service.items()},
                 "faults_fired": {
                     "total": sum(self.faults_by_kind.values()),
                     "by_kind": dict(self.faults_by_kind),
@@ -181,6 +194,7 @@ class Response:
     headers: dict[str, str]
     declared_length: int | None = None  # > len(body): announce more bytes, then hang up
     throttled: bool = False  # a rate-limit answer whatever its status (Bybit's 10006 is HTTP 200)
+    kind: str = ""  # what Stats.service counts it under
 
 
 class Emulator:
@@ -406,6 +420,7 @@ class Emulator:
                 rows = payload["result"]["list"]
             else:
                 rows = payload["data"]
+            candles_kind = f"{exchange} candles {'page' if len(rows) >= 100 else 'short'}"
             for f in self.faults.fire(ROW_KINDS, ctx, first_only=False, rows=rows):
                 self.stats.fault(f)
                 rows = apply_row_fault(f, rows, exchange)
@@ -422,7 +437,8 @@ class Emulator:
             if f.kind == "truncated_json" and f.args["cut_connection"]:
                 declared = len(body)  # a transfer cut short: Content-Length of the full body
             body = corrupt_body(f, body)
-        return Response(200, body, CONTENT_TYPES.get(exchange, BINANCE_CT), weight_headers, declared)
+        return Response(200, body, CONTENT_TYPES.get(exchange, BINANCE_CT), weight_headers, declared,
+                        kind=candles_kind if ctx.candles else f"{exchange} {path}")
 
     def _not_emulated(self, exchange: str, what: str, now_ms: int, headers: dict[str, str]) -> Response:
         msg = f"emulator: {what} is not emulated"
@@ -509,6 +525,7 @@ class Handler(BaseHTTPRequestHandler):
             log.info("%s %s", self.address_string(), format % args)
 
     def _handle(self, method: str) -> None:
+        started = time.perf_counter()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         try:
@@ -534,6 +551,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(resp.body)
+        if resp.kind:
+            self.emulator.stats.served(resp.kind, time.perf_counter() - started)
 
     def do_GET(self) -> None:
         self._handle("GET")

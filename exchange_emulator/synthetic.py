@@ -384,8 +384,12 @@ class SyntheticMarket:
         if out and out[-1].ts == current and last_ints is not None:
             out = list(out)
             out[-1] = self._partial(last_ints, now_ms)
-        if tf.is_intraday and len(starts) >= 100:
-            # a client paging through history will most likely want the adjacent day next
+        day_anchor = tf.anchor % DAY
+        if (tf.is_intraday and len(starts) >= 100
+                and (starts[0] - day_anchor) // DAY != (starts[-1] - day_anchor) // DAY):
+            # a client paging across a day boundary will most likely want the adjacent day next; a page
+            # inside one day (a backfill of a day per market) wants nothing more of this market, and a
+            # day made for nobody held the GIL the other requests' threads wait for
             edge = starts[0] - DAY if newest else starts[-1] + DAY
             if edge <= current:
                 self._prefetch(tf, edge)

@@ -407,6 +407,9 @@ class ExchangeFile(_Section):
     rate_limit_share: Share = Field(0.9, description="Share of the exchange's published limit all workers together "
                                                      "may spend (ops.rate_limit_buckets).")
     live_rate_reserve: Share = Field(0.3, description="Share of the bucket only the minute (live) path may spend.")
+    live_burst_seconds: NonNegativeFloat = Field(3.0, description=(
+        "After each minute-path call, history calls (backfills, reconcile, repairs) wait this long before taking "
+        "from the shared bucket, so the exchange serves the minute feed first after a close; 0: no wait."))
     rate_limit_window_seconds: PositiveFloat | None = Field(None, description=(
         "The window the exchange counts its limit over. Default: binance 60, okx 2, else 1."))
     rate_limit_jitter_seconds: NonNegativeFloat = Field(0.25, description=(
@@ -560,6 +563,9 @@ class ExchangeConfig:
     # Share of the bucket that only the minute (live) path may spend: history (the hourly reconcile,
     # gap repairs, backfills) waits once the bucket is this low, so it can never take the last tokens.
     live_rate_reserve: float = 0.3
+    # After each live take, history takes wait this many seconds (ops.rate_limit_buckets.live_until): the
+    # minute feed's calls after a close come one after another, so the exchange serves them first.
+    live_burst_seconds: float = 3.0
     # The window the exchange counts its limit over (Binance: a clock minute of weight; OKX: 2 seconds
     # per endpoint). The shared bucket's burst is sized so that a full burst plus a window's refill
     # stays inside the limit: a sliding 2 s window allows no burst of 2 s of calls on top of the rate.
@@ -704,6 +710,7 @@ def _resolve(file: MarketsFile, path: Path) -> MarketflowConfig:
             options=dict(ex.options), pool_slots=ex.pool_slots, timeout_ms=ex.timeout_ms,
             rate_limit_share=ex.rate_limit_share, credentials_conn_id=ex.credentials_conn_id,
             rate_limit_per_minute=ex.rate_limit_per_minute, live_rate_reserve=ex.live_rate_reserve,
+            live_burst_seconds=ex.live_burst_seconds,
             rate_limit_window_seconds=window if window is not None else RATE_LIMIT_WINDOWS.get(ccxt_id, 1.0),
             rate_limit_jitter_seconds=ex.rate_limit_jitter_seconds,
             hourly_pool_slots=ex.hourly_pool_slots, backfill_pool_slots=ex.backfill_pool_slots, celery_queue=ex.queue,

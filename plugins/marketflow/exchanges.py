@@ -170,7 +170,8 @@ def build_exchange(cfg: ExchangeConfig, limiter_conn=None, live: bool = True, de
         per_minute = cfg.rate_limit_per_minute or 60_000 / exchange.rateLimit
         share, burst_seconds = cfg.bucket_shape(per_minute)
         limiter = SharedRateLimiter(limiter_conn, cfg.name, per_minute=per_minute, share=share, live=live,
-                                    reserve=cfg.live_rate_reserve, deadline=deadline, burst_seconds=burst_seconds)
+                                    reserve=cfg.live_rate_reserve, deadline=deadline, burst_seconds=burst_seconds,
+                                    live_burst_seconds=cfg.live_burst_seconds)
         limiter.ensure_bucket()
         exchange.shared_limiter = limiter
     return exchange

@@ -264,10 +264,14 @@ def _partitioned(cur, table: str) -> bool:
     return bool(row and row[0])
 
 
-def ensure_month_partitions(conn, now: datetime, tables: Sequence[str] = MONTH_PARTITIONED) -> dict[str, int]:
+def ensure_month_partitions(conn, now: datetime, tables: Sequence[str] = MONTH_PARTITIONED,
+                            span: tuple[datetime, datetime] | None = None) -> dict[str, int]:
     """This month's and next month's partition of every monthly-partitioned table, and a partition for
-    every month with rows in its DEFAULT partition (moved there). One short transaction per table
-    (the DDL locks the table for a moment); idempotent, concurrent callers serialise per table."""
+    every month with rows in its DEFAULT partition (moved there). With ``span`` (start, exclusive end:
+    a backfill's window), its months too, before the backfill writes: its rows then go straight to
+    their month instead of into the DEFAULT partition, which the next storage preparation would have
+    had to move row by row (40 s after a day of 1,000 markets, bench figure 11). One short transaction
+    per table (the DDL locks the table for a moment); idempotent, concurrent callers serialise per table."""
     from psycopg2 import errors
 
     created: dict[str, int] = {}
@@ -282,6 +286,10 @@ def ensure_month_partitions(conn, now: datetime, tables: Sequence[str] = MONTH_P
                             "ops.ensure_month_partitions(%s::regclass, %s, %s)",
                             (table, table, _month_start(now), _month_start(now, -1)))
                 moved, ahead = cur.fetchone()
+                if span is not None and span[1] > span[0]:
+                    cur.execute("SELECT ops.ensure_month_partitions(%s::regclass, %s, %s)",
+                                (table, span[0], span[1] - timedelta(microseconds=1)))
+                    ahead += cur.fetchone()[0]
             conn.commit()
         except errors.LockNotAvailable:
             # a long query holds the table: loads still work (the default partition takes the rows), the

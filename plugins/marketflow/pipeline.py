@@ -979,6 +979,9 @@ def backfill_unit(config: MarketflowConfig, unit: dict[str, Any], raw: RawStore,
                         config.exchange(exchange).ccxt_id, exchange=exchange, symbol=spec["symbol"],
                         beyond_history_candles=total["beyond_exchange_history"])
         totals.append(total)
+    limiter = getattr(client, "shared_limiter", None)
+    if totals and limiter is not None:  # seconds its calls waited for the minute feed's bursts (rate_limit.py)
+        totals[0]["live_yield_seconds"] = round(limiter.live_yield_seconds, 3)
     if failures:
         raise MarketsFailed(f"backfill unit {unit['unit']}/{unit['units']} of {exchange}", failures)
     return totals

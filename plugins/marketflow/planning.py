@@ -105,6 +105,19 @@ def plan_chunks(config: MarketflowConfig, exchange: str, params: dict[str, Any],
     return chunks
 
 
+def request_span(config: MarketflowConfig, params: dict[str, Any], now_ms: int | None = None
+                 ) -> tuple[datetime, datetime] | None:
+    """The time a backfill request writes, over every enabled exchange: from the earliest selected
+    market's clipped window start to the latest end (None: nothing to write). Storage preparation
+    creates its month partitions before the ingest tasks load into them."""
+    windows = [(m["window_start_ms"], m["window_end_ms"]) for exchange in config.enabled_exchanges
+               for m in _backfill_request(config, exchange.name, params, now_ms)[2]]
+    if not windows:
+        return None
+    return (datetime.fromtimestamp(min(w[0] for w in windows) / 1000, UTC),
+            datetime.fromtimestamp(max(w[1] for w in windows) / 1000, UTC))
+
+
 # A mapped backfill task's share of the request, in candles. Measured under Airflow (bench figure 11,
 # bench/README.md): a task costs ~4-8 s of scheduling, process start and DAG parsing beside its
 # work, and the backfill path moves ~5-10k candles/s per task here, so 1,000,000 candles (~2-3 min

@@ -18,6 +18,13 @@ backfills) may not take the bucket below ``reserve`` of its capacity; the minute
 everything. So a backfill at the exchange's full limit drains the bucket to the reserve and stops
 there, and the minute path always finds its tokens (and the refill, as soon as it asks).
 
+Live first in time, too: every live take marks a burst on the bucket (``live_until`` = the take +
+``live_burst_seconds``), and history takes wait until it has passed. At a minute close the minute
+path's calls come one after another, so for those seconds the exchange (and the machine) serve the
+feed alone; history resumes ``live_burst_seconds`` after the feed's last call. So that a live path
+calling without pause cannot starve history, one history acquisition yields to bursts for at most
+``max_live_yield_seconds``, then takes its tokens above the reserve as before.
+
 A 429 pauses the whole exchange for its Retry-After; a 418 (ban) pauses it until the ban ends.
 A request larger than the bucket (less the reserve, for history) waits for a full bucket and leaves it
 in debt, as ccxt's throttler does, so no cost is too big to take and the average rate is kept.
@@ -82,6 +89,12 @@ class SharedRateLimiter:
     deadline: float | None = None
     # Workers behind one egress IP share a bucket per exchange; None: this process's MARKETFLOW_EGRESS_ID.
     egress: str | None = None
+    # Live takes hold history off for this long after each of them (0: no hold); history waits out such a
+    # burst for at most max_live_yield_seconds per acquisition.
+    live_burst_seconds: float = 0.0
+    max_live_yield_seconds: float = 30.0
+    # Seconds this limiter's history acquisitions waited for live bursts (reported by the tasks).
+    live_yield_seconds: float = 0.0
     _pending: dict[datetime, _Minute] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -122,20 +135,28 @@ class SharedRateLimiter:
         give_up = started + self.max_wait_seconds
         if self.deadline is not None:
             give_up = min(give_up, self.deadline)
+        yield_until = started + self.max_live_yield_seconds
         denied = 0
+        yielded = 0.0
         while True:
-            wait = self._try_take(cost)
+            now = time.monotonic()
+            yields = not self.live and now < yield_until
+            wait, for_live = self._try_take(cost, yield_to_live=yields)
             if wait <= 0:
                 break
             denied += 1
-            now = time.monotonic()
+            if for_live:  # the rest of the yield is short: wake at its end, not at the burst's
+                wait = min(wait, max(yield_until - now, 0.01))
             if now + wait > give_up:
                 raise TimeoutError(f"{self.exchange}: no rate-limit budget within {give_up - started:.0f}s "
                                    f"({'live' if self.live else 'history'} call; the exchange is paused or the "
                                    f"budget is saturated); see ops.rate_limit_buckets, egress_id "
                                    f"{self.egress!r}")
             time.sleep(min(wait, 5.0))
+            if for_live:
+                yielded += time.monotonic() - now
         waited = time.monotonic() - started
+        self.live_yield_seconds += yielded
         if self.live:
             self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited, live_tokens=cost,
                         live_wait_seconds=waited)
@@ -143,8 +164,9 @@ class SharedRateLimiter:
             self._count(tokens=cost, acquisitions=1, denied=denied, wait_seconds=waited)
         return waited
 
-    def _try_take(self, cost: float) -> float:
-        """Take the tokens if they are there (returns 0), else the seconds until they could be.
+    def _try_take(self, cost: float, yield_to_live: bool = False) -> tuple[float, bool]:
+        """Take the tokens if they are there (returns 0), else the seconds until they could be, and
+        whether a live burst (``yield_to_live``: a history take waits it out) is what holds it back.
 
         The refill and the take are computed from the row inside the UPDATE itself: concurrent
         workers queue on the row lock and Postgres re-evaluates both against the newest version,
@@ -158,24 +180,30 @@ class SharedRateLimiter:
         # the rate stays the exchange's. The hair less keeps a bucket sized to exactly one request (Bybit's
         # 45/s x 0.111 s = 4.999...) from missing it by a float's last bit.
         params = {"ex": self.exchange, "egress": self.egress, "cost": cost,
-                  "need": min(cost + self.floor, self.capacity) * (1 - 1e-9)}
+                  "need": min(cost + self.floor, self.capacity) * (1 - 1e-9),
+                  "burst": self.live_burst_seconds if self.live else 0.0, "yield": yield_to_live}
         with self.conn.cursor() as cur:
             cur.execute(
                 f"""
                 UPDATE ops.rate_limit_buckets
-                SET tokens = {available} - %(cost)s, refilled_at = clock_timestamp()
+                SET tokens = {available} - %(cost)s, refilled_at = clock_timestamp(),
+                    live_until = CASE WHEN %(burst)s > 0
+                                      THEN greatest(live_until, clock_timestamp() + make_interval(secs => %(burst)s))
+                                      ELSE live_until END
                 WHERE exchange = %(ex)s AND egress_id = %(egress)s AND {available} >= %(need)s
                   AND (paused_until IS NULL OR paused_until <= clock_timestamp())
+                  AND NOT (%(yield)s AND coalesce(live_until > clock_timestamp(), false))
                 RETURNING 1
                 """,
                 params,
             )
             if cur.fetchone():
-                return 0.0
+                return 0.0, False
             cur.execute(
                 f"""
                 SELECT greatest(extract(epoch FROM paused_until - clock_timestamp()), 0),
-                       greatest((%(need)s - {available}) / refill_per_second, 0)
+                       greatest((%(need)s - {available}) / refill_per_second, 0),
+                       CASE WHEN %(yield)s THEN greatest(extract(epoch FROM live_until - clock_timestamp()), 0) END
                 FROM ops.rate_limit_buckets WHERE exchange = %(ex)s AND egress_id = %(egress)s
                 """,
                 params,
@@ -184,8 +212,9 @@ class SharedRateLimiter:
         if row is None:
             raise LookupError(f"no rate-limit bucket for {self.exchange} (egress {self.egress!r}); "
                               f"call ensure_bucket() first")
-        paused_for, refill_wait = row
-        return max(float(paused_for or 0), float(refill_wait or 0), 0.01)
+        paused_for, refill_wait, live_for = (float(v or 0) for v in row)
+        wait = max(paused_for, refill_wait, live_for, 0.01)
+        return wait, live_for > 0 and live_for >= max(paused_for, refill_wait)
 
     def pause(self, seconds: float, reason: str, status: int | None = None) -> None:
         """Stop the calls to this exchange of every worker of this egress identity for ``seconds`` (429

@@ -127,3 +127,38 @@ def test_cross_exchange_prices_are_close_but_not_identical():
         rel = abs(Decimal(x.open) - Decimal(y.open)) / Decimal(x.open)
         assert rel < Decimal("0.01")
     assert [x.open for x in b] != [Decimal(y.open) for y in o]
+
+
+def test_the_adjacent_day_is_prefetched_only_for_a_page_crossing_a_day():
+    """A page inside one day (a backfill of a day per market) makes no other day; a page running over a
+    day boundary (a client paging across days) has the day after it made in the background."""
+    from exchange_emulator.synthetic import BLOCK_CACHE
+
+    tf = BINANCE_INTERVALS["1m"]
+    m = market(seed=4242)
+    day = T0 + 30 * DAY
+
+    def cached(block: int) -> bool:
+        return BLOCK_CACHE.get((m.exchange, m._symbol_key, m.seed, tf.ms, block)) is not None
+
+    assert len(m.candles(tf, day, day + DAY - 60_000, 1000, False, day + 10 * DAY)) == 1000
+    assert len(m.candles(tf, day + 1000 * 60_000, day + DAY - 60_000, 1000, False, day + 10 * DAY)) == 440
+    time.sleep(0.5)
+    assert cached(day) and not cached(day + DAY) and not cached(day + 2 * DAY)
+    crossing = m.candles(tf, day + 1000 * 60_000, 2**62, 1000, False, day + 10 * DAY)  # into the next day
+    assert len(crossing) == 1000
+    deadline = time.monotonic() + 10
+    while not cached(day + 2 * DAY) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cached(day + 2 * DAY)
+
+
+def test_the_emulator_counts_its_own_time_per_kind_of_request(live):
+    """/__admin/stats service_s: a 1000-candle page and a short minute call, each counted under its kind."""
+    start = 1_706_745_600_000  # 2024-02-01, DOGE/USDT's synthetic history
+    for limit in (1000, 3):
+        status, _, _ = live.get(f"/api/v3/klines?symbol=DOGEUSDT&interval=1m&startTime={start}&limit={limit}")
+        assert status == 200
+    service = live.stats()["service_s"]
+    assert service["binance candles page"]["requests"] == 1 and service["binance candles short"]["requests"] == 1
+    assert 0 < service["binance candles short"]["seconds"] <= service["binance candles short"]["max_s"] + 1e-9

@@ -190,6 +190,32 @@ def test_a_year_of_many_markets_plans_within_airflows_mapping_limit(tmp_path, ma
     assert len(json.dumps(units)) < 300 * markets + 300 * len(units)
 
 
+def test_storage_preparation_makes_the_requests_months_so_no_row_lands_in_the_default(tmp_path, pg_conn) -> None:
+    """The backfill's prepare_storage creates the month partitions of the request, clipped to the markets'
+    history (2024-01-01 on, here), before the ingest loads: a candle of each requested month then goes to its
+    own partition (Postgres's tableoid is the oracle), none to the DEFAULT, and no month outside the span
+    was made."""
+    from marketflow.housekeeping import ensure_month_partitions
+    from marketflow.planning import request_span
+
+    config = _many_markets(tmp_path, 3)
+    params = {"start": "2023-11-15T00:00:00Z", "end": "2024-03-10T00:00:00Z", "symbols": ["C1/USDT"]}
+    span = request_span(config, params, now_ms=LATER)
+    assert span == (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 10, tzinfo=UTC))
+    assert request_span(config, {**params, "symbols": ["NOPE/USDT"]}, now_ms=LATER) is None
+    ensure_month_partitions(pg_conn, datetime(2026, 12, 4, tzinfo=UTC), tables=("staging.ohlcv",), span=span)
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT to_char(from_time AT TIME ZONE 'UTC', 'YYYY-MM') FROM ops.month_partitions("
+                    "'staging.ohlcv'::regclass) WHERE from_time < '2026-01-01' ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == ["2024-01", "2024-02", "2024-03"]
+        for day in ("2024-01-01", "2024-02-29", "2024-03-09"):
+            cur.execute("INSERT INTO staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close, "
+                        "volume, raw_payload_id, run_id) VALUES ('binance', 'C1/USDT', '1m', %s, 1, 1, 1, 1, 1, "
+                        "'p', 'r') RETURNING tableoid::regclass::text", (f"{day}T23:59:00Z",))
+            assert cur.fetchone()[0] == f"staging.ohlcv_p{day[:7].replace('-', '_')}"
+    pg_conn.rollback()
+
+
 def test_small_requests_fill_the_pool_and_tiny_ones_stay_one_task(tmp_path) -> None:
     """Brute force on a small plan: every minute of every market in exactly one unit."""
     config = _many_markets(tmp_path, 7)  # backfill_pool_slots 2

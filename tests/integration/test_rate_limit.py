@@ -120,6 +120,97 @@ def test_history_waits_at_the_reserve_while_live_takes_it(warehouse_dsn: str) ->
     assert live.acquire(1) < 0.05  # the reserve is live's
 
 
+def _bucket(lim: SharedRateLimiter) -> tuple[float, float, float]:
+    """(live_until, refilled_at = the last take, now) of the test bucket, by the database's clock."""
+    with lim.conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM live_until), extract(epoch FROM refilled_at), "
+                    "extract(epoch FROM clock_timestamp()) FROM ops.rate_limit_buckets WHERE exchange = 'testex'")
+        return tuple(float(v) if v is not None else 0.0 for v in cur.fetchone())
+
+
+def test_history_waits_out_a_live_burst_and_takes_at_once_outside_one(warehouse_dsn: str) -> None:
+    """A live take marks a 1.5 s burst on the bucket: a history take asked for right after it is granted
+    only once the burst has passed (its take time, refilled_at, against live_until), one outside a burst
+    is served at once, and a history limiter that may yield for only 0.3 s takes its tokens above the
+    reserve then. The bucket is full throughout: the waits are the burst's, not the refill's."""
+    live = limiter(warehouse_dsn, live=True, live_burst_seconds=1.5)
+    history = limiter(warehouse_dsn, live=False, reserve=0.3)
+    assert history.acquire(1) < 0.3  # no burst yet
+    live.acquire(1)
+    live_until, live_take, _ = _bucket(live)
+    assert live_until - live_take == pytest.approx(1.5, abs=0.01)
+    waited = history.acquire(1)
+    _, history_take, _ = _bucket(live)
+    assert history_take >= live_until and waited >= 1.0, (history_take - live_until, waited)
+    assert 1.0 <= history.live_yield_seconds <= waited + 0.01
+    assert history.acquire(1) < 0.3  # the burst is over
+    live.acquire(1)
+    live_until, live_take, _ = _bucket(live)
+    impatient = limiter(warehouse_dsn, live=False, reserve=0.3, max_live_yield_seconds=0.3)
+    waited = impatient.acquire(1)
+    _, history_take, _ = _bucket(live)
+    # yielded 0.3 s of the 1.5 s burst, then took its token above the reserve, inside the burst
+    assert waited >= 0.25 and history_take < live_until, (waited, live_until - history_take)
+    # a live limiter without a burst (live_burst_seconds 0, the limiter's default) marks nothing
+    with live.conn.cursor() as cur:
+        cur.execute("UPDATE ops.rate_limit_buckets SET live_until = NULL WHERE exchange = 'testex'")
+    limiter(warehouse_dsn, live=True).acquire(1)
+    assert _bucket(live)[0] == 0.0 and history.acquire(1) < 0.3
+
+
+def test_history_beside_live_bursts_stays_within_the_bucket_and_out_of_the_bursts(warehouse_dsn: str) -> None:
+    """Brute force over every grant: two history workers at the full rate and a live worker calling in
+    bursts (8 calls, then 1 s quiet) against a 20 calls/s bucket of 20. Each take happened between the
+    database clock read before and after its acquire. No window of w seconds holds more takes than the
+    bucket's bound, capacity + rate x w (counting the takes whose whole interval lies in the window);
+    no history take certainly falls inside a 0.5 s burst (asked for after a live take and
+    granted before that take + 0.5 s); and history still got calls between the bursts."""
+    history = [limiter(warehouse_dsn, live=False, reserve=0.3) for _ in range(2)]
+    live = limiter(warehouse_dsn, live=True, live_burst_seconds=0.5)
+    takes: list[tuple[float, float, str]] = []
+    stop = threading.Event()
+
+    def clock(lim: SharedRateLimiter) -> float:
+        with lim.conn.cursor() as cur:
+            cur.execute("SELECT extract(epoch FROM clock_timestamp())")
+            return float(cur.fetchone()[0])
+
+    def take(lim: SharedRateLimiter, kind: str) -> None:
+        before = clock(lim)
+        lim.acquire(1)
+        takes.append((before, clock(lim), kind))
+
+    def hog(lim: SharedRateLimiter) -> None:
+        while not stop.is_set():
+            take(lim, "history")
+
+    hogs = [threading.Thread(target=hog, args=(h,)) for h in history]
+    for h in hogs:
+        h.start()
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            for _ in range(8):
+                take(live, "live")
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        for h in hogs:
+            h.join(timeout=30)
+    rate, capacity = 20.0, 20.0
+    for window in (0.25, 0.5, 1.0, 2.0, 4.0):
+        # takes certainly inside [start, start + w] (their whole interval is): a lower bound of the true count
+        most = max(sum(1 for before, after, _ in takes if before >= start and after <= start + window)
+                   for start, _, _ in takes)
+        assert most <= capacity + rate * window, (window, most)
+    lives = [(before, after) for before, after, kind in takes if kind == "live"]
+    inside = [(before, after) for before, after, kind in takes if kind == "history"
+              and any(before > l_after and after < l_before + 0.5 for l_before, l_after in lives)]
+    assert not inside, inside[:5]
+    between = [1 for before, _, kind in takes if kind == "history" and before > lives[0][1]]
+    assert len(between) >= 10, len(between)
+
+
 @pytest.mark.parametrize(("live", "threads", "endpoint"), [
     (False, 4, "/api/v5/market/history-candles"),  # 20 calls per sliding 2 s
     (True, 12, "/api/v5/market/candles"),  # 40 per 2 s; the minute path: every fetcher at once at a close

@@ -79,8 +79,8 @@ def _release_database(dsn: str, release_applier, rows: bool = True) -> None:
 
 
 # Columns later revisions added to a release's table, left out of the row-for-row comparison (each
-# checked on its own): 0009's egress identity of a rate-limit bucket.
-ADDED_COLUMNS = {"ops.rate_limit_buckets": ["egress_id"]}
+# checked on its own): 0009's egress identity of a rate-limit bucket, 0011's live burst.
+ADDED_COLUMNS = {"ops.rate_limit_buckets": ["egress_id", "live_until"]}
 
 
 def _rows(dsn: str) -> dict[str, list[str]]:

@@ -26,3 +26,18 @@ def test_the_ingest_task_lowers_its_cpu_priority_and_never_raises_it() -> None:
     base = os.nice(0)
     expected = max(base, 10)
     assert out.stdout.split() == [str(expected), str(expected), str(expected)]
+
+
+def test_only_the_processes_that_fork_task_processes_preload_ccxt() -> None:
+    """plugins/airflow_local_settings.py, which Airflow imports at every process start: the scheduler and a
+    Celery worker import ccxt (their forked task processes then start with it), nothing else does.
+    sys.modules of a fresh interpreter with each command line is the oracle."""
+    code = ("import sys; sys.argv = {argv!r}; import airflow_local_settings; "
+            "print('ccxt' in sys.modules, 'pymongo' in sys.modules)")
+    for argv, preloaded in ((["airflow", "scheduler"], True), (["airflow", "celery", "worker", "-q", "x"], True),
+                            (["airflow", "--verbose", "scheduler"], True), (["airflow", "api-server"], False),
+                            (["airflow", "dag-processor"], False), (["airflow", "dags", "trigger", "x"], False),
+                            (["airflow", "standalone"], False)):
+        out = subprocess.run([sys.executable, "-c", code.format(argv=argv)], env=ENV, capture_output=True, text=True,
+                             timeout=120, check=True)
+        assert out.stdout.split() == [str(preloaded)] * 2, argv

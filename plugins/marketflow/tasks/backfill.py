@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -57,7 +58,8 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
           execution_timeout=seconds(config.timeouts.backfill_task),
           map_index_template="{{ task.op_kwargs['unit']['label'] }}")
     def ingest(unit: dict[str, Any]) -> list[dict[str, Any]]:
-        entered = time.time()
+        entered, entered_cpu = time.time(), time.process_time()  # CPU: this process's own, from its fork
+        preloaded = "ccxt" in sys.modules  # the worker that forked it had imported ccxt (airflow_local_settings)
         from marketflow.connections import raw_database, warehouse_connection
         from marketflow.pipeline import backfill_unit
         from marketflow.raw_store import RawStore
@@ -71,9 +73,10 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         if ops_conn is not None:
             ops_conn.autocommit = True
         # The work yields the CPU to the minute DAG's tasks (bench figure 11c). Set after the imports and
-        # connections (~0.5 CPU-s), which at niceness 10 took 4-25 s at load 15-20 (bench 11, setup_s).
+        # connections (~0.15 CPU-s with ccxt preloaded by the forking worker, airflow_local_settings; 0.5-0.6
+        # without), which at niceness 10 took 4-25 s at load 15-20 (bench 11, setup_s).
         niceness = lower_cpu_priority(config.backfill_nice)
-        ready = time.time()
+        ready, ready_cpu = time.time(), time.process_time()
         try:
             totals = backfill_unit(cfg, unit, RawStore(raw_database()), conn, attempt, from_raw=from_raw,
                                    ops_conn=ops_conn, skip_complete=attempt.try_number > 1)
@@ -86,7 +89,10 @@ def backfill_pipeline(config: MarketflowConfig, exchange: ExchangeConfig) -> tup
         # Where the task's own time went beside its markets' work (bench figure 11 reads it from the XCom):
         # Airflow's start-up (fork, DAG parse) before this function, then imports and connections.
         phases = {"before_callable_s": round(entered - started.timestamp(), 3) if started else None,
-                  "setup_s": round(ready - entered, 3), "unit_s": round(done - ready, 3), "niceness": niceness}
+                  "setup_s": round(ready - entered, 3), "unit_s": round(done - ready, 3), "niceness": niceness,
+                  "before_callable_cpu_s": round(entered_cpu, 3), "setup_cpu_s": round(ready_cpu - entered_cpu, 3),
+                  "ccxt_preloaded": preloaded,
+                  "live_yield_s": totals[0].get("live_yield_seconds") if totals else None}
         if totals:
             totals[0]["task_phases"] = phases
         log.info("task %d/%d of %s done: %s, %d candles present of %d", unit["unit"], unit["units"], exchange.name,
