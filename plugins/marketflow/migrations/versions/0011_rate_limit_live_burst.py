@@ -13,8 +13,7 @@ from alembic import op
 from marketflow.migrations import run_sql_files
 
 revision = "0011"
-# 0010 (storage stage 2) is on another branch: this becomes "0010" when both are merged.
-down_revision = "0009"
+down_revision = "0010"
 
 SQL_FILES = {
     "210_rate_limit_live_burst.sql": "fc7f66fa388b31633cce8b7e357a14995b97d8c4412fd114bb61e1392b929a3c",
