@@ -203,16 +203,20 @@ def test_storage_preparation_makes_the_requests_months_so_no_row_lands_in_the_de
     span = request_span(config, params, now_ms=LATER)
     assert span == (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 10, tzinfo=UTC))
     assert request_span(config, {**params, "symbols": ["NOPE/USDT"]}, now_ms=LATER) is None
-    ensure_month_partitions(pg_conn, datetime(2026, 12, 4, tzinfo=UTC), tables=("staging.ohlcv",), span=span)
+    ensure_month_partitions(pg_conn, datetime(2026, 12, 4, tzinfo=UTC), tables=("staging.candle",), span=span)
     with pg_conn.cursor() as cur:
         cur.execute("SELECT to_char(from_time AT TIME ZONE 'UTC', 'YYYY-MM') FROM ops.month_partitions("
-                    "'staging.ohlcv'::regclass) WHERE from_time < '2026-01-01' ORDER BY 1")
+                    "'staging.candle'::regclass) WHERE from_time < '2026-01-01' ORDER BY 1")
         assert [r[0] for r in cur.fetchall()] == ["2024-01", "2024-02", "2024-03"]
         for day in ("2024-01-01", "2024-02-29", "2024-03-09"):
+            # through staging.ohlcv, the writable view over staging.candle (the physical table)
             cur.execute("INSERT INTO staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close, "
                         "volume, raw_payload_id, run_id) VALUES ('binance', 'C1/USDT', '1m', %s, 1, 1, 1, 1, 1, "
-                        "'p', 'r') RETURNING tableoid::regclass::text", (f"{day}T23:59:00Z",))
-            assert cur.fetchone()[0] == f"staging.ohlcv_p{day[:7].replace('-', '_')}"
+                        "'p', 'r')", (f"{day}T23:59:00Z",))
+            cur.execute("SELECT c.tableoid::regclass::text FROM staging.candle c JOIN staging.market m"
+                        " USING (market_id) WHERE m.symbol = 'C1/USDT' AND c.open_time = %s",
+                        (f"{day}T23:59:00Z",))
+            assert cur.fetchone()[0] == f"staging.candle_p{day[:7].replace('-', '_')}"
     pg_conn.rollback()
 
 
