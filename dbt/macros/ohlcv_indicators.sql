@@ -13,7 +13,7 @@
                    ema := (close - ema) * (2 / (n + 1)) + ema in double precision; NULL while k < n.
     rsi_14         Wilder: change = close - previous close (exact, then double); at k = 15 the
                    averages are the means of the first 14 gains / losses (exact, then double),
-                   then avg := (avg * 13 + x) / 14; rsi = 100 * avg_gain / (avg_gain + avg_loss),
+                   then avg := (avg * 13 + x) / 14; rsi = 100 * (avg_gain / (avg_gain + avg_loss)),
                    0 when both averages are 0 (no movement: TA-Lib's value); NULL while k < 15.
     macd_fast_ema  MACD's own EMA(12), seeded where TA-Lib's MACD seeds it: at k = 26 (where the
                    slow EMA starts) with the mean of closes 15..26, then the EMA step. Not ema_12
@@ -327,7 +327,8 @@ final as (
         ema_50,
         case
             when rsi_avg_gain_14 + rsi_avg_loss_14 = 0 then 0::double precision
-            else 100 * rsi_avg_gain_14 / (rsi_avg_gain_14 + rsi_avg_loss_14)
+            -- TA-Lib's order: the share first, then * 100 (100 * g / g can be 100.00000000000001)
+            else 100 * (rsi_avg_gain_14 / (rsi_avg_gain_14 + rsi_avg_loss_14))
         end                                                                 as rsi_14,
         case when candle_index >= 34 then macd_line end                     as macd_line,
         macd_signal,
