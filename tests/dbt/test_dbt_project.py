@@ -197,6 +197,30 @@ def test_data_tests_on_growing_tables_read_a_window(manifest: dict) -> None:
     assert not unbounded, f"data tests scanning a whole growing table: {sorted(unbounded)}"
 
 
+def test_incremental_models_do_not_analyze_their_whole_table_every_run(manifest: dict) -> None:
+    """An incremental model's post-hook ANALYZE is bounded: `analyze_when_changed()` (only when the
+    row count moved by a share, macros/analyze_when_changed.sql) or, for the month-partitioned
+    tables, `ops.analyze_recent_partitions` (the newest months). A bare `analyze {{ this }}` after
+    every run samples up to 30,000 pages of the table, a cost that grew with history in the hourly
+    build (issue 16, item 3; bench figure 9). Tables rebuilt whole every run (materialized table)
+    keep their plain ANALYZE: they are new tables each time."""
+    bounded = ("analyze_when_changed()", "analyze_recent_partitions(")
+    unbounded, analyzed = [], set()
+    for node in manifest["nodes"].values():
+        if node["resource_type"] != "model" or node["config"]["materialized"] != "incremental":
+            continue
+        for hook in node["config"].get("post-hook") or []:
+            sql = hook["sql"].lower()
+            if "analyze" not in sql:
+                continue
+            analyzed.add(node["name"])
+            if not any(b in sql for b in bounded):
+                unbounded.append(f"{node['name']}: {hook['sql']}")
+    assert analyzed >= {"ohlcv_1m", "ohlcv_5m", "ohlcv_1w", "indicators_5m", "indicators_15m", "indicators_1h",
+                        "int_dq_candle_hours_1m", "data_quality_summary"}
+    assert not unbounded, f"incremental models analyzing their whole table every run: {unbounded}"
+
+
 def test_unit_tests_and_exposure(manifest: dict) -> None:
     unit_tests = {u["name"]: u for u in manifest["unit_tests"].values()}
     models_tested = {u["model"] for u in unit_tests.values()}

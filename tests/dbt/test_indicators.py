@@ -69,6 +69,26 @@ def test_indicators_equal_an_independent_computation(dbt: DbtRunner, loaded_ware
     assert non_null == 2 * (48 - 33)
 
 
+def test_rsi_of_a_market_that_only_rises_is_100(dbt: DbtRunner, pg_conn) -> None:
+    """No losses: TA-Lib's RSI is 100 exactly (it takes gain / (gain + loss), then * 100). The
+    mart computed 100 * gain / (gain + loss), which for some gains is 100.00000000000001 and failed
+    the indicator_conventions test (rsi_14 outside 0..100) on a rising synthetic market (bench 9's
+    generator). Closes rising by 0.01..0.19, 40 minutes; the oracle is the ta-lib wheel."""
+    import numpy as np
+    import talib
+
+    closes = [f"{26.34 + 0.01 * sum(1 + (k * 7) % 19 for k in range(i)):.8f}" for i in range(40)]
+    t0 = datetime(2024, 3, 1, tzinfo=UTC)
+    candles = [Candle("binance", "UP/USDT", t0 + timedelta(minutes=i), c, c, c, c, "1", None, None, "synthetic")
+               for i, c in enumerate(closes)]
+    ref.load_minutes(pg_conn, candles, "rising", T0)
+    dbt("run", "--select", "+ohlcv_1m")
+    got = [r[0] for r in ref.fetch(pg_conn, "select rsi_14 from marts.ohlcv_1m order by open_time")]
+    expected = talib.RSI(np.array([float(c) for c in closes]), timeperiod=14)
+    assert got[:14] == [None] * 14 and all(np.isnan(expected[:14]))
+    assert got[14:] == list(expected[14:]) == [100.0] * 26
+
+
 def _split(candles: list[Candle], first_days: float) -> tuple[list[Candle], list[Candle]]:
     """The first `first_days` days of every market, and the rest."""
     start = {}

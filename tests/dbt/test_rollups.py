@@ -259,3 +259,41 @@ def test_a_table_from_before_the_flags_asks_for_a_full_refresh(dbt: DbtRunner, p
     assert "dbt build --full-refresh -s ohlcv_1h+" in failed.output, failed.output
     dbt("build", "--full-refresh", "-s", "ohlcv_1h+", "--indirect-selection", "cautious")
     assert ref.fetch(pg_conn, "select count(*) filter (where is_closed) from marts.ohlcv_1h") == [(48,)]
+
+
+def _statistics(conn, table: str) -> tuple[str | None, float]:
+    """What the last ANALYZE of marts.<table> recorded: the exchanges it saw (pg_stats), its row count."""
+    ((exchanges,),) = ref.fetch(conn, "select most_common_vals::text from pg_stats where schemaname = 'marts'"
+                                      " and tablename = %s and attname = 'exchange'", (table,))
+    ((reltuples,),) = ref.fetch(conn, "select reltuples from pg_class where oid = %s::regclass", (f"marts.{table}",))
+    return exchanges, reltuples
+
+
+def test_incremental_runs_analyze_a_rollup_only_after_a_large_change(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    """The incremental models' post-hook (macro analyze_when_changed) re-samples the table only
+    when its row count moved by more than 10 % since the last ANALYZE, counting the run's own
+    merge: an ANALYZE after every hourly run read every page of a rollup up to 30,000 (its cost
+    grew with history, bench figure 9). A full build is analyzed; 15 minutes of a second market
+    (3 new buckets of 579) leave the statistics as they were; the rest of that market (twice the
+    rows) is analyzed by the run that merged it. Autovacuum is off for the table, so only the
+    post-hook can have analyzed it."""
+    conn = pg_conn
+    select = ("--select", "+ohlcv_5m")
+    okx = sorted((c for c in sample_candles if c.exchange == "okx"), key=lambda c: c.open_time)
+    ref.load_minutes(conn, [c for c in sample_candles if c.exchange == "binance"], "binance", T0)
+    dbt("run", *select)
+    with conn.cursor() as cur:
+        cur.execute("alter table marts.ohlcv_5m set (autovacuum_enabled = false)")
+    conn.commit()
+    assert _statistics(conn, "ohlcv_5m") == ("{binance}", 576), "the first build analyzes the table"
+
+    ref.load_minutes(conn, okx[:15], "okx_first", datetime.now(UTC))
+    dbt("run", *select)
+    assert ref.fetch(conn, "select exchange, count(*) from marts.ohlcv_5m group by 1 order by 1") == [
+        ("binance", 576), ("okx", 3)]
+    assert _statistics(conn, "ohlcv_5m") == ("{binance}", 576), "3 new rows of 579: not analyzed"
+
+    ref.load_minutes(conn, okx[15:], "okx_rest", datetime.now(UTC))
+    dbt("run", *select)
+    assert ref.fetch(conn, "select count(*) from marts.ohlcv_5m") == [(1152,)]
+    assert _statistics(conn, "ohlcv_5m") == ("{binance,okx}", 1152), "twice the rows: analyzed in the same run"

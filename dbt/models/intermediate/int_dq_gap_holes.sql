@@ -6,7 +6,7 @@
         on_schema_change='fail',
         post_hook=[
             "{{ dq_delete_gone_series() }}",
-            "analyze {{ this }}",
+            "{{ analyze_when_changed() }}",
         ],
         indexes=[
             {'columns': ['exchange', 'symbol', 'timeframe', 'gap_start'], 'unique': true},

@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key=['exchange', 'symbol', 'period_start'],
         on_schema_change='fail',
-        post_hook=["{{ dq_delete_outside_ranges('hour') }}", "analyze {{ this }}"],
+        post_hook=["{{ dq_delete_outside_ranges('hour') }}", "{{ analyze_when_changed() }}"],
         indexes=[
             {'columns': ['exchange', 'symbol', 'period_start'], 'unique': true},
             {'columns': ['max_ingested_at']},

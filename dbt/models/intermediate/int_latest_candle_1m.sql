@@ -4,7 +4,7 @@
         incremental_strategy='merge',
         unique_key=['exchange', 'symbol'],
         on_schema_change='fail',
-        post_hook="analyze {{ this }}",
+        post_hook="{{ analyze_when_changed() }}",
         indexes=[
             {'columns': ['exchange', 'symbol'], 'unique': true},
             {'columns': ['max_ingested_at']},

@@ -4,7 +4,7 @@
         incremental_strategy='delete+insert',
         unique_key=['exchange', 'symbol', 'day'],
         on_schema_change='fail',
-        post_hook="analyze {{ this }}",
+        post_hook="{{ analyze_when_changed() }}",
         indexes=[
             {'columns': ['exchange', 'symbol', 'day'], 'unique': true},
             {'columns': ['max_ingested_at']},

@@ -7,7 +7,7 @@
         post_hook=[
             "{{ dq_delete_outside_ranges('hour', \"t.timeframe = '1m' and t.grain = 'hour'\") }}",
             "{{ dq_delete_outside_ranges('day', \"t.timeframe = '1m' and t.grain = 'day'\") }}",
-            "analyze {{ this }}",
+            "{{ analyze_when_changed() }}",
         ],
         indexes=[
             {'columns': ['exchange', 'symbol', 'timeframe', 'grain', 'period_start'], 'unique': true},

@@ -5,7 +5,7 @@
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
         pre_hook="set local jit = off",
-        post_hook="analyze {{ this }}",
+        post_hook="{{ analyze_when_changed() }}",
         indexes=[
             {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
             {'columns': ['last_ingested_at']},
