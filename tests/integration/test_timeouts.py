@@ -32,7 +32,7 @@ def test_a_row_lock_held_elsewhere_ends_the_load_as_a_transient_database_error(w
     load_market(first, raw, extracted, Attempt("d", "r0", "t"))  # the row exists
     holder = psycopg2.connect(warehouse_dsn)
     with holder.cursor() as cur:
-        cur.execute("SELECT * FROM staging.ohlcv FOR UPDATE")
+        cur.execute("SELECT * FROM staging.candle FOR UPDATE  -- the physical rows under the staging.ohlcv view")
     changed = store(raw, json.dumps([kline(T0, c="10.6")]))  # a correction must update the locked row
     loader = psycopg2.connect(warehouse_dsn, options=session_options(Timeouts(db_lock=1)))
     started = time.monotonic()
