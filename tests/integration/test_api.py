@@ -383,6 +383,30 @@ def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> No
     assert refused.stdout == "401", refused
 
 
+def test_kept_candle_and_indicator_pages_of_one_1m_window_stay_apart(api: ApiStack) -> None:
+    """/ohlcv and /indicators at 1m read the same table (the 1m indicators are on ohlcv_1m's rows): each
+    route keeps its own page, so asked again each returns its own rows (a shared key served the candle
+    page to /indicators and broke the Markets page's second load of a day)."""
+    start, end = datetime(2025, 11, 25, 6, tzinfo=UTC), datetime(2025, 11, 25, 8, tzinfo=UTC)
+    params = {"exchange": "okx", "symbol": "BTC/USDT", "start": iso(start), "end": iso(end), "limit": 120}
+    want = {"candles": api.sql("SELECT open_time, close FROM marts.ohlcv_1m WHERE exchange = 'okx' AND "
+                               "symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s ORDER BY 1", (start, end)),
+            "indicators": api.sql("SELECT open_time, rsi_14 FROM marts.indicators_1m WHERE exchange = 'okx' AND "
+                                  "symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s ORDER BY 1",
+                                  (start, end))}
+    assert len(want["candles"]) == len(want["indicators"]) == 120
+    served: dict[str, list[str]] = {"candles": [], "indicators": []}
+    for _ in range(2):
+        for route, key, column in (("/ohlcv", "candles", "close"), ("/indicators", "indicators", "rsi_14")):
+            r = api.get(route, **params)
+            assert r.status_code == 200, r.text
+            served[key].append(r.headers["x-page-cache"])
+            rows = r.json()[key]
+            assert [(datetime.fromisoformat(row["open_time"].replace("Z", "+00:00")), row[column]) for row in rows] \
+                == [(t, None if v is None else str(v) if key == "candles" else float(v)) for t, v in want[key]], route
+    assert served == {"candles": ["stored", "hit"], "indicators": ["stored", "hit"]}
+
+
 def test_kept_pages_are_served_fresh_after_a_correction_or_a_backfill(api: ApiStack) -> None:
     """A closed page is kept by the API (api/pages.py) and served again while its mart rows are unchanged; a
     candle corrected in one kept window and a missing candle backfilled into another, both merged into the

@@ -248,7 +248,8 @@ async def series(request: Request, db: Warehouse, source: tuple[str, str], colum
         headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
         return csv_response(names, rows[:limit], headers)
     cache: PageCache = request.app.state.page_cache
-    key = (table, exchange, symbol, start_at, end_at, after, limit)
+    # kind too: /ohlcv and /indicators at 1m read the same table (the 1m indicators are on ohlcv_1m's rows)
+    key = (kind, table, exchange, symbol, start_at, end_at, after, limit)
     if cache.enabled:
         # The market check and the page's fingerprint in one round trip; a kept page with the same
         # fingerprint is what building it again would give (pages.py).
