@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg2.extensions import TRANSACTION_STATUS_IDLE
 from psycopg2.extras import execute_values
@@ -60,44 +61,39 @@ def _keys(conn) -> _Keys:
 
 def market_ids(cur, series: Iterable[Series]) -> dict[Series, int]:
     """market_id of each series, adding the new ones (one round trip for all of them, none when cached)."""
-    conn = cur.connection
-    cached = _keys(conn).markets
-    wanted = set(series)
-    missing = sorted(s for s in wanted if s not in cached)
-    if not missing:
-        return {s: cached[s] for s in wanted}
-    own_transaction = conn.info.transaction_status == TRANSACTION_STATUS_IDLE
-    # insert in key order: two loaders adding the same new markets lock them in the same order
-    execute_values(cur, "INSERT INTO staging.market (exchange, symbol, timeframe) VALUES %s "
-                        "ON CONFLICT ON CONSTRAINT market_series_key DO NOTHING", missing)
-    found = _select(cur, "SELECT m.exchange, m.symbol, m.timeframe, m.market_id FROM staging.market AS m "
-                         "JOIN (VALUES %s) AS w (exchange, symbol, timeframe) USING (exchange, symbol, timeframe)",
-                    missing)
-    resolved = {(ex, sym, tf): key for ex, sym, tf, key in found}
-    if own_transaction:
-        conn.commit()
-        cached.update(resolved)
-    return {s: cached.get(s) or resolved[s] for s in wanted}
+    return _resolve(cur, _keys(cur.connection).markets, series, lambda s: s,
+                    "INSERT INTO staging.market (exchange, symbol, timeframe) VALUES %s "
+                    "ON CONFLICT ON CONSTRAINT market_series_key DO NOTHING",
+                    "SELECT m.exchange, m.symbol, m.timeframe, m.market_id FROM staging.market AS m "
+                    "JOIN (VALUES %s) AS w (exchange, symbol, timeframe) USING (exchange, symbol, timeframe)")
 
 
 def run_keys(cur, run_ids: Iterable[str]) -> dict[str, int]:
     """run_key of each Airflow run id, adding the new ones (as ``market_ids``)."""
+    return _resolve(cur, _keys(cur.connection).runs, run_ids, lambda r: (r,),
+                    "INSERT INTO ops.run (run_id) VALUES %s ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
+                    "SELECT r.run_id, r.run_key FROM ops.run AS r JOIN (VALUES %s) AS w (run_id) USING (run_id)")
+
+
+def _resolve(cur, cached: dict, names: Iterable, row: Callable[[Any], tuple], insert_sql: str,
+             select_sql: str) -> dict:
+    """The int key of each name (a row of ``row(name)`` in the key table), inserting the missing rows
+    and selecting their keys (``select_sql`` returns the row's columns, then the key)."""
     conn = cur.connection
-    cached = _keys(conn).runs
-    wanted = set(run_ids)
-    missing = sorted(r for r in wanted if r not in cached)
+    wanted = set(names)
+    missing = sorted(n for n in wanted if n not in cached)
     if not missing:
-        return {r: cached[r] for r in wanted}
+        return {n: cached[n] for n in wanted}
     own_transaction = conn.info.transaction_status == TRANSACTION_STATUS_IDLE
-    execute_values(cur, "INSERT INTO ops.run (run_id) VALUES %s ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
-                   [(r,) for r in missing])
-    found = _select(cur, "SELECT r.run_id, r.run_key FROM ops.run AS r JOIN (VALUES %s) AS w (run_id) USING (run_id)",
-                    [(r,) for r in missing])
-    resolved = dict(found)
+    rows = [row(n) for n in missing]
+    # inserted in key order: two loaders adding the same new rows lock them in the same order
+    execute_values(cur, insert_sql, rows)
+    keys = {tuple(found[:-1]): found[-1] for found in _select(cur, select_sql, rows)}
+    resolved = {n: keys[row(n)] for n in missing}
     if own_transaction:
         conn.commit()
         cached.update(resolved)
-    return {r: cached.get(r) or resolved[r] for r in wanted}
+    return {n: cached.get(n) or resolved[n] for n in wanted}
 
 
 def _select(cur, query: str, rows: list[tuple]) -> list[tuple]:
