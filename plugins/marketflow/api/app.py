@@ -190,18 +190,26 @@ EndQ = Annotated[datetime | None, Query(description="UTC, exclusive (open_time <
 
 OHLCV_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades", "close_time",
                  "candle_count", "is_complete", "is_closed")
-# (the select list, the mart table) of each series
-OHLCV_1M = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, 1 AS candle_count, "
-            "true AS is_complete, close_time <= now() AS is_closed", "marts.ohlcv_1m")
+# (the select list, the mart table and its rows of the market %s, %s) of each series. The 1m candles are
+# read from marts.candles_1m, their storage (marts.ohlcv_1m and indicators_1m are views of it joining the
+# names back; a view has no xmin for the page fingerprint), by its key (market_id, open_time): the
+# market's id from marts.candles_1m_markets, close_time derived as the view derives it.
+MARKET_BY_NAME = "{table} WHERE exchange = %s AND symbol = %s"
+MARKET_1M = ("marts.candles_1m WHERE market_id = "
+             "(SELECT market_id FROM marts.candles_1m_markets WHERE exchange = %s AND symbol = %s)")
+CLOSE_TIME_1M = "open_time + interval '1 minute'"
+OHLCV_1M = (f"open_time, open, high, low, close, volume, quote_volume, trades, {CLOSE_TIME_1M} AS close_time, "
+            f"1 AS candle_count, true AS is_complete, {CLOSE_TIME_1M} <= now() AS is_closed", MARKET_1M)
 OHLCV_ROLLUP = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, candle_count, "
-                "is_complete, is_closed", "marts.ohlcv_{tf}")
+                "is_complete, is_closed", MARKET_BY_NAME.format(table="marts.ohlcv_{tf}"))
 INDICATOR_COLUMNS = ("open_time", "close", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
                      "macd_line", "macd_signal", "macd_histogram", "is_closed", "inputs_complete")
-INDICATORS = (", ".join(INDICATOR_COLUMNS), "marts.indicators_{tf}")
-# The 1m indicators live on ohlcv_1m's rows (marts.indicators_1m is a view of them, docs/storage.md): read
-# from the table, whose xmin the page fingerprint needs; the view's derived columns computed as it does.
+INDICATORS = (", ".join(INDICATOR_COLUMNS), MARKET_BY_NAME.format(table="marts.indicators_{tf}"))
+# The 1m indicators live on the candles' rows in candles_1m (marts.indicators_1m is a view of them,
+# docs/storage.md): read from the table, whose xmin the page fingerprint needs; the view's derived columns
+# computed as it does.
 INDICATORS_1M = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram",
-                             "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), "marts.ohlcv_1m")
+                             "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), MARKET_1M)
 # How a column becomes JSON inside Postgres (series pages), as out() and JSONResponse write it: the exact
 # NUMERIC columns as their text, timestamps in ISO 8601 UTC with Z (six digits of fraction when there is
 # one), the rest (counts, flags, the indicators' double precision: shortest round-trip digits) as JSON values.
@@ -236,9 +244,9 @@ async def series(request: Request, db: Warehouse, source: tuple[str, str], colum
     limit = limit or min(1000, cap)
     start_at, end_at = time_range(start, end, STEP[timeframe] * limit)
     after = decode_cursor(cursor) if cursor else None
-    select_list, table = source
+    select_list, table = source  # table: the relation and its condition on the market (two parameters)
     # One row more than the page: its presence says there is a next page.
-    where = (f"FROM {table} WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s"
+    where = (f"FROM {table} AND open_time >= %s AND open_time < %s"
              f"{' AND open_time > %s' if after else ''} ORDER BY open_time LIMIT %s")
     params: list[Any] = [exchange, symbol, start_at, end_at, *([after] if after else []), limit + 1]
     if fmt is Format.csv:
@@ -248,7 +256,7 @@ async def series(request: Request, db: Warehouse, source: tuple[str, str], colum
         headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
         return csv_response(names, rows[:limit], headers)
     cache: PageCache = request.app.state.page_cache
-    # kind too: /ohlcv and /indicators at 1m read the same table (the 1m indicators are on ohlcv_1m's rows)
+    # kind too: /ohlcv and /indicators at 1m read the same table (the 1m indicators are on the candles' rows)
     key = (kind, table, exchange, symbol, start_at, end_at, after, limit)
     if cache.enabled:
         # The market check and the page's fingerprint in one round trip; a kept page with the same
