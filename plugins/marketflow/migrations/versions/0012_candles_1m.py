@@ -18,7 +18,10 @@ from alembic import op
 revision = "0012"
 down_revision = "0011"
 
-SQL_FILES: dict[str, str] = {}  # no DDL: a row of ops.partition_retention changes name
+SQL_FILES: dict[str, str] = {}  # a row of ops.partition_retention changes name, and the table's comment
+
+COMMENT = ("COMMENT ON TABLE ops.partition_retention IS 'Retention of the monthly-partitioned 1m layers{}: "
+           "partitions before keep_from were dropped (market_maintenance).'")
 
 
 def _move(old: str, new: str) -> None:
@@ -36,9 +39,11 @@ def _move(old: str, new: str) -> None:
 
 def upgrade() -> None:
     _move("marts.ohlcv_1m", "marts.candles_1m")
+    op.execute(COMMENT.format(" (marts.candles_1m, the stored 1m candles; marts.ohlcv_1m is a view of it)"))
 
 
 def downgrade() -> None:
     # The release before stores the 1m candles in the table marts.ohlcv_1m again (its dbt rebuilds it
     # from staging, from this floor on); marts.candles_1m is left to be dropped by hand.
     _move("marts.candles_1m", "marts.ohlcv_1m")
+    op.execute(COMMENT.format(""))
