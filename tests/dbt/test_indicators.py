@@ -82,7 +82,7 @@ def test_rsi_of_a_market_that_only_rises_is_100(dbt: DbtRunner, pg_conn) -> None
     candles = [Candle("binance", "UP/USDT", t0 + timedelta(minutes=i), c, c, c, c, "1", None, None, "synthetic")
                for i, c in enumerate(closes)]
     ref.load_minutes(pg_conn, candles, "rising", T0)
-    dbt("run", "--select", "+ohlcv_1m")
+    dbt("run", "--select", "+indicators_1m")
     got = [r[0] for r in ref.fetch(pg_conn, "select rsi_14 from marts.indicators_1m order by open_time")]
     expected = talib.RSI(np.array([float(c) for c in closes]), timeperiod=14)
     assert got[:14] == [None] * 14 and all(np.isnan(expected[:14]))
@@ -182,7 +182,8 @@ def test_an_install_from_before_candles_1m_upgrades_with_its_next_build(dbt: Dbt
         cur.execute("create table public.previous_indicators_1m as table marts.indicators_1m")
         # the previous release's ohlcv_1m: the candle columns, then the indicators, partitioned by month
         cur.execute("create table public.old_rows as select o.*, " + ", ".join(f"c.{x}" for x in indicator_columns)
-                    + " from marts.ohlcv_1m as o join marts.candles_1m_markets as m using (exchange, symbol)"
+                    + " from marts.ohlcv_1m as o join staging.market as m on m.timeframe = '1m' and"
+                    " m.exchange = o.exchange and m.symbol = o.symbol"
                     " join marts.candles_1m as c on c.market_id = m.market_id and c.open_time = o.open_time")
         cur.execute("drop table marts.candles_1m cascade")  # and the views over it
         cur.execute("create table marts.ohlcv_1m (like public.old_rows) partition by range (open_time)")
