@@ -3,6 +3,7 @@
     python -m bench.hourly_dbt setup --db h1m --rows 1000000 --markets 20
     python -m bench.hourly_dbt measure --db h1m --project /work/main/dbt --label before
     python -m bench.hourly_dbt measure --db h1m --project dbt --label after
+    python -m bench.hourly_dbt next-hour --db h1m --label since --since-last-build
     python -m bench.hourly_dbt report                  # per model: seconds and the ratio large/small
     python -m bench.hourly_dbt stop                    # stop the server (the data directory stays)
 
@@ -28,6 +29,7 @@ import os
 import subprocess
 import time
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
@@ -142,6 +144,7 @@ def measure(db: str, project: Path, label: str, full_select: list[str]) -> None:
     try:
         _append_hour(conn, state["markets"], state["next_minute"])
         state["next_minute"] += 60
+        state["next_data_test_since"] = (datetime.now(UTC) - timedelta(minutes=60)).isoformat()
         state_file.write_text(json.dumps(state))
         with conn.cursor() as cur:
             cur.execute("select count(*) from staging.ohlcv")
@@ -156,6 +159,40 @@ def measure(db: str, project: Path, label: str, full_select: list[str]) -> None:
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / f"{db}-{label}.json").write_text(json.dumps(out, indent=1))
     say(f"{db}/{label}: hourly build {wall:.1f}s wall (full build {full_s:.0f}s)")
+
+
+def next_hour(db: str, project: Path, label: str, since_last_build: bool) -> None:
+    """One more hour on the tables the last `measure`/`next-hour` built: append it, time `dbt build`. With
+    ``since_last_build`` the data tests check what the hourly DAG's do after a successful run: the rows
+    written since an hour before the last build started (MARKETFLOW_DATA_TEST_SINCE), not 48 hours."""
+    pg = _server()
+    env = _env(pg, db, project.resolve())
+    state_file = ROOT / db / "state.json"
+    state = json.loads(state_file.read_text())
+    env["MARKETFLOW_DATA_TEST_SINCE"] = state["next_data_test_since"] if since_last_build else ""
+    conn = psycopg2.connect(pg.dsn(db))
+    conn.autocommit = True
+    try:
+        _append_hour(conn, state["markets"], state["next_minute"])
+        state["next_minute"] += 60
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from staging.candle")
+            rows = cur.fetchone()[0]
+    finally:
+        conn.close()
+    state["next_data_test_since"] = (datetime.now(UTC) - timedelta(minutes=60)).isoformat()
+    say(f"{db}/{label}: hourly dbt build on {rows:,} candles, data tests since "
+        f"{env['MARKETFLOW_DATA_TEST_SINCE'] or 'the 48-hour window'} ...")
+    wall = _dbt(env, "build")
+    state_file.write_text(json.dumps(state))
+    per_model = _per_model(Path(env["DBT_TARGET_PATH"]))
+    tests = sum(m["tests"] for m in per_model.values())
+    out = {"db": db, "label": label, "project": str(project), "staging_rows": rows,
+           "data_test_since": env["MARKETFLOW_DATA_TEST_SINCE"], "hourly_build_wall_s": round(wall, 1),
+           "tests_s": round(tests, 2), "per_model": per_model}
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / f"{db}-{label}.json").write_text(json.dumps(out, indent=1))
+    say(f"{db}/{label}: hourly build {wall:.1f}s wall, of it data and unit tests {tests:.1f}s")
 
 
 def report(small: str, large: str) -> None:
@@ -197,6 +234,13 @@ def main() -> None:
     p.add_argument("--full-select", nargs="*", default=[],
                    help="rebuild only these (dbt selectors) before the hour, e.g. the models whose SQL "
                         "changed since the last measure on this database (default: the whole project)")
+    p = sub.add_parser("next-hour", help="append one more hour to the last measured tables and time dbt build")
+    p.add_argument("--db", required=True)
+    p.add_argument("--project", type=Path, default=REPO / "dbt")
+    p.add_argument("--label", required=True)
+    p.add_argument("--since-last-build", action="store_true",
+                   help="data tests on the rows written since the last build (as the hourly DAG after a "
+                        "successful run), not the 48-hour window")
     p = sub.add_parser("report")
     p.add_argument("--small", default="h1m")
     p.add_argument("--large", default="h10m")
@@ -206,6 +250,8 @@ def main() -> None:
         setup(args.db, args.rows, args.markets, args.uniform)
     elif args.cmd == "measure":
         measure(args.db, args.project, args.label, args.full_select)
+    elif args.cmd == "next-hour":
+        next_hour(args.db, args.project, args.label, args.since_last_build)
     elif args.cmd == "report":
         report(args.small, args.large)
     else:

@@ -18,7 +18,8 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
   the chunks already complete. The plan runs beside `prepare_storage`, which creates the month
   partitions of the requested window first (the rows never land in a DEFAULT partition).
 * `from_raw: true` rebuilds staging from what MongoDB already holds, without calling the exchange.
-* The `summary` task reports per market what was loaded, rejected, and left missing.
+* The `summary` task reports per market what was loaded, rejected, and left missing; `run_outcome`
+  then fails the run, naming them, when any task failed (the summary runs whatever the chunks did).
 * Timeouts: each task `timeouts.backfill_task`, the run `timeouts.backfill_run`.
 """
 
@@ -31,6 +32,7 @@ from airflow.sdk import Param, dag
 from marketflow.config import load_config
 from marketflow.tasks.backfill import backfill_pipeline, backfill_summary
 from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
+from marketflow.tasks.outcome import run_outcome
 from marketflow.tasks.storage import prepare_storage
 from marketflow.timeframes import SUPPORTED_TIMEFRAMES
 
@@ -70,6 +72,7 @@ def market_backfill() -> None:
         storage >> loaded  # the plan needs only the markets file: it runs beside prepare_storage
         loads.append(loaded)
     backfill_summary(*loads)
+    run_outcome()  # a run with failed chunks ends failed (summary runs whatever they did)
 
 
 market_backfill()

@@ -14,6 +14,8 @@ and is not retried.
 * One `reconcile` task per exchange (all its markets, in the exchange's hourly pool). A failing
   market or exchange never stops the marts: `marts_inputs` waits for every load whatever its state
   and the marts are built from what loaded.
+* `run_outcome` runs last and fails the run, naming the tasks, when any task failed: the run goes on
+  past a failed exchange or dbt model, and would otherwise end green.
 * Schedule: without `defaults.schedule_start` the first run is the hour the DAG is first deployed and
   later runs catch up one hour at a time (`max_active_runs=1`) after downtime, never before the first
   deploy: history comes from `market_backfill`. With `schedule_start` set, runs catch up from there.
@@ -33,6 +35,7 @@ from marketflow.config import load_config
 from marketflow.tasks.dbt import dbt_marts
 from marketflow.tasks.defaults import DEFAULT_ARGS, deadline, seconds
 from marketflow.tasks.ingest import exchange_ingest, marts_inputs
+from marketflow.tasks.outcome import run_outcome
 from marketflow.tasks.repairs import gap_repairs
 from marketflow.tasks.storage import prepare_storage
 from marketflow.timetables import FirstRunAtDeployTimetable
@@ -68,6 +71,8 @@ def market_candles_1h() -> None:
     # hourly data-quality tallies that data_quality_summary reads).
     inputs >> marts >> repairs >> dbt_marts(CONFIG, "dbt_after_repairs",
                                             select=["path:models/marts", "int_dq_candle_hours_1m+"])
+    # The work goes on past a failed exchange or dbt model; this makes such a run end failed.
+    run_outcome()
 
 
 market_candles_1h()

@@ -8,13 +8,23 @@ same window must leave every staging and mart table byte-for-byte unchanged.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg2
 import pytest
-from support.airflow_cli import AIRFLOW, MART_CONSUMER_DAG_ID, MART_OHLCV_1H_URI, asset_events, dags_test, metadata
+from support.airflow_cli import (
+    AIRFLOW,
+    MART_CONSUMER_DAG_ID,
+    MART_OHLCV_1H_URI,
+    asset_events,
+    dags_test,
+    mark_run_successful,
+    metadata,
+)
 from support.sample import assert_marts_equal_sample, sample_candles
 
 from scripts.warehouse_checks import RERUN_INVARIANT_TABLES, table_checksum
@@ -73,9 +83,19 @@ def test_hourly_dag_lands_every_sample_candle_exactly_and_reruns_change_nothing(
                                  "WHERE a.uri = ?", (MART_OHLCV_1H_URI,)) == [(MART_CONSUMER_DAG_ID,)]
 
     first, loaded_at = checksums(dsn), last_success(dsn)
+    # Every task succeeded (hourly_run checks), so run_outcome lets the run end successful; the re-run's
+    # data tests then check the rows written since an hour before the first run started.
+    mark_run_successful(airflow_env, HOURLY, run_id)
+    [(first_start,)] = metadata(airflow_env, "SELECT start_date FROM dag_run WHERE run_id = ?", (run_id,))
     # The re-run rebuilds the models behind the tables compared (the first run built every model).
     hourly_run(airflow_env, tmp_path / "second.log", mark_success=ONLY_RERUN_CHECKED_MARTS)
     assert checksums(dsn) == first
+    [(rendered,)] = metadata(airflow_env, "SELECT rendered_fields FROM rendered_task_instance_fields WHERE dag_id = ? "
+                                          "AND task_id = 'dbt_marts.ohlcv_1m_model_build' AND run_id != ?",
+                             (HOURLY, run_id))
+    since = datetime.fromisoformat(json.loads(rendered)["env"]["MARKETFLOW_DATA_TEST_SINCE"])
+    expected = datetime.fromisoformat(first_start).replace(tzinfo=UTC) - timedelta(minutes=60)
+    assert since == expected, (since, first_start)
     # The one column allowed to move: when the pipeline last loaded each market.
     again = last_success(dsn)
     assert again.keys() == loaded_at.keys() and all(again[m] > loaded_at[m] for m in again), (loaded_at, again)
@@ -153,6 +173,9 @@ def test_a_delisted_market_never_stops_the_other_markets_marts(failing_market_en
                            mark_success=ONLY_RERUN_CHECKED_MARTS)
         assert tasks["binance.reconcile"] == "failed", tasks
         assert tasks["okx.reconcile"] == "success" and tasks["marts_inputs"] == "success", tasks
+        # ... and the run still ends failed, its last task naming the failure
+        assert tasks["run_outcome"] == "failed", tasks
+        assert "1 task(s) of this run failed or could not run" in (tmp_path / f"hour{hour}.log").read_text()
         dbt = {t: s for t, s in tasks.items() if t.startswith("dbt_marts.")}
         assert dbt and set(dbt.values()) == {"success"} and dbt["dbt_marts.ohlcv_1m_model_build"] == "success", dbt
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:

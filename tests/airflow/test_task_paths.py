@@ -101,7 +101,8 @@ BACKFILL_WINDOWS = {("binance", "ETH/USDT"): ("2022-08-15T18:00:00Z", "2022-08-1
 def test_backfill_dag_loads_a_window_as_recorded_and_summarises_it(paths_env, tmp_path) -> None:
     tasks = dags_test(paths_env, "market_backfill", tmp_path / "backfill.log", conf=BACKFILL)
     assert tasks == {"prepare_storage": "success", "binance.plan": "success", "okx.plan": "success",
-                     "binance.ingest[0]": "success", "okx.ingest[0]": "success", "summary": "success"}
+                     "binance.ingest[0]": "success", "okx.ingest[0]": "success", "summary": "success",
+                     "run_outcome": "success"}
     dsn = paths_env["AIRFLOW_CONN_MARKETFLOW_POSTGRES"]
     for (exchange, symbol), (start, end) in BACKFILL_WINDOWS.items():
         truth = recorded(exchange, symbol, ms(start), ms(end))

@@ -116,6 +116,17 @@ def test_hourly_reconcile_is_one_task_per_exchange_in_its_hourly_pool(parsed: di
     assert gate["trigger_rule"] == "all_done" and gate["upstream"] == ["binance.reconcile", "okx.reconcile"]
 
 
+@pytest.mark.parametrize("dag_id", ["market_candles_1h", "market_backfill"])
+def test_a_run_whose_work_goes_on_past_a_failure_still_ends_failed(parsed: dict, dag_id: str) -> None:
+    # Airflow judges a run by its leaves; these DAGs go on past failed tasks (all_done gates, the repair
+    # short-circuit), so their only leaf is run_outcome, after everything, failing when anything failed.
+    tasks = parsed["dags"][dag_id]["tasks"]
+    downstream = {up for task in tasks.values() for up in task["upstream"]}
+    assert [t for t in tasks if t not in downstream] == ["run_outcome"]
+    assert tasks["run_outcome"]["trigger_rule"] == "all_done"
+    assert tasks["run_outcome"]["upstream"]
+
+
 def test_live_work_has_a_pool_and_the_priority_of_its_own(parsed: dict) -> None:
     # The freshness path (bench figure 6): no task per market, no prepare_storage ahead of it, and
     # no other task in any DAG shares its pool.

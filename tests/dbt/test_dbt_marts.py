@@ -405,6 +405,26 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     result = dbt("test", *select, "--vars", "{data_test_window_hours: 0}", expect_success=False)
     assert f"Got {len(BAD_CANDLES)} results" in result.output, result.output
 
+    # the hourly DAG narrows the window to the rows written since its last successful run (less an
+    # hour: MARKETFLOW_DATA_TEST_SINCE); a bad row written 3 hours ago was tested by that run
+    with conn.cursor() as cur:
+        cur.execute(
+            "update marts.ohlcv_1m set ingested_at = now() - interval '3 hours'"
+            " where exchange = 'binance' and symbol = 'ETH/USDT' and open_time = %s",
+            (minute["negative prices"],),
+        )
+    conn.commit()
+
+    def since(hours_ago: float) -> DbtRunner:
+        moment = datetime.now(UTC) - timedelta(hours=hours_ago)
+        return DbtRunner({**dbt.env, "MARKETFLOW_DATA_TEST_SINCE": moment.isoformat()})
+
+    result = since(2)("test", *select, expect_success=False)
+    assert f"Got {len(BAD_CANDLES) - 2} results" in result.output, result.output
+    # never wider than data_test_window_hours (a last success 60 days ago: the 48 hours)
+    result = since(24 * 60)("test", *select, expect_success=False)
+    assert f"Got {len(BAD_CANDLES) - 1} results" in result.output, result.output
+
 
 def test_latest_price_reads_one_row_per_market(dbt: DbtRunner, loaded_warehouse) -> None:
     """latest_price reads the one-row-per-market tables (int_markets, int_latest_candle_1m,

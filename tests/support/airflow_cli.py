@@ -51,6 +51,17 @@ def metadata(env: dict[str, str], sql: str, params: tuple = ()) -> list[tuple]:
         db.close()
 
 
+def mark_run_successful(env: dict[str, str], dag_id: str, run_id: str) -> None:
+    """Set a finished run's state to success, as the scheduler would: `airflow dags test` leaves a run of a
+    DAG with a deadline `running` when it crashes at the end (apache/airflow#73428, KNOWN_DEADLINE_CRASH)."""
+    db = sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")
+    try:
+        db.execute("UPDATE dag_run SET state = 'success' WHERE dag_id = ? AND run_id = ?", (dag_id, run_id))
+        db.commit()
+    finally:
+        db.close()
+
+
 def dags_test(env: dict[str, str], dag_id: str, log: Path, logical_date: str | None = None,
               conf: dict | None = None, expect_success: bool = True, mark_success: str | None = None,
               min_tasks: int = 1) -> dict[str, str]:
@@ -62,7 +73,9 @@ def dags_test(env: dict[str, str], dag_id: str, log: Path, logical_date: str | N
                          env=env, capture_output=True, text=True, timeout=1800)
     output = res.stdout + res.stderr
     log.write_text(output)
-    if res.returncode != 0:
+    # A run expected to fail exits non-zero ("DagRun failed": run_outcome failed it); that is checked
+    # below, by its task instances.
+    if res.returncode != 0 and expect_success:
         assert all(sign in output for sign in KNOWN_DEADLINE_CRASH), f"{dag_id} failed; full log in {log}:\n" \
                                                                      f"{output[-6000:]}"
     [(run_id,)] = metadata(env, "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,))

@@ -24,6 +24,14 @@ from marketflow.tasks.defaults import HOURLY_PRIORITY, seconds
 
 MARTS_SCHEMA = "marts"
 
+# The data tests on the big tables check the rows written since this (dbt/macros/recent_rows_filter.sql,
+# at most data_test_window_hours back): the start of the DAG's last successful run (run_outcome makes
+# a run with a failed test or model end failed) less an hour for loads committing late (as the
+# models' ohlcv_lookback_minutes). Empty on a DAG's first run: the 48-hour window.
+DATA_TEST_SINCE_ENV = "MARKETFLOW_DATA_TEST_SINCE"
+DATA_TEST_SINCE = ("{{ (prev_start_date_success - macros.timedelta(minutes=60)).isoformat() "
+                   "if prev_start_date_success else '' }}")
+
 PROFILE_CONFIG = ProfileConfig(
     profile_name="marketflow", target_name="airflow",
     profile_mapping=PostgresUserPasswordProfileMapping(conn_id=POSTGRES_CONN_ID, profile_args={"schema": "marts"}),
@@ -58,7 +66,8 @@ def dbt_marts(config: MarketflowConfig, group_id: str = "dbt_marts", select: lis
         # over two models (relationships) runs as its own task after both are built.
         render_config=RenderConfig(load_method=LoadMode.DBT_MANIFEST, test_behavior=TestBehavior.BUILD,
                                    should_detach_multiple_parents_tests=True, select=select or []),
-        operator_args={"install_deps": False, "emit_datasets": False, "pool": DBT_POOL},
+        operator_args={"install_deps": False, "emit_datasets": False, "pool": DBT_POOL,
+                       "env": {DATA_TEST_SINCE_ENV: DATA_TEST_SINCE}},
         default_args={"retries": 2, "retry_policy": DbtRetryPolicy(), "on_failure_callback": log_failing_tests,
                       "execution_timeout": seconds(config.timeouts.dbt_task), "weight_rule": "absolute",
                       "priority_weight": HOURLY_PRIORITY},

@@ -71,7 +71,10 @@ def gap_repairs(config: MarketflowConfig, group_id: str = "gap_repairs") -> Task
 
         return repair()
 
-    @task.short_circuit(task_id="anything_repaired", trigger_rule="all_done", execution_timeout=seconds(300))
+    # ignore_downstream_trigger_rules=False: skip the rebuild only (its own tasks then skip in turn), not
+    # run_outcome after it, which must run to fail the run when something before failed.
+    @task.short_circuit(task_id="anything_repaired", trigger_rule="all_done", execution_timeout=seconds(300),
+                        ignore_downstream_trigger_rules=False)
     def anything_repaired(*results: dict[str, int] | None) -> bool:
         return any(sum((r or {}).values()) for r in results)
 
