@@ -409,8 +409,8 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     # hour: MARKETFLOW_DATA_TEST_SINCE); a bad row written 3 hours ago was tested by that run
     with conn.cursor() as cur:
         cur.execute(
-            "update marts.ohlcv_1m set ingested_at = now() - interval '3 hours'"
-            " where exchange = 'binance' and symbol = 'ETH/USDT' and open_time = %s",
+            "update marts.candles_1m set ingested_at = now() - interval '3 hours'"
+            " where open_time = %s",
             (minute["negative prices"],),
         )
     conn.commit()
