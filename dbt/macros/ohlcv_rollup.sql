@@ -5,7 +5,8 @@
   rollup_timeframes()        timeframe -> (bucket width as an interval literal, minutes per bucket)
   rollup_finer_timeframe(tf) the timeframe a rollup is aggregated from
   utc_bucket(column, tf)     the start of the UTC bucket `column` falls in
-  ohlcv_rollup(tf)           the model SQL (full and incremental)
+  ohlcv_rollup(tf)           the model SQL (full and incremental): the candles and their indicators
+  rollup_indicators_view(tf) indicators_<tf>: a view of the indicator columns of ohlcv_<tf>'s rows
 
   Buckets are date_bin() on the absolute time line with a fixed UTC origin, Monday
   2000-01-03 00:00 UTC: date_bin on timestamptz never looks at the session time zone (unlike
@@ -78,9 +79,16 @@
   last_ingested_at is the newest minute's ingested_at, so every table of the chain agrees on it
   and a late-committing load that ohlcv_1m merges is seen all the way up in the same run). A
   touched bucket is recomputed from ALL its parts (an index range scan per bucket), not only the
-  new ones, then merged on (exchange, symbol, open_time). A recomputed bucket whose row is
-  identical (as text, so even a numeric's scale counts) to the stored one is left out of the
-  merge: a run without new data rewrites nothing. A bucket stored while it was still forming is
+  new ones, then merged on (exchange, symbol, open_time).
+
+  The indicators are on the same row (SMA / EMA / RSI / MACD of the bucket closes,
+  macros/ohlcv_indicators.sql in its candle_columns mode, as ohlcv_1m has them; docs/storage.md):
+  one tuple, one key and one key index per bucket instead of a second table. The recomputed
+  buckets and, for the rest, the stored rows are the candle series the indicators run over; per
+  market, every row from its first recomputed bucket on is recomputed from the stored state of
+  the row before it (the indicator macro's resume), so the cost follows the touched buckets. A
+  recomputed row identical (as text, candle and indicators, so even a numeric's scale counts) to
+  the stored one is left out of the merge: a run without new data rewrites nothing. A bucket stored while it was still forming is
   recomputed once it has closed, even if no minute arrived since (is_closed flips): only a market's
   latest bucket can be forming (the loader stores closed minutes only), so that is one index probe
   per market (distinct_markets + its newest row), whatever the history. Both lookups are written so that they can only
@@ -88,16 +96,28 @@
   whatever the planner estimates (with a join, an underestimate made it merge-join each market's
   buckets with all of its minutes: minutes instead of seconds).
 -#}
+{#- The candle columns of a rollup row, in the table's order between the key and last_ingested_at;
+    the indicator columns follow last_ingested_at (macros/ohlcv_indicators.sql, candle_columns mode). -#}
+{% macro rollup_candle_columns() -%}
+    {{ return(['open', 'high', 'low', 'close', 'volume', 'quote_volume', 'trades', 'close_time', 'candle_count',
+               'is_complete', 'is_closed', 'quote_volume_missing_minutes', 'first_minute_at', 'last_minute_at']) }}
+{%- endmacro %}
+
 {% macro ohlcv_rollup(timeframe) -%}
 {%- set width, minutes = rollup_timeframe(timeframe) -%}
 {%- set width = "interval '" ~ width ~ "'" -%}
 {%- set finer_timeframe = rollup_finer_timeframe(timeframe) -%}
 {%- set finer, finer_ingested = rollup_finer(timeframe) -%}
+{%- set candle_columns = rollup_candle_columns() -%}
 {{- require_columns(['is_closed', 'quote_volume_missing_minutes']) }}
+{#- a rollup built before its indicators moved onto its rows: every rollup is rebuilt once (each is
+    built from the next finer one; indicators_* become views of the new columns) -#}
+{{- require_columns(['candle_index', 'inputs_complete', 'macd_fast_ema'],
+                    rebuild_select='ohlcv_5m+') }}
 {{- refuse_rollup_rebuild_after_retention() }}
 with
 {%- if is_incremental() %}
-touched as (
+rollup_touched as (
     select distinct exchange, symbol, bucket
     from (
         select
@@ -128,29 +148,30 @@ touched as (
     ) as candidates
 ),
 
-parts as (
+rollup_parts as (
     -- one index range scan of the finer table per touched bucket (LATERAL: never a merge join on
     -- the market with a range filter, which the planner picks when it underestimates the buckets)
-    select p.*, touched.bucket
-    from touched
+    select p.*, rollup_touched.bucket
+    from rollup_touched
     cross join lateral (
         select *
         from {{ finer }} as part
-        where part.exchange = touched.exchange
-          and part.symbol = touched.symbol
-          and part.open_time >= touched.bucket
-          and part.open_time < touched.bucket + {{ width }}
+        where part.exchange = rollup_touched.exchange
+          and part.symbol = rollup_touched.symbol
+          and part.open_time >= rollup_touched.bucket
+          and part.open_time < rollup_touched.bucket + {{ width }}
         offset 0  -- keeps the subquery from being flattened into a join
     ) as p
 ),
 {%- else %}
-parts as (
+rollup_parts as (
     select p.*, {{ utc_bucket('p.open_time', timeframe) }} as bucket
     from {{ finer }} as p
 ),
 {%- endif %}
 
-rolled as (
+-- computed once (MATERIALIZED): the indicator computation below reads it several times
+rolled as materialized (
     select
         exchange,
         symbol,
@@ -180,23 +201,67 @@ rolled as (
         max(last_minute_at)                                             as last_minute_at,
         max(last_ingested_at)                                           as last_ingested_at
         {%- endif %}
-    from parts
+    from rollup_parts
     group by exchange, symbol, bucket
+),
+
+-- The candle series the indicators run over. A full build: every bucket. An incremental run: the
+-- recomputed buckets and, for the rest, the stored rows; NOT MATERIALIZED, so each read of it below
+-- (per market, from a time on) is an index range scan of the stored rows, never the whole table.
+rollup_candles as not materialized (
+    select {% for c in ['exchange', 'symbol', 'open_time'] + candle_columns + ['last_ingested_at'] %}rolled.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
+    from rolled
+    {%- if is_incremental() %}
+    union all
+    select {% for c in ['exchange', 'symbol', 'open_time'] + candle_columns + ['last_ingested_at'] %}stored.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
+    from {{ this }} as stored
+    where not exists (
+        select 1
+        from rollup_touched
+        where rollup_touched.exchange = stored.exchange
+          and rollup_touched.symbol = stored.symbol
+          and rollup_touched.bucket = stored.open_time
+    )
+    {%- endif %}
 )
 
+-- the candle and its indicators on one row (macros/ohlcv_indicators.sql, candle_columns mode; the
+-- view indicators_{{ timeframe }} shows them as the table it was). Recomputed rows equal to the
+-- stored ones (candle and indicators, as text) are left out: a run without new data writes nothing.
 select *
-from rolled
-{%- if is_incremental() %}
--- leave out buckets equal to the stored row: one index probe per bucket (a scalar subquery, so
--- never a join whose plan depends on row estimates)
-where (
-    select stored::text
-    from {{ this }} as stored
-    where stored.exchange = rolled.exchange
-      and stored.symbol = rolled.symbol
-      and stored.open_time = rolled.open_time
-) is distinct from rolled::text
-{%- endif %}
+from (
+{{ ohlcv_indicators('rollup_candles', 'last_ingested_at', timeframe, candle_columns=candle_columns) }}
+) as candle_with_indicators
+{%- endmacro %}
+
+{#- indicators_5m ... indicators_1w: the indicator columns of the rollup's rows, with the columns, order
+    and types the tables of that name had (close and is_closed are the candle's, macd_histogram is
+    line - signal, the same double subtraction the table stored). A plain projection: filters on the
+    key use the rollup's (exchange, symbol, open_time desc) index. -#}
+{% macro rollup_indicators_view(timeframe) -%}
+select
+    exchange,
+    symbol,
+    open_time,
+    close,
+    candle_index,
+    is_closed,
+    inputs_complete,
+    sma_20,
+    sma_50,
+    sma_200,
+    ema_12,
+    ema_26,
+    ema_50,
+    rsi_14,
+    macd_line,
+    macd_signal,
+    macd_line - macd_signal                                                 as macd_histogram,
+    rsi_avg_gain_14,
+    rsi_avg_loss_14,
+    macd_fast_ema,
+    last_ingested_at
+from {{ ref('ohlcv_' ~ timeframe) }}
 {%- endmacro %}
 
 {#-

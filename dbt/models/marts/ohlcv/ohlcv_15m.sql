@@ -13,6 +13,8 @@
     )
 }}
 
--- pre_hook: JIT would spend seconds compiling this query for a few touched buckets.
+-- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates of its indicators)
+-- pre_hook: JIT would spend seconds compiling this query for a few touched buckets
+-- and their indicators.
 -- 15m candles rolled up from ohlcv_5m in UTC buckets: see macros/ohlcv_rollup.sql.
 {{ ohlcv_rollup('15m') }}
