@@ -284,26 +284,45 @@ def test_a_table_from_before_the_flags_asks_for_a_full_refresh(dbt: DbtRunner, p
 
 def test_rollups_from_before_their_indicators_ask_for_their_rebuild(dbt: DbtRunner, pg_conn, sample_candles) -> None:
     """The release that put the indicators on the rollup rows: an install whose rollups are the
-    earlier layout (ohlcv_15m without the indicator columns, indicators_15m a table of them) stops
-    its next incremental run naming the table and the one command that fixes it, and that command
-    turns indicators_15m back into the view with the values the table had."""
+    earlier layout (ohlcv_<tf> without the indicator columns, indicators_<tf> a table of them) stops
+    its next incremental run naming the table and the commands that fix it, and both work: the
+    full refresh, and the in-place move (for installs whose retention dropped 1m months, which a
+    full refresh of the rollups would lose). Either way indicators_<tf> is the view again with the
+    values the table had, and the next incremental run continues from them as a full build would."""
     ref.load_minutes(pg_conn, [c for c in sample_candles if c.exchange == "okx"], "okx", T0)
     dbt("run", *ref.DBT_SELECT)
-    before = ref.table_checksums(pg_conn, ["indicators_15m"])
-    with pg_conn.cursor() as cur:  # the earlier release's layout
-        cur.execute("create table marts.indicators_15m_old as select * from marts.indicators_15m")
-        cur.execute("drop view marts.indicators_15m")
-        cur.execute("alter table marts.indicators_15m_old rename to indicators_15m")
-        cur.execute("alter table marts.ohlcv_15m " + ", ".join(f"drop column {c}" for c in ROLLUP_INDICATOR_COLUMNS))
-    pg_conn.commit()
+    tables = ["ohlcv_15m", "ohlcv_1h", "indicators_15m", "indicators_1h"]
+    before = ref.table_checksums(pg_conn, tables)
+
+    def earlier_layout(*timeframes: str) -> None:
+        with pg_conn.cursor() as cur:
+            for tf in timeframes:
+                cur.execute(f"create table marts.indicators_{tf}_old as select * from marts.indicators_{tf}")
+                cur.execute(f"drop view marts.indicators_{tf}")
+                cur.execute(f"alter table marts.indicators_{tf}_old rename to indicators_{tf}")
+                cur.execute(f"alter table marts.ohlcv_{tf} "
+                            + ", ".join(f"drop column {c}" for c in ROLLUP_INDICATOR_COLUMNS))
+        pg_conn.commit()
+
+    earlier_layout("15m", "1h")
     failed = dbt("run", "--select", "ohlcv_15m", expect_success=False)
     assert '"ohlcv_15m" was built before it had the columns candle_index, inputs_complete, macd_fast_ema' in (
         failed.output), failed.output
     assert "dbt build --full-refresh -s ohlcv_5m+" in failed.output, failed.output
+    assert "dbt run-operation move_rollup_indicators_onto_rows" in failed.output, failed.output
+
+    # in place: the rows keep their values, the next build only makes the views
+    dbt("run-operation", "move_rollup_indicators_onto_rows")
+    dbt("run-operation", "move_rollup_indicators_onto_rows")  # again: nothing left to move
+    dbt("run", "-s", "ohlcv_5m+")
+    for tf in ("15m", "1h"):
+        assert ref.fetch(pg_conn, f"select relkind::text from pg_class where oid = 'marts.indicators_{tf}'::regclass"
+                         ) == [("v",)]
+    assert ref.table_checksums(pg_conn, tables) == before
+
+    earlier_layout("15m")
     dbt("build", "--full-refresh", "-s", "ohlcv_5m+", "--indirect-selection", "cautious")
-    assert ref.fetch(pg_conn, "select relkind::text from pg_class where oid = 'marts.indicators_15m'::regclass") == [
-        ("v",)]
-    assert ref.table_checksums(pg_conn, ["indicators_15m"]) == before
+    assert ref.table_checksums(pg_conn, tables) == before
 
 
 def _statistics(conn, table: str) -> tuple[str | None, float]:

@@ -4,7 +4,7 @@
         incremental_strategy='merge',
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
-        pre_hook="set local jit = off",
+        pre_hook=["set local jit = off", "{{ rollup_new_candles('1w') }}"],
         post_hook="{{ analyze_when_changed() }}",
         indexes=[
             {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
