@@ -39,10 +39,10 @@ EXPLAIN_RUNS = 5
 REBUILD_SECONDS_PER_10M = 15 * 60
 MINUTE_RUN_TARGET_S = 30.0
 QUERY_TARGETS_MS = {"latest": 10.0, "daily_year": 100.0, "minute_month": 100.0}
-# The models that process new 1m candles: ohlcv_1m and everything built on it (rollups,
+# The models that process new 1m candles: candles_1m and everything built on it (ohlcv_1m, rollups,
 # indicators, int_markets, latest_price, markets) plus the data-quality chain, which reads the
 # new candles from staging directly. Only data_quality_gaps is left out: see _minute_selection.
-MINUTE_SELECT = ["ohlcv_1m+", "int_dq_candle_hours_1m+"]
+MINUTE_SELECT = ["candles_1m+", "int_dq_candle_hours_1m+"]
 MINUTE_EXCLUDE = ["data_quality_gaps"]
 
 # Deterministic candles: price(minute, market) is a smooth walk (two sines) plus pseudo-noise from

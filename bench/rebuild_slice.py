@@ -72,7 +72,8 @@ def _measure(ctx: BenchContext, history, minutes: int) -> Figure:
             cur.execute(day_sql, (exchange, symbol, start, end))
             day_after = cur.fetchall()
             # rows written after the boundary transaction, outside the day: must be none
-            cur.execute("select count(*) from marts.ohlcv_1m where xmin::text::bigint > %s"
+            cur.execute("select count(*) from marts.candles_1m as t join marts.candles_1m_markets as m"
+                        " using (market_id) where t.xmin::text::bigint > %s"
                         " and not (exchange = %s and symbol = %s and open_time >= %s and open_time < %s)",
                         (boundary % 2**32, exchange, symbol, start, end))
             outside = cur.fetchone()[0]

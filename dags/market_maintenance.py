@@ -11,8 +11,9 @@ retentions of the markets file's `housekeeping:` section:
   after `rejects_body_retention_days` (the row and its reason stay), rows deleted after
   `rejects_retention_days`;
 * **month_partitions**: this and next month's partitions of the 1m layers (`staging.candle`,
-  `marts.ohlcv_1m`, whose rows carry the 1m indicators), rows that landed in a default partition moved
-  into their month's; with `retention: {ohlcv_1m_months: N}` the months of `ohlcv_1m` before
+  `marts.candles_1m`, the 1m candles with their indicators, which `ohlcv_1m` and `indicators_1m` show),
+  rows that landed in a default partition moved into their month's; with
+  `retention: {ohlcv_1m_months: N}` the months of `candles_1m` before
   the last N dropped whole (rollups and staging keep everything);
 * **clean_airflow_metadata**: `airflow db clean` (runs, task instances, XComs, logs, jobs, ...)
   older than `airflow_metadata_retention_days`; each DAG's latest scheduled run is kept. Needs the

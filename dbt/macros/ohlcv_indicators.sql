@@ -57,13 +57,16 @@
   candles rewrites nothing. Values are double precision, and an incremental run performs the
   same floating-point operations on the same inputs as a full build, so the two are identical.
 -#}
-{% macro ohlcv_indicators(candles, ingested_column, timeframe, candle_columns=none, dropped_columns=[]) -%}
+{% macro ohlcv_indicators(candles, ingested_column, timeframe, candle_columns=none, dropped_columns=[],
+                          series=['exchange', 'symbol'], output_columns=none) -%}
 {#- candle_columns: ohlcv_1m's mode, the candle row and its indicators as one row (docs/storage.md).
     `candles` is then a parenthesised subquery of the 1m candles (staging), these columns of it are
     carried into the output, which has the candle's columns first, its ingested_column (the watermark:
     ohlcv_1m's ingested_at, a rollup's last_ingested_at) under that name, and no close copy, is_closed
     (a rollup's is one of its candle_columns) or macd_histogram (the indicators_* views derive them). dropped_columns: columns an older build of the table has and this one no longer
-    writes (ohlcv_1m's lineage copies): an incremental run into such a table stops with the fix. -#}
+    writes (ohlcv_1m's lineage copies): an incremental run into such a table stops with the fix.
+    series: the columns naming a market (candles_1m: ['market_id']). output_columns: the output's columns
+    in this order (candles_1m's physical order, no alignment padding); {{ this }} has the same order. -#}
 {%- set merged = candle_columns is not none -%}
 {%- set out_ingested = ingested_column if merged else 'last_ingested_at' -%}  {#- the candle row's own name for it #}
 {%- set indicator_state = indicator_function('indicator_state') -%}
@@ -86,17 +89,17 @@
 with
 {%- if is_incremental() %}
 touched as (
-    select exchange, symbol, min(from_time) as from_time
+    select {{ series | join(', ') }}, min(from_time) as from_time
     from (
-        select src.exchange, src.symbol, min(src.open_time) as from_time
+        select {{ series_columns('src.', series) }}, min(src.open_time) as from_time
         from {{ candles }} as src
         {%- if rebuild_slice() is not none %}
         -- `marketflow rebuild`: from the slice's first candle on (macros/rebuild_slice.sql)
-        where {{ rebuild_filter('open_time', rebuild_width(timeframe), 'src.') }}
+        where {{ rebuild_filter('open_time', rebuild_width(timeframe), 'src.', by_market_id=series == ['market_id']) }}
         {%- else %}
         where src.{{ ingested_column }} > {{ incremental_watermark(out_ingested, var('ohlcv_lookback_minutes', 60)) }}
         {%- endif %}
-        group by src.exchange, src.symbol
+        group by {{ series_columns('src.', series) }}
         {%- if has_flags and rebuild_slice() is none %}
         union all
         -- the newest stored row, computed from a forming candle that has closed since
@@ -121,14 +124,13 @@ touched as (
           )
         {%- endif %}
     ) as starts
-    group by exchange, symbol
+    group by {{ series | join(', ') }}
 ),
 
 resume as (
     -- continue from the stored row before the first touched candle if its state is complete
     select
-        touched.exchange,
-        touched.symbol,
+        {{ series_columns('touched.', series) }},
         case when anchor.candle_index is not null then touched.from_time end   as from_time,
         coalesce(anchor.candle_index, 0)                                        as anchor_index,
         {%- for column in state_columns %}
@@ -138,8 +140,7 @@ resume as (
     left join lateral (
         select stored.candle_index, {{ state_columns | join(', ') }}
         from {{ this }} as stored
-        where stored.exchange = touched.exchange
-          and stored.symbol = touched.symbol
+        where {{ series_match('stored', 'touched', series) }}
           and stored.open_time < touched.from_time
         order by stored.open_time desc
         limit 1
@@ -158,8 +159,7 @@ scope as (
     left join lateral (
         select c.open_time
         from {{ this if merged else candles }} as c
-        where c.exchange = resume.exchange
-          and c.symbol = resume.symbol
+        where {{ series_match('c', 'resume', series) }}
           and c.open_time < resume.from_time
         order by c.open_time desc
         offset 198 limit 1
@@ -168,8 +168,7 @@ scope as (
 
 candles as (
     select
-        c.exchange,
-        c.symbol,
+        {{ series_columns('c.', series) }},
         c.open_time,
         c.close,
         {%- for column in candle_columns or [] if column != 'close' %}
@@ -188,8 +187,7 @@ candles as (
         -- an index range scan per market, whatever the planner estimates
         select *
         from {{ candles }} as candle
-        where candle.exchange = scope.exchange
-          and candle.symbol = scope.symbol
+        where {{ series_match('candle', 'scope', series) }}
           and candle.open_time >= scope.read_from
         offset 0  -- keeps the subquery from being flattened into a join
     ) as c
@@ -197,8 +195,7 @@ candles as (
 {%- else %}
 candles as (
     select
-        c.exchange,
-        c.symbol,
+        {{ series_columns('c.', series) }},
         c.open_time,
         c.close,
         {%- for column in candle_columns or [] if column != 'close' %}
@@ -234,7 +231,7 @@ numbered as (
         coalesce(lag(open_time, {{ input_window - 1 }}) over running, first_value(open_time) over running)
                                                                             as first_input_at
     from candles
-    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
+    window running as (partition by {{ series | join(', ') }} order by open_time rows unbounded preceding)
 ),
 
 smoothed as (
@@ -263,10 +260,10 @@ smoothed as (
             greatest(change, 0)::double precision,
             greatest(-change, 0)::double precision,
             candle_index,
-            case when candle_index = 12 then {{ opening_mean(candles, 1, 12) }} end,
-            case when candle_index = 26 then {{ opening_mean(candles, 1, 26) }} end,
-            case when candle_index = 50 then {{ opening_mean(candles, 1, 50) }} end,
-            case when candle_index = 26 then {{ opening_mean(candles, 15, 26) }} end,
+            case when candle_index = 12 then {{ opening_mean(candles, 1, 12, series) }} end,
+            case when candle_index = 26 then {{ opening_mean(candles, 1, 26, series) }} end,
+            case when candle_index = 50 then {{ opening_mean(candles, 1, 50, series) }} end,
+            case when candle_index = 26 then {{ opening_mean(candles, 15, 26, series) }} end,
             {%- for side, sign in [('gain', ''), ('loss', '-')] %}
             -- the mean of the market's first 14 {{ side }}s (the changes at candle_index 2..15)
             case when candle_index = 15 then (
@@ -274,8 +271,7 @@ smoothed as (
                 from (
                     select opening.close - lag(opening.close) over (order by opening.open_time) as change
                     from {{ candles }} as opening
-                    where opening.exchange = numbered.exchange
-                      and opening.symbol = numbered.symbol
+                    where {{ series_match('opening', 'numbered', series) }}
                     order by opening.open_time
                     limit 15
                 ) as first_15
@@ -287,7 +283,7 @@ smoothed as (
             {%- endfor %}
         ) filter (where from_time is null or open_time >= from_time) over running as state
     from numbered
-    window running as (partition by exchange, symbol order by open_time rows unbounded preceding)
+    window running as (partition by {{ series | join(', ') }} order by open_time rows unbounded preceding)
 ),
 
 signaled as (
@@ -309,8 +305,7 @@ signaled as (
 
 final as (
     select
-        exchange,
-        symbol,
+        {{ series | join(', ') }},
         open_time,
         {%- if merged %}
         {%- for column in candle_columns %}
@@ -350,21 +345,28 @@ final as (
     from signaled
 )
 
+{%- if output_columns %},
+
+ordered as (
+    select {{ output_columns | join(', ') }}
+    from final
+)
+{%- endif %}
+
 select *
-from final
+from {{ 'ordered as final' if output_columns else 'final' }}
 {%- if is_incremental() %}
 -- leave out rows equal to the stored ones: one index probe per row (a scalar subquery, never a
 -- join whose plan depends on row estimates)
 where (
     select stored::text
     from {{ this }} as stored
-    where stored.exchange = final.exchange
-      and stored.symbol = final.symbol
+    where {{ series_match('stored', 'final', series) }}
       and stored.open_time = final.open_time
 ) is distinct from final::text
 {%- elif merged %}
 -- a full build writes the rows in key order: a market's candles physically together (ohlcv_1m.sql)
-order by exchange, symbol, open_time
+order by {{ series | join(', ') }}, open_time
 {%- endif %}
 {%- endmacro %}
 
@@ -372,16 +374,24 @@ order by exchange, symbol, open_time
     only at the one row that takes it as a seed (a row that exists only when the market is
     computed from its first candle), so the window pass below does not depend on another
     window's output. Same value as a difference of the running sums: a numeric sum is exact. -#}
-{% macro opening_mean(candles, first, last) -%}
+{% macro opening_mean(candles, first, last, series=['exchange', 'symbol']) -%}
 (
             select (round(sum(opening.close), 30) / {{ last - first + 1 }})::double precision
             from (
                 select c.close
                 from {{ candles }} as c
-                where c.exchange = numbered.exchange
-                  and c.symbol = numbered.symbol
+                where {{ series_match('c', 'numbered', series) }}
                 order by c.open_time
                 offset {{ first - 1 }} limit {{ last - first + 1 }}
             ) as opening
         )
+{%- endmacro %}
+
+{#- The columns naming a market, each with `prefix`; and "left's market is right's" (aliases). -#}
+{% macro series_columns(prefix, series) -%}
+{%- for column in series %}{{ prefix }}{{ column }}{{ ', ' if not loop.last }}{% endfor -%}
+{%- endmacro %}
+
+{% macro series_match(left, right, series) -%}
+{%- for column in series %}{{ left }}.{{ column }} = {{ right }}.{{ column }}{{ ' and ' if not loop.last }}{% endfor -%}
 {%- endmacro %}

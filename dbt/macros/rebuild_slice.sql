@@ -4,7 +4,7 @@
   markets / from the first / to the last candle). When it is set, every incremental model reads
   the slice instead of the rows written since its watermark, and writes only rows of the slice:
 
-    ohlcv_1m, int_ohlcv_1m_days   the slice's candles (the command deleted the slice first, so
+    candles_1m, int_ohlcv_1m_days the slice's candles (the command deleted the slice first, so
                                   every candle of it is re-read from staging)
     rollups                       the buckets that overlap the slice, recomputed from all their
                                   finer parts (a bucket cut by the slice's edge is whole again)
@@ -41,16 +41,26 @@
   Condition "this row belongs to the rebuild slice": its market is the slice's and its period
   [time_column, time_column + width) overlaps [start, end). width: a SQL interval literal's text
   ('5 minutes'), or none for instants (time_column in [start, end)); time_column none: the market
-  only. prefix: 'alias.' of the row.
+  only. prefix: 'alias.' of the row. by_market_id: the row names its market by market_id (candles_1m),
+  matched against the slice's 1m series in staging.market.
 -#}
-{% macro rebuild_filter(time_column, width=none, prefix='') -%}
+{% macro rebuild_filter(time_column, width=none, prefix='', by_market_id=false) -%}
     {%- set slice = rebuild_slice() -%}
     {%- set parts = [] -%}
+    {%- set names = [] -%}
     {%- if slice.get('exchange') -%}
-        {%- do parts.append(prefix ~ 'exchange = ' ~ rebuild_literal(slice['exchange'])) -%}
+        {%- do names.append('exchange = ' ~ rebuild_literal(slice['exchange'])) -%}
     {%- endif -%}
     {%- if slice.get('symbol') -%}
-        {%- do parts.append(prefix ~ 'symbol = ' ~ rebuild_literal(slice['symbol'])) -%}
+        {%- do names.append('symbol = ' ~ rebuild_literal(slice['symbol'])) -%}
+    {%- endif -%}
+    {%- if by_market_id and names -%}
+        {%- do parts.append(prefix ~ 'market_id in (select series.market_id from ' ~ stg_market_relation()
+                            ~ " as series where series.timeframe = '1m' and series." ~ names | join(' and series.') ~ ')') -%}
+    {%- else -%}
+        {%- for name in names -%}
+            {%- do parts.append(prefix ~ name) -%}
+        {%- endfor -%}
     {%- endif -%}
     {%- if time_column and slice.get('start') -%}
         {%- if width -%}

@@ -18,8 +18,9 @@ Run daily by the ``market_maintenance`` DAG, with the retentions of the markets 
 * **monthly partitions** (``retention: ohlcv_1m_months``): the 1m layers are partitioned by month of
   open_time (include/sql/120_month_partitions.sql). ``ensure_month_partitions`` creates this month's
   and the next month's partition of each ahead of need and moves rows that landed in a DEFAULT
-  partition into their month's; ``drop_expired_partitions`` drops whole months of marts.ohlcv_1m (with
-  the 1m indicators on its rows) before the retention (never a DELETE), after recording the floor in
+  partition into their month's; ``drop_expired_partitions`` drops whole months of marts.candles_1m (the
+  1m candles with their indicators; marts.ohlcv_1m and indicators_1m are views of it) before the
+  retention (never a DELETE), after recording the floor in
   ops.partition_retention so dbt does not re-create them. Rollups and staging.candle keep everything.
 * **Airflow's metadata** (``airflow_metadata_retention_days``): ``airflow db clean`` on the tables
   of AIRFLOW_TABLES, in batches, without archive tables. It keeps each DAG's latest scheduled run
@@ -230,13 +231,14 @@ def prune_rejects(conn, config: HousekeepingConfig, now: datetime) -> list[Prune
 # Monthly partitions of the 1m layers
 # --------------------------------------------------------------------------------------------------
 # Every table partitioned by month (staging's by the migrations, the marts by dbt's materialization,
-# macros/month_partitions.sql); the marts are absent until dbt first builds them. marts.indicators_1m
-# is a view of the indicator columns on ohlcv_1m's rows (docs/storage.md): its months are ohlcv_1m's.
+# macros/month_partitions.sql); the marts are absent until dbt first builds them. marts.candles_1m holds
+# the 1m candles and their indicators; marts.ohlcv_1m and marts.indicators_1m are views of it since
+# revision 0012 (docs/storage.md, stage 4): their months are candles_1m's.
 # staging.candle holds staging's candles (staging.ohlcv is a view of it since revision 0010).
-MONTH_PARTITIONED = ("staging.candle", "marts.ohlcv_1m")
+MONTH_PARTITIONED = ("staging.candle", "marts.candles_1m")
 # What `retention: ohlcv_1m_months` drops: the 1m marts. Not staging.candle: the gap marts and repairs
 # read it over each market's whole configured history, and would report dropped months as gaps to re-fetch.
-RETAINED_BY_MONTHS = ("marts.ohlcv_1m",)
+RETAINED_BY_MONTHS = ("marts.candles_1m",)
 
 
 @dataclass

@@ -35,7 +35,8 @@ log = get_logger(__name__)
 MINUTE = timedelta(minutes=1)
 # Every incremental relation: (relation, time column, width of a row's period, row filter).
 SLICED_RELATIONS: list[tuple[str, str, str, str]] = [
-    ("marts.ohlcv_1m", "open_time", "1 minute", "true"),  # with the 1m indicators (indicators_1m is a view)
+    # ohlcv_1m's storage, with the 1m indicators (ohlcv_1m and indicators_1m are views of it)
+    ("marts.candles_1m", "open_time", "1 minute", "true"),
     # the rollups, each with its indicators (indicators_5m ... indicators_1w are views of them)
     *((f"marts.ohlcv_{tf}", "open_time", width, "true")
       for tf, width in (("5m", "5 minutes"), ("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"),
@@ -92,6 +93,21 @@ def _instant(text: str | None, flag: str) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
+# Relations naming the market by staging's market_id instead of exchange and symbol.
+BY_MARKET_ID = frozenset({"marts.candles_1m"})
+
+
+def _market_filter(relation: str) -> str:
+    """SQL: the row is of the slice's market (the parameters exchange, symbol; NULL = any)."""
+    names = ("(%(exchange)s::text is null or {p}exchange = %(exchange)s)"
+             " and (%(symbol)s::text is null or {p}symbol = %(symbol)s)")
+    if relation in BY_MARKET_ID:
+        # one lookup of the slice's 1m series; the (market_id, open_time) key then bounds the delete
+        return ("market_id = any(array(select series.market_id from staging.market as series"
+                " where series.timeframe = '1m' and " + names.format(p="series.") + "))")
+    return names.format(p="")
+
+
 def delete_slice(conn, part: Slice) -> dict[str, int]:
     """Step 1, in one transaction: rows per relation deleted. Relations not built yet are skipped."""
     deleted: dict[str, int] = {}
@@ -104,8 +120,7 @@ def delete_slice(conn, part: Slice) -> dict[str, int]:
             # whole periods inside [start, end); a NULL bound is open (casts keep the index usable)
             cur.execute(
                 f"delete from {relation} where {row_filter}"
-                " and (%(exchange)s::text is null or exchange = %(exchange)s)"
-                " and (%(symbol)s::text is null or symbol = %(symbol)s)"
+                f" and {_market_filter(relation)}"
                 f" and (%(start)s::timestamptz is null or {column} >= %(start)s::timestamptz)"
                 f" and (%(end)s::timestamptz is null or {column} + interval '{width}' <= %(end)s::timestamptz)",
                 params)

@@ -307,5 +307,10 @@ def table_checksums(conn, tables: list[str]) -> dict[str, tuple[int, str]]:
 
 
 def row_versions(conn, table: str) -> dict[tuple, str]:
-    """(exchange, symbol, open_time) -> the row's physical version (xmin): changes when rewritten."""
+    """(exchange, symbol, open_time) -> the row's physical version (xmin): changes when rewritten.
+    candles_1m (the 1m candles and indicators, keyed by market_id): its markets' names joined in."""
+    if table == "candles_1m":
+        return {r[:3]: r[3] for r in fetch(conn, "select m.exchange, m.symbol, t.open_time, t.xmin::text"
+                                                 " from marts.candles_1m as t join staging.market as m"
+                                                 " using (market_id)")}
     return {r[:3]: r[3] for r in fetch(conn, f"select exchange, symbol, open_time, xmin::text from marts.{table}")}

@@ -20,8 +20,8 @@ FORBIDDEN_READS = ["staging.ohlcv", "staging.candle", "staging.market", "ops.run
                    "ops.backfill_tasks", "ops.market_config",
                    "dbt_staging.stg_ohlcv", "dbt_intermediate.int_markets"]
 FORBIDDEN_WRITES = [
-    "INSERT INTO marts.ohlcv_1m (exchange, symbol, open_time) VALUES ('x', 'X/Y', now())",
-    "DELETE FROM marts.ohlcv_1m",
+    "INSERT INTO marts.candles_1m (market_id, open_time) VALUES (1, now())",
+    "DELETE FROM marts.candles_1m",
     "CREATE TABLE marts.scratch (x int)",
     "CREATE TABLE public.scratch (x int)",
     "DROP VIEW marts.latest_price",
@@ -47,8 +47,8 @@ def test_analyst_reads_marts_only(analyst_dsn: str) -> None:
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            for mart in ("ohlcv_1m", "latest_price", "markets", "data_quality_summary",
-                         "data_quality_flagged_candles"):  # fmt: skip
+            for mart in ("ohlcv_1m", "indicators_1m", "candles_1m", "candles_1m_markets", "latest_price", "markets",
+                         "data_quality_summary", "data_quality_flagged_candles"):  # fmt: skip
                 cur.execute(f"SELECT count(*) FROM marts.{mart}")
                 assert cur.fetchone()[0] > 0, mart
             # the candles' lineage: staging's ids, through the view (staging itself stays forbidden)

@@ -15,12 +15,19 @@ INSERT_OHLCV = (
     "insert into staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close,"
     " volume, quote_volume, trades, raw_payload_id, run_id)"
 )
+# ohlcv_1m, a view over candles_1m since storage stage 4: the candle columns and types it had before the
+# indicators moved onto the stored row (no lineage ids: ohlcv_1m_lineage joins them from staging by key)
 OHLCV_1M_COLUMNS = [
-    "exchange", "symbol", "open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades",
-    "close_time", "ingested_at",  # no lineage ids: ohlcv_1m_lineage joins them from staging by key
-    # the candle's indicators, on its own row (indicators_1m is a view of them)
-    "candle_index", "inputs_complete", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
-    "macd_line", "macd_signal", "rsi_avg_gain_14", "rsi_avg_loss_14", "macd_fast_ema",
+    ("exchange", "text"), ("symbol", "text"), ("open_time", "timestamp with time zone"), ("open", "numeric"),
+    ("high", "numeric"), ("low", "numeric"), ("close", "numeric"), ("volume", "numeric"),
+    ("quote_volume", "numeric"), ("trades", "bigint"), ("close_time", "timestamp with time zone"),
+    ("ingested_at", "timestamp with time zone"),
+]  # fmt: skip
+# candles_1m, the stored rows: 8-byte columns, then 4-byte, 1-byte, NUMERIC (no alignment padding)
+CANDLES_1M_COLUMNS = [
+    "open_time", "ingested_at", "trades", "candle_index", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26",
+    "ema_50", "rsi_14", "macd_line", "macd_signal", "rsi_avg_gain_14", "rsi_avg_loss_14", "macd_fast_ema",
+    "market_id", "inputs_complete", "open", "high", "low", "close", "volume", "quote_volume",
 ]  # fmt: skip
 
 
@@ -55,11 +62,11 @@ def _lineage(conn, exchange: str, symbol: str, open_time: datetime) -> tuple:
 
 
 def _row_versions(conn) -> str:
-    """md5 over every ohlcv_1m row's physical version: changes if a run rewrites any row."""
+    """md5 over every stored 1m row's physical version (candles_1m): changes if a run rewrites any row."""
     ((digest,),) = query(
         conn,
-        "select md5(string_agg(ctid::text || ':' || xmin::text, ',' order by exchange, symbol, open_time))"
-        " from marts.ohlcv_1m",
+        "select md5(string_agg(ctid::text || ':' || xmin::text, ',' order by market_id, open_time))"
+        " from marts.candles_1m",
     )
     return digest
 
@@ -70,15 +77,10 @@ def test_build_reproduces_the_exchange_numbers(dbt: DbtRunner, loaded_warehouse,
     print(f"dbt build (5,760 candles, fresh database): {result.seconds:.1f} s")
 
     # ohlcv_1m: one row per candle, columns in the documented order, values == the CSV strings
-    columns = [
-        r[0]
-        for r in query(
-            conn,
-            "select column_name from information_schema.columns"
-            " where table_schema = 'marts' and table_name = 'ohlcv_1m' order by ordinal_position",
-        )
-    ]
-    assert columns == OHLCV_1M_COLUMNS
+    shape = "select column_name::text, data_type::text from information_schema.columns" \
+            " where table_schema = 'marts' and table_name = %s order by ordinal_position"
+    assert query(conn, shape, ("ohlcv_1m",)) == OHLCV_1M_COLUMNS
+    assert [c for c, _ in query(conn, shape, ("candles_1m",))] == CANDLES_1M_COLUMNS
     # indicators_1m (a view) keeps the table's columns and types: the same as every other indicators_*
     shapes = {
         name: query(conn, "select column_name, data_type from information_schema.columns"
@@ -187,7 +189,7 @@ def test_second_build_is_a_no_op(dbt: DbtRunner, loaded_warehouse) -> None:
 
 
 def _max_ingested_at(conn) -> datetime:
-    ((value,),) = query(conn, "select max(ingested_at) from marts.ohlcv_1m")
+    ((value,),) = query(conn, "select max(ingested_at) from marts.candles_1m")
     return value
 
 
@@ -372,10 +374,10 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     with conn.cursor() as cur:
         for label, (o, h, lo, c, v, _) in BAD_CANDLES.items():
             cur.execute(
-                "insert into marts.ohlcv_1m (exchange, symbol, open_time, open, high, low, close, volume,"
-                " close_time, ingested_at)"
-                " values ('binance', 'ETH/USDT', %s, %s, %s, %s, %s, %s, %s, now())",
-                (minute[label], o, h, lo, c, v, minute[label] + timedelta(minutes=1)),
+                "insert into marts.candles_1m (market_id, open_time, open, high, low, close, volume, ingested_at)"
+                " values ((select market_id from marts.candles_1m_markets"
+                "          where exchange = 'binance' and symbol = 'ETH/USDT'), %s, %s, %s, %s, %s, %s, now())",
+                (minute[label], o, h, lo, c, v),
             )
     conn.commit()
     result = dbt("test", *select, "--store-failures", expect_success=False)
@@ -393,8 +395,8 @@ def test_ohlcv_consistency_fails_on_bad_candles(dbt: DbtRunner, loaded_warehouse
     # a bad row merged long ago is found by the full check (window 0)
     with conn.cursor() as cur:
         cur.execute(
-            "update marts.ohlcv_1m set ingested_at = now() - interval '30 days'"
-            " where exchange = 'binance' and symbol = 'ETH/USDT' and open_time = %s",
+            "update marts.candles_1m set ingested_at = now() - interval '30 days'"
+            " where open_time = %s",
             (minute["negative volume"],),
         )
     conn.commit()
@@ -428,8 +430,9 @@ def test_latest_price_reads_one_row_per_market(dbt: DbtRunner, loaded_warehouse)
     nodes = [n for n in scans(plan[0]["Plan"]) if n[1]]
     read = {rel for _, rel, loops, _ in nodes if loops}
     assert read == {"int_markets", "int_latest_candle_1m", "ticker_latest"}, nodes
-    # ohlcv_1m is partitioned by month: the gated fallback's scans go into ohlcv_1m_pYYYY_MM, never run
-    assert [n for n in nodes if n[1].startswith("ohlcv_1m")], nodes
+    # candles_1m (ohlcv_1m's storage) is partitioned by month: the gated fallback's scans go into
+    # candles_1m_pYYYY_MM, never run
+    assert [n for n in nodes if n[1].startswith("candles_1m")], nodes
     assert not [n for n in nodes if n[1] == "ticker"], nodes
 
 
@@ -566,9 +569,10 @@ def test_reconciliation_tests_name_the_broken_link(dbt: DbtRunner, loaded_wareho
                     " where (exchange, symbol, open_time) = (select exchange, symbol, min(open_time)"
                     " from marts.ohlcv_1h where exchange = 'okx' group by exchange, symbol)")
         assert cur.rowcount == 1
-        cur.execute("update marts.indicators_1m set candle_index = candle_index + 1"
-                    " where (exchange, symbol, open_time) = (select exchange, symbol, max(open_time)"
-                    " from marts.indicators_1m where exchange = 'binance' group by exchange, symbol)")
+        cur.execute("update marts.candles_1m set candle_index = candle_index + 1"
+                    " where (market_id, open_time) = (select market_id, max(open_time) from marts.candles_1m"
+                    " where market_id = (select market_id from marts.candles_1m_markets where exchange = 'binance')"
+                    " group by market_id)")
         assert cur.rowcount == 1
     conn.commit()
     failing = _failing_tests(dbt("test", *select, expect_success=False).output)
@@ -607,10 +611,10 @@ def test_reconciliation_after_an_old_backfill_reads_the_window_not_the_history(
         assert cur.rowcount == 120
     conn.commit()
     dbt("build", "--exclude-resource-type", "unit_test")
-    # indicators_1m is a view of ohlcv_1m's rows: its check reads ohlcv_1m on both sides (indicator
-    # rows and candles), so up to twice the rows
-    for test, table, most in (("ohlcv_5m,test_name:ohlcv_rollup_matches_finer", "ohlcv_1m", 400),
-                              ("indicators_1m,test_name:indicator_matches_candles", "ohlcv_1m", 800)):
+    # ohlcv_1m and indicators_1m are views of candles_1m's rows: the indicator check reads candles_1m on
+    # both sides (indicator rows and candles), so up to twice the rows
+    for test, table, most in (("ohlcv_5m,test_name:ohlcv_rollup_matches_finer", "candles_1m", 400),
+                              ("indicators_1m,test_name:indicator_matches_candles", "candles_1m", 800)):
         before = _rows_read(conn, table)
         dbt("test", "--select", test)
         time.sleep(1)  # the dbt backend's statistics reach the shared counters when it exits
@@ -632,37 +636,37 @@ def test_unique_key_index_fails_without_the_unique_index(dbt: DbtRunner, loaded_
     """The uniqueness check of the indexed marts reads the catalog: it fails as soon as the unique
     index is gone or no longer unique, and names the key and what it found."""
     conn = loaded_warehouse
-    dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
-    select = ("--select", "ohlcv_1m,test_name:unique_key_index")
+    dbt("build", "--select", "+candles_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
+    select = ("--select", "candles_1m,test_name:unique_key_index")
     assert _failing_tests(dbt("test", *select).output) == set()
     with conn.cursor() as cur:
         cur.execute("select indexrelid::regclass::text from pg_index"
-                    " where indrelid = 'marts.ohlcv_1m'::regclass and indisunique")
+                    " where indrelid = 'marts.candles_1m'::regclass and indisunique")
         (unique_index,) = cur.fetchone()
         cur.execute(f"drop index {unique_index}")
         # the same columns, not unique: still a failure
-        cur.execute("create index ohlcv_1m_key_not_unique on marts.ohlcv_1m (exchange, symbol, open_time)")
+        cur.execute("create index candles_1m_key_not_unique on marts.candles_1m (market_id, open_time)")
     conn.commit()
     result = dbt("test", *select, "--store-failures", expect_success=False)
     (failed,) = _failing_tests(result.output)
-    assert failed.startswith("unique_key_index_ohlcv_1m"), result.output
+    assert failed.startswith("unique_key_index_candles_1m"), result.output
     assert query(conn, f'select relation, key_columns from dbt_test__audit."{failed}"') == [
-        ("marts.ohlcv_1m", "exchange, symbol, open_time")]
+        ("marts.candles_1m", "market_id, open_time")]
 
 
 def test_not_null_columns_names_each_column_with_nulls(dbt: DbtRunner, loaded_warehouse) -> None:
     conn = loaded_warehouse
-    dbt("build", "--select", "+ohlcv_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
-    select = ("--select", "ohlcv_1m,test_name:not_null_columns")
+    dbt("build", "--select", "+candles_1m", "--indirect-selection", "cautious", "--exclude-resource-type", "unit_test")
+    select = ("--select", "candles_1m,test_name:not_null_columns")
     with conn.cursor() as cur:
-        cur.execute("update marts.ohlcv_1m set volume = null, close_time = null"
-                    " where open_time >= (select max(open_time) - interval '2 minutes' from marts.ohlcv_1m)")
+        cur.execute("update marts.candles_1m set volume = null, high = null"
+                    " where open_time >= (select max(open_time) - interval '2 minutes' from marts.candles_1m)")
         changed = cur.rowcount
     conn.commit()
     assert changed >= 3
     result = dbt("test", *select, expect_success=False)
     assert "Got 2 results" in result.output, result.output  # one per column with NULLs
     (table,) = query(conn, "select table_name from information_schema.tables where table_schema = 'dbt_test__audit'"
-                           " and table_name like 'not_null_columns_ohlcv_1m%'")[0]
+                           " and table_name like 'not_null_columns_candles_1m%'")[0]
     assert dict(query(conn, f'select column_name, null_rows from dbt_test__audit."{table}"')) == {
-        "volume": changed, "close_time": changed}
+        "volume": changed, "high": changed}

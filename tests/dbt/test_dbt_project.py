@@ -36,7 +36,9 @@ EXPECTED_MODELS = {
     "indicators_15m": ("marts", "view"),  # of the indicator columns on ohlcv_15m's rows
     "indicators_1d": ("marts", "view"),  # of the indicator columns on ohlcv_1d's rows
     "indicators_1h": ("marts", "view"),  # of the indicator columns on ohlcv_1h's rows
-    "indicators_1m": ("marts", "view"),  # of the indicator columns on ohlcv_1m's rows
+    "candles_1m": ("marts", "incremental"),  # the 1m candles and their indicators, keyed by market_id
+    "candles_1m_markets": ("marts", "view"),  # candles_1m's market ids, for readers of the marts
+    "indicators_1m": ("marts", "view"),  # of the indicator columns on candles_1m's rows
     "indicators_1w": ("marts", "view"),  # of the indicator columns on ohlcv_1w's rows
     "indicators_5m": ("marts", "view"),  # of the indicator columns on ohlcv_5m's rows
     "latest_price": ("marts", "view"),
@@ -44,7 +46,7 @@ EXPECTED_MODELS = {
     "ohlcv_15m": ("marts", "incremental"),
     "ohlcv_1d": ("marts", "incremental"),
     "ohlcv_1h": ("marts", "incremental"),
-    "ohlcv_1m": ("marts", "incremental"),
+    "ohlcv_1m": ("marts", "view"),  # of the candle columns of candles_1m, with the market's names
     "ohlcv_1m_lineage": ("marts", "view"),  # ohlcv_1m's lineage: the staging row of the same key
     "ohlcv_1w": ("marts", "incremental"),
     "ohlcv_5m": ("marts", "incremental"),
@@ -87,12 +89,12 @@ def test_models_schemas_and_materializations(manifest: dict) -> None:
         assert models[name]["config"]["materialized"] == materialized, name
 
 
-def test_ohlcv_1m_is_an_incremental_merge_on_the_candle_key(manifest: dict) -> None:
-    config = _nodes(manifest, "model")["ohlcv_1m"]["config"]
+def test_candles_1m_is_an_incremental_merge_on_the_candle_key(manifest: dict) -> None:
+    config = _nodes(manifest, "model")["candles_1m"]["config"]
     assert config["incremental_strategy"] == "merge"
-    assert config["unique_key"] == ["exchange", "symbol", "open_time"]
+    assert config["unique_key"] == ["market_id", "open_time"]
     indexes = {(tuple(i["columns"]), bool(i.get("unique"))) for i in config["indexes"]}
-    assert (("exchange", "symbol", "open_time desc"), True) in indexes
+    assert (("market_id", "open_time desc"), True) in indexes
     assert (("ingested_at",), False) in indexes
 
 
@@ -128,11 +130,11 @@ def test_generic_tests_are_attached(manifest: dict) -> None:
         for dep in t["depends_on"]["nodes"]:
             by_model.setdefault(dep.split(".")[-1], set()).add(name)
     assert {
-        "unique_key_index",
         "ohlcv_consistency",
         "relationships_multi_column",
         "not_null_columns",
     } <= (by_model["ohlcv_1m"])
+    assert {"unique_key_index", "not_null_columns"} <= by_model["candles_1m"]
     for model in ("markets", "latest_price"):
         assert "unique_combination_of_columns" in by_model[model], model
     assert "unique_key_index" in by_model["int_markets"]
@@ -161,7 +163,7 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
                if ix.get("unique")}
         for name, node in models.items()
     }
-    assert {name for name, keys in indexed.items() if keys} >= {"ohlcv_1m", "ohlcv_5m", "ohlcv_1w",
+    assert {name for name, keys in indexed.items() if keys} >= {"candles_1m", "ohlcv_5m", "ohlcv_1w",
                                                                "data_quality_gaps", "data_quality_summary",
                                                                "int_markets", "int_dq_gap_holes"}
     for name, keys in indexed.items():
@@ -192,8 +194,8 @@ def test_data_tests_on_growing_tables_read_a_window(manifest: dict) -> None:
         name = t["test_metadata"]["name"]
         if model in growing and name not in reads_no_rows_or_windows_itself and not (t["config"].get("where") or ""):
             unbounded.append(f"{model}: {name}")
-    # indicators_1m is a view over ohlcv_1m (the merged row): its tests read ohlcv_1m's window
-    assert growing >= {"ohlcv_1m", "int_dq_candle_hours_1m", "data_quality_summary"}
+    # ohlcv_1m and indicators_1m are views over candles_1m (the merged row): their tests read its window
+    assert growing >= {"candles_1m", "int_dq_candle_hours_1m", "data_quality_summary"}
     assert not unbounded, f"data tests scanning a whole growing table: {sorted(unbounded)}"
 
 
@@ -216,7 +218,7 @@ def test_incremental_models_do_not_analyze_their_whole_table_every_run(manifest:
             analyzed.add(node["name"])
             if not any(b in sql for b in bounded):
                 unbounded.append(f"{node['name']}: {hook['sql']}")
-    assert analyzed >= {"ohlcv_1m", "ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1w",
+    assert analyzed >= {"candles_1m", "ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1w",
                         "int_dq_candle_hours_1m", "data_quality_summary"}
     assert not unbounded, f"incremental models analyzing their whole table every run: {unbounded}"
 
@@ -224,9 +226,9 @@ def test_incremental_models_do_not_analyze_their_whole_table_every_run(manifest:
 def test_unit_tests_and_exposure(manifest: dict) -> None:
     unit_tests = {u["name"]: u for u in manifest["unit_tests"].values()}
     models_tested = {u["model"] for u in unit_tests.values()}
-    assert {"ohlcv_1m", "latest_price", "markets", "int_markets"} <= models_tested
+    assert {"candles_1m", "ohlcv_1m_lineage", "latest_price", "markets", "int_markets"} <= models_tested
     assert any(
-        u["model"] == "ohlcv_1m" and u["overrides"]["macros"].get("is_incremental")
+        u["model"] == "candles_1m" and u["overrides"]["macros"].get("is_incremental")
         for u in unit_tests.values()
     )
     exposures = list(manifest["exposures"].values())

@@ -58,10 +58,12 @@ def test_callback_names_only_the_tests_of_the_failed_task(dbt: DbtRunner, loaded
     with conn.cursor() as cur:
         # ohlcv_1m: two candles whose high is below their low (staging's CHECKs refuse them, the mart does not)
         for i in range(2):
-            cur.execute("insert into marts.ohlcv_1m (exchange, symbol, open_time, open, high, low, close, volume,"
-                        " close_time, ingested_at)"
-                        " values ('binance', 'ETH/USDT', %s, 100, 100, 101, 100, 1, %s, now())",
-                        (start + timedelta(minutes=i), start + timedelta(minutes=i + 1)))
+            # (written into its storage, candles_1m: ohlcv_1m is a view of it)
+            cur.execute("insert into marts.candles_1m (market_id, open_time, open, high, low, close, volume,"
+                        " ingested_at)"
+                        " values ((select market_id from marts.candles_1m_markets where exchange = 'binance'"
+                        "          and symbol = 'ETH/USDT'), %s, 100, 100, 101, 100, 1, now())",
+                        (start + timedelta(minutes=i),))
         # ohlcv_1h: a bucket whose volume no longer adds up (another model's tests fail)
         cur.execute("update marts.ohlcv_1h set volume = volume + 1 where (exchange, symbol, open_time) ="
                     " (select exchange, symbol, min(open_time) from marts.ohlcv_1h where exchange = 'okx'"

@@ -82,8 +82,8 @@ def test_rsi_of_a_market_that_only_rises_is_100(dbt: DbtRunner, pg_conn) -> None
     candles = [Candle("binance", "UP/USDT", t0 + timedelta(minutes=i), c, c, c, c, "1", None, None, "synthetic")
                for i, c in enumerate(closes)]
     ref.load_minutes(pg_conn, candles, "rising", T0)
-    dbt("run", "--select", "+ohlcv_1m")
-    got = [r[0] for r in ref.fetch(pg_conn, "select rsi_14 from marts.ohlcv_1m order by open_time")]
+    dbt("run", "--select", "+indicators_1m")
+    got = [r[0] for r in ref.fetch(pg_conn, "select rsi_14 from marts.indicators_1m order by open_time")]
     expected = talib.RSI(np.array([float(c) for c in closes]), timeperiod=14)
     assert got[:14] == [None] * 14 and all(np.isnan(expected[:14]))
     assert got[14:] == list(expected[14:]) == [100.0] * 26
@@ -118,9 +118,9 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
             (T0 + timedelta(days=1), *corrected),
         )
     conn.commit()
-    before = ref.row_versions(conn, "ohlcv_1m")  # the 1m indicators are on its rows
+    before = ref.row_versions(conn, "candles_1m")  # the stored 1m candles, with their indicators
     second = dbt("run", *ref.DBT_SELECT)
-    after = ref.row_versions(conn, "ohlcv_1m")  # the 1m indicators are on its rows
+    after = ref.row_versions(conn, "candles_1m")  # the stored 1m candles, with their indicators
     # continued from the stored state: nothing before the corrected candle was rewritten
     rewritten = sorted(k for k, xmin in after.items() if before.get(k) != xmin)
     assert rewritten and min(k[2] for k in rewritten if k[0] == "okx") == corrected[1]
@@ -167,41 +167,45 @@ def test_incremental_runs_equal_a_full_rebuild(dbt: DbtRunner, pg_conn, sample_c
     ref.assert_indicators_match(conn, ref.minutes_frame(markets), REL_TOLERANCE)
 
 
-def test_an_ohlcv_1m_from_before_the_merged_row_asks_for_its_rebuild(dbt: DbtRunner, loaded_warehouse) -> None:
-    """An install built before the 1m indicators moved onto ohlcv_1m's rows (ohlcv_1m with the candle
-    columns and the lineage ids, indicators_1m a table of its own), and one built with the merged row
-    but still with the lineage ids on it (storage stage 1 alone): the incremental run names the table
-    and the command that fixes it; that command turns indicators_1m into the view, with the same rows
-    as the old table, drops the ids, and leaves the rollups alone."""
+def test_an_install_from_before_candles_1m_upgrades_with_its_next_build(dbt: DbtRunner, loaded_warehouse) -> None:
+    """An install built before storage stage 4 (marts.ohlcv_1m a month-partitioned table keyed by
+    exchange and symbol, with the indicators on its rows; indicators_1m a view of it): its next plain
+    `dbt build` builds candles_1m from staging and replaces the table by the view. ohlcv_1m and
+    indicators_1m show the same rows as before, the rollups are not rewritten, and the next
+    incremental run goes on from there."""
     conn = loaded_warehouse
     dbt("run", *ref.DBT_SELECT)
     rollups = ref.table_checksums(conn, ref.ROLLUPS)
-    with conn.cursor() as cur:  # stage 1's ohlcv_1m: the lineage ids were still copied onto the row
-        cur.execute("alter table marts.ohlcv_1m add column raw_payload_id text, add column run_id text")
-    conn.commit()
-    failed = dbt("run", "--select", "ohlcv_1m", expect_success=False)
-    assert "was built with the columns raw_payload_id, run_id" in failed.output, failed.output
-    assert "dbt build --full-refresh -s ohlcv_1m indicators_1m" in failed.output, failed.output
-    with conn.cursor() as cur:  # the previous release's two tables (the values it computed are the same)
-        cur.execute("create table marts.old_indicators_1m as table marts.indicators_1m")
-        cur.execute("drop view marts.indicators_1m")
-        cur.execute("alter table marts.old_indicators_1m rename to indicators_1m")
-        cur.execute("alter table marts.ohlcv_1m " + ", ".join(
-            f"drop column {c}" for c in ("candle_index", "inputs_complete", *ref.FLOAT_INDICATORS)
-            if c != "macd_histogram"))  # the view's, never stored on ohlcv_1m
+    indicator_columns = ("candle_index", "inputs_complete", *(c for c in ref.FLOAT_INDICATORS if c != "macd_histogram"))
+    with conn.cursor() as cur:
+        cur.execute("create table public.previous_ohlcv_1m as table marts.ohlcv_1m")
         cur.execute("create table public.previous_indicators_1m as table marts.indicators_1m")
+        # the previous release's ohlcv_1m: the candle columns, then the indicators, partitioned by month
+        cur.execute("create table public.old_rows as select o.*, " + ", ".join(f"c.{x}" for x in indicator_columns)
+                    + " from marts.ohlcv_1m as o join staging.market as m on m.timeframe = '1m' and"
+                    " m.exchange = o.exchange and m.symbol = o.symbol"
+                    " join marts.candles_1m as c on c.market_id = m.market_id and c.open_time = o.open_time")
+        cur.execute("drop table marts.candles_1m cascade")  # and the views over it
+        cur.execute("create table marts.ohlcv_1m (like public.old_rows) partition by range (open_time)")
+        cur.execute("create table marts.ohlcv_1m_default partition of marts.ohlcv_1m default")
+        cur.execute("select ops.ensure_month_partitions_like('marts.ohlcv_1m'::regclass, 'staging.candle'::regclass,"
+                    " '-infinity'::timestamptz)")
+        cur.execute("insert into marts.ohlcv_1m select * from public.old_rows order by exchange, symbol, open_time")
+        cur.execute("create unique index on marts.ohlcv_1m (exchange, symbol, open_time desc)")
+        cur.execute("create view marts.indicators_1m as select exchange, symbol, open_time, close, candle_index"
+                    " from marts.ohlcv_1m")
     conn.commit()
-    failed = dbt("run", "--select", "ohlcv_1m", expect_success=False)
-    assert "was built before it had the columns candle_index" in failed.output, failed.output
-    assert "dbt build --full-refresh -s ohlcv_1m indicators_1m" in failed.output, failed.output
-    dbt("build", "--full-refresh", "-s", "ohlcv_1m", "indicators_1m", "--indirect-selection", "cautious")
-    assert ref.fetch(conn, "select relkind::text from pg_class where oid = 'marts.indicators_1m'::regclass") == [("v",)]
-    ((differing,),) = ref.fetch(
-        conn, "select count(*) from marts.indicators_1m n full join public.previous_indicators_1m o"
-              " using (exchange, symbol, open_time) where n::text is distinct from o::text")
-    assert differing == 0
+    dbt("build", "--exclude-resource-type", "unit_test")
+    kinds = dict(ref.fetch(conn, "select relname::text, relkind::text from pg_class"
+                                 " where relnamespace = 'marts'::regnamespace"
+                                 " and relname in ('ohlcv_1m', 'indicators_1m', 'candles_1m')"))
+    assert kinds == {"ohlcv_1m": "v", "indicators_1m": "v", "candles_1m": "p"}
+    for view in ("ohlcv_1m", "indicators_1m"):
+        ((rows, differing),) = ref.fetch(
+            conn, f"select count(*), count(*) filter (where n::text is distinct from o::text) from marts.{view} n"
+                  f" full join public.previous_{view} o using (exchange, symbol, open_time)")
+        assert rows == 5760 and differing == 0, view
     assert ref.table_checksums(conn, ref.ROLLUPS) == rollups
-    assert not {"raw_payload_id", "run_id"} & {c for (c,) in ref.fetch(
-        conn, "select column_name from information_schema.columns"
-              " where table_schema = 'marts' and table_name = 'ohlcv_1m'")}
+    assert not ref.fetch(conn, "select relname from pg_class where relname like 'ohlcv_1m_p%'")  # the old table's
     dbt("run", *ref.DBT_SELECT)  # and the next incremental run goes on from there
+    assert ref.table_checksums(conn, ref.ROLLUPS) == rollups

@@ -12,10 +12,10 @@ from marketflow.config import RetentionConfig
 from marketflow.housekeeping import drop_expired_partitions, ensure_month_partitions, retention_floor
 
 ONE_MINUTE = ("marts.ohlcv_1m", "marts.indicators_1m")
-# the one partitioned 1m mart: indicators_1m is a view of the indicator columns on ohlcv_1m's rows
-PARTITIONED = ("marts.ohlcv_1m",)
+# the one partitioned 1m mart: ohlcv_1m and indicators_1m are views of candles_1m's rows (storage stage 4)
+PARTITIONED = ("marts.candles_1m",)
 ROLLUPS = ("ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1d", "ohlcv_1w")
-MODELS = ["+indicators_1m", *ROLLUPS]
+MODELS = ["+indicators_1m", "ohlcv_1m", *ROLLUPS]  # ohlcv_1m: the view the rollups read (over candles_1m)
 NOW = datetime(2025, 11, 26, 12, tzinfo=UTC)  # the maintenance run's logical date
 
 # Six hours of minutes of one more market in each of 2025-08 .. 2025-11 (beside the sample days of
@@ -66,13 +66,14 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
     assert _months(conn, "staging.candle") == staging_months
 
     dbt("run", "-s", *MODELS)
-    assert query(conn, "select relkind::text from pg_class where oid = 'marts.indicators_1m'::regclass") == [("v",)]
+    for view in ONE_MINUTE:
+        assert query(conn, "select relkind::text from pg_class where oid = %s::regclass", (view,)) == [("v",)]
     for table in PARTITIONED:
         assert query(conn, "select relkind::text from pg_class where oid = %s::regclass", (table,)) == [("p",)]
         assert _months(conn, table) == staging_months, table
         assert query(conn, f"select count(*) from {table}_default") == [(0,)]
     # a full refresh builds under a temporary name and swaps: still partitioned, partitions renamed back
-    dbt("run", "-s", "ohlcv_1m", "indicators_1m", "--full-refresh")
+    dbt("run", "-s", "candles_1m", "ohlcv_1m", "indicators_1m", "--full-refresh")
     for table in PARTITIONED:
         assert _months(conn, table) == staging_months, table
         names = [r[0] for r in query(conn, "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid"
@@ -123,9 +124,9 @@ def test_the_1m_marts_stay_partitioned_and_retention_drops_whole_months(dbt: Dbt
         assert old_buckets and _rows(conn, f"marts.{name}", old) == old_buckets, name
 
     # a full refresh after retention does not re-create the dropped months either
-    dbt("run", "-s", "ohlcv_1m", "--full-refresh")
-    assert _months(conn, "marts.ohlcv_1m") == ["2025-10", "2025-11", "2025-12"]
-    assert query(conn, f"select count(*) from marts.ohlcv_1m where {old}") == [(0,)]
+    dbt("run", "-s", "candles_1m", "--full-refresh")  # (drops the views over it until the next run)
+    assert _months(conn, "marts.candles_1m") == ["2025-10", "2025-11", "2025-12"]
+    assert query(conn, f"select count(*) from marts.candles_1m where {old}") == [(0,)]
     # and a rollup's full refresh, which would lose its old buckets, is refused by name
     refused = dbt("run", "-s", "ohlcv_5m", "--full-refresh", expect_success=False)
     assert "retention has dropped, and lose every older bucket" in refused.output

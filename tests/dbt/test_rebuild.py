@@ -21,9 +21,9 @@ from support.sample import sample_candles
 
 # relation -> (its key columns, time column, width of a row's period)
 RELATIONS: dict[str, tuple[str, str, timedelta]] = {
-    "marts.ohlcv_1m": ("exchange, symbol, open_time", "open_time", timedelta(minutes=1)),
-    # (marts.indicators_1m ... indicators_1w are views of the indicator columns on the candle rows: checked
-    # as those rows)
+    # ohlcv_1m's storage, keyed by market_id (ohlcv_1m and indicators_1m are views of it: checked as its rows);
+    # indicators_5m ... indicators_1w are views of the indicator columns on the rollup rows: checked as those
+    "marts.candles_1m": ("m.exchange, m.symbol, t.open_time", "t.open_time", timedelta(minutes=1)),
     **{f"marts.ohlcv_{tf}": ("exchange, symbol, open_time", "open_time", width)
        for tf, width in (("5m", timedelta(minutes=5)), ("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)),
                          ("1d", timedelta(days=1)), ("1w", timedelta(days=7)))},
@@ -34,11 +34,19 @@ RELATIONS: dict[str, tuple[str, str, timedelta]] = {
 }
 
 
+# the market's names of a relation keyed by market_id
+NAMES = {"marts.candles_1m": " join staging.market as m on m.market_id = t.market_id"}
+# the 1m series of the market %(e)s, %(s)s (candles_1m's rows)
+MARKET_ID = ("market_id = (select market_id from staging.market"
+             " where exchange = %(e)s and symbol = %(s)s and timeframe = '1m')")
+
+
 def snapshot(conn) -> dict[str, dict[tuple, tuple[str, str, datetime]]]:
     """relation -> key -> (the row as text, xmin, period start)."""
     out = {}
     for relation, (key, column, _) in RELATIONS.items():
-        rows = query(conn, f"select {key}, t::text, t.xmin::text, {column} from {relation} as t")
+        rows = query(conn, f"select {key}, t::text, t.xmin::text, {column}"
+                           f" from {relation} as t{NAMES.get(relation, '')}")
         out[relation] = {r[:-3]: r[-3:] for r in rows}
     return out
 
@@ -65,15 +73,16 @@ def corrupt(conn, market: tuple[str, str], start: datetime, end: datetime) -> No
     """Damage every kind of relation inside the slice: wrong values, missing rows, a row that should not be."""
     exchange, symbol = market
     inside = "exchange = %(e)s and symbol = %(s)s and {col} >= %(lo)s and {col} < %(hi)s"
+    inside_1m = MARKET_ID + " and open_time >= %(lo)s and open_time < %(hi)s"
     p = {"e": exchange, "s": symbol, "lo": start, "hi": end}
     with conn.cursor() as cur:
-        cur.execute("update marts.ohlcv_1m set close = close * 2, high = high * 2 where "
-                    + inside.format(col="open_time") + " and extract(minute from open_time)::int %% 7 = 0", p)
+        cur.execute("update marts.candles_1m set close = close * 2, high = high * 2 where "
+                    + inside_1m + " and extract(minute from open_time)::int %% 7 = 0", p)
         assert cur.rowcount > 10
-        cur.execute("delete from marts.ohlcv_1m where " + inside.format(col="open_time")
+        cur.execute("delete from marts.candles_1m where " + inside_1m
                     + " and extract(minute from open_time)::int %% 11 = 3", p)
         assert cur.rowcount > 10
-        cur.execute("delete from marts.indicators_1m where " + inside.format(col="open_time")
+        cur.execute("update marts.candles_1m set rsi_14 = -1 where " + inside_1m
                     + " and extract(minute from open_time)::int %% 5 = 1", p)
         cur.execute("update marts.ohlcv_5m set volume = 0 where " + inside.format(col="open_time"), p)
         cur.execute("delete from marts.ohlcv_15m where " + inside.format(col="open_time"), p)
@@ -91,10 +100,11 @@ def corrupt(conn, market: tuple[str, str], start: datetime, end: datetime) -> No
         cur.execute("update dbt_intermediate.int_ohlcv_1m_days set candles = 0 where exchange = %(e)s"
                     " and symbol = %(s)s and day = date_trunc('day', %(lo)s::timestamptz, 'UTC')", p)
         # a candle in the range that staging does not have (a row from a bad manual insert)
-        cur.execute("insert into marts.ohlcv_1m select exchange, symbol, open_time + interval '30 seconds', open,"
-                    " high, low, close, volume, quote_volume, trades, close_time + interval '30 seconds',"
-                    " ingested_at from marts.ohlcv_1m where exchange = %(e)s"
-                    " and symbol = %(s)s and open_time = %(lo)s", p)
+        cur.execute("insert into marts.candles_1m (market_id, open_time, open, high, low, close, volume, quote_volume,"
+                    " trades, ingested_at, candle_index, inputs_complete) select market_id,"
+                    " open_time + interval '30 seconds', open, high, low, close, volume, quote_volume, trades,"
+                    " ingested_at, candle_index, inputs_complete from marts.candles_1m where "
+                    + MARKET_ID + " and open_time = %(lo)s", p)
     conn.commit()
 
 

@@ -231,7 +231,7 @@ def test_indicators_equal_the_mart(api: ApiStack) -> None:
 
 
 def test_1m_indicators_equal_the_view(api: ApiStack) -> None:
-    """The 1m indicators are read from ohlcv_1m's rows (the page fingerprint needs a table's xmin); they
+    """The 1m indicators are read from candles_1m's rows (the page fingerprint needs a table's xmin); they
     equal marts.indicators_1m, the view analysts read, value for value, first page and the cached one."""
     symbol, day, _ = source_day(api)
     want = api.sql("SELECT open_time, close, sma_20, ema_12, rsi_14, macd_line, macd_histogram, is_closed,"
@@ -385,9 +385,9 @@ def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> No
 
 @pytest.mark.parametrize(("timeframe", "count"), [("1m", 120), ("15m", 8)])
 def test_kept_candle_and_indicator_pages_of_one_window_stay_apart(api: ApiStack, timeframe: str, count: int) -> None:
-    """/ohlcv and /indicators read the same table (the indicators are on the rows of ohlcv_1m ... ohlcv_1w):
-    each route keeps its own page, so asked again each returns its own rows (a shared key served the candle
-    page to /indicators and broke the Markets page's second load of a day)."""
+    """/ohlcv and /indicators read the same table (the indicators are on the rows of candles_1m and of
+    ohlcv_5m ... ohlcv_1w): each route keeps its own page, so asked again each returns its own rows (a shared
+    key served the candle page to /indicators and broke the Markets page's second load of a day)."""
     start, end = datetime(2025, 11, 25, 6, tzinfo=UTC), datetime(2025, 11, 25, 8, tzinfo=UTC)
     params = {"exchange": "okx", "symbol": "BTC/USDT", "timeframe": timeframe, "start": iso(start), "end": iso(end),
               "limit": 120}
@@ -431,9 +431,10 @@ def test_kept_pages_are_served_fresh_after_a_correction_or_a_backfill(api: ApiSt
     corrected, backfilled = day + timedelta(hours=15, minutes=7), day + timedelta(hours=2, minutes=30)
     missing = next(c for c in api.candles if (c.exchange, c.symbol, c.open_time) == ("okx", "BTC/USDT", backfilled))
     # the backfilled candle had not arrived yet: in neither staging nor the mart
-    for table in ("staging.ohlcv", "marts.ohlcv_1m"):
-        api.sql(f"DELETE FROM {table} WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND open_time = %s",
-                (backfilled,))
+    api.sql("DELETE FROM staging.ohlcv WHERE exchange = 'okx' AND symbol = 'BTC/USDT' AND open_time = %s",
+            (backfilled,))
+    api.sql("DELETE FROM marts.candles_1m WHERE market_id = (SELECT market_id FROM marts.candles_1m_markets"
+            " WHERE exchange = 'okx' AND symbol = 'BTC/USDT') AND open_time = %s", (backfilled,))
     for window, rows in ((corrected_window, 360), (backfilled_window, 359)):
         first, second = page(*window), page(*window)
         assert first == ("stored", mart(*window)) and len(first[1]) == rows
@@ -447,7 +448,7 @@ def test_kept_pages_are_served_fresh_after_a_correction_or_a_backfill(api: ApiSt
         copy_candles(conn, [missing], run_id="backfill")
     finally:
         conn.close()
-    api.dbt("run", "--select", "ohlcv_1m")
+    api.dbt("run", "--select", "candles_1m")
     low = next(c.low for c in api.candles if (c.exchange, c.symbol, c.open_time) == ("okx", "BTC/USDT", corrected))
     for window, rows in ((corrected_window, 360), (backfilled_window, 360)):
         fresh = page(*window)

@@ -31,6 +31,8 @@ DBT_EXECUTABLE = os.environ.get(
 # checksummed without their clock-dependent columns).
 MART_CHECKSUM_QUERIES: dict[str, tuple[str, str]] = {
     "ohlcv_1m": ("select * from marts.ohlcv_1m", "exchange, symbol, open_time"),
+    # the 1m indicators, stored with the candles in candles_1m (ohlcv_1m shows the candle columns only)
+    "indicators_1m": ("select * from marts.indicators_1m", "exchange, symbol, open_time"),
     "int_markets": ("select * from dbt_intermediate.int_markets", "exchange, symbol"),
     "markets": ("select * from marts.markets", "exchange, symbol"),
     "latest_price": (

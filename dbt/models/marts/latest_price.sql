@@ -33,7 +33,7 @@ held as (
 ),
 
 -- each market's last closed candle: the held one, or (only when that one has not closed yet) the
--- newest closed candle before it from ohlcv_1m; the second branch reads no candle otherwise
+-- newest closed candle before it from candles_1m; the second branch reads no candle otherwise
 closed_candle as (
     select exchange, symbol, open_time, close_time, close
     from held
@@ -42,10 +42,15 @@ closed_candle as (
     select held.exchange, held.symbol, earlier.open_time, earlier.close_time, earlier.close
     from held
     cross join lateral (
-        select c.open_time, c.close_time, c.close
-        from {{ ref('ohlcv_1m') }} as c
-        where c.exchange = held.exchange
-          and c.symbol = held.symbol
+        -- ohlcv_1m's storage by market_id: one backward probe of its (market_id, open_time desc)
+        -- index (through ohlcv_1m's name join PostgreSQL 15 would sort the market's history)
+        select c.open_time, c.open_time + interval '1 minute' as close_time, c.close
+        from {{ ref('candles_1m') }} as c
+        where c.market_id = (
+                select series.market_id
+                from {{ source('staging', 'market') }} as series
+                where series.exchange = held.exchange and series.symbol = held.symbol and series.timeframe = '1m'
+            )
           and c.open_time <= now() - interval '1 minute'
         order by c.open_time desc
         limit 1

@@ -190,20 +190,27 @@ EndQ = Annotated[datetime | None, Query(description="UTC, exclusive (open_time <
 
 OHLCV_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "quote_volume", "trades", "close_time",
                  "candle_count", "is_complete", "is_closed")
-# (the select list, the mart table) of each series
-OHLCV_1M = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, 1 AS candle_count, "
-            "true AS is_complete, close_time <= now() AS is_closed", "marts.ohlcv_1m")
+# (the select list, the mart table and its rows of the market %s, %s) of each series. The 1m candles are
+# read from marts.candles_1m, their storage (marts.ohlcv_1m and indicators_1m are views of it joining the
+# names back; a view has no xmin for the page fingerprint), by its key (market_id, open_time): the
+# market's id from marts.candles_1m_markets, close_time derived as the view derives it.
+MARKET_BY_NAME = "{table} WHERE exchange = %s AND symbol = %s"
+MARKET_1M = ("marts.candles_1m WHERE market_id = "
+             "(SELECT market_id FROM marts.candles_1m_markets WHERE exchange = %s AND symbol = %s)")
+CLOSE_TIME_1M = "open_time + interval '1 minute'"
+OHLCV_1M = (f"open_time, open, high, low, close, volume, quote_volume, trades, {CLOSE_TIME_1M} AS close_time, "
+            f"1 AS candle_count, true AS is_complete, {CLOSE_TIME_1M} <= now() AS is_closed", MARKET_1M)
 OHLCV_ROLLUP = ("open_time, open, high, low, close, volume, quote_volume, trades, close_time, candle_count, "
-                "is_complete, is_closed", "marts.ohlcv_{tf}")
+                "is_complete, is_closed", MARKET_BY_NAME.format(table="marts.ohlcv_{tf}"))
 INDICATOR_COLUMNS = ("open_time", "close", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
                      "macd_line", "macd_signal", "macd_histogram", "is_closed", "inputs_complete")
 # The indicators live on the candle tables' rows (marts.indicators_1m ... indicators_1w are views of them,
 # docs/storage.md): read from the table, whose xmin the page fingerprint needs; the views' derived columns
-# computed as they do (a rollup's is_closed is its own column).
+# computed as they do (a rollup's is_closed is its own column; the 1m ones below).
 INDICATORS = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram"}.get(c, c)
-                        for c in INDICATOR_COLUMNS), "marts.ohlcv_{tf}")
+                        for c in INDICATOR_COLUMNS), MARKET_BY_NAME.format(table="marts.ohlcv_{tf}"))
 INDICATORS_1M = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram",
-                             "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), "marts.ohlcv_1m")
+                             "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), MARKET_1M)
 # How a column becomes JSON inside Postgres (series pages), as out() and JSONResponse write it: the exact
 # NUMERIC columns as their text, timestamps in ISO 8601 UTC with Z (six digits of fraction when there is
 # one), the rest (counts, flags, the indicators' double precision: shortest round-trip digits) as JSON values.
@@ -238,9 +245,9 @@ async def series(request: Request, db: Warehouse, source: tuple[str, str], colum
     limit = limit or min(1000, cap)
     start_at, end_at = time_range(start, end, STEP[timeframe] * limit)
     after = decode_cursor(cursor) if cursor else None
-    select_list, table = source
+    select_list, table = source  # table: the relation and its condition on the market (two parameters)
     # One row more than the page: its presence says there is a next page.
-    where = (f"FROM {table} WHERE exchange = %s AND symbol = %s AND open_time >= %s AND open_time < %s"
+    where = (f"FROM {table} AND open_time >= %s AND open_time < %s"
              f"{' AND open_time > %s' if after else ''} ORDER BY open_time LIMIT %s")
     params: list[Any] = [exchange, symbol, start_at, end_at, *([after] if after else []), limit + 1]
     if fmt is Format.csv:
