@@ -61,14 +61,14 @@
                           series=['exchange', 'symbol'], output_columns=none) -%}
 {#- candle_columns: ohlcv_1m's mode, the candle row and its indicators as one row (docs/storage.md).
     `candles` is then a parenthesised subquery of the 1m candles (staging), these columns of it are
-    carried into the output, which has the candle's columns first, its ingested_at (the watermark)
-    instead of last_ingested_at, and no close copy, is_closed or macd_histogram (the indicators_1m
-    view derives them). dropped_columns: columns an older build of the table has and this one no longer
+    carried into the output, which has the candle's columns first, its ingested_column (the watermark:
+    ohlcv_1m's ingested_at, a rollup's last_ingested_at) under that name, and no close copy, is_closed
+    (a rollup's is one of its candle_columns) or macd_histogram (the indicators_* views derive them). dropped_columns: columns an older build of the table has and this one no longer
     writes (ohlcv_1m's lineage copies): an incremental run into such a table stops with the fix.
     series: the columns naming a market (candles_1m: ['market_id']). output_columns: the output's columns
     in this order (candles_1m's physical order, no alignment padding); {{ this }} has the same order. -#}
 {%- set merged = candle_columns is not none -%}
-{%- set out_ingested = 'ingested_at' if merged else 'last_ingested_at' -%}
+{%- set out_ingested = ingested_column if merged else 'last_ingested_at' -%}  {#- the candle row's own name for it #}
 {%- set indicator_state = indicator_function('indicator_state') -%}
 {%- set continue_from_index = 50 -%}
 {%- set input_window = 200 -%}
@@ -311,7 +311,7 @@ final as (
         {%- for column in candle_columns %}
         {{ column }},
         {%- endfor %}
-        last_ingested_at                                                    as ingested_at,
+        last_ingested_at                                                    as {{ out_ingested }},
         {%- else %}
         close,
         {%- endif %}

@@ -37,10 +37,10 @@ MINUTE = timedelta(minutes=1)
 SLICED_RELATIONS: list[tuple[str, str, str, str]] = [
     # ohlcv_1m's storage, with the 1m indicators (ohlcv_1m and indicators_1m are views of it)
     ("marts.candles_1m", "open_time", "1 minute", "true"),
-    *((f"marts.{kind}_{tf}", "open_time", width, "true")
+    # the rollups, each with its indicators (indicators_5m ... indicators_1w are views of them)
+    *((f"marts.ohlcv_{tf}", "open_time", width, "true")
       for tf, width in (("5m", "5 minutes"), ("15m", "15 minutes"), ("1h", "1 hour"), ("1d", "1 day"),
-                        ("1w", "7 days"))
-      for kind in ("ohlcv", "indicators")),
+                        ("1w", "7 days"))),
     ("dbt_intermediate.int_ohlcv_1m_days", "day", "1 day", "true"),
     ("dbt_intermediate.int_dq_candle_hours_1m", "period_start", "1 hour", "true"),
     ("dbt_intermediate.int_dq_hourly_1m", "period_start", "1 hour", "true"),

@@ -33,14 +33,14 @@ EXPECTED_MODELS = {
     "data_quality_flagged_candles": ("marts", "view"),
     "data_quality_gaps": ("marts", "table"),
     "data_quality_summary": ("marts", "incremental"),
-    "indicators_15m": ("marts", "incremental"),
-    "indicators_1d": ("marts", "incremental"),
-    "indicators_1h": ("marts", "incremental"),
+    "indicators_15m": ("marts", "view"),  # of the indicator columns on ohlcv_15m's rows
+    "indicators_1d": ("marts", "view"),  # of the indicator columns on ohlcv_1d's rows
+    "indicators_1h": ("marts", "view"),  # of the indicator columns on ohlcv_1h's rows
     "candles_1m": ("marts", "incremental"),  # the 1m candles and their indicators, keyed by market_id
     "candles_1m_markets": ("marts", "view"),  # candles_1m's market ids, for readers of the marts
     "indicators_1m": ("marts", "view"),  # of the indicator columns on candles_1m's rows
-    "indicators_1w": ("marts", "incremental"),
-    "indicators_5m": ("marts", "incremental"),
+    "indicators_1w": ("marts", "view"),  # of the indicator columns on ohlcv_1w's rows
+    "indicators_5m": ("marts", "view"),  # of the indicator columns on ohlcv_5m's rows
     "latest_price": ("marts", "view"),
     "markets": ("marts", "view"),
     "ohlcv_15m": ("marts", "incremental"),
@@ -163,7 +163,7 @@ def test_every_unique_index_is_the_key_a_test_checks(manifest: dict) -> None:
                if ix.get("unique")}
         for name, node in models.items()
     }
-    assert {name for name, keys in indexed.items() if keys} >= {"candles_1m", "indicators_5m", "ohlcv_1w",
+    assert {name for name, keys in indexed.items() if keys} >= {"candles_1m", "ohlcv_5m", "ohlcv_1w",
                                                                "data_quality_gaps", "data_quality_summary",
                                                                "int_markets", "int_dq_gap_holes"}
     for name, keys in indexed.items():
@@ -218,7 +218,7 @@ def test_incremental_models_do_not_analyze_their_whole_table_every_run(manifest:
             analyzed.add(node["name"])
             if not any(b in sql for b in bounded):
                 unbounded.append(f"{node['name']}: {hook['sql']}")
-    assert analyzed >= {"candles_1m", "ohlcv_5m", "ohlcv_1w", "indicators_5m", "indicators_15m", "indicators_1h",
+    assert analyzed >= {"candles_1m", "ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1w",
                         "int_dq_candle_hours_1m", "data_quality_summary"}
     assert not unbounded, f"incremental models analyzing their whole table every run: {unbounded}"
 

@@ -21,12 +21,12 @@ from support.sample import sample_candles
 
 # relation -> (its key columns, time column, width of a row's period)
 RELATIONS: dict[str, tuple[str, str, timedelta]] = {
-    # ohlcv_1m's storage, keyed by market_id (ohlcv_1m and indicators_1m are views of it: checked as its rows)
+    # ohlcv_1m's storage, keyed by market_id (ohlcv_1m and indicators_1m are views of it: checked as its rows);
+    # indicators_5m ... indicators_1w are views of the indicator columns on the rollup rows: checked as those
     "marts.candles_1m": ("m.exchange, m.symbol, t.open_time", "t.open_time", timedelta(minutes=1)),
-    **{f"marts.{kind}_{tf}": ("exchange, symbol, open_time", "open_time", width)
+    **{f"marts.ohlcv_{tf}": ("exchange, symbol, open_time", "open_time", width)
        for tf, width in (("5m", timedelta(minutes=5)), ("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)),
-                         ("1d", timedelta(days=1)), ("1w", timedelta(days=7)))
-       for kind in ("ohlcv", "indicators")},
+                         ("1d", timedelta(days=1)), ("1w", timedelta(days=7)))},
     "dbt_intermediate.int_ohlcv_1m_days": ("exchange, symbol, day", "day", timedelta(days=1)),
     "dbt_intermediate.int_dq_candle_hours_1m": ("exchange, symbol, period_start", "period_start", timedelta(hours=1)),
     "dbt_intermediate.int_dq_hourly_1m": ("exchange, symbol, period_start", "period_start", timedelta(hours=1)),
@@ -89,7 +89,9 @@ def corrupt(conn, market: tuple[str, str], start: datetime, end: datetime) -> No
         # the hour that holds start (partly outside the range) and one inside
         cur.execute("update marts.ohlcv_1h set close = -1 where exchange = %(e)s and symbol = %(s)s"
                     " and open_time = date_trunc('hour', %(lo)s::timestamptz)", p)
+        # through the view: the indicator columns of ohlcv_1h's rows
         cur.execute("update marts.indicators_1h set rsi_14 = 99 where " + inside.format(col="open_time"), p)
+        assert cur.rowcount > 0
         cur.execute("update dbt_intermediate.int_dq_candle_hours_1m set present = 0 where "
                     + inside.format(col="period_start"), p)
         cur.execute("delete from dbt_intermediate.int_dq_hourly_1m where " + inside.format(col="period_start"), p)

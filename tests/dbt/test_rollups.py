@@ -13,6 +13,10 @@ import ohlcv_reference as ref
 from support.dbt_helpers import Candle, DbtRunner
 from support.sample import sample_candles as read_sample_files
 
+# the indicator columns on a rollup's row, after its candle columns (indicators_<tf> is a view of them)
+ROLLUP_INDICATOR_COLUMNS = ["candle_index", "inputs_complete", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26",
+                            "ema_50", "rsi_14", "macd_line", "macd_signal", "rsi_avg_gain_14", "rsi_avg_loss_14",
+                            "macd_fast_ema"]
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -80,7 +84,8 @@ def test_rollups_equal_a_pandas_resample_of_the_files(dbt: DbtRunner, pg_conn, s
                 (table,),
             )
         ]
-        assert columns == ref.ROLLUP_COLUMNS, table
+        # the candle columns first, as analysts read them, then the indicators (indicators_<tf> a view of them)
+        assert columns == ref.ROLLUP_COLUMNS + ROLLUP_INDICATOR_COLUMNS, table
 
     minutes = ref.minutes_frame(_files(), default_ingested_at=T0)
     counts = ref.assert_rollups_match(conn, minutes)
@@ -115,6 +120,11 @@ def test_rollups_equal_a_pandas_resample_of_the_files(dbt: DbtRunner, pg_conn, s
     }
 
 
+def _row_texts(conn, table: str) -> dict[tuple, str]:
+    """(exchange, symbol, open_time) -> the whole row (candle and indicators) as text."""
+    return {r[:3]: r[3] for r in ref.fetch(conn, f"select exchange, symbol, open_time, t::text from marts.{table} t")}
+
+
 def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn, sample_candles) -> None:
     conn = pg_conn
     late_minute = datetime(2022, 8, 14, 0, 2, tzinfo=UTC)  # the hole of the first test
@@ -129,7 +139,9 @@ def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn
     conn.commit()
     full_first = dbt("run", *ref.DBT_SELECT)
     versions_before = {t: ref.row_versions(conn, t) for t in ref.ROLLUPS}
-    day_before = ref.rollup_table(conn, "1d")
+    candles_before = {t: ref.rollup_table(conn, t.split("_")[1]) for t in ref.ROLLUPS}
+    rows_before = {t: _row_texts(conn, t) for t in ref.ROLLUPS}
+    day_before = candles_before["ohlcv_1d"]
 
     t_late = T0 - timedelta(minutes=10)  # a load that committed late: stamped before the watermark
     t_fix = datetime.now(UTC)
@@ -168,7 +180,8 @@ def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn
     assert ref.rollup_table(conn, "1d")[day][4] == day_before[day][4] + Decimal("1.5")  # volume
     assert ref.rollup_table(conn, "1d")[day][8] == 1439
 
-    # only the touched buckets were rewritten, nothing else
+    # only the touched buckets changed their candle; the rows rewritten are exactly those whose values
+    # changed: the touched buckets and the later rows of their markets whose indicators moved with them
     touched = {
         "ohlcv_5m": {("binance", "2022-08-14 00:00"), ("okx", "2025-11-24 12:05")}
         | {("binance", f"2022-08-15 10:{m:02d}") for m in (0, 5, 10)},
@@ -182,7 +195,13 @@ def test_late_and_corrected_minutes_update_their_buckets(dbt: DbtRunner, pg_conn
         rewritten = {
             (k[0], f"{k[2]:%Y-%m-%d %H:%M}") for k, xmin in after.items() if versions_before[table].get(k) != xmin
         }
-        assert rewritten == touched[table], table
+        fmt = {(k[0], f"{k[2]:%Y-%m-%d %H:%M}"): k for k in after}
+        candles_after = ref.rollup_table(conn, table.split("_")[1])
+        assert {b for b, k in fmt.items() if candles_before[table].get(k) != candles_after[k]} == touched[table], table
+        rows_after = _row_texts(conn, table)
+        changed = {b for b, k in fmt.items() if rows_before[table].get(k) != rows_after[k]}
+        assert rewritten == changed, table
+        assert rewritten >= touched[table], table
 
     # incremental == full refresh, for every rollup
     incremental_sums = ref.table_checksums(conn, ref.ROLLUPS)
@@ -195,8 +214,8 @@ def test_forming_buckets_close_on_a_later_build(dbt: DbtRunner, pg_conn, sample_
     """is_closed apart from is_complete: OKX loaded up to 12:06 and built as of 12:07:30, then
     built again as of 12:10:30 with no new minute. The buckets still forming are open and
     incomplete; the 12:05 bucket closes with its last three minutes missing (closed, incomplete: a
-    gap), and only the rows whose flags changed are rewritten, in the rollup and in its
-    indicators. Then incremental == full refresh as of the same instant."""
+    gap), and only the rows whose flags changed are rewritten (the rollup row, with its
+    indicators). Then incremental == full refresh as of the same instant."""
     conn = pg_conn
     cut = datetime(2025, 11, 24, 12, 7, tzinfo=UTC)
     ref.load_minutes(conn, [c for c in sample_candles if c.exchange == "okx" and c.open_time < cut], "okx", T0)
@@ -228,7 +247,8 @@ def test_forming_buckets_close_on_a_later_build(dbt: DbtRunner, pg_conn, sample_
     last_minute = indicator_flags("1m")[cut - timedelta(minutes=1)]
     assert last_minute == (True, True)  # closed minutes, none missing in the window
 
-    versions = {t: ref.row_versions(conn, t) for t in ("ohlcv_5m", "indicators_5m", "ohlcv_15m", "indicators_15m")}
+    # (the indicators are on the rollup rows: indicators_5m, indicators_15m are views of them)
+    versions = {t: ref.row_versions(conn, t) for t in ("ohlcv_5m", "ohlcv_15m")}
     as_of = {"dq_as_of": "2025-11-24T12:10:30Z"}
     dbt("run", *ref.DBT_SELECT, "--vars", json.dumps(as_of))
     # no new minute: the 12:05 bucket closed with 12:07-12:09 missing, the 15m bucket still forms
@@ -252,13 +272,57 @@ def test_a_table_from_before_the_flags_asks_for_a_full_refresh(dbt: DbtRunner, p
     ref.load_minutes(pg_conn, [c for c in sample_candles if c.exchange == "okx"], "okx", T0)
     dbt("run", *ref.DBT_SELECT)
     with pg_conn.cursor() as cur:
-        cur.execute("alter table marts.ohlcv_1h drop column is_closed")  # as built by the previous release
+        # as built by the release before the flags (indicators_1h, now a view of ohlcv_1h, dropped with it)
+        cur.execute("alter table marts.ohlcv_1h drop column is_closed cascade")
     pg_conn.commit()
     failed = dbt("run", "--select", "ohlcv_1h", expect_success=False)
     assert "was built before it had the columns is_closed" in failed.output, failed.output
     assert "dbt build --full-refresh -s ohlcv_1h+" in failed.output, failed.output
     dbt("build", "--full-refresh", "-s", "ohlcv_1h+", "--indirect-selection", "cautious")
     assert ref.fetch(pg_conn, "select count(*) filter (where is_closed) from marts.ohlcv_1h") == [(48,)]
+
+
+def test_rollups_from_before_their_indicators_ask_for_their_rebuild(dbt: DbtRunner, pg_conn, sample_candles) -> None:
+    """The release that put the indicators on the rollup rows: an install whose rollups are the
+    earlier layout (ohlcv_<tf> without the indicator columns, indicators_<tf> a table of them) stops
+    its next incremental run naming the table and the commands that fix it, and both work: the
+    full refresh, and the in-place move (for installs whose retention dropped 1m months, which a
+    full refresh of the rollups would lose). Either way indicators_<tf> is the view again with the
+    values the table had, and the next incremental run continues from them as a full build would."""
+    ref.load_minutes(pg_conn, [c for c in sample_candles if c.exchange == "okx"], "okx", T0)
+    dbt("run", *ref.DBT_SELECT)
+    tables = ["ohlcv_15m", "ohlcv_1h", "indicators_15m", "indicators_1h"]
+    before = ref.table_checksums(pg_conn, tables)
+
+    def earlier_layout(*timeframes: str) -> None:
+        with pg_conn.cursor() as cur:
+            for tf in timeframes:
+                cur.execute(f"create table marts.indicators_{tf}_old as select * from marts.indicators_{tf}")
+                cur.execute(f"drop view marts.indicators_{tf}")
+                cur.execute(f"alter table marts.indicators_{tf}_old rename to indicators_{tf}")
+                cur.execute(f"alter table marts.ohlcv_{tf} "
+                            + ", ".join(f"drop column {c}" for c in ROLLUP_INDICATOR_COLUMNS))
+        pg_conn.commit()
+
+    earlier_layout("15m", "1h")
+    failed = dbt("run", "--select", "ohlcv_15m", expect_success=False)
+    assert '"ohlcv_15m" was built before it had the columns candle_index, inputs_complete, macd_fast_ema' in (
+        failed.output), failed.output
+    assert "dbt build --full-refresh -s ohlcv_5m+" in failed.output, failed.output
+    assert "dbt run-operation move_rollup_indicators_onto_rows" in failed.output, failed.output
+
+    # in place: the rows keep their values, the next build only makes the views
+    dbt("run-operation", "move_rollup_indicators_onto_rows")
+    dbt("run-operation", "move_rollup_indicators_onto_rows")  # again: nothing left to move
+    dbt("run", "-s", "ohlcv_5m+")
+    for tf in ("15m", "1h"):
+        assert ref.fetch(pg_conn, f"select relkind::text from pg_class where oid = 'marts.indicators_{tf}'::regclass"
+                         ) == [("v",)]
+    assert ref.table_checksums(pg_conn, tables) == before
+
+    earlier_layout("15m")
+    dbt("build", "--full-refresh", "-s", "ohlcv_5m+", "--indirect-selection", "cautious")
+    assert ref.table_checksums(pg_conn, tables) == before
 
 
 def _statistics(conn, table: str) -> tuple[str | None, float]:

@@ -383,18 +383,20 @@ def test_the_demos_curl_example_returns_the_bundled_candles(api: ApiStack) -> No
     assert refused.stdout == "401", refused
 
 
-def test_kept_candle_and_indicator_pages_of_one_1m_window_stay_apart(api: ApiStack) -> None:
-    """/ohlcv and /indicators at 1m read the same table (the 1m indicators are on candles_1m's rows): each
-    route keeps its own page, so asked again each returns its own rows (a shared key served the candle
-    page to /indicators and broke the Markets page's second load of a day)."""
+@pytest.mark.parametrize(("timeframe", "count"), [("1m", 120), ("15m", 8)])
+def test_kept_candle_and_indicator_pages_of_one_window_stay_apart(api: ApiStack, timeframe: str, count: int) -> None:
+    """/ohlcv and /indicators read the same table (the indicators are on the rows of candles_1m and of
+    ohlcv_5m ... ohlcv_1w): each route keeps its own page, so asked again each returns its own rows (a shared
+    key served the candle page to /indicators and broke the Markets page's second load of a day)."""
     start, end = datetime(2025, 11, 25, 6, tzinfo=UTC), datetime(2025, 11, 25, 8, tzinfo=UTC)
-    params = {"exchange": "okx", "symbol": "BTC/USDT", "start": iso(start), "end": iso(end), "limit": 120}
-    want = {"candles": api.sql("SELECT open_time, close FROM marts.ohlcv_1m WHERE exchange = 'okx' AND "
+    params = {"exchange": "okx", "symbol": "BTC/USDT", "timeframe": timeframe, "start": iso(start), "end": iso(end),
+              "limit": 120}
+    want = {"candles": api.sql(f"SELECT open_time, close FROM marts.ohlcv_{timeframe} WHERE exchange = 'okx' AND "
                                "symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s ORDER BY 1", (start, end)),
-            "indicators": api.sql("SELECT open_time, rsi_14 FROM marts.indicators_1m WHERE exchange = 'okx' AND "
-                                  "symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s ORDER BY 1",
+            "indicators": api.sql(f"SELECT open_time, rsi_14 FROM marts.indicators_{timeframe} WHERE exchange = 'okx'"
+                                  " AND symbol = 'BTC/USDT' AND open_time >= %s AND open_time < %s ORDER BY 1",
                                   (start, end))}
-    assert len(want["candles"]) == len(want["indicators"]) == 120
+    assert len(want["candles"]) == len(want["indicators"]) == count
     served: dict[str, list[str]] = {"candles": [], "indicators": []}
     for _ in range(2):
         for route, key, column in (("/ohlcv", "candles", "close"), ("/indicators", "indicators", "rsi_14")):

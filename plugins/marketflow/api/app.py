@@ -204,10 +204,11 @@ OHLCV_ROLLUP = ("open_time, open, high, low, close, volume, quote_volume, trades
                 "is_complete, is_closed", MARKET_BY_NAME.format(table="marts.ohlcv_{tf}"))
 INDICATOR_COLUMNS = ("open_time", "close", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "ema_50", "rsi_14",
                      "macd_line", "macd_signal", "macd_histogram", "is_closed", "inputs_complete")
-INDICATORS = (", ".join(INDICATOR_COLUMNS), MARKET_BY_NAME.format(table="marts.indicators_{tf}"))
-# The 1m indicators live on the candles' rows in candles_1m (marts.indicators_1m is a view of them,
-# docs/storage.md): read from the table, whose xmin the page fingerprint needs; the view's derived columns
-# computed as it does.
+# The indicators live on the candle tables' rows (marts.indicators_1m ... indicators_1w are views of them,
+# docs/storage.md): read from the table, whose xmin the page fingerprint needs; the views' derived columns
+# computed as they do (a rollup's is_closed is its own column; the 1m ones below).
+INDICATORS = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram"}.get(c, c)
+                        for c in INDICATOR_COLUMNS), MARKET_BY_NAME.format(table="marts.ohlcv_{tf}"))
 INDICATORS_1M = (", ".join({"macd_histogram": "macd_line - macd_signal AS macd_histogram",
                              "is_closed": "true AS is_closed"}.get(c, c) for c in INDICATOR_COLUMNS), MARKET_1M)
 # How a column becomes JSON inside Postgres (series pages), as out() and JSONResponse write it: the exact
@@ -256,7 +257,7 @@ async def series(request: Request, db: Warehouse, source: tuple[str, str], colum
         headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
         return csv_response(names, rows[:limit], headers)
     cache: PageCache = request.app.state.page_cache
-    # kind too: /ohlcv and /indicators at 1m read the same table (the 1m indicators are on the candles' rows)
+    # kind too: /ohlcv and /indicators read the same table (the indicators are on the candle rows)
     key = (kind, table, exchange, symbol, start_at, end_at, after, limit)
     if cache.enabled:
         # The market check and the page's fingerprint in one round trip; a kept page with the same

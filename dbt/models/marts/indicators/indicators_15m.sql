@@ -1,19 +1,6 @@
-{{
-    config(
-        materialized='incremental',
-        incremental_strategy='merge',
-        unique_key=['exchange', 'symbol', 'open_time'],
-        on_schema_change='fail',
-        pre_hook="set local jit = off",
-        post_hook="{{ analyze_when_changed() }}",
-        indexes=[
-            {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
-            {'columns': ['last_ingested_at']},
-        ],
-    )
-}}
+{{ config(materialized='view') }}
 
--- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates)
--- pre_hook: JIT would spend seconds compiling this wide query for a few touched rows.
--- SMA / EMA / RSI / MACD of the 15m candles (ohlcv_15m): see macros/ohlcv_indicators.sql.
-{{ ohlcv_indicators(ref('ohlcv_15m'), 'last_ingested_at', '15m') }}
+-- Indicators of the 15m candles: stored on the candle's own row in ohlcv_15m (one tuple and one key
+-- per candle instead of two; docs/storage.md). This view keeps the columns, their order and types as
+-- they were when indicators_15m was a table: see macros/ohlcv_rollup.sql (rollup_indicators_view).
+{{ rollup_indicators_view('15m') }}

@@ -4,7 +4,7 @@
         incremental_strategy='merge',
         unique_key=['exchange', 'symbol', 'open_time'],
         on_schema_change='fail',
-        pre_hook="set local jit = off",
+        pre_hook=["set local jit = off", "{{ rollup_new_candles('1d') }}"],
         post_hook="{{ analyze_when_changed() }}",
         indexes=[
             {'columns': ['exchange', 'symbol', 'open_time desc'], 'unique': true},
@@ -13,6 +13,8 @@
     )
 }}
 
--- pre_hook: JIT would spend seconds compiling this query for a few touched buckets.
+-- depends_on: {{ ref('int_indicator_functions') }}  (the ema / wilder aggregates of its indicators)
+-- pre_hook: JIT would spend seconds compiling this query for a few touched buckets
+-- and their indicators.
 -- 1d candles rolled up from ohlcv_1h in UTC buckets: see macros/ohlcv_rollup.sql.
 {{ ohlcv_rollup('1d') }}
