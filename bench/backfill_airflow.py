@@ -16,7 +16,7 @@ minute, unpaused the whole time), the others bounded to a past history (nothing 
     the 30 before); MARKETFLOW_BENCH_SKIP_DAY=1 leaves (a) out; MARKETFLOW_BENCH_DAY_MARKETS=300 makes
     (a) (and the markets file) smaller, MARKETFLOW_BENCH_BASELINE_MINUTES=2 the reference of (c) shorter.
 (c) the minute feed while a backfill runs: for each minute close, the wall time at which every live
-    market's closed minute is in staging.ohlcv, minus the close; p95 during the backfills against p95
+    market's closed minute is in staging (staging.candle), minus the close; p95 during the backfills against p95
     of the closes with none running (before the first and after the last; same stack, same minute
     DAG), as a ratio.
 
@@ -356,9 +356,11 @@ def _check(dsn: str, url: str, symbols: list[str], start: datetime, end: datetim
     """Every minute of the window once per market (counts), and sampled days equal to the emulator's klines."""
     minutes = int((end - start).total_seconds() // 60)
     with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT symbol, count(*), count(DISTINCT open_time) FROM staging.ohlcv WHERE exchange = 'binance' "
-                    "AND timeframe = '1m' AND symbol = ANY(%s) AND open_time >= %s AND open_time < %s "
-                    "GROUP BY symbol", (symbols, start, end))
+        # staging.candle itself, by market_id (the staging.ohlcv view would join every row to its series)
+        cur.execute("SELECT k.symbol, count(*), count(DISTINCT c.open_time) FROM staging.market AS k "
+                    "JOIN staging.candle AS c USING (market_id) WHERE k.exchange = 'binance' AND k.timeframe = '1m' "
+                    "AND k.symbol = ANY(%s) AND c.open_time >= %s AND c.open_time < %s "
+                    "GROUP BY k.symbol", (symbols, start, end))
         counts = {s: (n, d) for s, n, d in cur.fetchall()}
         wrong = {s: counts.get(s) for s in symbols if counts.get(s) != (minutes, minutes)}
         if wrong:
@@ -371,9 +373,10 @@ def _check(dsn: str, url: str, symbols: list[str], start: datetime, end: datetim
             for _ in range(min(SAMPLE_DAYS_PER_MARKET, days)):
                 day = start + timedelta(days=rng.randrange(days))
                 truth = _emulator_klines(url, symbol, day, day + timedelta(days=1))
-                cur.execute("SELECT (extract(epoch FROM open_time) * 1000)::bigint, open, high, low, close, volume "
-                            "FROM staging.ohlcv WHERE exchange = 'binance' AND symbol = %s AND timeframe = '1m' "
-                            "AND open_time >= %s AND open_time < %s", (symbol, day, day + timedelta(days=1)))
+                cur.execute("SELECT (extract(epoch FROM c.open_time) * 1000)::bigint, c.open, c.high, c.low, c.close, "
+                            "c.volume FROM staging.market AS k JOIN staging.candle AS c USING (market_id) "
+                            "WHERE k.exchange = 'binance' AND k.symbol = %s AND k.timeframe = '1m' "
+                            "AND c.open_time >= %s AND c.open_time < %s", (symbol, day, day + timedelta(days=1)))
                 staged = {int(ms): tuple(v) for ms, *v in cur.fetchall()}
                 if staged != truth:
                     diff = sorted(set(staged.items()) ^ set(truth.items()))[:3]
@@ -409,7 +412,7 @@ def _emulator_klines(url: str, symbol: str, start: datetime, end: datetime) -> d
 
 class FreshnessPoller:
     """For each minute close B: the first wall time at which every live market's candle opening at
-    B - 60 s is in staging.ohlcv (polled every POLL_S seconds through the primary key)."""
+    B - 60 s is in staging.candle (polled every POLL_S seconds through its primary key)."""
 
     def __init__(self, dsn: str, symbols: list[str]) -> None:
         self.dsn, self.symbols = dsn, symbols
@@ -431,11 +434,17 @@ class FreshnessPoller:
         try:
             with conn.cursor() as cur:
                 while not self._stop.is_set():
+                    # Per market one backward probe of staging.candle's primary key (market_id, open_time):
+                    # through the staging.ohlcv view the join to the series would read every candle of the
+                    # market for its max(). NULL until every live market has a candle.
                     cur.execute("""
-                        SELECT min(latest) FROM unnest(%s::text[]) AS s(symbol)
-                        CROSS JOIN LATERAL (SELECT extract(epoch FROM max(open_time)) AS latest FROM staging.ohlcv o
-                            WHERE o.exchange = 'binance' AND o.symbol = s.symbol AND o.timeframe = '1m') m""",
-                                (self.symbols,))
+                        SELECT CASE WHEN count(m.latest) = cardinality(%s::text[]) THEN min(m.latest) END
+                        FROM unnest(%s::text[]) AS s(symbol)
+                        LEFT JOIN staging.market AS k ON k.exchange = 'binance' AND k.symbol = s.symbol
+                                                     AND k.timeframe = '1m'
+                        LEFT JOIN LATERAL (SELECT extract(epoch FROM max(c.open_time)) AS latest
+                                           FROM staging.candle AS c WHERE c.market_id = k.market_id) AS m ON true""",
+                                (self.symbols, self.symbols))
                     oldest = cur.fetchone()[0]
                     now = time.time()
                     if oldest is not None:

@@ -64,17 +64,24 @@ def append_hour(conn, markets: list[tuple[str, str]], first: int) -> int:
     market's last hour again, 60 minutes later (real recorded digits), and a ticker per minute;
     the markets' history_end one hour later. Returns the candles written."""
     with conn.cursor() as cur:
+        # Straight into staging.candle as the loader writes it (not through the staging.ohlcv view, whose
+        # INSTEAD OF trigger would insert row by row): the same market_id, the run's run_key, the payload
+        # id as bytes (md5 of the old one's text + 'h', as before), market after market in time order.
         cur.execute("""
-            insert into staging.ohlcv (exchange, symbol, timeframe, open_time, open, high, low, close, volume,
-                                       quote_volume, trades, raw_payload_id, run_id, ingested_at)
-            select c.exchange, c.symbol, '1m', c.open_time + interval '60 minutes', c.open, c.high, c.low, c.close,
-                   c.volume, c.quote_volume, c.trades, md5(c.raw_payload_id || 'h'), 'bench_hourly', now()
-            from unnest(%s::text[], %s::text[]) as m (exchange, symbol)
+            insert into staging.candle (open_time, ingested_at, trades, market_id, run_key, open, high, low, close,
+                                        volume, quote_volume, raw_payload_id)
+            select c.open_time + interval '60 minutes', now(), c.trades, k.market_id, r.run_key, c.open, c.high,
+                   c.low, c.close, c.volume, c.quote_volume,
+                   decode(md5(staging.payload_id_text(c.raw_payload_id) || 'h'), 'hex')
+            from unnest(%s::text[], %s::text[]) with ordinality as m (exchange, symbol, n)
+            join staging.market as k on k.exchange = m.exchange and k.symbol = m.symbol and k.timeframe = '1m'
+            cross join (select ops.run_key('bench_hourly') as run_key) as r
             cross join lateral (
-                select * from staging.ohlcv as c
-                where c.exchange = m.exchange and c.symbol = m.symbol and c.timeframe = '1m'
+                select * from staging.candle as c
+                where c.market_id = k.market_id
                   and c.open_time >= to_timestamp(%s * 60.0) and c.open_time < to_timestamp(%s * 60.0)
-            ) as c""", ([e for e, _ in markets], [s for _, s in markets], first - 60, first))
+            ) as c
+            order by m.n, c.open_time""", ([e for e, _ in markets], [s for _, s in markets], first - 60, first))
         written = cur.rowcount
         cur.execute("""
             insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id)

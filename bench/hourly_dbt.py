@@ -7,7 +7,7 @@
     python -m bench.hourly_dbt report                  # per model: seconds and the ratio large/small
     python -m bench.hourly_dbt stop                    # stop the server (the data directory stays)
 
-`setup` generates the history straight into staging.ohlcv of its own database (the generator of
+`setup` generates the history straight into staging.candle of its own database (the generator of
 figure 4, bench/big_tables.py; the last candle 3 h before now, ingested 65 s after it opened, as
 live loading does). `measure` runs a full build of the given dbt project once (so the tables are
 that project's; --full-select limits it to the models that differ from the last measured project),
@@ -101,10 +101,18 @@ def _append_hour(conn, markets: list[str], first_minute: int) -> None:
     """The next 60 minutes of every market, ingested now (what an hourly reconcile + minute runs load)."""
     with conn.cursor() as cur:
         cur.execute(GENERATOR_SQL)
+        # Straight into staging.candle as the loader writes it (the staging.ohlcv view's INSTEAD OF
+        # trigger would insert row by row), with the series' market_id and the run's run_key.
         cur.execute("""
-            insert into staging.ohlcv
-            select c.* from unnest(%s::text[]) with ordinality as m(symbol, i),
-                 lateral bench.candles((m.i - 1)::int, m.symbol, %s, %s, now()) as c""",
+            insert into staging.candle (open_time, ingested_at, trades, market_id, run_key, open, high, low, close,
+                                        volume, quote_volume, raw_payload_id)
+            select c.open_time, c.ingested_at, c.trades, k.market_id, r.run_key, c.open, c.high, c.low, c.close,
+                   c.volume, c.quote_volume, staging.payload_id_bytes(c.raw_payload_id)
+            from unnest(%s::text[]) with ordinality as m(symbol, i)
+            join staging.market as k on k.exchange = 'binance' and k.symbol = m.symbol and k.timeframe = '1m'
+            cross join (select ops.run_key('bench_big') as run_key) as r,
+                 lateral bench.candles((m.i - 1)::int, m.symbol, %s, %s, now()) as c
+            order by m.i, c.open_time""",
                     (markets, first_minute, first_minute + 59))
         cur.execute("""
             insert into staging.ticker (exchange, symbol, ts, last, bid, ask, raw_payload_id, run_id)
@@ -147,7 +155,7 @@ def measure(db: str, project: Path, label: str, full_select: list[str]) -> None:
         state["next_data_test_since"] = (datetime.now(UTC) - timedelta(minutes=60)).isoformat()
         state_file.write_text(json.dumps(state))
         with conn.cursor() as cur:
-            cur.execute("select count(*) from staging.ohlcv")
+            cur.execute("select count(*) from staging.candle")
             rows = cur.fetchone()[0]
     finally:
         conn.close()

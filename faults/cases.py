@@ -238,11 +238,12 @@ def drive_worker_killed(env: CaseEnv) -> None:
             if not worker.running():
                 raise CaseError(f"the worker exited ({worker.exitcode}) before it could be killed; "
                                 f"see {worker.log_path}")
+            # the write lock, not just a read's: its rows are inserted into staging.candle, not committed
             locks = _count(env, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                                f"WHERE a.application_name LIKE 'faults-hold:%{tag}' "
-                                "AND l.relation = 'staging.candle'::regclass")
+                                f"WHERE a.application_name LIKE 'faults-hold:%{tag}' AND l.granted "
+                                "AND l.mode = 'RowExclusiveLock' AND l.relation = 'staging.candle'::regclass")
             env.check("the worker was killed inside its open upsert transaction", locks > 0,
-                      f"({locks} locks on staging.candle)")
+                      f"({locks} RowExclusiveLock on staging.candle)")
         finally:
             worker.kill()
         env.event("worker SIGKILLed mid-load")

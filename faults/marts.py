@@ -37,9 +37,10 @@ PARSE_HOST, PARSE_PORT = "faults-dbt-parse.invalid", 5432  # never connected to:
 # finer one), with whatever they are built from (the + prefix).
 MARTS = ("ohlcv_1m", "ohlcv_5m", "ohlcv_15m", "ohlcv_1h", "ohlcv_1d", "ohlcv_1w")
 MART_KEY = ("exchange", "symbol", "open_time")
-# Lineage differs legitimately between runs (which payload, run and moment wrote a candle); every other
-# column is the candle or the bucket itself.
-MART_LINEAGE = ("raw_payload_id", "run_id", "ingested_at", "last_ingested_at")
+# When a row was written differs legitimately between runs (ohlcv_1m's ingested_at, the rollups'
+# last_ingested_at); every other column is the candle or the bucket itself. (ohlcv_1m carries no
+# raw_payload_id / run_id since storage stage 3: the view ohlcv_1m_lineage reads them from staging.)
+MART_LINEAGE = ("ingested_at", "last_ingested_at")
 # Rollup widths in minutes; buckets are UTC with weeks starting Monday (date_bin from 2000-01-03).
 ROLLUP_MINUTES = {"ohlcv_5m": 5, "ohlcv_15m": 15, "ohlcv_1h": 60, "ohlcv_1d": 1440, "ohlcv_1w": 10080}
 BUCKET_ORIGIN_MS = 946_857_600_000  # 2000-01-03T00:00:00Z, a Monday

@@ -32,7 +32,7 @@ from faults.harness import (
     describe_retry_rules,
     start_mart_builders,
 )
-from faults.marts import MARTS
+from faults.marts import MART_LINEAGE, MARTS
 
 LOCAL = REPO / ".local" / "faults"
 DOCS = REPO / "docs" / "faults.md"
@@ -84,13 +84,14 @@ code and rewrites this file with the results. `make test` runs every case too
 in `faults/cases.py`, the machinery in `faults/harness.py`, the marts' side in `faults/marts.py`.
 
 **The claim under test**: whatever a case does to the exchange, MongoDB, PostgreSQL or the worker,
-once the run's retries are done `staging.ohlcv` holds exactly the candles of the fault-free run:
-the same rows with the same values (compared candle by candle, and by
+once the run's retries are done staging holds exactly the candles of the fault-free run: the same
+rows with the same values (read through the view `staging.ohlcv`, which decodes the loader's
+physical table `staging.candle` and its keys; compared candle by candle, and by
 `scripts.warehouse_checks.table_checksum` over every column but the lineage columns
 `raw_payload_id`, `run_id`, `ingested_at`), none twice, and the pipeline's own pacing never got it
 banned. And the marts dbt builds from that staging (`dbt run` of {marts}) equal the fault-free
-run's: the same row count and checksum per mart, lineage (`raw_payload_id`, `run_id`,
-`ingested_at`, `last_ingested_at`) excluded.
+run's: the same row count and checksum per mart, the columns that record when a row was written
+({mart_lineage}) excluded.
 
 ## Results
 
@@ -154,10 +155,12 @@ never fired (or a case no fault hit at all), a failed case check, or an error.
   the task try that failed during an outage, the kill inside the open transaction).
 * **Outages and kills** are aimed at a fixed point: MongoDB goes down as soon as the first page is
   in raw while the next one is in flight; PostgreSQL goes down, and the load worker is SIGKILLed,
-  while the load's upsert transaction is open with its rows inserted (an `AFTER INSERT` trigger
-  created in the case's database holds it open, only for sessions whose `application_name` the
-  suite sets). The service comes back once the try has failed; before the retry the case checks
-  that staging holds exactly what it held before the interrupted try.
+  while the load's upsert transaction is open with its rows inserted (an `AFTER INSERT` statement
+  trigger on `staging.candle`, the partitioned table the loader writes, created in the case's
+  database, holds it open, only for sessions whose `application_name` the suite sets; a trigger on
+  the `staging.ohlcv` view would never fire: the loader does not write through it). The service
+  comes back once the try has failed; before the retry the case checks that staging holds exactly
+  what it held before the interrupted try.
 * **The marts**: once the case's runs are done, real dbt (`.local/dbt-venv`) runs {marts} and what
   they are built from in the case's warehouse. One dbt process parses the project once and serves
   every case (`faults/dbt_server.py`), so a case costs its models' run, about 2 s. The fault-free
@@ -210,7 +213,8 @@ def write_docs(results: list[CaseResult], cases: list[Case], seconds: float, ret
     path.write_text(DOC.format(failures=failures, celery=celery,
         when=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), n=len(results), seconds=seconds,
         dbt_seconds=sum(r.dbt_seconds for r in results), marts=", ".join(f"`{m}`" for m in MARTS),
-        n_marts=len(MARTS), table=markdown_table(table_rows(results)), summary=summary_line(results),
+        n_marts=len(MARTS), mart_lineage=", ".join(f"`{c}`" for c in MART_LINEAGE),
+        table=markdown_table(table_rows(results)), summary=summary_line(results),
         details=details, cases="\n".join(f"* **{c.name}** (`{c.slug}`): {c.summary}" for c in cases),
         markets=windows, timeout=CLIENT_TIMEOUT_MS, weight=EMULATOR_CONFIG["binance_weight_limit"],
         ban=EMULATOR_CONFIG["ban_seconds"], ban_after=EMULATOR_CONFIG["ban_after"],
