@@ -271,12 +271,29 @@ def retry_after_seconds(response: HttpExchange | None, default: float, now: floa
             return max(float(headers["retry-after"]), 0.0)
         for key in RESET_AT_MS_HEADERS:
             if key in headers:
+                # The reset is on the exchange's clock: measured from the time the answer itself states
+                # (Bybit's body "time"), a skew between its clock and ours neither makes us hammer it with
+                # retries (reset in our past) nor wait a skew's worth too long; ours when it states none.
+                clock = exchange_time_s(response)
+                if clock is None:
+                    clock = time.time() if now is None else now
                 # a hair past the reset: the exchange's window must have moved on when we ask again
-                seconds = float(headers[key]) / 1000 - (time.time() if now is None else now) + 0.05
+                seconds = float(headers[key]) / 1000 - clock + 0.05
                 return min(max(seconds, 0.05), default)
     except ValueError:
         pass
     return default
+
+
+def exchange_time_s(response: HttpExchange) -> float | None:
+    """The exchange's own time when it answered (epoch seconds), from a JSON body's ``time`` in ms
+    (Bybit's v5 answers), or None."""
+    try:
+        body = json.loads(response.body)
+    except ValueError:
+        return None
+    value = body.get("time") if isinstance(body, dict) else None
+    return float(value) / 1000 if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class MalformedResponse(ccxt.ExchangeNotAvailable):
