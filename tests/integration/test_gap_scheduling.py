@@ -32,20 +32,31 @@ def _queued(pg_conn) -> set[tuple[str, datetime]]:
         return set(cur.fetchall())
 
 
+def _db_now(pg_conn) -> datetime:
+    """The scheduler's clock (the database's now()), to the minute: the grace is measured on it."""
+    with pg_conn.cursor() as cur:
+        cur.execute("SELECT date_trunc('minute', now())")
+        return cur.fetchone()[0]
+
+
 def test_recent_trailing_gap_is_left_to_the_minute_dag_older_ones_are_queued(pg_conn) -> None:
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    now = _db_now(pg_conn)
     fresh = now - timedelta(minutes=2)  # the minutes not loaded yet when dbt ran
     stale = now - timedelta(minutes=TRAILING_GRACE_MINUTES + 50)  # the minute DAG was down for an hour
+    stale_end = now - timedelta(minutes=TRAILING_GRACE_MINUTES + 1)
     hole = now - timedelta(hours=5)
     _gaps(pg_conn, [
         ("binance", "BTC/USDT", fresh, now, "trailing", "open"),
-        ("binance", "ETH/USDT", stale, now - timedelta(minutes=TRAILING_GRACE_MINUTES + 1), "trailing", "open"),
+        ("binance", "ETH/USDT", stale, stale_end, "trailing", "open"),
         ("binance", "SOL/USDT", hole, hole + timedelta(minutes=3), "interior", "open"),
         ("binance", "XRP/USDT", hole, hole + timedelta(minutes=3), "interior", "confirmed_empty_at_source"),
     ])
 
-    assert schedule_gap_repairs(pg_conn, limit=10, max_attempts=3, run_id="r1") == 2
-    assert _queued(pg_conn) == {("ETH/USDT", stale), ("SOL/USDT", hole)}
+    # A gap across 00:00 UTC is two chunks of the day grid (ETH's when the test runs 00:12-00:59 UTC).
+    expected = {("ETH/USDT", ws) for ws, _ in _grid_cells(stale, stale_end, timedelta(days=1))} | {
+        ("SOL/USDT", ws) for ws, _ in _grid_cells(hole, hole + timedelta(minutes=3), timedelta(days=1))}
+    assert schedule_gap_repairs(pg_conn, limit=10, max_attempts=3, run_id="r1") == len(expected)
+    assert _queued(pg_conn) == expected
     # Idempotent: the next hourly run queues nothing new for the same gaps.
     assert schedule_gap_repairs(pg_conn, limit=10, max_attempts=3, run_id="r2") == 0
 
@@ -99,9 +110,14 @@ def test_a_two_year_gap_is_queued_chunk_by_chunk_newest_first(pg_conn) -> None:
 
 def test_failed_repairs_neither_block_the_queue_nor_are_forgotten(pg_conn) -> None:
     """Chunks that failed with errors max_attempts times keep no slot, and are queued again (attempts
-    reset) once gap_repair_retry_failed_hours have passed."""
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    holes = [now - timedelta(hours=h) for h in range(2, 7)]
+    reset) once gap_repair_retry_failed_hours have passed.
+
+    The gaps sit at fixed times within one UTC day, so each is one chunk of the day grid whenever the test
+    runs (gaps placed from the wall clock split at midnight and shifted the expected order); the retry
+    window is measured on the database's clock alone (updated_at against now())."""
+    noon = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    holes = [noon - timedelta(hours=h) for h in range(2, 7)]
+    assert all(len(_grid_cells(h, h + timedelta(minutes=5), timedelta(days=1))) == 1 for h in holes)
     _gaps(pg_conn, [("binance", f"S{i}/USDT", h, h + timedelta(minutes=5), "interior", "open")
                     for i, h in enumerate(holes)])
     assert schedule_gap_repairs(pg_conn, limit=2, max_attempts=3, run_id="r1") == 2
