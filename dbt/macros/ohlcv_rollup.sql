@@ -281,33 +281,13 @@ from (
 ) as candle_with_indicators
 {%- endmacro %}
 
-{#- indicators_5m ... indicators_1w: the indicator columns of the rollup's rows, with the columns, order
-    and types the tables of that name had (close and is_closed are the candle's, macd_histogram is
-    line - signal, the same double subtraction the table stored). A plain projection: filters on the
-    key use the rollup's (exchange, symbol, open_time desc) index. -#}
+{#- indicators_5m ... indicators_1w: the indicator columns of the rollup's rows (close and is_closed are the
+    candle's; the columns, order and types in macros/indicator_view_columns.sql, shared with
+    indicators_1m). A plain projection: filters on the key use the rollup's (exchange, symbol,
+    open_time desc) index. -#}
 {% macro rollup_indicators_view(timeframe) -%}
 select
-    exchange,
-    symbol,
-    open_time,
-    close,
-    candle_index,
-    is_closed,
-    inputs_complete,
-    sma_20,
-    sma_50,
-    sma_200,
-    ema_12,
-    ema_26,
-    ema_50,
-    rsi_14,
-    macd_line,
-    macd_signal,
-    macd_line - macd_signal                                                 as macd_histogram,
-    rsi_avg_gain_14,
-    rsi_avg_loss_14,
-    macd_fast_ema,
-    last_ingested_at
+{{ indicator_view_columns() }}
 from {{ ref('ohlcv_' ~ timeframe) }}
 {%- endmacro %}
 
