@@ -61,9 +61,9 @@ def _env(pg: stack.PostgresServer, db: str, project: Path) -> dict[str, str]:
     return env
 
 
-def _dbt(env: dict[str, str], *args: str) -> float:
+def _dbt(env: dict[str, str], *args: str, threads: int = 1) -> float:
     started = time.monotonic()
-    res = subprocess.run([env["MARKETFLOW_DBT_EXECUTABLE"], *args, "--profiles-dir", ".", "--threads", "1"],
+    res = subprocess.run([env["MARKETFLOW_DBT_EXECUTABLE"], *args, "--profiles-dir", ".", "--threads", str(threads)],
                          cwd=env["MARKETFLOW_DBT_PROJECT_DIR"], env={**os.environ, **env},
                          capture_output=True, text=True)
     if res.returncode != 0:

@@ -3,6 +3,7 @@ the same staging history, alternating in one session (issue 16, item 5: the rebu
 
     python -m bench.rebuild_cpu setup --rows 1000000 --markets 100
     python -m bench.rebuild_cpu measure --a dbt --b /work/wt_old/dbt --rounds 3 --out bench/results/x.json
+    python -m bench.rebuild_cpu measure --a dbt --b /work/wt_old/dbt --threads 4 --no-warm-up  # 4b's wall, 10M
     python -m bench.rebuild_cpu stop
 
 `setup` generates one history straight into staging (bench/hourly_dbt.py's setup, figure 4's generator)
@@ -100,14 +101,15 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def full_refresh(db: str, project: Path) -> dict:
-    """One `dbt run --full-refresh --threads 1` of ``project`` on ``db``: wall, Postgres CPU-s, per model."""
+def full_refresh(db: str, project: Path, threads: int = 1) -> dict:
+    """One `dbt run --full-refresh` of ``project`` on ``db`` with ``threads`` (1: per-model CPU is exact; 4:
+    bench 4b's wall, models overlapping): wall, Postgres CPU-s, per model."""
     pg = hourly_dbt._server()
     env = hourly_dbt._env(pg, db, project.resolve())
     postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
     started = time.monotonic()
     with CpuSampler(postmaster) as cpu:
-        hourly_dbt._dbt(env, "run", "--full-refresh")
+        hourly_dbt._dbt(env, "run", "--full-refresh", threads=threads)
     wall = time.monotonic() - started
     results = json.loads((Path(env["DBT_TARGET_PATH"]) / "run_results.json").read_text())["results"]
     models = {}
@@ -120,18 +122,19 @@ def full_refresh(db: str, project: Path) -> dict:
     return {"wall_s": round(wall, 1), "postgres_cpu_s": round(cpu.cpu[-1] - cpu.cpu[0], 1), "models": models}
 
 
-def measure(a: Path, b: Path, rounds: int, out: Path | None) -> dict:
+def measure(a: Path, b: Path, rounds: int, out: Path | None, threads: int = 1, warm_up: bool = True) -> dict:
     with psycopg2.connect(hourly_dbt._server().dsn(DB_A)) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from staging.ohlcv")
         candles = cur.fetchone()[0]
-    say(f"warm-up: a full refresh of each project ({candles:,} candles)")
-    full_refresh(DB_A, a)
-    full_refresh(DB_B, b)
+    if warm_up:
+        say(f"warm-up: a full refresh of each project ({candles:,} candles)")
+        full_refresh(DB_A, a, threads)
+        full_refresh(DB_B, b, threads)
     runs: dict[str, list[dict]] = {"a": [], "b": []}
     for i in range(rounds):
         for label in ("a", "b") if i % 2 == 0 else ("b", "a"):
             db, project = (DB_A, a) if label == "a" else (DB_B, b)
-            got = full_refresh(db, project)
+            got = full_refresh(db, project, threads)
             runs[label].append(got)
             say(f"round {i + 1} {label} ({project}): wall {got['wall_s']} s, Postgres {got['postgres_cpu_s']} CPU-s")
     med = {label: {"postgres_cpu_s": statistics.median(r["postgres_cpu_s"] for r in rs),
@@ -139,7 +142,8 @@ def measure(a: Path, b: Path, rounds: int, out: Path | None) -> dict:
                    "models": {m: statistics.median(r["models"].get(m, {}).get("cpu_s", 0.0) for r in rs)
                               for m in sorted({m for r in rs for m in r["models"]})}}
            for label, rs in runs.items()}
-    result = {"candles": candles, "a": str(a), "b": str(b), "rounds": rounds, "runs": runs, "median": med,
+    result = {"candles": candles, "a": str(a), "b": str(b), "rounds": rounds, "threads": threads, "runs": runs,
+              "median": med, "ratio_wall_a_over_b": round(med["a"]["wall_s"] / med["b"]["wall_s"], 3),
               "ratio_postgres_cpu_a_over_b": round(med["a"]["postgres_cpu_s"] / med["b"]["postgres_cpu_s"], 3)}
     if out:
         out.write_text(json.dumps(result, indent=1))
@@ -165,12 +169,15 @@ def main() -> None:
     p.add_argument("--b", type=Path, required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", type=Path)
+    p.add_argument("--threads", type=int, default=1, help="dbt threads (4 as bench 4b; 1 for per-model CPU)")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="skip the unmeasured first refresh of each project (long histories; its tables exist)")
     sub.add_parser("stop")
     args = parser.parse_args()
     if args.cmd == "setup":
         setup(args.rows, args.markets)
     elif args.cmd == "measure":
-        measure(args.a, args.b, args.rounds, args.out)
+        measure(args.a, args.b, args.rounds, args.out, args.threads, not args.no_warm_up)
     else:
         hourly_dbt._server().stop()
 
