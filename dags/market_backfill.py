@@ -7,8 +7,9 @@ Load (or reprocess) history for chosen markets from the UI: **Trigger DAG w/ con
   `start` / `end`: ISO-8601 UTC, end exclusive; each market's window is clipped to its configured
   history and to closed candles.
 * The request is cut into mapped `ingest` tasks of about `task_candles` candles (default 1,000,000:
-  a day of 1,000 markets is 2 tasks, a year of 20 markets 11), never more than Airflow's
-  `max_map_length`; each task's label names its markets. They run in the exchange's **backfill pool**
+  a day of 1,000 markets is 2 tasks, a year of 20 markets 12: a multiple of the pool's slots where the
+  limits allow, so the last wave fills the pool), never more than Airflow's `max_map_length`; each
+  task's label names its markets. They run in the exchange's **backfill pool**
   `exchange_<name>_backfill`: a task works through its windows in chunks of `chunk_hours`, oldest
   first, each paged through the exchange into MongoDB raw and loaded into staging, logging
   `chunk i/n up to <time> done, x% of the market's window`. History work
