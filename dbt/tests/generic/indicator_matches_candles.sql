@@ -60,7 +60,18 @@ indicator_rows as (
         from {{ model }} as p
         where p.exchange = spans.exchange
           and p.symbol = spans.symbol
+          -- the row before the island: looked for in the hour before it first, and only if that is empty
+          -- (a gap of over an hour) in everything before. Through the views' name join PostgreSQL 15 has
+          -- no ordered index path for "the newest row before", so an unbounded lookup reads the market's
+          -- history up to the island (the index range); COALESCE runs the second one only when needed.
           and p.open_time >= coalesce((
+              select max(before.open_time)
+              from {{ model }} as before
+              where before.exchange = spans.exchange
+                and before.symbol = spans.symbol
+                and before.open_time >= spans.span_start - interval '1 hour'
+                and before.open_time < spans.span_start
+          ), (
               select max(before.open_time)
               from {{ model }} as before
               where before.exchange = spans.exchange
