@@ -64,20 +64,20 @@ indicator_rows as (
           -- (a gap of over an hour) in everything before. Through the views' name join PostgreSQL 15 has
           -- no ordered index path for "the newest row before", so an unbounded lookup reads the market's
           -- history up to the island (the index range); COALESCE runs the second one only when needed.
-          and p.open_time >= coalesce((
+          and p.open_time >= coalesce(
+          {%- for lookback in ["interval '1 hour'", none] %}
+              (
               select max(before.open_time)
               from {{ model }} as before
               where before.exchange = spans.exchange
                 and before.symbol = spans.symbol
-                and before.open_time >= spans.span_start - interval '1 hour'
+                {%- if lookback %}
+                and before.open_time >= spans.span_start - {{ lookback }}
+                {%- endif %}
                 and before.open_time < spans.span_start
-          ), (
-              select max(before.open_time)
-              from {{ model }} as before
-              where before.exchange = spans.exchange
-                and before.symbol = spans.symbol
-                and before.open_time < spans.span_start
-          ), spans.span_start)
+              ),
+          {%- endfor %}
+              spans.span_start)
           and p.open_time <= spans.span_end
         offset 0  -- keeps the range scan per island
     ) as rows_
