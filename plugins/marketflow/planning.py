@@ -157,10 +157,11 @@ def plan_backfill(config: MarketflowConfig, exchange: str, params: dict[str, Any
     if wanted < slots:
         wanted = min(slots, max(1, total // min(BACKFILL_MIN_SPLIT_CANDLES, task_candles)))
     n = max(1, min(max_tasks, wanted, chunks))
-    if n > slots and n % slots and -(-n // slots) * slots <= min(max_tasks, chunks):
+    whole_waves = -(-n // slots) * slots
+    if n > slots and whole_waves <= min(max_tasks, chunks):
         # Whole waves: with 11 tasks on 2 slots the 11th ran alone, one slot idle for its ~90 s (8 % of
         # a year of 20 markets' run, bench figure 11b); 12 slightly smaller tasks end together.
-        n = -(-n // slots) * slots
+        n = whole_waves
     share = -(-total // n)
     if wanted > max_tasks:
         log.warning("%s: %d candles in %d tasks (max_map_length) of ~%d, more than task_candles %d each", exchange,
