@@ -44,7 +44,7 @@ STEPS: list[tuple[str, str]] = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK") not in (None, "", "0"),
-                        help="smaller sizes, whole run within 10 minutes (QUICK=1)")
+                        help="smaller sizes (QUICK=1): ~21 minutes on 2 cores, no figure over 6")
     parser.add_argument("--only", default="", help="comma-separated step numbers, e.g. 1,4 (default: all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
