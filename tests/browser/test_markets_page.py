@@ -207,7 +207,7 @@ def test_the_markets_page(site: Site, tmp_path: Path) -> None:
 
 def _run(page, base: str, site: Site) -> None:
     # Airflow's own login form.
-    page.goto(base + "/")
+    page.goto(base + "/", wait_until="commit")  # Airflow's script moves on to its login: see _arrives_at
     _arrives_at(page, re.compile(r"/auth/login"), timeout_ms=60_000)
     page.get_by_label(re.compile("username", re.I)).fill(stack.ADMIN_USER)
     page.get_by_label(re.compile("password", re.I)).fill(PASSWORD)
@@ -304,7 +304,8 @@ def _arrives_at(page, url: re.Pattern[str], timeout_ms: int) -> None:
     # Airflow's UI sends the browser on by script (to its login, or back after it), and the main frame
     # was seen to navigate twice in a row to the same login URL. page.wait_for_url follows one
     # navigation and fails with ERR_ABORTED when a later one supersedes it (CI, 2026-12-05);
-    # expect() polls the page's URL and only cares where the browser ends up.
+    # expect() polls the page's URL and only cares where the browser ends up. For the same reason the
+    # page.goto() calls that Airflow redirects wait for the commit of the first page, not its load.
     from playwright.sync_api import expect
 
     expect(page).to_have_url(url, timeout=timeout_ms)
@@ -324,7 +325,7 @@ def _refused(page, base: str) -> None:
                              "ops/rate-limit", "ops/errors", "ops/runs")]) == [401] * 10
     assert httpx.get(f"{base}/marketflow/ui/", timeout=30).status_code == 401
     # The Airflow frame itself, logged out: Airflow sends the browser to its login.
-    page.goto(base + "/plugin/markets")
+    page.goto(base + "/plugin/markets", wait_until="commit")
     _arrives_at(page, re.compile(r"/auth/login"), timeout_ms=60_000)
     page.get_by_label(re.compile("password", re.I)).wait_for()
     _shot(page, "06-logged-out-nav-goes-to-airflow-login")
