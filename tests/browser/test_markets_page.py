@@ -303,9 +303,10 @@ def _panels_filled(frame, exchange: str) -> None:
 def _arrives_at(page, url: re.Pattern[str], timeout_ms: int) -> None:
     # Airflow's UI sends the browser on by script (to its login, or back after it), and the main frame
     # was seen to navigate twice in a row to the same login URL. page.wait_for_url follows one
-    # navigation and fails with ERR_ABORTED when a later one supersedes it (CI, 2026-12-05);
-    # expect() polls the page's URL and only cares where the browser ends up. For the same reason the
-    # page.goto() calls that Airflow redirects wait for the commit of the first page, not its load.
+    # navigation; it failed in CI (2026-12-05) with ERR_ABORTED, most likely that navigation superseded
+    # by the next (not reproduced here). expect() polls the page's URL and only cares where the browser
+    # ends up. For the same reason the page.goto() calls that Airflow redirects wait for the commit of
+    # the first page, not its load.
     from playwright.sync_api import expect
 
     expect(page).to_have_url(url, timeout=timeout_ms)
